@@ -1,0 +1,87 @@
+"""The `preftune` command: verbs only. Each parses its flags (generated from the config dataclasses)
+and calls one function. User errors print one line and exit 2; no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from preftune.config import DataConfig, EvalConfig, TrainConfig, add_arguments, from_args
+from preftune.errors import PreftuneError
+
+
+def cmd_data_prepare(ns: argparse.Namespace) -> None:
+    from preftune.data import prepare, write_prepared
+
+    prepared = prepare(from_args(DataConfig, ns))
+    write_prepared(prepared, Path(ns.out))
+    print(f"wrote {ns.out}/train.jsonl ({len(prepared.train):,} pairs), {ns.out}/eval.jsonl "
+          f"({len(prepared.eval):,} pairs), {ns.out}/stats.json")
+
+
+def cmd_data_formats(ns: argparse.Namespace) -> None:
+    from preftune.data.adapters import ADAPTERS
+
+    for adapter in ADAPTERS.values():
+        print(f"{adapter.name:<28} {adapter.description}")
+
+
+def cmd_train(ns: argparse.Namespace) -> None:
+    from preftune.train import train
+
+    train(from_args(DataConfig, ns), from_args(TrainConfig, ns))
+
+
+def cmd_eval(ns: argparse.Namespace) -> None:
+    from preftune.evaluate import evaluate_run
+
+    evaluate_run(Path(ns.run_dir), from_args(EvalConfig, ns))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="preftune",
+        description="Preference-tune a causal LM with DPO: prepare data, train, evaluate.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    data = verbs.add_parser("data", help="prepare and list preference data")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    prep = data_verbs.add_parser("prepare", help="clean, sample and split a dataset by post into train/eval JSONL")
+    add_arguments(prep, DataConfig)
+    prep.add_argument("--out", required=True, help="output folder for train.jsonl, eval.jsonl, stats.json")
+    prep.set_defaults(func=cmd_data_prepare)
+    formats = data_verbs.add_parser("formats", help="list the registered row adapters")
+    formats.set_defaults(func=cmd_data_formats)
+
+    tr = verbs.add_parser("train", help="one DPO run → OUTPUT/dpo_model_lr{lr}_bs{bs}_epoch{epoch}/, then eval")
+    add_arguments(tr, DataConfig)
+    add_arguments(tr, TrainConfig)
+    tr.set_defaults(func=cmd_train)
+
+    ev = verbs.add_parser("eval", help="held-out preference accuracy, margins and drift of a run folder")
+    ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")
+    add_arguments(ev, EvalConfig)
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ns = build_parser().parse_args(argv)
+    try:
+        ns.func(ns)
+    except PreftuneError as e:
+        print(f"preftune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("preftune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""One DPO run: data → fitted pairs → engine → run folder (model, tokenizer, config, log, metrics, eval).
+
+The run is written to ROOT/<name>.partial/ and renamed to ROOT/<name>/ only when every file is in
+place, so a finished-looking folder is always complete. Under `torchrun`/`accelerate launch` every
+rank trains; rank 0 alone writes files and evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import preftune
+from preftune.config import DataConfig, TrainConfig
+from preftune.data.prepare import Pair, Tally, prepare, write_jsonl
+from preftune.data.truncate import fit_pairs
+from preftune.engines import ENGINES, TrainJob
+from preftune.errors import PreftuneError
+from preftune.evaluate import CONFIG_FILE, EVAL_PAIRS_FILE, evaluate_pairs, format_table, write_eval
+from preftune.logps import tokenize_completion
+from preftune.models import load_model, load_tokenizer, resolve_model
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (torchrun and accelerate set these)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def per_device_batch(cfg: TrainConfig, world_size: int) -> int:
+    """--batch-size is pairs per optimizer step across all processes and accumulation steps."""
+    per_step = world_size * cfg.grad_accum
+    if cfg.batch_size % per_step:
+        raise PreftuneError(
+            f"--batch-size {cfg.batch_size} is not divisible by processes ({world_size}) × "
+            f"--grad-accum ({cfg.grad_accum}) = {per_step}"
+        )
+    return cfg.batch_size // per_step
+
+
+def subsample(pairs: list[Pair], n: int | None, seed: int) -> list[Pair]:
+    if n is None or n >= len(pairs):
+        return pairs
+    return [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), n))]
+
+
+def fit(tokenizer, pairs: list[Pair], max_length: int, what: str, log) -> tuple[list[Pair], dict]:
+    tally = Tally()
+    fitted, trimmed = fit_pairs(tokenizer, pairs, max_length, tally)
+    log(f"{what}: {len(fitted):,} pairs fit max_length={max_length}; {trimmed:,} had their post trimmed "
+        f"(summaries kept whole); {tally.summary()}")
+    return fitted, {"trimmed": trimmed, **tally.to_json()}
+
+
+def sequence_tokens(tokenizer, pairs: list[Pair]) -> int:
+    """Real (non-pad) tokens in the chosen and rejected sequences of the pairs."""
+    return sum(len(tokenize_completion(tokenizer, p.prompt, c).ids) for p in pairs for c in (p.chosen, p.rejected))
+
+
+def train(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> Path:
+    rank, world_size = world()
+    log = log if rank == 0 else (lambda *a, **k: None)
+    per_device = per_device_batch(cfg, world_size)
+    root = Path(cfg.output_dir)
+    final, partial = root / cfg.run_name, root / (cfg.run_name + ".partial")
+    if final.exists() and not cfg.overwrite:
+        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
+
+    resolved = resolve_model(cfg.model)
+    log(f"model: {cfg.model} ← {resolved.source}")
+    tokenizer = load_tokenizer(resolved.path)
+    prepared = prepare(data_cfg, log)
+    train_pairs = subsample(prepared.train, cfg.max_pairs, data_cfg.seed)
+    eval_pairs = subsample(prepared.eval, cfg.max_eval_pairs, data_cfg.seed)
+    train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "train", log)
+    eval_pairs, eval_fit = fit(tokenizer, eval_pairs, cfg.max_length, "eval", log)
+    if not train_pairs:
+        raise PreftuneError("no training pairs left after preparation")
+
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    _barrier()
+    job = TrainJob(resolved.path, tokenizer, train_pairs, cfg, data_cfg.seed, partial, per_device,
+                   partial / "train_log.jsonl")
+    log(f"train: {cfg.run_name}: {len(train_pairs):,} pairs × {cfg.epochs} epoch(s), batch {cfg.batch_size} "
+        f"({world_size} process(es) × {per_device} × {cfg.grad_accum} accumulation), engine {cfg.engine}, "
+        f"{'LoRA' if cfg.lora else 'full fine-tune'}")
+    result = ENGINES[cfg.engine](job)
+    if rank != 0:
+        return final
+
+    tokenizer.save_pretrained(partial)
+    write_jsonl(partial / EVAL_PAIRS_FILE, eval_pairs)
+    tokens = sequence_tokens(tokenizer, train_pairs) * cfg.epochs
+    metrics = {
+        "steps": result.steps,
+        "train_runtime_s": round(result.runtime_s, 2),
+        "train_pairs": len(train_pairs),
+        "train_tokens": tokens,
+        "tokens_per_s": tokens / result.runtime_s,
+        "pairs_per_s": len(train_pairs) * cfg.epochs / result.runtime_s,
+        "final": {k: v for k, v in (result.log[-1] if result.log else {}).items() if k != "step"},
+    }
+    _write_json(partial / "metrics.json", metrics)
+    _write_json(partial / CONFIG_FILE, {
+        "preftune_version": preftune.__version__,
+        "run_name": cfg.run_name,
+        "data": asdict(data_cfg),
+        "train": asdict(cfg),
+        "model_source": resolved.source,
+        "reference_model": cfg.model,
+        "world_size": world_size,
+        "per_device_batch_size": per_device,
+        "data_stats": prepared.stats,
+        "fit": {"train": train_fit, "eval": eval_fit},
+    })
+    log(f"train: {result.steps} steps in {result.runtime_s:.1f} s ({metrics['pairs_per_s']:.3f} pairs/s, "
+        f"{metrics['tokens_per_s']:.0f} tokens/s)")
+
+    if cfg.evaluate and eval_pairs:
+        reference = load_model(resolved.path)
+        metrics = evaluate_pairs(result.model, reference, tokenizer, eval_pairs, cfg.beta)
+        write_eval(partial, metrics)
+        log(format_table(metrics))
+
+    if final.exists():  # --overwrite
+        shutil.rmtree(final)
+    partial.rename(final)
+    log(f"run: {final}")
+    return final
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
