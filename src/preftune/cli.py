@@ -4,6 +4,7 @@ and calls one function. User errors print one line and exit 2; no traceback."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -40,6 +41,12 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     evaluate_run(Path(ns.run_dir), from_args(EvalConfig, ns))
 
 
+# Verbs defined outside this file: "module:function", where function(verbs) adds a subparser whose
+# `func` default handles the verb. Adding a verb = its module + one line here. Keep imports inside
+# the handlers so `preftune --help` stays fast.
+VERB_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="preftune",
@@ -66,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")
     add_arguments(ev, EvalConfig)
     ev.set_defaults(func=cmd_eval)
+
+    for entry in VERB_MODULES:
+        module, function = entry.split(":")
+        getattr(importlib.import_module(module), function)(verbs)
     return parser
 
 

@@ -88,6 +88,7 @@ class TrainConfig:
     engine: str = _opt("trl", "Training engine: 'trl' (TRL's DPOTrainer).")
     logging_steps: int = _opt(1, "Log metrics every N optimizer steps.")
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
+    save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.")
 
     def __post_init__(self) -> None:
         from preftune.losses import LOSSES  # local import: losses imports torch

@@ -11,8 +11,9 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import preftune
 from preftune.config import DataConfig, TrainConfig
@@ -22,7 +23,7 @@ from preftune.engines import ENGINES, TrainJob
 from preftune.errors import PreftuneError
 from preftune.evaluate import CONFIG_FILE, EVAL_PAIRS_FILE, evaluate_pairs, format_table, write_eval
 from preftune.logps import tokenize_completion
-from preftune.models import load_model, load_tokenizer, resolve_model
+from preftune.models import ResolvedModel, load_model, load_tokenizer, resolve_model
 
 def world() -> tuple[int, int]:
     """(rank, world size) from the launcher's environment (torchrun and accelerate set these)."""
@@ -59,15 +60,24 @@ def sequence_tokens(tokenizer, pairs: list[Pair]) -> int:
     return sum(len(tokenize_completion(tokenizer, p.prompt, c).ids) for p in pairs for c in (p.chosen, p.rejected))
 
 
-def train(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> Path:
-    rank, world_size = world()
-    log = log if rank == 0 else (lambda *a, **k: None)
-    per_device = per_device_batch(cfg, world_size)
-    root = Path(cfg.output_dir)
-    final, partial = root / cfg.run_name, root / (cfg.run_name + ".partial")
-    if final.exists() and not cfg.overwrite:
-        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
+@dataclass
+class RunData:
+    """Everything a run needs that does not depend on its hyperparameters: prepared once per sweep."""
 
+    model: ResolvedModel
+    tokenizer: Any
+    data_cfg: DataConfig
+    stats: dict  # data statistics from preparation
+    train_pairs: list[Pair]  # fitted to max_length
+    eval_pairs: list[Pair]
+    fit: dict  # truncation counts per split
+
+
+def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> RunData:
+    """Resolve the model, prepare and split the data, and fit both splits to cfg.max_length.
+
+    Uses cfg.model, cfg.max_length, cfg.max_pairs and cfg.max_eval_pairs only, so runs that differ
+    in lr, batch size, epochs, beta or loss can share one RunData."""
     resolved = resolve_model(cfg.model)
     log(f"model: {cfg.model} ← {resolved.source}")
     tokenizer = load_tokenizer(resolved.path)
@@ -78,6 +88,34 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> Path:
     eval_pairs, eval_fit = fit(tokenizer, eval_pairs, cfg.max_length, "eval", log)
     if not train_pairs:
         raise PreftuneError("no training pairs left after preparation")
+    return RunData(resolved, tokenizer, data_cfg, prepared.stats, train_pairs, eval_pairs,
+                   {"train": train_fit, "eval": eval_fit})
+
+
+def train(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> Path:
+    """`preftune train`: prepare the data, then one run."""
+    rank, _ = world()
+    log = log if rank == 0 else (lambda *a, **k: None)
+    _check_destination(cfg)
+    return run(prepare_run_data(data_cfg, cfg, log), cfg, log)
+
+
+def _check_destination(cfg: TrainConfig) -> None:
+    final = Path(cfg.output_dir) / cfg.run_name
+    if final.exists() and not cfg.overwrite:
+        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
+
+
+def run(data: RunData, cfg: TrainConfig, log=print) -> Path:
+    """Train one run on prepared data, write its folder atomically, evaluate it. Returns the folder."""
+    rank, world_size = world()
+    log = log if rank == 0 else (lambda *a, **k: None)
+    per_device = per_device_batch(cfg, world_size)
+    _check_destination(cfg)
+    root = Path(cfg.output_dir)
+    final, partial = root / cfg.run_name, root / (cfg.run_name + ".partial")
+    resolved, tokenizer, data_cfg = data.model, data.tokenizer, data.data_cfg
+    train_pairs, eval_pairs = data.train_pairs, data.eval_pairs
 
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
@@ -114,8 +152,8 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> Path:
         "reference_model": cfg.model,
         "world_size": world_size,
         "per_device_batch_size": per_device,
-        "data_stats": prepared.stats,
-        "fit": {"train": train_fit, "eval": eval_fit},
+        "data_stats": data.stats,
+        "fit": data.fit,
     })
     log(f"train: {result.steps} steps in {result.runtime_s:.1f} s ({metrics['pairs_per_s']:.3f} pairs/s, "
         f"{metrics['tokens_per_s']:.0f} tokens/s)")
