@@ -148,8 +148,8 @@ def test_eval_of_a_folder_that_is_not_a_run(capsys, tmp_path):
 
 
 def test_help_everywhere(capsys):
-    for argv in (["--help"], ["data", "--help"], ["data", "prepare", "--help"], ["train", "--help"],
-                 ["eval", "--help"]):
+    for argv in (["--help"], ["data", "--help"], ["data", "prepare", "--help"], ["data", "inspect", "--help"],
+                 ["train", "--help"], ["eval", "--help"]):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0

@@ -28,10 +28,12 @@ def test_sigmoid_loss_by_hand():
 
 
 def test_hinge_and_ipo_by_hand():
-    # h = 3 as above; β = 0.5: hinge = max(0, 1 − 1.5) = 0; IPO = (3 − 1/(2·0.5))² = 4
+    # h = 3 as above; β = 0.5: hinge = max(0, 1 − 1.5) = 0
     args = (logps(-8.0), logps(-15.0), logps(-10.0), logps(-14.0))
     assert hinge_loss(*args, beta=0.5)[0].item() == 0.0
-    assert ipo_loss(*args, beta=0.5)[0].item() == 4.0
+    # IPO per token: chosen log-ratio +2 over 2 tokens = +1, rejected −1 over 4 tokens = −0.25,
+    # h̄ = 1.25; β = 0.5: (1.25 − 1)² = 0.0625
+    assert ipo_loss(*args, beta=0.5, nc=logps(2), nr=logps(4))[0].item() == pytest.approx(0.0625)
     # h = −1, β = 0.1: hinge = 1 − (−0.1) = 1.1
     assert hinge_loss(logps(-2.0), logps(-1.0), logps(-1.0), logps(-1.0), beta=0.1)[0].item() == pytest.approx(1.1)
 

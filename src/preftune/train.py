@@ -1,7 +1,9 @@
 """One DPO run: data → fitted pairs → engine → run folder (model, tokenizer, config, log, metrics, eval).
 
 The run is written to ROOT/<name>.partial/ and renamed to ROOT/<name>/ only when every file is in
-place, so a finished-looking folder is always complete. Under `torchrun`/`accelerate launch` every
+place, so a finished-looking folder is always complete. With --save-steps the engine checkpoints into
+<name>.partial/checkpoints/ (convention in engines/__init__.py); running the same run again resumes
+from the last complete checkpoint when the settings match, and otherwise starts it over cleanly. Under `torchrun`/`accelerate launch` every
 rank trains; rank 0 alone writes files and evaluates.
 """
 
@@ -19,7 +21,7 @@ import preftune
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import Pair, Tally, prepare, write_jsonl
 from preftune.data.truncate import fit_pairs
-from preftune.engines import ENGINES, TrainJob
+from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoint, read_checkpoint_marker
 from preftune.errors import PreftuneError
 from preftune.evaluate import CONFIG_FILE, EVAL_PAIRS_FILE, evaluate_pairs, format_table, write_eval
 from preftune.logps import tokenize_completion
@@ -50,8 +52,8 @@ def subsample(pairs: list[Pair], n: int | None, seed: int) -> list[Pair]:
 def fit(tokenizer, pairs: list[Pair], max_length: int, what: str, log) -> tuple[list[Pair], dict]:
     tally = Tally()
     fitted, trimmed = fit_pairs(tokenizer, pairs, max_length, tally)
-    log(f"{what}: {len(fitted):,} pairs fit max_length={max_length}; {trimmed:,} had their post trimmed "
-        f"(summaries kept whole); {tally.summary()}")
+    log(f"{what}: {len(fitted):,} pairs fit max_length={max_length}; {trimmed:,} had their prompt trimmed "
+        f"(completions kept whole); {tally.summary()}")
     return fitted, {"trimmed": trimmed, **tally.to_json()}
 
 
@@ -81,7 +83,7 @@ def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> RunDa
     resolved = resolve_model(cfg.model)
     log(f"model: {cfg.model} ← {resolved.source}")
     tokenizer = load_tokenizer(resolved.path)
-    prepared = prepare(data_cfg, log)
+    prepared = prepare(data_cfg, log, tokenizer=tokenizer)  # message lists use this model's chat template
     train_pairs = subsample(prepared.train, cfg.max_pairs, data_cfg.seed)
     eval_pairs = subsample(prepared.eval, cfg.max_eval_pairs, data_cfg.seed)
     train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "train", log)
@@ -100,30 +102,102 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> Path:
     return run(prepare_run_data(data_cfg, cfg, log), cfg, log)
 
 
-def _check_destination(cfg: TrainConfig) -> None:
-    final = Path(cfg.output_dir) / cfg.run_name
+def _check_destination(cfg: TrainConfig, name: str | None = None) -> None:
+    final = Path(cfg.output_dir) / (name or cfg.run_name)
     if final.exists() and not cfg.overwrite:
         raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
 
 
-def run(data: RunData, cfg: TrainConfig, log=print) -> Path:
-    """Train one run on prepared data, write its folder atomically, evaluate it. Returns the folder."""
+# Settings that change neither the result of training (gradient checkpointing: only its memory and time)
+# nor the evaluation of a run.
+NOT_IN_SPEC = ("output_dir", "overwrite", "logging_steps", "save_steps", "gradient_checkpointing")
+# ... and those that change only the evaluation, which a resumed run redoes anyway.
+EVAL_ONLY = ("evaluate", "max_eval_pairs")
+
+
+def run_spec(data_cfg: DataConfig, cfg: TrainConfig, ignore: tuple[str, ...] = NOT_IN_SPEC) -> dict:
+    """What makes two runs the same run, as stored in preftune_config.json (JSON-normalized)."""
+    train_cfg = {k: v for k, v in asdict(cfg).items() if k not in ignore}
+    return json.loads(json.dumps({"data": asdict(data_cfg), "train": train_cfg}))
+
+
+def stored_spec(run_dir: Path, ignore: tuple[str, ...] = NOT_IN_SPEC) -> dict | None:
+    """The spec of a run folder (finished or .partial) from its preftune_config.json, if readable."""
+    try:
+        stored = json.loads((run_dir / CONFIG_FILE).read_text())
+        train_cfg = {k: v for k, v in stored["train"].items() if k not in ignore}
+        return {"data": stored["data"], "train": train_cfg}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def resume_point(partial: Path, data_cfg: DataConfig, cfg: TrainConfig) -> Path | None:
+    """The last complete checkpoint of an interrupted run with the same settings, else None."""
+    ignore = NOT_IN_SPEC + EVAL_ONLY
+    if not partial.is_dir() or stored_spec(partial, ignore) != run_spec(data_cfg, cfg, ignore):
+        return None
+    return latest_checkpoint(partial)
+
+
+def _rewind(partial: Path, checkpoint: Path) -> int:
+    """Bring an interrupted run folder back to its checkpoint: drop later log lines (and a torn last
+    one) and every other checkpoint folder (incomplete ones included). Returns the checkpoint's step."""
+    step = read_checkpoint_marker(checkpoint)["step"]
+    log_path = partial / "train_log.jsonl"
+    kept = []
+    for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the line being written when the process died
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    _write_text(log_path, "".join(kept))
+    for other in (partial / CHECKPOINTS_DIR).iterdir():
+        if other != checkpoint:
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
+    return step
+
+
+def _start_partial(partial: Path, data_cfg: DataConfig, cfg: TrainConfig, name: str, log) -> Path | None:
+    """Rank 0: set up NAME.partial/ for a fresh or a resumed run. Returns the checkpoint to resume from."""
+    resume = resume_point(partial, data_cfg, cfg)
+    if resume is not None:
+        step = _rewind(partial, resume)
+        log(f"resume: {name} from {resume.relative_to(partial)} (step {step})")
+        return resume
+    if partial.exists():
+        log(f"restart: {partial} holds no complete checkpoint of this run's settings; starting it over")
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    # the spec first, so a later resume can check the checkpoints belong to this run; rewritten at the end
+    _write_json(partial / CONFIG_FILE, {"run_name": name, **run_spec(data_cfg, cfg, ())})
+    return None
+
+
+def run(data: RunData, cfg: TrainConfig, log=print, name: str | None = None) -> Path:
+    """Train one run on prepared data, write its folder atomically, evaluate it. Returns the folder.
+
+    `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
+    interrupted run of the same settings is resumed from its last complete checkpoint."""
     rank, world_size = world()
     log = log if rank == 0 else (lambda *a, **k: None)
     per_device = per_device_batch(cfg, world_size)
-    _check_destination(cfg)
+    name = name or cfg.run_name
+    _check_destination(cfg, name)
     root = Path(cfg.output_dir)
-    final, partial = root / cfg.run_name, root / (cfg.run_name + ".partial")
+    final, partial = root / name, root / (name + ".partial")
     resolved, tokenizer, data_cfg = data.model, data.tokenizer, data.data_cfg
     train_pairs, eval_pairs = data.train_pairs, data.eval_pairs
 
+    resume = resume_point(partial, data_cfg, cfg)  # every rank decides the same, before rank 0 changes it
+    _barrier()
     if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        resume = _start_partial(partial, data_cfg, cfg, name, log)
     _barrier()
     job = TrainJob(resolved.path, tokenizer, train_pairs, cfg, data_cfg.seed, partial, per_device,
-                   partial / "train_log.jsonl")
-    log(f"train: {cfg.run_name}: {len(train_pairs):,} pairs × {cfg.epochs} epoch(s), batch {cfg.batch_size} "
+                   partial / "train_log.jsonl", resume_from=resume)
+    log(f"train: {name}: {len(train_pairs):,} pairs × {cfg.epochs} epoch(s), batch {cfg.batch_size} "
         f"({world_size} process(es) × {per_device} × {cfg.grad_accum} accumulation), engine {cfg.engine}, "
         f"{'LoRA' if cfg.lora else 'full fine-tune'}")
     result = ENGINES[cfg.engine](job)
@@ -140,12 +214,12 @@ def run(data: RunData, cfg: TrainConfig, log=print) -> Path:
         "train_tokens": tokens,
         "tokens_per_s": tokens / result.runtime_s,
         "pairs_per_s": len(train_pairs) * cfg.epochs / result.runtime_s,
-        "final": {k: v for k, v in (result.log[-1] if result.log else {}).items() if k != "step"},
+        "final": {k: v for k, v in _last_log_record(partial / "train_log.jsonl").items() if k != "step"},
     }
     _write_json(partial / "metrics.json", metrics)
     _write_json(partial / CONFIG_FILE, {
         "preftune_version": preftune.__version__,
-        "run_name": cfg.run_name,
+        "run_name": name,
         "data": asdict(data_cfg),
         "train": asdict(cfg),
         "model_source": resolved.source,
@@ -159,11 +233,12 @@ def run(data: RunData, cfg: TrainConfig, log=print) -> Path:
         f"{metrics['tokens_per_s']:.0f} tokens/s)")
 
     if cfg.evaluate and eval_pairs:
-        reference = load_model(resolved.path)
-        metrics = evaluate_pairs(result.model, reference, tokenizer, eval_pairs, cfg.beta)
+        # reference log-probs from the on-disk cache: computed once, shared by every run of a sweep
+        metrics = evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta)
         write_eval(partial, metrics)
         log(format_table(metrics))
 
+    shutil.rmtree(partial / CHECKPOINTS_DIR, ignore_errors=True)  # kept until now: a kill in eval resumes
     if final.exists():  # --overwrite
         shutil.rmtree(final)
     partial.rename(final)
@@ -178,7 +253,17 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _last_log_record(path: Path) -> dict:
+    """The last step's logged values (the whole run's log, a resumed run's included)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _write_text(path, json.dumps(obj, indent=2, default=str) + "\n")

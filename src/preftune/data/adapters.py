@@ -1,14 +1,25 @@
 """Row adapters: one small pure function per source format, registered by name.
 
 An adapter turns one raw row into `PairFields` (prompt, chosen, rejected, the post id that groups
-rows for the split, and the span of the prompt that may be trimmed to fit --max-length). It raises
-`RowError` for a malformed row (the caller adds file and line) and `RowSkip` for the documented,
-counted skips. Adding a format = one row function + one `ADAPTERS` entry.
+rows for the split, and the span of the prompt that may be trimmed to fit --max-length), or, for
+message lists, into `ChatFields` that `preftune.data.chat` renders with the model's chat template.
+It raises `RowError` for a malformed row (the caller adds file and line) and `RowSkip` for the
+documented, counted skips. Adding a format = one row function + one `ADAPTERS` entry.
+
+How each format may be trimmed to fit --max-length (`PairFields.cut`, applied in `truncate.py`;
+completions are never cut):
+  "end"    cut the end of `body_span` at a token boundary (TL;DR/CNN-DM: the post, keeping its start)
+  "start"  cut the start of `body_span` at a token boundary (plain prompts: keep the end, next to the reply)
+  "turns"  drop the oldest whole turns: remove prompt[body_span[0]:t] for the first t in `turns` that fits
+           (dialogues: HH-RLHF and chat; the system message and the last user turn always stay)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,14 +50,29 @@ class PairFields:
     # [start, end) character span of `prompt` that may be cut to fit --max-length (the post body).
     body_span: tuple[int, int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    cut: str = "end"  # how body_span is trimmed: "end" | "start" | "turns" (see the module docstring)
+    turns: tuple[int, ...] = ()  # cut="turns": offsets in `prompt` where a droppable turn ends
+
+
+@dataclass(frozen=True)
+class ChatFields:
+    """A pair of message lists, rendered to text with the model's chat template by `data.chat`."""
+
+    prompt: list[dict]  # [{role, content}], ends before the reply
+    chosen: list[dict]  # the preferred reply: assistant message(s)
+    rejected: list[dict]
+    post_id: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Adapter:
     name: str
-    convert: Callable[[dict], PairFields]
+    convert: Callable[[dict], PairFields | ChatFields]
     detect: Callable[[dict], bool]  # does a row of this format look like this?
     description: str
+    label: Callable[[dict], str | None] | None = None  # the row's label, for `data inspect`'s balance
+    chat: bool = False  # convert returns ChatFields: needs a tokenizer's chat template
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -129,14 +155,262 @@ def _is_summarize_from_feedback(row: dict) -> bool:
     return {"info", "summaries", "choice"} <= row.keys()
 
 
+# ---- prompt / chosen / rejected as text ----------------------------------------------------------
+
+
+def require_columns(row: dict, expected: tuple[str, ...]) -> None:
+    """A clear error naming the missing, found and expected columns."""
+    missing = [c for c in expected if c not in row]
+    if missing:
+        raise RowError(missing[0], f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                       f"(found: {', '.join(sorted(row)) or 'none'}; expected: {', '.join(expected)})")
+
+
+def text(row: dict, key: str) -> str:
+    value = row[key]
+    if isinstance(value, str):
+        return value
+    hint = " (a message list: use --format conversational or ultrafeedback)" if isinstance(value, list) else ""
+    raise RowError(key, f"expected str, got {type(value).__name__} {str(value)[:40]!r}{hint}")
+
+
+def not_empty(**fields: str) -> None:
+    for key, value in fields.items():
+        if not value.strip():
+            raise RowSkip(f"empty {key}", key)
+
+
+def row_id(row: dict, fallback: str) -> str:
+    """The grouping key of the split: the row's post_id/prompt_id column, else a hash of the prompt."""
+    for key in ("post_id", "prompt_id"):
+        value = row.get(key)
+        if value is not None and value != "":
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise RowError(key, f"expected str or int, got {type(value).__name__}")
+            return str(value)
+    return text_id(fallback)
+
+
+def prompt_chosen_rejected(row: dict) -> PairFields:
+    require_columns(row, ("prompt", "chosen", "rejected"))
+    prompt, chosen, rejected = text(row, "prompt"), text(row, "chosen"), text(row, "rejected")
+    not_empty(prompt=prompt, chosen=chosen, rejected=rejected)
+    if chosen == rejected:
+        raise RowSkip("identical pair", "chosen")
+    return PairFields(prompt, chosen, rejected, row_id(row, prompt), (0, len(prompt)), cut="start")
+
+
+# ---- Anthropic HH-RLHF: whole dialogues, implicit prompt ----------------------------------------
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+def hh_rlhf(row: dict) -> PairFields:
+    """The prompt is the dialogue both share, up to and including the last shared '\n\nAssistant:'."""
+    require_columns(row, ("chosen", "rejected"))
+    chosen, rejected = text(row, "chosen"), text(row, "rejected")
+    if chosen == rejected:
+        raise RowSkip("identical pair", "chosen")
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if ASSISTANT not in value:
+            raise RowError(key, f"no '\\n\\nAssistant:' turn in {value[:60]!r}: not an HH-RLHF dialogue")
+    end = os.path.commonprefix([chosen, rejected]).rfind(ASSISTANT)
+    if end < 0:
+        raise RowError("rejected", "chosen and rejected share no dialogue up to an '\\n\\nAssistant:' turn")
+    prompt = chosen[: end + len(ASSISTANT)]
+    completions = {"chosen": chosen[len(prompt):], "rejected": rejected[len(prompt):]}
+    not_empty(**completions)
+    starts = [m.start() for m in re.finditer(re.escape(HUMAN), prompt)]  # where each human turn begins
+    span, turns = ((starts[0], starts[-1]), tuple(starts[1:])) if len(starts) > 1 else (None, ())
+    return PairFields(prompt, completions["chosen"], completions["rejected"], text_id(prompt), span,
+                      cut="turns", turns=turns)
+
+
+# ---- message lists (chat) -------------------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def messages(value: Any, path: str) -> list[dict]:
+    """A list of {role, content} messages, checked; other keys of a message are not kept."""
+    if not isinstance(value, list):
+        raise RowError(path, f"expected a list of messages {{role, content}}, got {type(value).__name__} "
+                       f"{str(value)[:40]!r}")
+    out = []
+    for i, message in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(message, dict):
+            raise RowError(where, f"expected a message {{role, content}}, got {type(message).__name__}")
+        role = require(message, "role", str, f"{where}.role")
+        if role not in ROLES:
+            raise RowError(f"{where}.role", f"unknown role '{role}'; expected one of: {', '.join(ROLES)}")
+        out.append({"role": role, "content": require(message, "content", str, f"{where}.content")})
+    return out
+
+
+def reply(msgs: list[dict], path: str) -> list[dict]:
+    """A completion: non-empty assistant message(s)."""
+    if not msgs or not any(m["content"].strip() for m in msgs):
+        raise RowSkip(f"empty {path.split('[')[0]}", path)
+    if msgs[0]["role"] != "assistant":
+        raise RowError(f"{path}[0].role", f"a reply must start with an assistant message, got '{msgs[0]['role']}'")
+    return msgs
+
+
+def conversational(row: dict) -> ChatFields:
+    """TRL's conversational preference format: prompt, chosen and rejected are message lists."""
+    require_columns(row, ("prompt", "chosen", "rejected"))
+    prompt = messages(row["prompt"], "prompt")
+    chosen = reply(messages(row["chosen"], "chosen"), "chosen")
+    rejected = reply(messages(row["rejected"], "rejected"), "rejected")
+    if not prompt or not any(m["content"].strip() for m in prompt):
+        raise RowSkip("empty prompt", "prompt")
+    if prompt[-1]["role"] == "assistant":
+        raise RowError(f"prompt[{len(prompt) - 1}].role", "the prompt must end before the reply, not with an "
+                       "assistant message")
+    if chosen == rejected:
+        raise RowSkip("identical pair", "chosen")
+    return ChatFields(prompt, chosen, rejected, row_id(row, json.dumps(prompt, sort_keys=True)))
+
+
+def number(row: dict, key: str) -> float | None:
+    value = row.get(key)
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        raise RowError(key, f"expected a number, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def ultrafeedback(row: dict) -> ChatFields:
+    """chosen and rejected are whole conversations; the prompt is the turns they share before the reply
+    (UltraFeedback-binarized; also TRL's implicit-prompt conversational format)."""
+    require_columns(row, ("chosen", "rejected"))
+    chosen, rejected = messages(row["chosen"], "chosen"), messages(row["rejected"], "rejected")
+    if chosen == rejected:
+        raise RowSkip("identical pair", "chosen")
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n and chosen[n - 1]["role"] == "assistant":  # a shared reply belongs to the completions
+        n -= 1
+    if n == 0:
+        raise RowError("chosen", "chosen and rejected share no first turn: cannot find the prompt")
+    prompt = chosen[:n]
+    if "prompt" in row and row["prompt"] is not None:
+        users = [m["content"] for m in prompt if m["role"] == "user"]
+        if not users or text(row, "prompt").strip() != users[-1].strip():
+            raise RowError("prompt", f"{row['prompt'][:40]!r} is not the conversation's last user turn "
+                           f"{(users or [''])[-1][:40]!r}")
+    completions = reply(chosen[n:], "chosen"), reply(rejected[n:], "rejected")
+    scores = number(row, "score_chosen"), number(row, "score_rejected")
+    if None not in scores:
+        if scores[0] == scores[1]:
+            raise RowSkip("tied scores", "score_chosen")
+        if scores[0] < scores[1]:
+            raise RowError("score_chosen", f"{scores[0]} is below score_rejected {scores[1]}: are chosen "
+                           "and rejected swapped?")
+    meta = {k: v for k, v in zip(("score_chosen", "score_rejected"), scores) if v is not None}
+    return ChatFields(prompt, *completions, row_id(row, json.dumps(prompt, sort_keys=True)), meta)
+
+
+# ---- the registry ---------------------------------------------------------------------------------
+
+
+def _is_text_triple(row: dict) -> bool:
+    return {"prompt", "chosen", "rejected"} <= row.keys() and isinstance(row["chosen"], str)
+
+
+def _is_hh_rlhf(row: dict) -> bool:
+    return {"chosen", "rejected"} <= row.keys() and "prompt" not in row and isinstance(row["chosen"], str)
+
+
+def _is_conversational(row: dict) -> bool:
+    return "rejected" in row and isinstance(row.get("prompt"), list) and isinstance(row.get("chosen"), list)
+
+
+def _is_ultrafeedback(row: dict) -> bool:
+    return (isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
+            and not isinstance(row.get("prompt"), list))
+
+
+def _choice_label(row: dict) -> str | None:
+    return f"choice {row['choice']}" if row.get("choice") in (0, 1) else None
+
+
 ADAPTERS: dict[str, Adapter] = {
     "summarize_from_feedback": Adapter(
         "summarize_from_feedback",
         summarize_from_feedback,
         _is_summarize_from_feedback,
         "OpenAI comparisons (info, summaries, choice): TL;DR posts and CNN/DM articles",
+        label=_choice_label,
+    ),
+    "prompt_chosen_rejected": Adapter(
+        "prompt_chosen_rejected", prompt_chosen_rejected, _is_text_triple,
+        "prompt, chosen, rejected as text (optional post_id/prompt_id groups rows for the split)",
+    ),
+    "hh_rlhf": Adapter(
+        "hh_rlhf", hh_rlhf, _is_hh_rlhf,
+        "Anthropic HH-RLHF: chosen, rejected are whole '\\n\\nHuman: … \\n\\nAssistant: …' dialogues; "
+        "the prompt is their shared part up to the last '\\n\\nAssistant:'",
+    ),
+    "conversational": Adapter(
+        "conversational", conversational, _is_conversational,
+        "prompt, chosen, rejected as message lists [{role, content}], rendered with the model's chat template",
+        chat=True,
+    ),
+    "ultrafeedback": Adapter(
+        "ultrafeedback", ultrafeedback, _is_ultrafeedback,
+        "chosen, rejected as whole conversations (message lists), the prompt is their shared first turns; "
+        "optional prompt, prompt_id, score_chosen/score_rejected (UltraFeedback-binarized)",
+        chat=True,
     ),
 }
+
+# ---- --column-map ---------------------------------------------------------------------------------
+
+COLUMNS = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected",
+           "info", "summaries", "choice")
+
+
+def parse_column_map(spec: str | None) -> dict[str, str]:
+    """'chosen=good,rejected=bad' → {'chosen': 'good', 'rejected': 'bad'} (NAME=COLUMN)."""
+    from preftune.errors import PreftuneError
+
+    mapping: dict[str, str] = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not name or not column:
+            raise PreftuneError(f"--column-map: expected NAME=COLUMN pairs separated by commas, got {item!r}")
+        if name not in COLUMNS:
+            raise PreftuneError(f"--column-map: unknown name '{name}'; names: {', '.join(COLUMNS)}")
+        if name in mapping:
+            raise PreftuneError(f"--column-map: '{name}' is mapped twice")
+        mapping[name] = column
+    return mapping
+
+
+def apply_column_map(row: dict, mapping: dict[str, str]) -> dict:
+    """The row with its columns renamed NAME ← COLUMN; a mapped column the row lacks is an error."""
+    if not mapping:
+        return row
+    for name, column in mapping.items():
+        if column not in row:
+            raise RowError(column, f"missing column (found: {', '.join(sorted(row))}); --column-map {name}={column}")
+    out = {k: v for k, v in row.items() if k not in mapping.values()}
+    out.update({name: row[column] for name, column in mapping.items()})
+    return out
+
+
+def source_field(field_path: str | None, mapping: dict[str, str]) -> str | None:
+    """A field path in the user's column names: 'chosen[0].role' → 'good[0].role' for chosen=good."""
+    if not field_path or not mapping:
+        return field_path
+    for name, column in mapping.items():
+        if field_path == name or field_path.startswith((name + "[", name + ".")):
+            return column + field_path[len(name):]
+    return field_path
 
 
 def detect_format(row: dict, source: str) -> Adapter:
@@ -148,8 +422,8 @@ def detect_format(row: dict, source: str) -> Adapter:
 
     raise PreftuneError(
         f"{source}: cannot detect the data format from the columns ({', '.join(sorted(row))}). "
-        f"Known formats: {'; '.join(f'{a.name}: {a.description}' for a in ADAPTERS.values())}. "
-        "Pass --format NAME."
+        f"Known formats: {', '.join(ADAPTERS)} (see `preftune data formats`). Pass --format NAME, "
+        "or --column-map NAME=COLUMN,... to name your columns (e.g. chosen=good,rejected=bad)."
     )
 
 

@@ -10,13 +10,14 @@ import json
 import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from preftune.config import DataConfig
-from preftune.data.adapters import Adapter, PairFields, RowError, RowSkip, detect_format, get_adapter
+from preftune.data.adapters import (Adapter, ChatFields, RowError, RowSkip, apply_column_map, detect_format,
+                                    get_adapter, parse_column_map, source_field)
 from preftune.data.sources import describe, iter_records
 from preftune.errors import DataError, PreftuneError
 
@@ -32,6 +33,8 @@ class Pair:
     source: str  # file:line the pair came from
     body_span: tuple[int, int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    cut: str = "end"  # how body_span is trimmed to fit max_length: "end" | "start" | "turns" (see adapters)
+    turns: tuple[int, ...] = ()  # cut="turns": offsets in `prompt` where a droppable turn ends
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -40,7 +43,8 @@ class Pair:
     def from_json(cls, row: dict) -> Pair:
         span = row.get("body_span")
         return cls(row["prompt"], row["chosen"], row["rejected"], str(row["post_id"]), row.get("source", ""),
-                   tuple(span) if span else None, row.get("meta") or {})
+                   tuple(span) if span else None, row.get("meta") or {}, row.get("cut") or "end",
+                   tuple(row.get("turns") or ()))
 
 
 @dataclass
@@ -78,27 +82,89 @@ class Tally:
 # ---- read + adapt --------------------------------------------------------------------------------
 
 
-def load_pairs(cfg: DataConfig) -> tuple[list[Pair], Tally, str]:
-    """All pairs of SRC through one adapter, plus the tally of skipped rows and the adapter name."""
-    tally, pairs = Tally(), []
+@dataclass
+class Reading:
+    """What reading SRC found besides the pairs: the format and how it was chosen, the rows tallied,
+    the labels seen (where the format has one) and the chat template used (message-list formats)."""
+
+    tally: Tally = field(default_factory=Tally)
+    format: str | None = None
+    detected_from: list[str] | None = None  # the columns the format was detected from; None: --format
+    labels: Counter = field(default_factory=Counter)
+    chat_template: str | None = None
+
+    def describe(self) -> str:
+        how = f"detected from columns {', '.join(self.detected_from)}" if self.detected_from else "--format"
+        chat = f"; chat template of {self.chat_template}" if self.chat_template else ""
+        return f"format {self.format} ({how}{chat})"
+
+
+def chat_renderer(tokenizer, log=print):
+    """A ChatRenderer for a tokenizer, or for a model spec (None: the default model), loaded now."""
+    from preftune.data.chat import ChatRenderer
+
+    if tokenizer is None or isinstance(tokenizer, str):
+        from preftune.config import DEFAULT_MODEL
+        from preftune.models import load_tokenizer, resolve_model
+
+        spec = tokenizer or DEFAULT_MODEL
+        log(f"data: rendering conversations with the chat template of {spec}")
+        return ChatRenderer(load_tokenizer(resolve_model(spec).path), spec)
+    return ChatRenderer(tokenizer, getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def iter_pairs(cfg: DataConfig, reading: Reading, tokenizer=None, log=print) -> Iterator[Pair]:
+    """Every pair of SRC through one adapter, streamed; skipped rows are tallied in `reading`.
+
+    `tokenizer` (a tokenizer, or a model spec loaded only when needed; None: the default model)
+    renders message-list formats with its chat template. In a folder every file must hold the same
+    format (detected per file when --format is auto)."""
+    mapping = parse_column_map(cfg.column_map)
     adapter: Adapter | None = None if cfg.format == "auto" else get_adapter(cfg.format)
+    per_file: dict[str, Adapter] = {}
+    renderer = None
     for rec in iter_records(cfg.dataset, cfg.hub_config, cfg.split):
-        if adapter is None:
-            adapter = detect_format(rec.row, rec.source)
-        tally.total += 1
-        where = f"{rec.source}:{rec.line}"
         try:
-            fields: PairFields = adapter.convert(rec.row)
-        except RowSkip as s:
-            tally.skip(s.reason, where + (f" {s.field}" if s.field else ""))
-            continue
+            row = apply_column_map(rec.row, mapping)
         except RowError as e:
             raise DataError(rec.source, rec.line, e.field, e.message) from None
-        pairs.append(Pair(fields.prompt, fields.chosen, fields.rejected, fields.post_id, where,
-                          fields.body_span, fields.meta))
+        if cfg.format == "auto" and rec.source not in per_file:
+            per_file[rec.source] = detected = detect_format(row, rec.source)
+            if adapter is None:
+                adapter, reading.detected_from = detected, sorted(row)
+            elif detected is not adapter:
+                first = next(iter(per_file))
+                raise PreftuneError(f"{cfg.dataset} mixes data formats: {first} is {adapter.name}, {rec.source} "
+                                    f"is {detected.name}; prepare them separately (or pass --format)")
+        reading.format = adapter.name
+        reading.tally.total += 1
+        if adapter.label and (label := adapter.label(row)):
+            reading.labels[label] += 1
+        where = f"{rec.source}:{rec.line}"
+        try:
+            fields = adapter.convert(row)
+            if isinstance(fields, ChatFields):
+                if renderer is None:  # loaded at the first conversation: row errors before model errors
+                    renderer = chat_renderer(tokenizer, log)
+                    reading.chat_template = renderer.name
+                fields = renderer.render(fields)
+        except RowSkip as s:
+            reading.tally.skip(s.reason, where + (f" {source_field(s.field, mapping)}" if s.field else ""))
+            continue
+        except RowError as e:
+            raise DataError(rec.source, rec.line, source_field(e.field, mapping), e.message) from None
+        yield Pair(fields.prompt, fields.chosen, fields.rejected, fields.post_id, where, fields.body_span,
+                   fields.meta, fields.cut, fields.turns)
     if adapter is None:
         raise PreftuneError(f"{cfg.dataset}: no rows")
-    return pairs, tally, adapter.name
+
+
+def load_pairs(cfg: DataConfig, tokenizer=None, log=print, reading: Reading | None = None
+               ) -> tuple[list[Pair], Tally, str]:
+    """All pairs of SRC through one adapter, plus the tally of skipped rows and the adapter name."""
+    reading = reading or Reading()
+    pairs = list(iter_pairs(cfg, reading, tokenizer, log))
+    return pairs, reading.tally, reading.format
 
 
 # ---- clean ---------------------------------------------------------------------------------------
@@ -191,14 +257,18 @@ class Prepared:
     stats: dict
 
 
-def prepare(cfg: DataConfig, log=print) -> Prepared:
-    """SRC → cleaned, sampled, post-disjoint train/eval pairs, with statistics. Logs what it did."""
+def prepare(cfg: DataConfig, log=print, tokenizer=None) -> Prepared:
+    """SRC → cleaned, sampled, post-disjoint train/eval pairs, with statistics. Logs what it did.
+
+    `tokenizer`: a tokenizer or model spec whose chat template renders message-list formats (loaded
+    only for those; None: the default model)."""
     if is_prepared_dir(cfg.dataset):
         return load_prepared(Path(cfg.dataset), log)
     log(f"data: {describe(cfg.dataset)}")
-    pairs, tally, fmt = load_pairs(cfg)
+    reading = Reading()
+    pairs, tally, fmt = load_pairs(cfg, tokenizer, log, reading)
     pairs = resolve_labels(pairs, tally)
-    log(f"data: format {fmt}; {tally.summary()}")
+    log(f"data: {reading.describe()}; {tally.summary()}")
     for line in tally.details():
         log(line)
     sampled = take_fraction(pairs, cfg.fraction, cfg.seed)
@@ -207,6 +277,9 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
         PREPARED_MARKER: True,
         "config": asdict(cfg),
         "format": fmt,
+        "format_detected_from": reading.detected_from,
+        "chat_template": reading.chat_template,
+        "labels": dict(reading.labels),
         "rows": tally.to_json(),
         "fraction": {"of": len(pairs), "taken": len(sampled)},
         "train": split_stats(train),

@@ -3,18 +3,22 @@
 Traps handled here (measured, see docs): DPOConfig defaults to bf16, which runs ~10× slower on CPUs
 without AMX, so bf16 is off on CPU; pairs arrive already fitted to max_length (TRL would cut the
 summary's end or drop the pair); the prompt column is always passed; the reference is the initial
-policy (TRL reloads it from the same folder, or disables the LoRA adapter).
+policy (TRL reloads it from the same folder, or disables the LoRA adapter). Checkpoints are the
+Trainer's own (model, optimizer, scheduler, RNG states, trainer_state.json), marked complete by
+`CheckpointMarker` as engines/__init__.py describes.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback, set_seed
 
-from preftune.engines import TrainJob, TrainResult
+from preftune.engines import (CHECKPOINTS_DIR, TrainJob, TrainResult, read_checkpoint_marker,
+                              write_checkpoint_marker)
 from preftune.models import load_model
 
 
@@ -33,13 +37,29 @@ class JsonlLogger(TrainerCallback):
             fh.write(json.dumps(record) + "\n")
 
 
+class CheckpointMarker(TrainerCallback):
+    """Marks each checkpoint complete once the Trainer has written all of it (on_save comes after),
+    with the training seconds so far, those before a resume included."""
+
+    def __init__(self, elapsed_before: float):
+        self.elapsed_before, self.start = elapsed_before, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_checkpoint_marker(folder, state.global_step, self.elapsed())
+
+
 def dpo_config(job: TrainJob):
     from trl import DPOConfig
 
     cfg = job.cfg
     on_gpu = torch.cuda.is_available()
     return DPOConfig(
-        output_dir=str(job.out_dir / "checkpoints"),
+        output_dir=str(job.out_dir / CHECKPOINTS_DIR),
         learning_rate=cfg.lr,
         per_device_train_batch_size=job.per_device_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -47,11 +67,13 @@ def dpo_config(job: TrainJob):
         beta=cfg.beta,
         loss_type=[cfg.loss],
         max_length=cfg.max_length,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing is not False,  # None: on (TRL's memory default)
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,  # unused without a save strategy, but must be > 0
+        save_total_limit=2,  # the Trainer deletes old checkpoints before the new one is marked: keep one marked
         report_to=[],
         seed=job.seed,
         data_seed=job.seed,
@@ -76,6 +98,8 @@ def train(job: TrainJob) -> TrainResult:
     model = load_model(job.model_path)
     rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in job.pairs]
     logger = JsonlLogger(job.log_path)
+    before = read_checkpoint_marker(job.resume_from)["elapsed_s"] if job.resume_from else 0.0
+    marker = CheckpointMarker(before)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # the initial policy: reloaded from model_path (full) or adapter disabled (LoRA)
@@ -83,11 +107,11 @@ def train(job: TrainJob) -> TrainResult:
         train_dataset=Dataset.from_list(rows),
         processing_class=job.tokenizer,
         peft_config=lora_config(job) if job.cfg.lora else None,
-        callbacks=[logger],
+        callbacks=[logger, marker],
     )
-    start = time.perf_counter()
-    output = trainer.train()
-    runtime = time.perf_counter() - start
+    marker.start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+    runtime = marker.elapsed()
     trained = trainer.model
     if job.cfg.lora:
         if trainer.is_world_process_zero():

@@ -1,0 +1,205 @@
+"""`preftune data inspect`: what is in a preference dataset, before training on it.
+
+One streaming pass over SRC through the same adapter `prepare` uses: rows kept and skipped (by
+reason), distinct prompts, label balance (where the format has labels), repeated comparisons (as
+`prepare` will resolve them), ties and empty fields; then token lengths with the model's tokenizer
+on a seeded reservoir sample of at most --length-sample pairs (all of them when there are fewer),
+and how many of those exceed --max-length (measured exactly as TRL tokenizes) and would be trimmed or
+skipped by training.
+
+Memory: rows are streamed; what is kept per pair is two 8-byte digests (distinct prompts; repeated
+comparisons), so a 1 GB JSON-lines file costs tens of MB, plus the sample of --length-sample pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from preftune.config import DataConfig
+from preftune.data.prepare import Pair, Reading, iter_pairs
+from preftune.data.sources import describe
+from preftune.data.truncate import fit_pair, pair_length, unfit_reason
+
+PERCENTILES = (50, 90, 99)
+
+
+def digest(*parts: str) -> int:
+    """A 64-bit content key (collisions are negligible below billions of rows)."""
+    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "little")
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile: the smallest value with at least q% of the values at or below it."""
+    return sorted_values[max(0, math.ceil(q / 100 * len(sorted_values)) - 1)]
+
+
+def summarize_lengths(values: list[int]) -> dict:
+    ordered = sorted(values)
+    return {**{f"p{q}": percentile(ordered, q) for q in PERCENTILES}, "max": ordered[-1]} if ordered else {}
+
+
+def repeated_labels(groups: dict[int, int]) -> dict:
+    """What `prepare.resolve_labels` will do with repeated comparisons; `groups` maps each (post,
+    prompt, {a, b}) to its label counts packed as forward << 32 | reverse."""
+    out = Counter({"duplicate label": 0, "outvoted label": 0, "tied labels": 0})
+    for packed in groups.values():
+        forward, reverse = packed >> 32, packed & 0xFFFFFFFF
+        if forward == reverse:
+            out["tied labels"] += forward + reverse
+        else:
+            out["duplicate label"] += max(forward, reverse) - 1
+            out["outvoted label"] += min(forward, reverse)
+    return dict(out)
+
+
+@dataclass
+class Scan:
+    """The streaming aggregates of one pass."""
+
+    kept: int = 0
+    longer: int = 0
+    prompts: set = field(default_factory=set)
+    groups: dict = field(default_factory=dict)
+    sample: list = field(default_factory=list)  # reservoir of pairs for token lengths
+    first: list = field(default_factory=list)  # the first pairs, shown as examples
+
+    def add(self, pair: Pair, rng: random.Random, sample_size: int, examples: int) -> None:
+        self.kept += 1
+        self.longer += len(pair.chosen) > len(pair.rejected)
+        self.prompts.add(digest(pair.prompt))
+        a, b = sorted((pair.chosen, pair.rejected))
+        key = digest(pair.post_id, pair.prompt, a, b)
+        self.groups[key] = self.groups.get(key, 0) + (1 << 32 if pair.chosen == a else 1)
+        if len(self.first) < examples:
+            self.first.append(pair)
+        if len(self.sample) < sample_size:  # reservoir sampling (Algorithm R)
+            self.sample.append(pair)
+        elif (j := rng.randrange(self.kept)) < sample_size:
+            self.sample[j] = pair
+
+
+def token_lengths(tokenizer, pairs: list[Pair]) -> dict[str, list[int]]:
+    """Per pair: prompt tokens (with the special tokens the tokenizer adds), chosen and rejected tokens
+    (with the EOS TRL appends), and prompt + the longer completion. Prompt and completions are
+    tokenized apart (each prompt once: it is most of the text), so a pair's total can differ from
+    TRL's by a merge at the seam; `over_length` re-measures the pairs near the limit exactly."""
+    eos = tokenizer.eos_token or ""
+
+    def with_eos(texts: list[str]) -> list[str]:
+        return [t if t.endswith(eos) else t + eos for t in texts]
+
+    out = {"prompt": [len(ids) for ids in tokenizer([p.prompt for p in pairs])["input_ids"]]}
+    for name in ("chosen", "rejected"):
+        ids = tokenizer(with_eos([getattr(p, name) for p in pairs]), add_special_tokens=False)["input_ids"]
+        out[name] = [len(i) for i in ids]
+    out["sequence"] = [p + max(c, r) for p, c, r in zip(out["prompt"], out["chosen"], out["rejected"])]
+    return out
+
+
+SEAM_MARGIN = 8  # tokens: far more than a merge across the prompt/completion seam can change
+
+
+def over_length(tokenizer, pairs: list[Pair], sequence: list[int], max_length: int) -> dict:
+    """Pairs longer than max_length, measured exactly as TRL does (truncate.pair_length) for every pair
+    within SEAM_MARGIN of the limit, and what training would do with them (truncate.fit_pair)."""
+    trimmed, skipped = 0, Counter()
+    for pair, n in zip(pairs, sequence):
+        if n > max_length - SEAM_MARGIN and pair_length(tokenizer, pair) > max_length:
+            if fit_pair(tokenizer, pair, max_length) is None:
+                skipped[unfit_reason(pair)] += 1
+            else:
+                trimmed += 1
+    return {"limit": max_length, "over": trimmed + sum(skipped.values()), "trimmed": trimmed,
+            "skipped": dict(skipped)}
+
+
+def shorten(text: str, n: int = 160) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def inspect_data(cfg: DataConfig, tokenizer, tokenizer_name: str, max_length: int, samples: int = 3,
+                 length_sample: int = 5000, log=print) -> dict:
+    """The report of `preftune data inspect` as a dict (see the module docstring)."""
+    reading, scan, rng = Reading(), Scan(), random.Random(cfg.seed)
+    for pair in iter_pairs(cfg, reading, tokenizer, log):
+        scan.add(pair, rng, length_sample, samples)
+    tally = reading.tally
+    repeats = repeated_labels(scan.groups)
+    report = {
+        "dataset": cfg.dataset,
+        "source": describe(cfg.dataset),
+        "format": reading.format,
+        "detected_from": reading.detected_from,
+        "chat_template": reading.chat_template,
+        "rows": tally.total,
+        "kept": scan.kept,
+        "skipped": dict(tally.skipped.most_common()),
+        "skip_examples": {k: v for k, v in tally.examples.items() if k in tally.skipped},
+        "distinct_prompts": len(scan.prompts),
+        "labels": dict(sorted(reading.labels.items())) or None,
+        "chosen_longer": scan.longer / scan.kept if scan.kept else None,
+        "repeated": repeats,
+        "pairs_after_cleaning": scan.kept - sum(repeats.values()),
+        "identical_pairs": tally.skipped.get("identical pair", 0),
+        "empty_fields": {k: n for k, n in tally.skipped.items() if k.startswith("empty ")},
+    }
+    if scan.sample:
+        lengths = token_lengths(tokenizer, scan.sample)
+        report["tokens"] = {"tokenizer": tokenizer_name, "pairs": len(scan.sample),
+                            "sampled": len(scan.sample) < scan.kept,
+                            **{k: summarize_lengths(v) for k, v in lengths.items()}}
+        report["max_length"] = over_length(tokenizer, scan.sample, lengths["sequence"], max_length)
+    report["samples"] = [{"source": p.source, "prompt": shorten(p.prompt), "chosen": shorten(p.chosen),
+                          "rejected": shorten(p.rejected)} for p in scan.first]
+    return report
+
+
+# ---- the human table ------------------------------------------------------------------------------
+
+
+def _share(n: int, total: int) -> str:
+    return f"{n:,} ({n / total:.1%})" if total else f"{n:,}"
+
+
+def _counts(d: dict) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in d.items() if v) or "none"
+
+
+def format_report(r: dict) -> str:
+    rows, kept = r["rows"], r["kept"]
+    how = f"detected from columns {', '.join(r['detected_from'])}" if r["detected_from"] else "--format"
+    lines = [
+        ("dataset", r["source"]),
+        ("format", f"{r['format']} ({how})" + (f"; chat template of {r['chat_template']}" if r["chat_template"] else "")),
+        ("rows", f"{rows:,}"),
+        ("kept", f"{_share(kept, rows)}; skipped {rows - kept:,}" + (f": {_counts(r['skipped'])}" if r["skipped"] else "")),
+        ("distinct prompts", f"{r['distinct_prompts']:,}"),
+        ("label balance", ", ".join(f"{k}: {_share(v, sum(r['labels'].values()))}" for k, v in r["labels"].items())
+         if r["labels"] else "not in this format"),
+        ("chosen is longer", f"{r['chosen_longer']:.1%} of kept pairs" if r["chosen_longer"] is not None else "-"),
+        ("repeated pairs", f"{_counts(r['repeated'])} → {r['pairs_after_cleaning']:,} pairs after `prepare`"),
+        ("identical pairs", f"{r['identical_pairs']:,} (chosen == rejected, skipped)"),
+        ("empty fields", _counts(r["empty_fields"])),
+    ]
+    out = [f"{k:<18} {v}" for k, v in lines]
+    if "tokens" in r:
+        t = r["tokens"]
+        scope = f"a random sample of {t['pairs']:,} pairs" if t["sampled"] else f"all {t['pairs']:,} kept pairs"
+        out += ["", f"tokens ({t['tokenizer']}, {scope}; completions include EOS; sequence = prompt + longer completion)",
+                f"  {'':<10}" + "".join(f"{k:>8}" for k in ("p50", "p90", "p99", "max"))]
+        for name in ("prompt", "chosen", "rejected", "sequence"):
+            out.append(f"  {name:<10}" + "".join(f"{t[name][k]:>8,}" for k in ("p50", "p90", "p99", "max")))
+        m = r["max_length"]
+        over = f"{_share(m['over'], t['pairs'])} exceed --max-length {m['limit']}: {m['trimmed']:,} would have their prompt trimmed"
+        out.append(over + (f", {sum(m['skipped'].values()):,} skipped ({_counts(m['skipped'])})" if m["skipped"] else ""))
+    if r["samples"]:
+        out.append("")
+        for s in r["samples"]:
+            out.append(f"[{s['source']}]")
+            out += [f"  {k:<9}{json.dumps(s[k], ensure_ascii=False)}" for k in ("prompt", "chosen", "rejected")]
+    return "\n".join(out)

@@ -1,0 +1,167 @@
+"""The Gradio page: a post in, the base and the DPO-tuned model's TL;DRs side by side (streamed),
+each with its length and implicit reward, and a "which is better?" vote saved as preference data.
+
+Offline by design: no analytics, no telemetry, no server-side rendering, the theme's fonts are
+served by gradio itself (no CDN). The summarize endpoint is public API (`api_name="summarize"`),
+callable with gradio_client; see docs/serve.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+# read by gradio and huggingface_hub at import time: set before importing them
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from preftune.config import ServeConfig  # noqa: E402
+from preftune.serve.demo import Demo, InputError, Limits, fields, post_id, prompt, spec_from_run  # noqa: E402
+from preftune.serve.feedback import append_jsonl, comparison_row  # noqa: E402
+from preftune.serve.sampling import Sampling  # noqa: E402
+
+SIDES = ("base", "DPO-tuned")
+SAMPLING = Sampling()  # the page's initial knob values
+
+INTRO = """## {name}: base vs DPO-tuned TL;DRs
+Paste a Reddit post (or pick a held-out one the run never trained on), then **Summarize**: both models
+write a one-line TL;DR from the same prompt, seed and settings. Under each summary, its length and its
+**implicit DPO reward** β·(log π − log π_ref) with β = {beta}: how much more likely the tuned model
+finds that summary than the base model does. Then say which summary is better: your vote is saved as
+a new preference pair.
+
+Tuned: `{policy}` · Base: `{base}`"""
+
+
+def _number(value, name: str, kind=float):
+    if value is None or value == "":
+        raise InputError(f"{name} is empty: give it a value.")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}.") from None
+    if kind is int and number != float(value):
+        raise InputError(f"{name} must be a whole number, got {value!r}.")
+    return number
+
+
+def sampling_from(temperature, top_p, max_new_tokens, seed) -> Sampling:
+    return Sampling(_number(temperature, "Temperature"), _number(top_p, "Top-p"),
+                    _number(max_new_tokens, "Max new tokens", int), _number(seed, "Seed", int))
+
+
+def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
+    spec = demo.spec
+    examples = {ex.label: ex for ex in spec.examples}
+    policies = [f"base:{spec.base}", f"dpo:{spec.name}"]
+
+    def fill(label):
+        ex = examples.get(label)
+        return (ex.subreddit, ex.title, ex.post) if ex else (gr.skip(), gr.skip(), gr.skip())
+
+    def summarize(subreddit, title, post, temperature, top_p, max_new_tokens, seed):
+        try:
+            s = sampling_from(temperature, top_p, max_new_tokens, seed)
+            ids = demo.check(subreddit, title, post, s)
+        except InputError as e:
+            raise gr.Error(str(e), title="Cannot summarize this", print_exception=False) from None
+        texts = ["", ""]
+        for texts in demo.stream(ids, s):  # shown without leading whitespace; scored and saved as generated
+            yield texts[0].lstrip(), texts[1].lstrip(), "*writing…*", "*writing…*", None
+        summaries = demo.score(prompt(subreddit, title, post), texts)
+        subreddit, title, post = fields(subreddit, title, post)
+        last = {"post": post, "title": title, "subreddit": subreddit, "texts": texts,
+                "sampling": vars(s), "rewards": [x.reward for x in summaries], "voted": False}
+        yield texts[0].lstrip(), texts[1].lstrip(), summaries[0].describe(), summaries[1].describe(), last
+
+    def vote(choice: int, last: dict | None):
+        if not last:
+            return "Summarize a post first, then vote.", last
+        if last["voted"]:
+            return "Your vote for these two summaries is already saved.", last
+        if last["texts"][0].strip() == last["texts"][1].strip():
+            return "The two summaries are identical: there is nothing to prefer.", last
+        row = comparison_row(post_id(last["post"]), last["subreddit"], last["title"], last["post"],
+                             last["texts"], policies, choice,
+                             {"sampling": last["sampling"], "implicit_rewards": last["rewards"]})
+        append_jsonl(feedback, row)
+        saved = f"Saved: the **{SIDES[choice]}** summary is better (appended to `{feedback.name}`)."
+        return saved, {**last, "voted": True}
+
+    with gr.Blocks(title=f"preftune · {spec.name}") as blocks:
+        gr.Markdown(INTRO.format(name=spec.name, beta=spec.beta, policy=spec.policy, base=spec.base))
+        with gr.Row():
+            with gr.Column(scale=3):
+                example = gr.Dropdown(list(examples), value=None, label=f"Held-out posts ({len(examples)})",
+                                      info="Fill the fields with a post from the run's evaluation split",
+                                      visible=bool(examples), elem_id="example")
+                with gr.Row():
+                    subreddit = gr.Textbox(label="Subreddit", placeholder="relationships", scale=1,
+                                           elem_id="subreddit")
+                    title = gr.Textbox(label="Title", scale=3, elem_id="title")
+                post = gr.Textbox(label="Post", lines=8, max_lines=16, elem_id="post",
+                                  placeholder=f"Up to {spec.limits.max_post_chars:,} characters")
+            with gr.Column(scale=1):
+                temperature = gr.Slider(0, 2, value=SAMPLING.temperature, step=0.05, elem_id="temperature",
+                                        label="Temperature", info="0 = greedy")
+                top_p = gr.Slider(0.05, 1, value=SAMPLING.top_p, step=0.05, label="Top-p", elem_id="top-p")
+                max_new = gr.Slider(1, spec.limits.max_new_tokens_cap, step=1, elem_id="max-new-tokens",
+                                    value=min(SAMPLING.max_new_tokens, spec.limits.max_new_tokens_cap),
+                                    label="Max new tokens")
+                seed = gr.Number(value=SAMPLING.seed, precision=0, minimum=0, label="Seed", elem_id="seed")
+                go = gr.Button("Summarize", variant="primary", elem_id="summarize")
+        with gr.Row(equal_height=True):
+            with gr.Column():
+                base_text = gr.Textbox(label=f"Base · {spec.base}", lines=3, interactive=False, elem_id="base-summary")
+                base_info = gr.Markdown(elem_id="base-info")
+            with gr.Column():
+                tuned_text = gr.Textbox(label=f"DPO-tuned · {spec.name}", lines=3, interactive=False,
+                                        elem_id="tuned-summary")
+                tuned_info = gr.Markdown(elem_id="tuned-info")
+        with gr.Row():
+            prefer_base = gr.Button("◀ Base is better", elem_id="prefer-base")
+            prefer_tuned = gr.Button("DPO-tuned is better ▶", elem_id="prefer-tuned")
+        status = gr.Markdown(elem_id="vote-status")
+        last = gr.State(None)
+
+        example.change(fill, example, [subreddit, title, post], api_visibility="private")
+        go.click(summarize, [subreddit, title, post, temperature, top_p, max_new, seed],
+                 [base_text, tuned_text, base_info, tuned_info, last], api_name="summarize")
+        # votes are instant: not queued behind generations (concurrent votes are what the file lock is for)
+        prefer_base.click(lambda last: vote(0, last), last, [status, last], api_name="prefer_base",
+                          concurrency_limit=None)
+        prefer_tuned.click(lambda last: vote(1, last), last, [status, last], api_name="prefer_tuned",
+                           concurrency_limit=None)
+    return blocks
+
+
+def launch(blocks: gr.Blocks, cfg: ServeConfig, **kwargs):
+    """Queue (one generation at a time by default; the rest wait their turn) and serve."""
+    blocks.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
+    return blocks.launch(server_name=cfg.host, server_port=cfg.port, ssr_mode=False, show_error=True,
+                         theme=gr.themes.Default(), **kwargs)
+
+
+def serve(run_dir: Path, cfg: ServeConfig, log=print) -> None:
+    """`preftune serve`: load the run and its base model, then serve until interrupted."""
+    limits = Limits(cfg.max_post_chars, cfg.max_prompt_tokens, cfg.max_new_tokens_cap)
+    demo = Demo(spec_from_run(run_dir, cfg.base, limits))
+    loaded = demo.load()
+    feedback = Path(cfg.feedback) if cfg.feedback else Path(run_dir) / "preferences.jsonl"
+    log(f"serve: tuned {demo.spec.name} ← {loaded.sources[0]}")
+    log(f"serve: base {demo.spec.base} ← {loaded.sources[1]}")
+    log(f"serve: β={demo.spec.beta}, {len(demo.spec.examples)} held-out posts, votes → {feedback}")
+    if cfg.port == 0:
+        cfg.port = free_port(cfg.host)
+    launch(build_app(demo, feedback), cfg)
+
+
+def free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,47 @@
+"""Votes from the demo, appended as summarize_from_feedback comparison rows, so that
+`preftune data prepare --dataset preferences.jsonl` reads them back like OpenAI's own files.
+
+Several clicks can arrive at once (gradio runs handlers in a thread pool; several servers may share
+a file): each row is one write of one line under an exclusive lock on the file, so rows never
+interleave and none is lost.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+WORKER = "preftune-demo"
+
+
+def comparison_row(post_id: str, subreddit: str, title: str, post: str, texts: list[str],
+                   policies: list[str], choice: int, extra: dict | None = None) -> dict:
+    """One comparison: summaries[choice] is the one the person preferred."""
+    if choice not in (0, 1) or len(texts) != 2 or len(policies) != 2:
+        raise ValueError(f"a comparison needs 2 summaries, 2 policies and choice 0 or 1, got choice={choice}")
+    return {
+        "info": {"id": post_id, "post": post, "title": title, "subreddit": subreddit},
+        "summaries": [{"text": t, "policy": p} for t, p in zip(texts, policies, strict=True)],
+        "choice": choice,
+        "worker": WORKER,
+        "batch": WORKER,
+        "split": "demo",
+        "extra": {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})},
+    }
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one JSON line under an exclusive lock (threads and processes alike)."""
+    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file description: excludes other threads' opens too
+        view = memoryview(line)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,260 @@
+"""`preftune sweep`: one DPO run per point of a grid over lr × batch size × epochs (× beta × loss).
+
+The data are prepared and tokenized once for the whole sweep (`train.prepare_run_data`); each run then
+trains and evaluates (`train.run`) into ROOT/<run name>/, and `preftune report ROOT` ends the sweep.
+
+Safe to kill and re-run the same command: a run folder gets its final name only once complete; a
+re-run skips finished runs (after checking they were trained with the same settings), resumes an
+interrupted one from its last complete checkpoint (with --save-steps), and starts any other over. A
+lock keeps two sweeps out of one ROOT.
+
+Settings come from a YAML file (--config; every key is a flag's name, see examples/sweep.yaml), from
+flags, or both: a flag wins over the file, the file over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import fcntl
+import itertools
+import json
+import time
+import typing
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from preftune.config import DataConfig, SweepConfig, TrainConfig, add_arguments, run_name
+from preftune.errors import DataError, PreftuneError
+
+GRID_KEYS = tuple(f.name for f in dataclasses.fields(SweepConfig))
+NOT_SWEPT = ("overwrite",)  # a sweep never replaces a finished run: it skips it
+LOCK_FILE = ".sweep.lock"
+PLAN_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str
+    cfg: TrainConfig
+
+
+def expand(grid: SweepConfig, base: TrainConfig) -> list[PlannedRun]:
+    """Every combination of the grid, named like the original pipeline's runs; `_beta{b}` / `_loss-{l}`
+    are added only when beta / loss take several values, so names stay unique and short."""
+    runs = []
+    for lr, bs, epochs, beta, loss in itertools.product(grid.lr, grid.batch_size, grid.epochs, grid.beta, grid.loss):
+        name = run_name(lr, bs, epochs)
+        name += f"_beta{beta!r}" if len(grid.beta) > 1 else ""
+        name += f"_loss-{loss}" if len(grid.loss) > 1 else ""
+        runs.append(PlannedRun(name, replace(base, lr=lr, batch_size=bs, epochs=epochs, beta=beta, loss=loss)))
+    return runs
+
+
+# ---- settings: YAML file + flags ----------------------------------------------------------------
+
+
+def _settable() -> dict[str, Any]:
+    """Every setting a sweep takes, name → type hint (the grid's, then the data's, then the train's)."""
+    hints = dict(typing.get_type_hints(SweepConfig))
+    for cls in (DataConfig, TrainConfig):
+        hints.update({k: v for k, v in typing.get_type_hints(cls).items()
+                      if k not in hints and k not in NOT_SWEPT})
+    return hints
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """A YAML or flag value checked against a field's type: lists for the grid, YAML's `1e-6` (a
+    string to YAML 1.1) as a float. Raises a message naming `where`."""
+    if typing.get_origin(hint) is tuple:  # a grid key: one value or a list of them
+        values = value if isinstance(value, list) else [value]
+        return tuple(coerce(v, typing.get_args(hint)[0], where) for v in values)
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise PreftuneError(f"{where}: needs a value")
+    tp = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # `int | None` → int
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit():  # from a flag
+        return int(value)
+    if tp is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise PreftuneError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The settings of a sweep YAML file, checked: unknown keys and wrong types name the line."""
+    import yaml
+
+    if not path.is_file():
+        raise PreftuneError(f"sweep config {path} not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node, values = yaml.compose(text), yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PreftuneError(f"{path}: not valid YAML: {e}") from e
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise DataError(str(path), 1, None, "expected a mapping of settings (key: value)")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    hints, settings = _settable(), {}
+    for key, value in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), hints, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(hints)}"
+            raise DataError(str(path), lines.get(key), str(key), f"unknown setting{hint}")
+        try:
+            settings[key] = coerce(value, hints[key], "value")
+        except PreftuneError as e:
+            raise DataError(str(path), lines.get(key), key, str(e).removeprefix("value: ")) from None
+    return settings
+
+
+def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, SweepConfig]:
+    """(data, base train, grid) configs from merged settings; each class validates its own fields."""
+    grid = SweepConfig(**{k: v for k, v in settings.items() if k in GRID_KEYS})
+    data_names = {f.name for f in dataclasses.fields(DataConfig)}
+    data_cfg = DataConfig(**{k: v for k, v in settings.items() if k in data_names})
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)} - data_names - set(GRID_KEYS)
+    base = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
+    for planned in expand(grid, base):  # every combination must be a valid run before any starts
+        TrainConfig(**asdict(planned.cfg))
+    return data_cfg, base, grid
+
+
+# ---- the sweep -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sweep_lock(root: Path):
+    """Hold ROOT/.sweep.lock for the sweep; the OS releases it even on SIGKILL."""
+    with open(root / LOCK_FILE, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreftuneError(f"another `preftune sweep` is running in {root} (it holds {root / LOCK_FILE}); "
+                                "wait for it to finish or use another --output-dir") from None
+        yield
+
+
+def differences(stored: dict, wanted: dict) -> list[str]:
+    """Settings in which a finished run differs from the wanted one (keys it predates are not compared)."""
+    return [f"{k}: {stored[section][k]!r} there, {v!r} now"
+            for section in ("data", "train") for k, v in wanted[section].items()
+            if k in stored.get(section, {}) and stored[section][k] != v]
+
+
+def run_state(root: Path, planned: PlannedRun, data_cfg: DataConfig) -> str:
+    """'finished', 'resume from checkpoint-N', 'restart' or 'new'. A finished run trained with other
+    settings is an error: the sweep would report it as if it were this grid's."""
+    from preftune.train import resume_point, run_spec, stored_spec
+
+    final, partial = root / planned.name, root / (planned.name + ".partial")
+    if final.exists():
+        stored = stored_spec(final)
+        if stored is None:
+            raise PreftuneError(f"{final} exists but is not a preftune run folder; move it away and re-run")
+        diff = differences(stored, run_spec(data_cfg, planned.cfg))
+        if diff:
+            raise PreftuneError(f"{final} was trained with other settings ({'; '.join(diff)}); use another "
+                                "--output-dir, or delete that run folder to train it again")
+        return "finished"
+    if partial.exists():
+        checkpoint = resume_point(partial, data_cfg, planned.cfg)
+        return f"resume from {checkpoint.name}" if checkpoint else "restart"
+    return "new"
+
+
+def write_plan(root: Path, data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, runs: list[PlannedRun]) -> None:
+    """ROOT/sweep.json: what this sweep is (the report says which of its runs are finished)."""
+    plan = {"grid": asdict(grid), "data": asdict(data_cfg),
+            "train": {k: v for k, v in asdict(base).items() if k not in GRID_KEYS}, "runs": [r.name for r in runs]}
+    tmp = root / (PLAN_FILE + ".tmp")
+    tmp.write_text(json.dumps(plan, indent=2) + "\n")
+    tmp.replace(root / PLAN_FILE)
+
+
+def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, log=print) -> Path:
+    """Train and evaluate every run of the grid not finished yet, then write the report. Returns ROOT."""
+    from preftune.report import report
+    from preftune.train import prepare_run_data, run, world
+
+    rank, _ = world()
+    log = log if rank == 0 else (lambda *a, **k: None)
+    root = Path(base.output_dir)
+    runs = expand(grid, base)
+    root.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(root) if rank == 0 else contextlib.nullcontext():
+        states = {r.name: run_state(root, r, data_cfg) for r in runs}
+        if rank == 0:
+            write_plan(root, data_cfg, base, grid, runs)
+        todo = [r for r in runs if states[r.name] != "finished"]
+        log(f"sweep: {len(runs)} runs in {root}; {len(runs) - len(todo)} finished (skipped), {len(todo)} to train")
+        for r in runs:
+            log(f"  {r.name:<44} {'finished: skipped' if states[r.name] == 'finished' else states[r.name]}")
+        data = prepare_run_data(data_cfg, base, log) if todo else None  # once, shared by every run
+        for i, planned in enumerate(todo, 1):
+            log(f"sweep: [{i}/{len(todo)}] {planned.name}")
+            start = time.perf_counter()
+            run(data, planned.cfg, log, name=planned.name)
+            log(f"sweep: [{i}/{len(todo)}] {planned.name} finished in {time.perf_counter() - start:.1f} s")
+    if rank == 0:
+        report(root, log)
+    return root
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+
+def _parse_list(text: str, hint: Any, flag: str) -> tuple:
+    return coerce([v.strip() for v in text.split(",") if v.strip()], hint, flag)
+
+
+def settings_from_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """The --config file's settings, overridden by the flags given (absent flags are not in `ns`)."""
+    hints = _settable()
+    settings = load_config_file(Path(ns.config)) if ns.config else {}
+    for key, value in vars(ns).items():
+        if key in GRID_KEYS:
+            settings[key] = _parse_list(value, hints[key], "--" + key.replace("_", "-"))
+        elif key in hints:
+            settings[key] = value
+    return settings
+
+
+def cmd_sweep(ns: argparse.Namespace) -> None:
+    sweep(*build_configs(settings_from_args(ns)))
+
+
+def add_cli(verbs) -> None:
+    parser = verbs.add_parser(
+        "sweep", help="a grid of DPO runs (lr × batch size × epochs [× beta × loss]) → ROOT/<run>/, "
+        "resumable, then `preftune report ROOT`",
+        description=__doc__.split("\n\n")[0] + " Re-run the same command to resume.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings: the grid and any data or train "
+                        "setting, keys named like the flags (see examples/sweep.yaml); flags win over it")
+    group = parser.add_argument_group("grid (comma-separated values; one run per combination)")
+    for f in dataclasses.fields(SweepConfig):
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, metavar="V1,V2",
+                           help=f"{f.metadata['help']} (default: {','.join(map(str, f.default))})")
+    add_arguments(parser, DataConfig)
+    add_arguments(parser, TrainConfig, skip=GRID_KEYS + NOT_SWEPT)
+    for action in parser._actions:  # absent flags stay absent, so the YAML file's values are not overridden
+        if action.dest in _settable():
+            if action.help:
+                action.help = action.help.replace("%(default)s", str(action.default))
+            action.default = argparse.SUPPRESS
+    parser.set_defaults(func=cmd_sweep)

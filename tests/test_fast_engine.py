@@ -1,0 +1,175 @@
+"""The fast engine against TRL's DPOTrainer: same per-sequence log-probs, loss and gradients for the
+same batch and weights; and its own behaviour: log 2 at step 0, every parameter moves, the
+reference cache is reused and invalidated."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from preftune.config import DataConfig, TrainConfig
+from preftune.data.prepare import prepare
+from preftune.logps import PairLogpsModule, pack_pair, packed_pair_logps
+from preftune.losses import LOSSES
+from preftune.models import load_model, load_tokenizer
+from preftune.refcache import RefLogpCache, reference_logps
+from preftune.train import fit, train
+
+DATA = DataConfig(fraction=0.03, seed=3)
+
+
+@pytest.fixture(scope="module")
+def perturbed_ref(tiny_model, tmp_path_factory):
+    """A reference that differs from the policy, so the loss is not log 2 and the test has teeth."""
+    folder = tmp_path_factory.mktemp("ref")
+    model = load_model(str(tiny_model))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    load_tokenizer(str(tiny_model)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_tokenizer):
+    prepared = prepare(DATA, lambda *a: None).train[:4]
+    return fit(tiny_tokenizer, prepared, 256, "train", lambda *a: None)[0]
+
+
+def trl_side(tiny_model, ref_path, tokenizer, pairs, loss_type, tmp_path):
+    """TRL's own numbers for one batch: per-sequence policy log-probs, the loss, and gradients."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(pairs), beta=0.1,
+                     loss_type=[loss_type], max_length=256, bf16=False, use_cpu=True, report_to=[])
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    trainer = DPOTrainer(model=load_model(str(tiny_model)), ref_model=load_model(str(ref_path)), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    model = trainer.model
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    with torch.no_grad():  # TRL's per-sequence log-probs, exactly as its _compute_loss computes them
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        kwargs = {k: v for k, v in batch.items() if k != "completion_mask"}
+        out = model(**kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+        logps = out.log_probs[:, -(batch["completion_mask"].size(1) - 1):].sum(1)
+    chosen, rejected = logps.chunk(2)
+    return torch.stack([chosen, rejected], 1), loss.detach(), grads
+
+
+def fast_side(tiny_model, ref_path, tokenizer, pairs, loss_type):
+    packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    ref_module = PairLogpsModule(load_model(str(ref_path))).eval()
+    with torch.no_grad():
+        ref = torch.stack([packed_pair_logps(ref_module, p) for p in packed])
+    module = PairLogpsModule(load_model(str(tiny_model))).train()
+    pol = torch.stack([packed_pair_logps(module, p) for p in packed])  # (N, 2)
+    nc = torch.tensor([p.chosen_len for p in packed])
+    nr = torch.tensor([p.rejected_len for p in packed])
+    losses, _, _ = LOSSES[loss_type](pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1, nc, nr)
+    loss = losses.mean()
+    loss.backward()
+    return pol.detach(), loss.detach(), {n.removeprefix("model."): p.grad for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_parity_with_trl(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path):
+    trl_logps, trl_loss, trl_grads = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path)
+    fast_logps, fast_loss, fast_grads = fast_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type)
+    assert torch.allclose(fast_logps, trl_logps, atol=1e-4, rtol=0), (fast_logps - trl_logps).abs().max()
+    assert abs(fast_loss.item() - trl_loss.item()) < 1e-4
+    assert abs(trl_loss.item() - 0.6931) > 1e-3  # the perturbed reference makes this a real comparison
+    assert fast_grads.keys() == trl_grads.keys()
+    for name, g in trl_grads.items():
+        rel = (fast_grads[name] - g).norm() / g.norm().clamp(min=1e-12)
+        assert rel < 1e-3, f"{name}: relative gradient difference {rel:.2e}"
+
+
+def tiny_cfg(model, out, **kw) -> TrainConfig:
+    base = dict(output_dir=str(out), model=str(model), lr=1e-2, batch_size=4, max_length=192, max_pairs=8,
+                max_eval_pairs=4, engine="fast")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fast_run_log2_every_parameter_moves_and_cache_is_reused(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    run = train(DATA, tiny_cfg(tiny_model, tmp_path / "a"), log=print)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").open()]
+    assert log[0]["loss"] == pytest.approx(0.693147, abs=1e-5)
+    assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm",
+            "learning_rate", "epoch"} <= log[0].keys()
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(run / "model.safetensors")
+    assert [k for k in before if torch.equal(before[k], after[k])] == []
+    assert "reference: computing log-probs of 8 pairs once" in capsys.readouterr().out
+
+    # a second run with other hyperparameters: every reference log-prob comes from the cache
+    train(DATA, tiny_cfg(tiny_model, tmp_path / "b", lr=5e-3), log=print)
+    out = capsys.readouterr().out
+    assert "reference: all 8 pairs' log-probs found in" in out and "reference: computing" not in out
+
+
+def test_cache_is_invalidated_when_the_weights_change(tiny_model, tmp_path, monkeypatch, tiny_tokenizer, pairs):
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    loads = []
+
+    def loader(path):
+        return lambda: loads.append(path) or load_model(str(path))
+
+    first = reference_logps(packed, str(tiny_model), loader(tiny_model), log=lambda *a: None)
+    again = reference_logps(packed, str(tiny_model), loader(tiny_model), log=lambda *a: None)
+    assert torch.equal(first, again) and len(loads) == 1  # warm cache: the model is not even loaded
+
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for f in tiny_model.iterdir():
+        (changed / f.name).write_bytes(f.read_bytes())
+    weights = load_file(changed / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0
+    save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
+    assert RefLogpCache(str(changed)).path != RefLogpCache(str(tiny_model)).path
+    other = reference_logps(packed, str(changed), loader(changed), log=lambda *a: None)
+    assert len(loads) == 2 and not torch.equal(other, first)
+
+
+def test_fast_lora_run(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    run = train(DATA, tiny_cfg(tiny_model, tmp_path, lora=True, lr=5e-2), log=lambda *a: None)
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(run / "model.safetensors")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in moved)
+
+
+def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
+    """Uninterrupted 4 steps vs 2 steps → checkpoint → resume for 2 more: identical final weights."""
+    from preftune.engines import ENGINES, TrainJob, latest_checkpoint
+
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+
+    def job(out, **kw):
+        cfg = tiny_cfg(tiny_model, out, batch_size=2, epochs=2, **kw)
+        out.mkdir(parents=True, exist_ok=True)
+        return TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, out, 2, out / "log.jsonl")
+
+    straight = ENGINES["fast"](job(tmp_path / "straight"))
+    assert straight.steps == 4
+    saving = job(tmp_path / "saving", save_steps=2)
+    ENGINES["fast"](saving)
+    checkpoint = latest_checkpoint(saving.out_dir)
+    assert checkpoint is not None and checkpoint.name == "checkpoint-2"
+    resumed_job = job(tmp_path / "resumed")
+    resumed_job.resume_from = checkpoint
+    resumed = ENGINES["fast"](resumed_job)
+    assert resumed.steps == 4 and [r["step"] for r in resumed.log] == [3, 4]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.log[-1]["loss"] == straight.log[-1]["loss"]

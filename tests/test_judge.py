@@ -1,0 +1,204 @@
+"""The judge: win rates by hand (ties half), length control, the verdict's strength; a policy that copies
+the preferred summaries is judged correctly (by a known scorer, and by a trained RM, where the win rate
+must equal the RM's pairwise accuracy); `preftune judge` end to end on tiny models."""
+
+import json
+import shutil
+
+import pytest
+
+from preftune.config import DataConfig, JudgeConfig, RewardConfig, TrainConfig
+from preftune.data.prepare import Pair
+from preftune.errors import PreftuneError
+from preftune.generate import Decoding, Generation
+from preftune.judge import (
+    ReferenceRM,
+    compare,
+    held_out_posts,
+    judge_posts,
+    length_controlled_win_rate,
+    rm_strength,
+    win_stats,
+)
+
+DATA = DataConfig(fraction=0.03, seed=3)
+QUIET = lambda *a, **k: None  # noqa: E731
+DECODINGS = [Decoding(0.0), Decoding(0.7)]
+
+
+def test_win_stats_ties_count_half():
+    s = win_stats([1.0, 1.0, 1.0, 0.5, 0.0])
+    assert (s["wins"], s["ties"], s["losses"]) == (3, 1, 1) and s["win_rate"] == 0.7
+    lo, hi = s["ci95"]
+    assert lo < 0.7 < hi
+
+
+def test_length_controlled_win_rate_removes_a_pure_length_effect():
+    """Tuned is longer in 3/4 of the posts; the longer summary wins 80% of the time whichever side wrote
+    it. Raw win rate = 0.75·0.8 + 0.25·0.2 = 0.65; at equal length the sides are even: LC ≈ 0.5."""
+    results = [1.0] * 24 + [0.0] * 6 + [1.0] * 2 + [0.0] * 8  # 30 longer (24 won), 10 shorter (2 won)
+    len_a = [60] * 30 + [40] * 10
+    len_b = [40] * 30 + [60] * 10
+    assert win_stats(results)["win_rate"] == 0.65
+    assert length_controlled_win_rate(results, len_a, len_b) == pytest.approx(0.5, abs=0.01)
+    # no length difference at all: LC is the plain win rate
+    assert length_controlled_win_rate([1.0, 1.0, 0.0, 0.5], [5] * 4, [5] * 4) == pytest.approx(0.625, abs=0.01)
+
+
+def test_compare_length_matched_and_longer_won():
+    c = compare([2.0, 1.0, 0.0, 1.0], [1.0, 2.0, 1.0, 1.0], [100, 50, 100, 10], [95, 100, 40, 10])
+    assert c["win_rate"] == 1.5 / 4 and c["a_longer"] == 2  # win, loss, loss, tie
+    assert c["length_matched"]["n"] == 2 and c["length_matched"]["win_rate"] == 0.75  # posts 0 and 3
+    assert c["longer_won"] == pytest.approx(2 / 3)  # posts 0 (longer a won), 1 (longer b won), 2 (longer a lost)
+
+
+def test_verdict_strength_follows_rm_accuracy():
+    def rm(acc, lo, hi, longer=0.5, picks=0.5):
+        return {"accuracy": acc, "accuracy_ci95": [lo, hi], "n": 150, "longer_wins_baseline": longer,
+                "rm_picks_longer": picks}
+
+    weak, text = rm_strength(rm(0.53, 0.45, 0.61))
+    assert weak == "weak" and text.startswith("WEAK VERDICT") and "63–69%" in text and "chance" in text
+    assert rm_strength(rm(0.60, 0.55, 0.65))[0] == "moderate"
+    assert rm_strength(rm(0.66, 0.63, 0.69))[0] == "ok"
+    # as accurate as the published RMs, but not distinguishable from "longer wins" on the same pairs
+    weak, text = rm_strength(rm(0.69, 0.61, 0.76, longer=0.66, picks=0.91))
+    assert weak == "weak" and "length counter" in text and "91.0%" in text
+
+
+# ---- a policy that copies the preferred summaries ------------------------------------------------
+
+
+def copier(texts: dict[str, str]):
+    """A 'policy' whose summary of a prompt is texts[prompt], whatever the decoding."""
+    def generate(prompts, decoding):
+        return [Generation(texts[p], len(texts[p].split()), "eos") for p in prompts]
+    return generate
+
+
+class TableRM:
+    """A scorer with known rewards per summary text."""
+
+    def __init__(self, rewards):
+        self.rewards, self.seen = rewards, []
+
+    def prompt_for(self, post, texts):
+        return post.prompt
+
+    def __call__(self, prompts, completions):
+        self.seen += list(zip(prompts, completions))
+        return [self.rewards[c] for c in completions]
+
+
+def test_copying_the_preferred_summary_by_hand():
+    """6 posts; tuned writes the human-preferred summary, base the other. The scorer agrees with the
+    humans on posts 0–2, ties on 3, disagrees on 4–5: 3 wins + ½ tie of 6 = 58.3%. Posts 0 and 4 have a
+    human reference scored 0.5: tuned (1.0 / 0.0) wins 1 of 2, base (0.0 / 1.0) wins 1 of 2."""
+    pairs, rewards = [], {}
+    for i in range(6):
+        meta = {"chosen_policy": "sup", "rejected_policy": "ref" if i in (0, 4) else "sup2"}
+        pairs.append(Pair(f"post {i} TL;DR:", f" good {i}", f" bad {i}", f"p{i}", "x", meta=meta))
+        r_good, r_bad = {0: (1, 0), 1: (2, 1), 2: (1, -1), 3: (0.5, 0.5), 4: (0, 1), 5: (-1, 3)}[i]
+        rewards[f" good {i}"], rewards[f" bad {i}"] = r_good, r_bad
+    # the reference is the rejected summary in posts 0 and 4; score it 0.5 as a separate text
+    pairs[0] = Pair(pairs[0].prompt, " good 0", " human 0", "p0", "x", meta=pairs[0].meta)
+    pairs[4] = Pair(pairs[4].prompt, " good 4", " human 4", "p4", "x", meta=pairs[4].meta)
+    pairs += [Pair("post 0 TL;DR:", " good 0", " bad 0", "p0", "x", meta={})]  # a second pair of post 0
+    rewards[" human 0"] = rewards[" human 4"] = 0.5
+    posts = held_out_posts(pairs)
+    assert [p.post_id for p in posts] == [f"p{i}" for i in range(6)] and posts[0].reference == " human 0"
+    tuned = copier({f"post {i} TL;DR:": f" good {i}" for i in range(6)})
+    base = copier({f"post {i} TL;DR:": f" bad {i}" for i in range(6)})
+    rm = TableRM(rewards)
+
+    out = judge_posts(posts, tuned, base, rm, DECODINGS, examples=2, log=QUIET)
+    assert out["posts"] == 6 and out["posts_with_reference"] == 2 and set(out["decodings"]) == {"greedy", "T=0.7"}
+    for res in out["decodings"].values():
+        tb = res["tuned_vs_base"]
+        assert (tb["wins"], tb["ties"], tb["losses"]) == (3, 1, 2) and tb["win_rate"] == pytest.approx(3.5 / 6)
+        assert res["tuned"]["mean_reward"] == pytest.approx((1 + 2 + 1 + 0.5 + 0 - 1) / 6)
+        assert res["base"]["mean_reward"] == pytest.approx((0 + 1 - 1 + 0.5 + 1 + 3) / 6)
+        assert res["tuned"]["mean_chars"] == len("good 0")
+        assert res["tuned_vs_reference"]["win_rate"] == 0.5 and res["base_vs_reference"]["win_rate"] == 0.5
+        assert res["tuned_vs_reference"]["n"] == 2
+    assert ("post 0 TL;DR:", " human 0") in rm.seen
+    s = out["samples"][4]
+    assert (s["post_id"], s["tuned"], s["reward_tuned"], s["reward_base"], s["reward_reference"]) == \
+        ("p4", " good 4", 0, 1, 0.5)
+    assert len(out["samples"]) == 12 and len(out["examples"]) == 2
+
+
+# ---- with trained tiny models --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model, tmp_path_factory):
+    """A tiny DPO run and, beside it, a tiny RM trained on the same data config (so the same split)."""
+    from preftune.reward import train_reward_model
+    from preftune.train import train
+
+    root = tmp_path_factory.mktemp("judge")
+    run = train(DATA, TrainConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4, max_pairs=4,
+                                  max_eval_pairs=8, max_length=192, gradient_checkpointing=False), log=QUIET)
+    train_reward_model(DATA, RewardConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4,
+                                          max_pairs=8, max_length=192), log=QUIET)
+    return run
+
+
+def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
+    """With a real reward model: a policy that writes each pair's chosen summary, against one that writes
+    the rejected, wins exactly where the RM ranks the pair right: win rate = RM pairwise accuracy."""
+    import torch
+
+    from preftune.data.prepare import read_jsonl
+    from preftune.reward import pairwise_metrics, score_pairs
+    from preftune.train import fit
+
+    rm = ReferenceRM(tiny_run.parent / "reward_model", batch_size=4)
+    pairs, seen = [], set()
+    for p in read_jsonl(tiny_run / "eval_pairs.jsonl"):  # the first pair of each post, without meta (no refs)
+        if p.post_id not in seen:
+            seen.add(p.post_id)
+            pairs.append(Pair(p.prompt, p.chosen, p.rejected, p.post_id, p.source, p.body_span))
+    posts = held_out_posts(pairs)
+    out = judge_posts(posts, copier({p.prompt: p.chosen for p in pairs}), copier({p.prompt: p.rejected for p in pairs}),
+                      rm, [Decoding()], log=QUIET)
+    fitted, _ = fit(rm.tokenizer, pairs, rm.max_length, "t", QUIET)
+    chosen_r, rejected_r = score_pairs(rm.model, rm.tokenizer, fitted)
+    accuracy = pairwise_metrics(chosen_r, rejected_r, fitted)["accuracy"]
+    tb = out["decodings"]["greedy"]["tuned_vs_base"]
+    assert tb["n"] == len(pairs) >= 3 and tb["ties"] == 0
+    assert tb["win_rate"] == pytest.approx(accuracy)
+    rewards = torch.tensor([s["reward_tuned"] for s in out["samples"]])
+    assert torch.allclose(rewards, chosen_r, atol=1e-5)
+
+
+def test_judge_command_end_to_end(tiny_run, capsys):
+    from preftune.cli import main
+
+    assert main(["judge", str(tiny_run), "--n", "3", "--max-new-tokens", "6", "--examples", "1"]) == 0
+    report = json.loads((tiny_run / "judge.json").read_text())
+    assert report["posts"] == 3 and report["posts_from"] == "eval_pairs.jsonl"
+    assert set(report["decodings"]) == {"greedy", "T=0.7"} and report["verdict_strength"] in ("weak", "moderate", "ok")
+    for name, res in report["decodings"].items():
+        rows = [s for s in report["samples"] if s["decoding"] == name]
+        recomputed = sum(1.0 if s["reward_tuned"] > s["reward_base"] else 0.5 if s["reward_tuned"] == s["reward_base"]
+                         else 0.0 for s in rows) / len(rows)
+        assert res["tuned_vs_base"]["win_rate"] == pytest.approx(recomputed)
+        assert res["tuned"]["mean_tokens"] <= 6
+    printed = capsys.readouterr().out
+    assert "tuned win rate over base" in printed and "length-controlled win rate" in printed
+
+
+def test_judge_refuses_an_rm_trained_on_the_judged_posts(tiny_run, tmp_path):
+    from preftune.data.prepare import read_jsonl
+    from preftune.judge import judge_run
+
+    rm = shutil.copytree(tiny_run.parent / "reward_model", tmp_path / "rm")
+    config = json.loads((rm / "rm_config.json").read_text())
+    config["train_post_ids"].append(read_jsonl(tiny_run / "eval_pairs.jsonl")[0].post_id)
+    (rm / "rm_config.json").write_text(json.dumps(config))
+    with pytest.raises(PreftuneError, match="was trained on 1 of the posts to judge"):
+        judge_run(tiny_run, JudgeConfig(rm=str(rm), n=2), log=QUIET)
+    with pytest.raises(PreftuneError, match="no reward model at"):
+        judge_run(tiny_run, JudgeConfig(rm=str(tmp_path / "missing")), log=QUIET)

@@ -1,0 +1,273 @@
+"""The demo without a browser: decoding, request checks, implicit rewards, votes as preference data
+(read back by `data prepare`, no row lost on concurrent clicks), and the API through gradio_client."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from preftune.config import DataConfig, ServeConfig, TrainConfig
+from preftune.data.adapters import tldr_prompt
+from preftune.errors import PreftuneError
+from preftune.serve.demo import Demo, DemoSpec, InputError, Limits, prompt, read_examples, spec_from_run
+from preftune.serve.feedback import append_jsonl, comparison_row
+from preftune.serve.sampling import Sampling, decode_steps, first_line, stream_pair
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+POST = "I went to the shop and bought bread, then I forgot it on the bus home."
+
+
+def tiny_run(model: Path, tmp_path_factory) -> Path:
+    """A real run folder: one DPO step of the tiny model (eval_pairs.jsonl is written, eval skipped).
+    Trained once per test session; the serve, browser and Space tests only read it."""
+    from preftune.train import train
+
+    root = tmp_path_factory.getbasetemp() / "serve-tiny-run"
+    cfg = TrainConfig(output_dir=str(root), model=str(model), lr=5e-2, batch_size=4, max_length=192, max_pairs=4,
+                      max_eval_pairs=6, evaluate=False)
+    if (root / cfg.run_name).is_dir():
+        return root / cfg.run_name
+    return train(DataConfig(fraction=0.03, seed=3), cfg, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model, tmp_path_factory) -> Path:
+    return tiny_run(tiny_model, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def demo(run_dir) -> Demo:
+    limits = Limits(max_post_chars=2000, max_prompt_tokens=100, max_new_tokens_cap=40)
+    demo = Demo(spec_from_run(run_dir, limits=limits))
+    demo.load()
+    return demo
+
+
+# ---- decoding ------------------------------------------------------------------------------------
+
+
+def test_greedy_decoding_matches_generate(demo):
+    """The KV-cached step loop is what model.generate does (a cache or position bug would diverge)."""
+    loaded = demo.load()
+    ids = loaded.tokenizer(prompt("test", "Bread", POST))["input_ids"]
+    mine = list(decode_steps(loaded.policy, ids, Sampling(temperature=0, max_new_tokens=30), eos_ids=set()))
+    ref = loaded.policy.generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False, eos_token_id=None)
+    assert mine == ref[0, len(ids):].tolist()
+
+
+def test_sampling_is_reproducible_by_seed(demo):
+    loaded = demo.load()
+    ids = loaded.tokenizer(prompt("test", "Bread", POST))["input_ids"]
+
+    def sample(seed):
+        s = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=20, seed=seed)
+        return list(decode_steps(loaded.policy, ids, s, set()))
+
+    assert sample(5) == sample(5)
+    assert sample(5) != sample(6)
+
+
+def test_a_tldr_ends_at_its_first_line():
+    assert first_line(" Bought bread.\nThen more") == (" Bought bread.", True)
+    assert first_line("\n Bought bread.") == ("\n Bought bread.", False)  # leading newlines are not an end
+    assert first_line(" Bought") == (" Bought", False)
+
+
+def test_stream_pair_yields_growing_texts_for_both_models(demo):
+    loaded = demo.load()
+    ids = loaded.tokenizer(prompt("test", "Bread", POST))["input_ids"]
+    steps = list(stream_pair([loaded.base, loaded.policy], loaded.tokenizer, ids, Sampling(max_new_tokens=25)))
+    assert 1 < len(steps) <= 25
+    for side in (0, 1):
+        lengths = [len(step[side]) for step in steps]
+        assert lengths == sorted(lengths) and len(set(lengths)) >= 3
+        assert "\n" not in steps[-1][side].lstrip()
+
+
+# ---- requests and rewards ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("post", "settings", "message"), [
+    ("   ", {}, "The post is empty"),
+    ("x" * 1990, {}, "2,001 characters; this demo takes at most 2,000"),  # + "test" + "A title"
+    (POST * 6, {}, "tokens; this demo takes at most 100"),
+    (POST, {"max_new_tokens": 41}, "between 1 and 40, got 41"),
+    (POST, {"max_new_tokens": 0}, "between 1 and 40, got 0"),
+    (POST, {"temperature": -1.0}, "Temperature must be between 0 and 2"),
+    (POST, {"top_p": 0.0}, "Top-p must be in (0, 1]"),
+])
+def test_check_refuses_bad_requests_with_a_clear_message(demo, post, settings, message):
+    with pytest.raises(InputError) as e:
+        demo.check("test", "A title", post, Sampling(**{"max_new_tokens": 20, **settings}))
+    assert message in str(e.value)
+
+
+def test_implicit_reward_is_beta_times_the_logp_difference(demo):
+    """Recomputed here from full-sequence logits, independently of preftune.logps."""
+    loaded, text = demo.load(), " Forgot the bread on the bus."
+    p = prompt("test", "Bread", POST)
+    [summary] = demo.score(p, [text])
+    ids = loaded.tokenizer(p + text + loaded.tokenizer.eos_token)["input_ids"]
+    start = len(loaded.tokenizer(p)["input_ids"])
+
+    def logp(model):
+        with torch.no_grad():
+            logps = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)  # (T-1, V)
+        return logps[torch.arange(start - 1, len(ids) - 1), torch.tensor(ids[start:])].sum().item()
+
+    assert summary.tokens == len(ids) - start
+    assert summary.reward == pytest.approx(demo.spec.beta * (logp(loaded.policy) - logp(loaded.base)), abs=1e-4)
+    assert summary.reward != 0  # the run moved the model
+
+
+def test_spec_from_run_reads_beta_base_and_held_out_posts(run_dir, tiny_model):
+    spec = spec_from_run(run_dir)
+    assert (spec.base, spec.beta, spec.name) == (str(tiny_model), 0.1, run_dir.name)
+    eval_posts = {json.loads(line)["post_id"] for line in (run_dir / "eval_pairs.jsonl").open()}
+    assert {e.post_id for e in spec.examples} == eval_posts
+    prompts = {json.loads(line)["prompt"] for line in (run_dir / "eval_pairs.jsonl").open()}
+    assert {tldr_prompt(e.subreddit, e.title, e.post)[0] for e in spec.examples} <= prompts  # parsed back exactly
+    assert DemoSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert len(read_examples(run_dir, limit=2)) == 2
+
+
+def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from preftune.cli import main
+
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "has no preftune_config.json: not a run folder" in capsys.readouterr().err
+    with pytest.raises(PreftuneError, match="no such run folder"):
+        spec_from_run(tmp_path / "missing")
+
+
+# ---- votes ---------------------------------------------------------------------------------------
+
+
+def vote_row(i: int, choice: int = 0, post: str = POST, size: int = 0) -> dict:
+    return comparison_row(f"post{i}", "test", "A title", post + " x" * size,
+                          [f" Summary A {i}.", f" Summary B {i}."], ["base:m", "dpo:run"], choice)
+
+
+def test_votes_are_read_back_by_data_prepare(tmp_path):
+    """The demo's file is preference data: `preftune data prepare` turns it into pairs, chosen = the vote."""
+    from preftune.cli import main
+
+    votes = tmp_path / "preferences.jsonl"
+    for i in range(6):
+        append_jsonl(votes, vote_row(i, choice=i % 2, post=f"Post number {i}: I lost my keys."))
+    assert main(["data", "prepare", "--dataset", str(votes), "--eval-fraction", "0", "--out", str(tmp_path / "p")]) == 0
+    pairs = [json.loads(line) for line in (tmp_path / "p" / "train.jsonl").open()]
+    assert len(pairs) == 6
+    by_post = {p["post_id"]: p for p in pairs}
+    assert by_post["post1"]["chosen"] == " Summary B 1." and by_post["post1"]["rejected"] == " Summary A 1."
+    assert by_post["post0"]["chosen"] == " Summary A 0."
+    assert by_post["post0"]["prompt"] == prompt("test", "A title", "Post number 0: I lost my keys.")
+
+
+def test_append_waits_for_the_file_lock(tmp_path):
+    path = tmp_path / "votes.jsonl"
+    path.touch()
+    with open(path) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        writer = threading.Thread(target=append_jsonl, args=(path, vote_row(0)))
+        writer.start()
+        time.sleep(0.3)
+        assert path.read_text() == ""  # blocked while another writer holds the lock
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.join(5)
+    assert json.loads(path.read_text())["info"]["id"] == "post0"
+
+
+def _append_many(path: str, writer: int, n: int) -> None:
+    for i in range(n):
+        append_jsonl(Path(path), vote_row(writer * 1000 + i, size=10_000))  # 20 kB lines: many pipe buffers
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    path = tmp_path / "votes.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(path), w, 25)) for w in range(4)]
+    threads = [threading.Thread(target=_append_many, args=(str(path), 10 + w, 25)) for w in range(2)]
+    for worker in procs + threads:
+        worker.start()
+    for worker in procs + threads:
+        worker.join(60)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]  # a torn line would not parse
+    assert sorted(r["info"]["id"] for r in rows) == sorted(f"post{w * 1000 + i}" for w in [0, 1, 2, 3, 10, 11]
+                                                           for i in range(25))
+
+
+# ---- the app, through its API ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(demo, tmp_path_factory):
+    from preftune.serve.app import build_app, free_port, launch
+
+    votes = tmp_path_factory.mktemp("votes") / "preferences.jsonl"
+    blocks = build_app(demo, votes)
+    _, url, _ = launch(blocks, ServeConfig(port=free_port("127.0.0.1")), prevent_thread_lock=True, quiet=True)
+    yield url, votes
+    blocks.close()
+
+
+def client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False)
+
+
+def test_api_streams_both_summaries_then_scores_them(server):
+    url, _ = server
+    job = client(url).submit("test", "Bread", POST, 0.0, 1.0, 30, 0, api_name="/summarize")
+    base, tuned, base_info, tuned_info = job.result(timeout=60)
+    outputs = job.outputs()
+    assert len(outputs) >= 3  # streamed: one update per decoding step, then the scored result
+    assert len({len(o[0]) for o in outputs}) >= 3 and len({len(o[1]) for o in outputs}) >= 3
+    assert base and tuned and "implicit reward" in base_info and "implicit reward" in tuned_info
+
+
+def test_api_refuses_bad_input_and_keeps_serving(server):
+    from gradio_client.exceptions import AppError
+
+    c = client(server[0])
+    with pytest.raises(AppError, match="tokens; this demo takes at most 100"):
+        c.predict("test", "Bread", POST * 6, 0.0, 1.0, 30, 0, api_name="/summarize")
+    with pytest.raises(AppError, match="The post is empty"):
+        c.predict("test", "Bread", "", 0.0, 1.0, 30, 0, api_name="/summarize")
+    with pytest.raises(AppError, match="40"):  # over the max-new-tokens cap (the slider's maximum)
+        c.predict("test", "Bread", POST, 0.0, 1.0, 41, 0, api_name="/summarize")
+    assert "implicit reward" in c.predict("test", "Bread", POST, 0.0, 1.0, 10, 0, api_name="/summarize")[2]
+
+
+def test_concurrent_votes_through_the_api_all_land(server):
+    """Six sessions summarize (queued), then all vote at the same instant: six rows, none torn."""
+    url, votes = server
+    before = len(votes.read_text().splitlines()) if votes.exists() else 0
+    barrier, messages = threading.Barrier(6), []
+
+    def session(i: int) -> None:
+        c = client(url)
+        base, tuned, *_ = c.predict("test", "Bread", f"{POST} Day {i}.", 1.0, 1.0, 40, i, api_name="/summarize")
+        barrier.wait(60)
+        messages.append((c.predict(api_name="/prefer_tuned" if i % 2 else "/prefer_base"), base, tuned))
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(messages) == 6 and all(m[0].startswith("Saved") for m in messages), [m[0] for m in messages]
+    rows = [json.loads(line) for line in votes.read_text().splitlines()][before:]
+    assert len(rows) == 6
+    shown = {(r["summaries"][0]["text"].lstrip(), r["summaries"][1]["text"].lstrip()) for r in rows}
+    assert shown == {(b, t) for _, b, t in messages}
+    assert all(r["summaries"][1]["policy"].startswith("dpo:") for r in rows)

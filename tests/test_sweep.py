@@ -1,0 +1,219 @@
+"""`preftune sweep`: settings from YAML and flags, run names, bad settings, and a sweep of a tiny model
+killed with SIGKILL in the middle of a run that a re-run completes — finished runs untouched, the
+interrupted run resumed from its checkpoint to the same weights as an uninterrupted run."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+from preftune.cli import build_parser, main
+from preftune.config import DataConfig, SweepConfig, TrainConfig
+from preftune.errors import PreftuneError
+from preftune.sweep import build_configs, expand, run_state, settings_from_args, sweep_lock
+
+EXAMPLE = REPO / "examples" / "sweep.yaml"
+
+
+def parse(*argv: str):
+    return build_configs(settings_from_args(build_parser().parse_args(["sweep", *argv])))
+
+
+def test_example_config_parses():
+    data, base, grid = parse("--config", str(EXAMPLE))
+    runs = expand(grid, base)
+    assert [r.name for r in runs] == ["dpo_model_lr1e-06_bs4_epoch1", "dpo_model_lr1e-06_bs8_epoch1",
+                                      "dpo_model_lr5e-06_bs4_epoch1", "dpo_model_lr5e-06_bs8_epoch1"]
+    assert (runs[3].cfg.lr, runs[3].cfg.batch_size, runs[3].cfg.epochs) == (5e-6, 8, 1)
+    assert (base.output_dir, base.max_pairs, base.max_eval_pairs, base.save_steps) == ("runs/sweep", 48, 48, 2)
+    assert (data.dataset, data.fraction, data.seed) == ("tldr-sample", 1.0, 42)
+
+
+def test_flags_make_the_grid_and_win_over_the_file(tmp_path):
+    _, base, grid = parse("--lr", "1e-6,5e-6", "--batch-size", "4,8", "--epochs", "1,2")
+    assert (grid.lr, grid.batch_size, grid.epochs) == ((1e-6, 5e-6), (4, 8), (1, 2))
+    assert len({r.name for r in expand(grid, base)}) == 8
+    config = tmp_path / "s.yaml"
+    config.write_text("lr: [1.0e-6, 2e-6]\nmax_pairs: 16\nseed: 7\n")  # 2e-6: a string to YAML 1.1
+    data, base, grid = parse("--config", str(config), "--max-pairs", "8", "--batch-size", "2")
+    assert (grid.lr, grid.batch_size, base.max_pairs, data.seed) == ((1e-6, 2e-6), (2,), 8, 7)
+    data, _, _ = parse("--config", str(config), "--seed", "42")  # a flag equal to its default still wins
+    assert data.seed == 42
+
+
+def test_suffixes_only_when_beta_or_loss_vary():
+    base = TrainConfig()
+    assert [r.name for r in expand(SweepConfig(lr=(1e-6,)), base)] == ["dpo_model_lr1e-06_bs4_epoch1"]
+    assert [r.name for r in expand(SweepConfig(beta=(0.1, 0.5)), base)] == [
+        "dpo_model_lr5e-06_bs4_epoch1_beta0.1", "dpo_model_lr5e-06_bs4_epoch1_beta0.5"]
+    assert [r.name for r in expand(SweepConfig(loss=("sigmoid", "ipo")), base)] == [
+        "dpo_model_lr5e-06_bs4_epoch1_loss-sigmoid", "dpo_model_lr5e-06_bs4_epoch1_loss-ipo"]
+    runs = expand(SweepConfig(lr=(1e-6, 2e-6), beta=(0.1, 0.5), loss=("sigmoid", "ipo")), base)
+    assert len({r.name for r in runs}) == 8
+    assert {(r.cfg.beta, r.cfg.loss) for r in runs} == {(b, l) for b in (0.1, 0.5) for l in ("sigmoid", "ipo")}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lrr: [1e-6]\n", "s.yaml:1: field 'lrr': unknown setting; did you mean 'lr'?"),
+    ("seed: 1\nmax_pairs: many\n", "s.yaml:2: field 'max_pairs': expected int, got 'many'"),
+    ("epochs: [1, 2.5]\n", "s.yaml:1: field 'epochs': expected int, got 2.5"),
+    ("overwrite: true\n", "s.yaml:1: field 'overwrite': unknown setting"),
+    ("lr: [1e-6, 1.0e-6]\n", "sweep: --lr lists a value twice"),
+    ("lr: [-1e-6]\n", "--lr must be > 0, got -1e-06"),
+    ("loss: [sigmoid, nope]\n", "unknown --loss 'nope'"),
+    ("- lr\n", "s.yaml:1: expected a mapping of settings"),
+    ("lr: [1e-6\n", "s.yaml: not valid YAML"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, capsys, text, message):
+    config = tmp_path / "s.yaml"
+    config.write_text(text)
+    assert main(["sweep", "--config", str(config), "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_flag_list(capsys, tmp_path):
+    assert main(["sweep", "--batch-size", "4,x", "--output-dir", str(tmp_path)]) == 2
+    assert "--batch-size: expected int, got 'x'" in capsys.readouterr().err
+
+
+def test_lock_keeps_a_second_sweep_out(tmp_path):
+    with sweep_lock(tmp_path):
+        with pytest.raises(PreftuneError, match="another `preftune sweep` is running in"):
+            with sweep_lock(tmp_path):
+                pass
+    with sweep_lock(tmp_path):  # released at the end of the first
+        pass
+
+
+# ---- killed with SIGKILL and re-run ---------------------------------------------------------------
+
+# Runs `preftune sweep`, SIGKILLing itself right after the per-step log line KILL_AT="RUN:STEP" is written:
+# with --save-steps 2 and STEP 3 that is after checkpoint-2 and before checkpoint-4.
+DRIVER = """
+import os, signal, sys
+import preftune.engines.trl as engine
+from preftune.cli import main
+
+run, step = os.environ.get("KILL_AT", ":0").split(":")
+on_log = engine.JsonlLogger.on_log
+
+def on_log_then_die(self, args, state, control, logs=None, **kwargs):
+    on_log(self, args, state, control, logs=logs, **kwargs)
+    if run and run in args.output_dir and state.global_step == int(step) and logs and "loss" in logs:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+engine.JsonlLogger.on_log = on_log_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+RUNS = ["dpo_model_lr0.01_bs2_epoch1", "dpo_model_lr0.02_bs2_epoch1", "dpo_model_lr0.03_bs2_epoch1"]
+DATA = dict(fraction=0.03, seed=3)
+TRAIN = dict(batch_size=2, epochs=1, max_pairs=8, max_eval_pairs=4, max_length=192, gradient_checkpointing=False,
+             engine="trl", save_steps=2)  # 8 pairs / 2 = 4 steps per run
+
+
+def sweep_argv(model: Path, root: Path) -> list[str]:
+    return ["sweep", "--model", str(model), "--lr", "0.01,0.02,0.03", "--batch-size", "2", "--max-pairs", "8",
+            "--max-eval-pairs", "4", "--max-length", "192", "--fraction", "0.03", "--seed", "3",
+            "--no-gradient-checkpointing", "--engine", "trl", "--save-steps", "2", "--output-dir", str(root)]
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(run_dir)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def killed_then_rerun(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep") / "runs"
+    argv = [sys.executable, "-c", DRIVER, *sweep_argv(tiny_model, root)]
+    env = {**os.environ, "KILL_AT": f"{RUNS[1]}:3"}
+    killed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    after_kill = {
+        "returncode": killed.returncode,
+        "entries": sorted(p.name for p in root.iterdir()),
+        "finished": snapshot(root / RUNS[0]),
+        "partial_log_steps": [json.loads(line)["step"] for line in
+                              (root / f"{RUNS[1]}.partial" / "train_log.jsonl").read_text().splitlines()],
+        "checkpoints": sorted(p.name for p in (root / f"{RUNS[1]}.partial" / "checkpoints").iterdir()),
+    }
+    env.pop("KILL_AT")
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return root, after_kill, rerun.stdout
+
+
+def test_sigkill_leaves_finished_runs_whole_and_the_interrupted_one_partial(killed_then_rerun):
+    _, after_kill, _ = killed_then_rerun
+    assert after_kill["returncode"] == -signal.SIGKILL
+    assert RUNS[0] in after_kill["entries"] and f"{RUNS[1]}.partial" in after_kill["entries"]
+    assert RUNS[1] not in after_kill["entries"] and not any(e.startswith(RUNS[2]) for e in after_kill["entries"])
+    assert "eval.json" in after_kill["finished"] and "checkpoints" not in after_kill["finished"]
+    assert after_kill["partial_log_steps"] == [1, 2, 3]  # step 3 was logged, then the kill
+    assert "checkpoint-2" in after_kill["checkpoints"] and "checkpoint-4" not in after_kill["checkpoints"]
+
+
+def test_rerun_completes_every_run_without_redoing_finished_ones(killed_then_rerun):
+    root, after_kill, out = killed_then_rerun
+    assert re.search(rf"{RUNS[0]} +finished: skipped\n", out)
+    assert re.search(rf"{RUNS[1]} +resume from checkpoint-2\n", out)
+    assert re.search(rf"{RUNS[2]} +new\n", out)
+    assert f"resume: {RUNS[1]} from checkpoints/checkpoint-2 (step 2)" in out
+    assert snapshot(root / RUNS[0]) == after_kill["finished"]  # same files, inodes and mtimes: not redone
+    for name in RUNS:
+        run = root / name
+        assert (run / "eval.json").is_file() and (run / "model.safetensors").is_file()
+        assert not (run / "checkpoints").exists() and not run.with_name(name + ".partial").exists()
+        log = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+        assert log == [1, 2, 3, 4], name  # the resumed run's step 3 is logged once, not twice
+    leaderboard = json.loads((root / "leaderboard.json").read_text())
+    assert sorted(r["run"] for r in leaderboard) == RUNS and all(r["accuracy"] is not None for r in leaderboard)
+    assert (root / "report.html").is_file() and "sweep: 3/3 runs finished" in out
+
+
+def test_resumed_run_matches_an_uninterrupted_one(killed_then_rerun, tiny_model, tmp_path):
+    from preftune.train import train
+
+    root, _, _ = killed_then_rerun
+    cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=0.02, **TRAIN)
+    straight = train(DataConfig(**DATA), replace(cfg, evaluate=False), log=lambda *a: None)
+    resumed, reference = load_file(root / RUNS[1] / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in resumed)
+    logged = [json.loads(line)["loss"] for line in (root / RUNS[1] / "train_log.jsonl").read_text().splitlines()]
+    assert logged == [json.loads(line)["loss"] for line in (straight / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_third_run_trains_nothing(killed_then_rerun, tiny_model, capsys):
+    root, _, _ = killed_then_rerun
+    before = {name: snapshot(root / name) for name in RUNS}
+    assert main(sweep_argv(tiny_model, root)) == 0
+    out = capsys.readouterr().out
+    assert "3 finished (skipped), 0 to train" in out and "train: " not in out
+    assert {name: snapshot(root / name) for name in RUNS} == before
+
+
+def test_a_finished_run_with_other_settings_is_an_error(killed_then_rerun, tiny_model, capsys):
+    root, _, _ = killed_then_rerun
+    argv = sweep_argv(tiny_model, root)
+    argv[argv.index("--max-pairs") + 1] = "6"
+    assert main(argv) == 2
+    assert f"{root / RUNS[0]} was trained with other settings (max_pairs: 8 there, 6 now)" in capsys.readouterr().err
+
+
+def test_partial_without_checkpoint_restarts(tmp_path, tiny_model):
+    from preftune.sweep import PlannedRun
+
+    cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=0.02, **TRAIN)
+    (tmp_path / (cfg.run_name + ".partial")).mkdir()
+    assert run_state(tmp_path, PlannedRun(cfg.run_name, cfg), DataConfig(**DATA)) == "restart"
+    assert run_state(tmp_path, PlannedRun("other", cfg), DataConfig(**DATA)) == "new"
