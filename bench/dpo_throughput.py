@@ -265,7 +265,9 @@ def main() -> None:
     for config in ("trl_default", "trl_precompute", "fast"):
         print(f"throughput: {config} …", flush=True)
         shutil.rmtree(work / "cache" / "ref_logps", ignore_errors=True)  # every config starts cold
+        load_before = os.getloadavg()[0]
         r = run_child(config, common, env)
+        r["load_avg_1min"] = [load_before, os.getloadavg()[0]]  # other work on the machine skews every number
         flops = executed_flops(config, shape, lengths, args.batch_size)
         r.update({
             "pairs": len(lengths), "pairs_per_s": len(lengths) / r["train_s"],

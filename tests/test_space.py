@@ -92,7 +92,7 @@ def test_app_imports_from_the_copied_package_without_loading_or_launching(space_
 def test_space_needs_hub_ids(run_dir, tmp_path, capsys):
     # the tiny run's base model is a local folder: a Space cannot load it
     assert main(["space", str(run_dir), "--out", str(tmp_path / "a"), "--repo-id", "alice/x"]) == 2
-    assert "is a local folder, which a Space cannot load: pass --base" in capsys.readouterr().err
+    assert "is not a hub id (a local folder?), which a Space cannot load: pass --base" in capsys.readouterr().err
     assert main(["space", str(run_dir), "--out", str(tmp_path / "b"), "--base", BASE]) == 2
     assert "pass --repo-id OWNER/NAME" in capsys.readouterr().err
     assert main(["space", str(run_dir), "--out", str(tmp_path / "c"), "--repo-id", "not-a-repo-id"]) == 2

@@ -23,9 +23,14 @@ def tiny_cfg(model: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.fixture(scope="module", params=["fast", "trl"])
+def engine(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def full_run(tiny_model, tmp_path_factory):
-    return train(DATA, tiny_cfg(tiny_model, tmp_path_factory.mktemp("runs")), log=lambda *a: None)
+def full_run(tiny_model, tmp_path_factory, engine):
+    return train(DATA, tiny_cfg(tiny_model, tmp_path_factory.mktemp("runs"), engine=engine), log=lambda *a: None)
 
 
 def test_run_folder_layout(full_run):
@@ -62,15 +67,15 @@ def test_eval_json_is_consistent(full_run):
     assert m["mean_margin"] == pytest.approx(m["mean_chosen_reward"] - m["mean_rejected_reward"], abs=1e-5)
 
 
-def test_reload_gives_the_same_logits(tiny_model, tmp_path):
-    cfg = tiny_cfg(tiny_model, tmp_path)
+def test_reload_gives_the_same_logits(tiny_model, tmp_path, engine):
+    cfg = tiny_cfg(tiny_model, tmp_path, engine=engine)
     tokenizer = load_tokenizer(str(tiny_model))
     pairs = prepare(DATA, lambda *a: None).train[:4]
     from preftune.train import fit
 
     pairs, _ = fit(tokenizer, pairs, cfg.max_length, "train", lambda *a: None)
     job = TrainJob(str(tiny_model), tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log.jsonl")
-    result = ENGINES["trl"](job)
+    result = ENGINES[engine](job)
     ids = torch.tensor([tokenizer("SUBREDDIT: r/test\nTL;DR: a summary")["input_ids"]])
     result.model.eval()
     with torch.no_grad():
@@ -79,14 +84,14 @@ def test_reload_gives_the_same_logits(tiny_model, tmp_path):
     assert torch.equal(expected, reloaded)
 
 
-def test_same_seed_same_weights(full_run, tiny_model, tmp_path):
-    again = train(DATA, tiny_cfg(tiny_model, tmp_path), log=lambda *a: None)
+def test_same_seed_same_weights(full_run, tiny_model, tmp_path, engine):
+    again = train(DATA, tiny_cfg(tiny_model, tmp_path, engine=engine), log=lambda *a: None)
     a, b = load_file(full_run / "model.safetensors"), load_file(again / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lora_run_saves_a_merged_model_and_the_adapter(tiny_model, tmp_path):
-    run = train(DATA, tiny_cfg(tiny_model, tmp_path, lora=True, lr=5e-2), log=lambda *a: None)
+def test_lora_run_saves_a_merged_model_and_the_adapter(tiny_model, tmp_path, engine):
+    run = train(DATA, tiny_cfg(tiny_model, tmp_path, lora=True, lr=5e-2, engine=engine), log=lambda *a: None)
     assert (run / "adapter" / "adapter_config.json").is_file()
     before, after = load_file(tiny_model / "model.safetensors"), load_file(run / "model.safetensors")
     assert before.keys() == after.keys()  # a plain model: no lora_ tensors
@@ -94,11 +99,11 @@ def test_lora_run_saves_a_merged_model_and_the_adapter(tiny_model, tmp_path):
     assert moved and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in moved)
 
 
-def test_existing_run_needs_overwrite(full_run, tiny_model):
+def test_existing_run_needs_overwrite(full_run, tiny_model, engine):
     from preftune.errors import PreftuneError
 
     with pytest.raises(PreftuneError, match="already exists; pass --overwrite"):
-        train(DATA, tiny_cfg(tiny_model, full_run.parent), log=lambda *a: None)
+        train(DATA, tiny_cfg(tiny_model, full_run.parent, engine=engine), log=lambda *a: None)
 
 
 def test_eval_command_recomputes_the_same_metrics(full_run, capsys):

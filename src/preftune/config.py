@@ -96,7 +96,7 @@ class TrainConfig:
         None, "Recompute activations in backward: less memory, more time (default: on for trl, off for fast, "
         "which holds one pair's activations at a time).")
     engine: str = _opt(
-        "trl", "Training engine: 'fast' (preftune's: each prompt once, LM head on completions only, cached "
+        "fast", "Training engine: 'fast' (preftune's: each prompt once, LM head on completions only, cached "
         "reference log-probs) or 'trl' (TRL's DPOTrainer, the reference implementation).")
     logging_steps: int = _opt(1, "Log metrics every N optimizer steps.")
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")

@@ -112,8 +112,8 @@ def hub_base(run_config: dict, base: str | None) -> str:
     """The base model as a hub id: a Space cannot read a local folder of this machine."""
     spec = base or run_config["reference_model"]
     if Path(spec).exists() or spec.count("/") != 1 or spec.startswith((".", "/", "~")):
-        raise PreftuneError(f"the run's base model '{spec}' is a local folder, which a Space cannot load: "
-                            "pass --base OWNER/NAME, its hub id")
+        raise PreftuneError(f"the run's base model '{spec}' is not a hub id (a local folder?), which a Space "
+                            "cannot load: pass --base OWNER/NAME, its hub id")
     return spec
 
 
@@ -121,8 +121,8 @@ def write_space(run_dir: Path, out: Path, cfg: SpaceConfig, owner: str | None = 
     """Write the Space folder; returns the Space id."""
     run_config = read_run(run_dir)
     base = hub_base(run_config, cfg.base)
-    run_name = run_config.get("run_name") or Path(run_dir).name
-    space_id, model_repo = default_ids(run_name, cfg, owner)
+    # the folder's name, as `preftune push` names the model repo by default (sweeps may suffix it)
+    space_id, model_repo = default_ids(Path(run_dir).resolve().name, cfg, owner)
     serve = ServeConfig()
     limits = Limits(serve.max_post_chars, serve.max_prompt_tokens, serve.max_new_tokens_cap)
     spec = spec_from_run(run_dir, base, limits, cfg.examples).to_json()
