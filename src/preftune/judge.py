@@ -25,7 +25,6 @@ import math
 import random
 import statistics
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -160,7 +159,12 @@ class RewardScorer(Protocol):
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]: ...
 
 
-Generator = Callable[[list[str], "Decoding"], list["Generation"]]  # prompts, decoding → one summary each
+class Generator(Protocol):
+    """A model writing one summary per prompt under a decoding (model_generator below; copies in the tests)."""
+
+    def __call__(self, prompts: list[str], decoding: Decoding) -> list[Generation]: ...
+
+
 REF = ("reference", "")  # key of the human reference summary among a post's scored texts
 
 
@@ -324,8 +328,9 @@ def load_posts(run_dir: Path, run: dict, cfg: JudgeConfig, log) -> tuple[list[Po
     from preftune.models import load_tokenizer
     from preftune.train import fit
 
-    held = prepare(DataConfig(**run["data"]), log).eval
-    held, _ = fit(load_tokenizer(str(run_dir)), held, run["train"]["max_length"], "judge", log)
+    tokenizer = load_tokenizer(str(run_dir))  # also renders chat formats, as the run's data was
+    held = prepare(DataConfig(**run["data"]), log, tokenizer=tokenizer).eval
+    held, _ = fit(tokenizer, held, run["train"]["max_length"], "judge", log)
     return held_out_posts(held), "held-out split"
 
 
@@ -373,6 +378,7 @@ def judge_run(run_dir: Path, cfg: JudgeConfig, log=print) -> dict:
         "rm_accuracy_ci95": rm_eval["accuracy_ci95"],
         "rm_eval_pairs": rm_eval["n"],
         "rm_longer_wins_baseline": rm_eval["longer_wins_baseline"],
+        "rm_picks_longer": rm_eval.get("rm_picks_longer"),
         "literature": LITERATURE,
         "verdict_strength": strength,
         "verdict": [rm_said] + [decoding_verdict(name, res) for name, res in result["decodings"].items()],
