@@ -86,7 +86,7 @@ class TrainConfig:
     max_length: int = _opt(
         512,
         "Max tokens of prompt + completion. Longer pairs have their post trimmed (never the summary); "
-        "costs grow with it: ~67 s per step of 4 TL;DR pairs at 512 on 2 CPU cores with the TRL engine.",
+        "costs grow with it (TRL engine: ~67 s per step of 4 TL;DR pairs at 512 on 2 idle CPU cores).",
     )
     max_pairs: int | None = _opt(None, "Use at most this many training pairs (after the split).")
     max_eval_pairs: int | None = _opt(None, "Evaluate on at most this many held-out pairs (default: all).")
