@@ -131,3 +131,20 @@ def test_config_file_name_matches_evaluate():
     from preftune import evaluate, report as report_module
 
     assert report_module.CONFIG_FILE == evaluate.CONFIG_FILE
+
+
+def test_judge_results_join_the_leaderboard(root):
+    """A run with a judge.json shows its judged win rate; runs without one have empty judge columns."""
+    run = root / run_name(5e-6, 4, 1)
+    judge = {"verdict_strength": "weak", "rm_accuracy": 0.69,
+             "decodings": {"greedy": {"tuned_vs_base": {"n": 24, "win_rate": 0.7083, "ci95": [0.51, 0.85],
+                                                         "length_controlled_win_rate": 0.631}}}}
+    (run / "judge.json").write_text(json.dumps(judge))
+    report(root, log=lambda *a: None)
+    rows = {r["run"]: r for r in json.loads((root / "leaderboard.json").read_text())}
+    assert rows[run.name]["judge_win_rate"] == 0.7083 and rows[run.name]["judge_n"] == 24
+    assert rows[run.name]["judge_verdict_strength"] == "weak"
+    assert rows[run_name(1e-6, 4, 1)]["judge_win_rate"] is None
+    with open(root / "leaderboard.csv") as fh:
+        csv_rows = {r["run"]: r for r in csv.DictReader(fh)}
+    assert csv_rows[run.name]["judge_win_rate"] == "0.7083"

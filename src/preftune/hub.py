@@ -133,6 +133,19 @@ def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
         ("longer_wins_baseline", "'longer summary wins' baseline"),
         ("chosen_shorter_accuracy", "accuracy where the chosen summary is shorter")]] if evaluation else [
         ("evaluation", "not run (trained with --no-evaluate)")]
+    from preftune.judge import judge_summary
+
+    judge = _read(run_dir / "judge.json")
+    judged = judge_summary(judge)
+    if judged.get("judge_win_rate") is not None:
+        ci = judged["judge_win_rate_ci95"] or [None, None]
+        eval_rows += [
+            ("judged win rate over the base model (greedy, reward-model judge)",
+             f"{_fmt(judged['judge_win_rate'])} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])}, n={judged['judge_n']})"),
+            ("length-controlled judged win rate", _fmt(judged["judge_length_controlled_win_rate"])),
+            ("judge's verdict strength", f"{judged['judge_verdict_strength']} (reward model held-out accuracy "
+                                         f"{_fmt(judged['judge_rm_accuracy'])})"),
+        ]
     hyperparameters = [(k.replace("_", " "), _plain(train.get(k))) for k in
                        ("lr", "batch_size", "epochs", "beta", "loss", "max_length", "engine", "lora", "grad_accum")]
     hyperparameters += [("optimizer steps", _fmt(metrics.get("steps"))),
@@ -161,6 +174,7 @@ def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
         eval=evaluation or {"n": 0, "posts": 0}, eval_rows=eval_rows, hyperparameters=hyperparameters,
         data_rows=data_rows, example_prompt=json.dumps(_example_prompt(run_dir), ensure_ascii=False),
         lora=bool(train.get("lora")), tldr=dataset_id == "openai/summarize_from_feedback",
+        judge_verdict=judge.get("verdict") or [],
     )
 
 

@@ -460,3 +460,13 @@ def add_cli(verbs) -> None:
     jd.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")
     add_arguments(jd, JudgeConfig)
     jd.set_defaults(func=cmd_judge)
+
+
+def judge_summary(judge: dict) -> dict:
+    """The headline of a judge.json for the leaderboard and the model card: the greedy tuned-vs-base
+    win rate, its 95% CI, the length-controlled win rate, n, and whether the verdict is weak."""
+    greedy = (judge or {}).get("decodings", {}).get("greedy", {}).get("tuned_vs_base", {})
+    return {"judge_win_rate": greedy.get("win_rate"), "judge_win_rate_ci95": greedy.get("ci95"),
+            "judge_length_controlled_win_rate": greedy.get("length_controlled_win_rate"),
+            "judge_n": greedy.get("n"), "judge_verdict_strength": (judge or {}).get("verdict_strength"),
+            "judge_rm_accuracy": (judge or {}).get("rm_accuracy")}

@@ -43,7 +43,9 @@ EVAL_KEYS = ("accuracy", "mean_margin", "mean_chosen_reward", "mean_rejected_rew
              "mean_abs_logp_drift_per_token", "chosen_shorter_accuracy", "longer_wins_baseline",
              "reference_logp_accuracy")
 FIELDS = ["rank", "run", *HYPERPARAMETERS, *EVAL_KEYS, "eval_pairs", "train_pairs", "steps",
-          "train_runtime_s", "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy"]
+          "train_runtime_s", "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy",
+          "judge_win_rate", "judge_length_controlled_win_rate", "judge_n", "judge_verdict_strength",
+          "judge_rm_accuracy"]
 PLOTS = {
     "curves.png": "Training loss and reward accuracy per optimizer step, every run overlaid.",
     "accuracy_grid.png": "Held-out preference accuracy by learning rate × batch size.",
@@ -70,6 +72,8 @@ def _read_json(path: Path) -> dict:
 
 
 def run_row(run_dir: Path) -> dict:
+    from preftune.judge import judge_summary
+
     """One leaderboard row from a finished run folder (eval columns are None when it has no eval.json)."""
     config = _read_json(run_dir / CONFIG_FILE)
     metrics, evaluation = _read_json(run_dir / "metrics.json"), _read_json(run_dir / "eval.json")
@@ -88,6 +92,8 @@ def run_row(run_dir: Path) -> dict:
         "pairs_per_s": metrics.get("pairs_per_s"),
         "final_loss": final.get("loss"),
         "final_train_reward_accuracy": final.get("rewards/accuracies"),
+        # from `preftune judge` (judge.json), when it was run: generations scored by a reward model
+        **{k: v for k, v in judge_summary(_read_json(run_dir / "judge.json")).items() if k != "judge_win_rate_ci95"},
     }
 
 
