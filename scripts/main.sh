@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: set up .venv/, then a short DPO run of SmolLM2-135M-Instruct
-# on the shipped TL;DR comparisons, evaluated on held-out posts. ~12 min on 2 CPU cores.
+# on the shipped TL;DR comparisons, evaluated on held-out posts. ~3.5 min on 2 idle CPU cores.
 # Extra arguments are passed to `preftune train` (e.g. --lora, --max-pairs 64).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
