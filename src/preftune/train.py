@@ -25,7 +25,7 @@ from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoi
 from preftune.errors import PreftuneError
 from preftune.evaluate import CONFIG_FILE, EVAL_PAIRS_FILE, evaluate_pairs, format_table, write_eval
 from preftune.logps import tokenize_completion
-from preftune.models import ResolvedModel, load_model, load_tokenizer, resolve_model
+from preftune.models import ResolvedModel, load_tokenizer, resolve_model
 
 def world() -> tuple[int, int]:
     """(rank, world size) from the launcher's environment (torchrun and accelerate set these)."""
