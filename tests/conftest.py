@@ -12,6 +12,10 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from preftune import log as _log  # noqa: E402
+
+_log.setup()  # preftune's messages to stdout, as the CLI prints them (tests read them with capsys)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SFF = SHARED_DATA / "summarize_from_feedback"

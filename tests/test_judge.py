@@ -11,15 +11,8 @@ from preftune.config import DataConfig, JudgeConfig, RewardConfig, TrainConfig
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
 from preftune.generate import Decoding, Generation
-from preftune.judge import (
-    ReferenceRM,
-    compare,
-    held_out_posts,
-    judge_posts,
-    length_controlled_win_rate,
-    rm_strength,
-    win_stats,
-)
+from preftune.judge import ReferenceRM, compare, held_out_posts, judge_posts, rm_strength
+from preftune.stats import length_controlled_win_rate, win_stats
 
 DATA = DataConfig(fraction=0.03, seed=3)
 QUIET = lambda *a, **k: None  # noqa: E731

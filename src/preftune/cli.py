@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from preftune import log
+
+    log.setup()
     ns = build_parser().parse_args(argv)
     try:
         ns.func(ns)

@@ -33,8 +33,8 @@ from preftune.config import DataConfig, JudgeConfig, RewardConfig, add_arguments
 from preftune.data.prepare import Pair
 from preftune.data.truncate import fit_pair, sequence_length
 from preftune.errors import PreftuneError
-from preftune.reward import LITERATURE, LITERATURE_NOTE, RM_CONFIG_FILE, RM_EVAL_FILE, measuring_long_texts, \
-    wilson_interval
+from preftune.reward import LITERATURE, LITERATURE_NOTE, RM_CONFIG_FILE, RM_EVAL_FILE, measuring_long_texts
+from preftune.stats import length_controlled_win_rate, outcomes, win_stats
 
 if TYPE_CHECKING:
     from preftune.generate import Decoding, Generation
@@ -70,53 +70,6 @@ def choose_posts(posts: list[Post], n: int, seed: int) -> list[Post]:
     if n >= len(posts):
         return list(posts)
     return [posts[i] for i in sorted(random.Random(seed).sample(range(len(posts)), n))]
-
-
-# ---- statistics (pure) ---------------------------------------------------------------------------
-
-
-def outcomes(a: list[float], b: list[float]) -> list[float]:
-    """1 where a's reward is higher, 0.5 on a tie, 0 where b's is higher."""
-    return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
-
-
-def win_stats(results: list[float]) -> dict:
-    n = len(results)
-    wins, ties = results.count(1.0), results.count(0.5)
-    rate = (wins + ties / 2) / n if n else None
-    return {"n": n, "wins": wins, "ties": ties, "losses": n - wins - ties, "win_rate": rate,
-            "ci95": wilson_interval(wins + ties / 2, n)}
-
-
-def _sigmoid(z: float) -> float:
-    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
-
-
-def length_controlled_win_rate(results: list[float], len_a: list[float], len_b: list[float],
-                               ridge: float = 1e-2) -> float | None:
-    """Win rate at equal length: fit P(a wins) = σ(θ + φ·tanh(Δ/sd(Δ))), Δ = len_a − len_b, by
-    (ridge-regularised) maximum likelihood with ties as ½ targets, and return σ(θ). This is
-    AlpacaEval's length-controlled win rate (Dubois et al. 2024, Eq. 2) reduced to one comparison.
-    Newton's method on two parameters; None for no data."""
-    if not results:
-        return None
-    deltas = [a - b for a, b in zip(len_a, len_b, strict=True)]
-    sd = statistics.pstdev(deltas)
-    xs = [math.tanh(d / sd) if sd > 0 else 0.0 for d in deltas]
-    theta = phi = 0.0
-    for _ in range(100):
-        g0, g1, h00, h01, h11 = ridge * theta, ridge * phi, ridge, 0.0, ridge
-        for x, y in zip(xs, results):
-            p = _sigmoid(theta + phi * x)
-            g0, g1 = g0 + (p - y), g1 + (p - y) * x
-            w = p * (1 - p)
-            h00, h01, h11 = h00 + w, h01 + w * x, h11 + w * x * x
-        det = h00 * h11 - h01 * h01
-        step0, step1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
-        theta, phi = theta - step0, phi - step1
-        if abs(step0) + abs(step1) < 1e-10:
-            break
-    return _sigmoid(theta)
 
 
 def compare(rewards_a: list[float], rewards_b: list[float], len_a: list[float], len_b: list[float]) -> dict:

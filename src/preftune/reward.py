@@ -29,6 +29,7 @@ from preftune.config import DEFAULT_RM, DataConfig, RewardConfig
 from preftune.data.prepare import Pair, longer_wins
 from preftune.errors import PreftuneError
 from preftune.models import ResolvedModel, resolve_model
+from preftune.stats import wilson_interval
 
 if TYPE_CHECKING:
     import torch
@@ -56,17 +57,6 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     import torch.nn.functional as F
 
     return -F.logsigmoid(chosen_rewards - rejected_rewards)
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """95% Wilson score interval of a proportion (Wilson 1927); None when n = 0. `successes` may be
-    fractional (ties counted half), which keeps it a close approximation."""
-    if n == 0:
-        return None
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ---- model ---------------------------------------------------------------------------------------

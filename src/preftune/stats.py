@@ -1,0 +1,199 @@
+"""Statistics shared by evaluation, the reward model and the judge: pure functions, no torch.
+
+Intervals (all 95%):
+- a proportion (accuracy, win rate): Wilson score interval (Wilson 1927);
+- length-balanced accuracy, the mean of two independent stratum accuracies: Wald interval on
+  Agresti–Caffo-adjusted proportions p̃ = (x + 1)/(n + 2) (Agresti & Caffo 2000), which stays sane
+  at 0/n and n/n where a plain Wald interval collapses to a point.
+
+Length strata: a pair is "chosen longer" when len(chosen) > len(rejected), "chosen shorter" when
+len(chosen) < len(rejected), "equal length" otherwise (reported apart, left out of the balanced
+mean). Length-balanced accuracy = ½(acc_longer + acc_shorter): any pure length counter — "longer
+wins", "shorter wins" — scores exactly 0.5 on it, so anything above 0.5 is signal beyond length
+(Singhal et al. 2023 balance data the same way; see docs/length-and-quality.md).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """95% Wilson score interval of a proportion; None when n = 0. `successes` may be fractional
+    (ties counted half), which keeps it a close approximation."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion(successes: Sequence[bool | float]) -> dict:
+    """{"n", "accuracy", "ci95"} of a list of 0/1 (or ½ for ties) outcomes; accuracy None when empty."""
+    n = len(successes)
+    x = float(sum(successes))
+    return {"n": n, "accuracy": x / n if n else None, "ci95": wilson_interval(x, n)}
+
+
+def balanced_interval(x1: float, n1: int, x2: float, n2: int, z: float = Z95) -> tuple[float, float] | None:
+    """95% interval of ½(p1 + p2) for two independent proportions (Agresti–Caffo adjusted Wald)."""
+    if n1 == 0 or n2 == 0:
+        return None
+    p1, p2 = (x1 + 1) / (n1 + 2), (x2 + 1) / (n2 + 2)
+    centre = (x1 / n1 + x2 / n2) / 2
+    half = z * math.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2)) / 2
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def length_strata(correct: Sequence[bool | float], chosen_len: Sequence[float],
+                  rejected_len: Sequence[float]) -> dict:
+    """Accuracy overall and by length stratum, the length-balanced accuracy, and the "longer wins"
+    baseline on the same pairs and lengths. `correct[i]` is 1 (ranked right), 0, or ½ (a counted tie).
+
+    Returns {"n", "accuracy", "accuracy_ci95", "chosen_longer": {...}, "chosen_shorter": {...},
+    "equal_length": {...}, "length_balanced_accuracy", "length_balanced_ci95",
+    "longer_wins_baseline"}; each stratum is {"n", "accuracy", "ci95"}."""
+    if not len(correct) == len(chosen_len) == len(rejected_len):
+        raise ValueError("correct, chosen_len and rejected_len must have the same length")
+    strata: dict[str, list[float]] = {"chosen_longer": [], "chosen_shorter": [], "equal_length": []}
+    for c, a, b in zip(correct, chosen_len, rejected_len):
+        key = "chosen_longer" if a > b else "chosen_shorter" if a < b else "equal_length"
+        strata[key].append(float(c))
+    overall = proportion([float(c) for c in correct])
+    longer, shorter = strata["chosen_longer"], strata["chosen_shorter"]
+    balanced = (sum(longer) / len(longer) + sum(shorter) / len(shorter)) / 2 if longer and shorter else None
+    n = len(correct)
+    return {
+        "n": n,
+        "accuracy": overall["accuracy"],
+        "accuracy_ci95": overall["ci95"],
+        **{k: proportion(v) for k, v in strata.items()},
+        "length_balanced_accuracy": balanced,
+        "length_balanced_ci95": balanced_interval(sum(longer), len(longer), sum(shorter), len(shorter)),
+        # equal lengths count as wrong: the baseline cannot pick (as TRL counts reward ties)
+        "longer_wins_baseline": len(longer) / n if n else None,
+    }
+
+
+def by_group(correct: Sequence[bool | float], groups: Sequence[object]) -> dict[str, dict]:
+    """{group: {"n", "accuracy", "ci95"}} for rows with a group (None groups are left out), sorted."""
+    buckets: dict[str, list[float]] = {}
+    for c, g in zip(correct, groups, strict=True):
+        if g is not None:
+            buckets.setdefault(str(g), []).append(float(c))
+    return {g: proportion(v) for g, v in sorted(buckets.items(), key=lambda kv: _natural(kv[0]))}
+
+
+def _natural(key: str) -> tuple:
+    try:
+        return (0, float(key), key)
+    except ValueError:
+        return (1, 0.0, key)
+
+
+# ---- win rates (the judge) ----------------------------------------------------------------------
+
+
+def outcomes(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """1 where a's reward is higher, 0.5 on a tie, 0 where b's is higher."""
+    return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)]
+
+
+def win_stats(results: Sequence[float]) -> dict:
+    n = len(results)
+    wins, ties = list(results).count(1.0), list(results).count(0.5)
+    rate = (wins + ties / 2) / n if n else None
+    return {"n": n, "wins": wins, "ties": ties, "losses": n - wins - ties, "win_rate": rate,
+            "ci95": wilson_interval(wins + ties / 2, n)}
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
+
+
+def length_controlled_win_rate(results: Sequence[float], len_a: Sequence[float], len_b: Sequence[float],
+                               ridge: float = 1e-2) -> float | None:
+    """Win rate at equal length: fit P(a wins) = σ(θ + φ·tanh(Δ/sd(Δ))), Δ = len_a − len_b, by
+    (ridge-regularised) maximum likelihood with ties as ½ targets, and return σ(θ). This is
+    AlpacaEval's length-controlled win rate (Dubois et al. 2024, Eq. 2) reduced to one comparison.
+    Newton's method on two parameters; None for no data."""
+    if not results:
+        return None
+    deltas = [a - b for a, b in zip(len_a, len_b, strict=True)]
+    sd = statistics.pstdev(deltas)
+    xs = [math.tanh(d / sd) if sd > 0 else 0.0 for d in deltas]
+    theta = phi = 0.0
+    for _ in range(100):
+        g0, g1, h00, h01, h11 = ridge * theta, ridge * phi, ridge, 0.0, ridge
+        for x, y in zip(xs, results):
+            p = _sigmoid(theta + phi * x)
+            g0, g1 = g0 + (p - y), g1 + (p - y) * x
+            w = p * (1 - p)
+            h00, h01, h11 = h00 + w, h01 + w * x, h11 + w * x * x
+        det = h00 * h11 - h01 * h01
+        step0, step1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        theta, phi = theta - step0, phi - step1
+        if abs(step0) + abs(step1) < 1e-10:
+            break
+    return _sigmoid(theta)
+
+
+def bootstrap_interval(values: Sequence[float], groups: Sequence[object], stat, reps: int = 1000,
+                       seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile bootstrap interval of `stat(rows)` resampling whole groups (posts), seeded.
+    For statistics without a closed form (the length-controlled win rate): rows of one post move
+    together, so the interval accounts for posts that contribute several rows."""
+    import random
+
+    by: dict[object, list] = {}
+    for v, g in zip(values, groups, strict=True):
+        by.setdefault(g, []).append(v)
+    keys = list(by)
+    if len(keys) < 2:
+        return None
+    rng, draws = random.Random(seed), []
+    for _ in range(reps):
+        rows = [v for k in rng.choices(keys, k=len(keys)) for v in by[k]]
+        value = stat(rows)
+        if value is not None:
+            draws.append(value)
+    if not draws:
+        return None
+    draws.sort()
+    return draws[int(0.025 * (len(draws) - 1))], draws[int(math.ceil(0.975 * (len(draws) - 1)))]
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson correlation; None when either side is constant or there are < 2 points."""
+    n = len(x)
+    if n < 2:
+        return None
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def _ranks(x: Sequence[float]) -> list[float]:
+    """Average ranks (ties share the mean of their positions), 1-based."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman rank correlation (Pearson on average ranks); None when undefined."""
+    return pearson(_ranks(x), _ranks(y)) if len(x) >= 2 else None
