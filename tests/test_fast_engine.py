@@ -14,7 +14,8 @@ from preftune.logps import PairLogpsModule, pack_pair, packed_pair_logps
 from preftune.losses import LOSSES
 from preftune.models import load_model, load_tokenizer
 from preftune.refcache import RefLogpCache, reference_logps
-from preftune.train import fit, train
+from preftune.data.fit import fit
+from preftune.train import train
 
 DATA = DataConfig(fraction=0.03, seed=3)
 
@@ -36,7 +37,7 @@ def perturbed_ref(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pairs(tiny_tokenizer):
     prepared = prepare(DATA, lambda *a: None).train[:4]
-    return fit(tiny_tokenizer, prepared, 256, "train", lambda *a: None)[0]
+    return fit(tiny_tokenizer, prepared, 256, "train")[0]
 
 
 def trl_side(tiny_model, ref_path, tokenizer, pairs, loss_type, tmp_path):

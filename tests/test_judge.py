@@ -145,7 +145,7 @@ def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
 
     from preftune.data.prepare import read_jsonl
     from preftune.reward import pairwise_metrics, score_pairs
-    from preftune.train import fit
+    from preftune.data.fit import fit
 
     rm = ReferenceRM(tiny_run.parent / "reward_model", batch_size=4)
     pairs, seen = [], set()
@@ -156,7 +156,7 @@ def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
     posts = held_out_posts(pairs)
     out = judge_posts(posts, copier({p.prompt: p.chosen for p in pairs}), copier({p.prompt: p.rejected for p in pairs}),
                       rm, [Decoding()], log=QUIET)
-    fitted, _ = fit(rm.tokenizer, pairs, rm.max_length, "t", QUIET)
+    fitted, _ = fit(rm.tokenizer, pairs, rm.max_length, "t")
     chosen_r, rejected_r = score_pairs(rm.model, rm.tokenizer, fitted)
     accuracy = pairwise_metrics(chosen_r, rejected_r, fitted)["accuracy"]
     tb = out["decodings"]["greedy"]["tuned_vs_base"]

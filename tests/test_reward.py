@@ -96,9 +96,9 @@ def test_encode_measures_what_truncation_measures(tiny_tokenizer):
 def test_trl_reward_trainer_loss_is_bradley_terry(tiny_model, tiny_tokenizer, tmp_path):
     """The trainer's loss on a batch is the mean BT loss of the model's own scores on that batch."""
     from preftune.data.prepare import prepare
-    from preftune.train import fit
+    from preftune.data.fit import fit
 
-    pairs, _ = fit(tiny_tokenizer, prepare(DATA, QUIET).train[:4], 192, "t", QUIET)
+    pairs, _ = fit(tiny_tokenizer, prepare(DATA, QUIET).train[:4], 192, "t")
     trainer = build_trainer(str(tiny_model), tiny_tokenizer, pairs, tiny_rm_cfg(tiny_model, tmp_path), tmp_path, 0)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     trainer.model.eval()
@@ -129,7 +129,7 @@ def test_every_parameter_moved(rm_run, tiny_model):
 
 def test_folder_eval_and_reload(rm_run):
     from preftune.data.prepare import prepare
-    from preftune.train import fit, subsample
+    from preftune.data.fit import fit, subsample
 
     config = json.loads((rm_run / RM_CONFIG_FILE).read_text())
     m = json.loads((rm_run / RM_EVAL_FILE).read_text())
@@ -140,7 +140,7 @@ def test_folder_eval_and_reload(rm_run):
     model, tokenizer = load_reward_model(str(rm_run))
     held = prepare(DATA, QUIET).eval
     assert not {p.post_id for p in held} & set(config["train_post_ids"])
-    held, _ = fit(tokenizer, subsample(held, 6, DATA.seed), 192, "t", QUIET)
+    held, _ = fit(tokenizer, subsample(held, 6, DATA.seed), 192, "t")
     again = pairwise_metrics(*score_pairs(model, tokenizer, held), held)
     assert again["accuracy"] == m["accuracy"] and again["bt_loss"] == pytest.approx(m["bt_loss"], abs=1e-5)
 

@@ -71,9 +71,9 @@ def test_reload_gives_the_same_logits(tiny_model, tmp_path, engine):
     cfg = tiny_cfg(tiny_model, tmp_path, engine=engine)
     tokenizer = load_tokenizer(str(tiny_model))
     pairs = prepare(DATA, lambda *a: None).train[:4]
-    from preftune.train import fit
+    from preftune.data.fit import fit
 
-    pairs, _ = fit(tokenizer, pairs, cfg.max_length, "train", lambda *a: None)
+    pairs, _ = fit(tokenizer, pairs, cfg.max_length, "train")
     job = TrainJob(str(tiny_model), tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log.jsonl")
     result = ENGINES[engine](job)
     ids = torch.tensor([tokenizer("SUBREDDIT: r/test\nTL;DR: a summary")["input_ids"]])

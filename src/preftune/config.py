@@ -44,8 +44,11 @@ class DataConfig:
         "Fraction of the cleaned pairs to use, sampled by --seed (the original pipeline used 0.05).",
     )
     eval_fraction: float = _opt(
-        0.1, "Fraction of posts held out for evaluation; no post appears in both splits."
+        0.1, "Fraction of the pairs held out for validation (whole posts): runs are evaluated and chosen on it."
     )
+    test_fraction: float = _opt(
+        0.1, "Fraction of the pairs held out for the final test (whole posts): only chosen runs are measured on it. "
+        "No post is in two of train / validation / test.")
     seed: int = _opt(42, "Seed for sampling, splitting, and training: same seed, same result.")
     column_map: str | None = _opt(
         None,

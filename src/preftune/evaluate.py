@@ -136,7 +136,7 @@ def evaluate_run(run_dir: Path, cfg, log=print) -> dict:
     from preftune.data.prepare import prepare, read_jsonl
     from preftune.errors import PreftuneError
     from preftune.models import load_model, load_tokenizer, resolve_model
-    from preftune.train import fit, subsample
+    from preftune.data.fit import fit, subsample
 
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -146,7 +146,7 @@ def evaluate_run(run_dir: Path, cfg, log=print) -> dict:
     data_cfg = DataConfig(**run["data"])
     if cfg.dataset:
         held = prepare(replace(data_cfg, dataset=cfg.dataset), log, tokenizer=tokenizer).eval
-        held, _ = fit(tokenizer, held, run["train"]["max_length"], "eval", log)
+        held, _ = fit(tokenizer, held, run["train"]["max_length"], "eval")
     else:
         held = read_jsonl(run_dir / EVAL_PAIRS_FILE)
     held = subsample(held, cfg.max_eval_pairs, data_cfg.seed)

@@ -279,11 +279,11 @@ def load_posts(run_dir: Path, run: dict, cfg: JudgeConfig, log) -> tuple[list[Po
     if not cfg.full_split:
         return held_out_posts(read_jsonl(run_dir / EVAL_PAIRS_FILE)), EVAL_PAIRS_FILE
     from preftune.models import load_tokenizer
-    from preftune.train import fit
+    from preftune.data.fit import fit
 
     tokenizer = load_tokenizer(str(run_dir))  # also renders chat formats, as the run's data was
     held = prepare(DataConfig(**run["data"]), log, tokenizer=tokenizer).eval
-    held, _ = fit(tokenizer, held, run["train"]["max_length"], "judge", log)
+    held, _ = fit(tokenizer, held, run["train"]["max_length"], "judge")
     return held_out_posts(held), "held-out split"
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from preftune.data.sequence import sequence_text
+
 
 @dataclass(frozen=True)
 class Tokenized:
@@ -31,8 +33,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def tokenize_completion(tokenizer, prompt: str, completion: str) -> Tokenized:
-    eos = tokenizer.eos_token
-    full = tokenizer(prompt + completion + ("" if completion.endswith(eos) else eos))["input_ids"]
+    full = tokenizer(sequence_text(prompt, completion, tokenizer.eos_token))["input_ids"]
     prompt_ids = tokenizer(prompt)["input_ids"]
     return Tokenized(full, _common_prefix(prompt_ids, full))
 

@@ -29,6 +29,7 @@ from preftune.config import DEFAULT_RM, DataConfig, RewardConfig
 from preftune.data.prepare import Pair, longer_wins
 from preftune.errors import PreftuneError
 from preftune.models import ResolvedModel, resolve_model
+from preftune.data.sequence import sequence_text
 from preftune.stats import wilson_interval
 
 if TYPE_CHECKING:
@@ -139,8 +140,7 @@ def position_limit(path: str) -> int | None:
 def rm_text(tokenizer, prompt: str, completion: str) -> str:
     """prompt + completion (+ EOS where the tokenizer has one): what the reward model reads. The same
     text `preftune.data.truncate.sequence_length` measures, so fitted pairs fit here."""
-    eos = tokenizer.eos_token or ""
-    return prompt + completion + ("" if completion.endswith(eos) else eos)
+    return sequence_text(prompt, completion, tokenizer.eos_token)
 
 
 def encode(tokenizer, prompt: str, completion: str) -> list[int]:
@@ -275,7 +275,7 @@ def build_trainer(model_path: str, tokenizer, pairs: list[Pair], cfg: RewardConf
 def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig, log=print) -> Path:
     """`preftune rm train`: prepare + split + fit the data, train, measure held-out accuracy, write the folder."""
     from preftune.data.prepare import prepare
-    from preftune.train import fit, subsample
+    from preftune.data.fit import fit, subsample
 
     final = Path(cfg.output_dir) / cfg.name
     partial = final.with_name(final.name + ".partial")
@@ -292,8 +292,8 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig, log=print) -> Pa
     train_pairs = subsample(prepared.train, cfg.max_pairs, data_cfg.seed)
     eval_pairs = subsample(prepared.eval, cfg.max_eval_pairs, data_cfg.seed)
     with measuring_long_texts(tokenizer):
-        train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "rm train", log)
-        eval_pairs, eval_fit = fit(tokenizer, eval_pairs, cfg.max_length, "rm eval", log)
+        train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "rm train")
+        eval_pairs, eval_fit = fit(tokenizer, eval_pairs, cfg.max_length, "rm eval")
     if not train_pairs:
         raise PreftuneError("no training pairs left after preparation")
     if not eval_pairs:

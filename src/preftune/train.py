@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import preftune
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import Pair, Tally, prepare, write_jsonl
-from preftune.data.truncate import fit_pairs
+from preftune.data.fit import fit, subsample
 from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoint, read_checkpoint_marker
 from preftune.errors import PreftuneError
 from preftune.evaluate import CONFIG_FILE, EVAL_PAIRS_FILE, evaluate_pairs, format_table, write_eval
@@ -41,20 +40,6 @@ def per_device_batch(cfg: TrainConfig, world_size: int) -> int:
             f"--grad-accum ({cfg.grad_accum}) = {per_step}"
         )
     return cfg.batch_size // per_step
-
-
-def subsample(pairs: list[Pair], n: int | None, seed: int) -> list[Pair]:
-    if n is None or n >= len(pairs):
-        return pairs
-    return [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), n))]
-
-
-def fit(tokenizer, pairs: list[Pair], max_length: int, what: str, log) -> tuple[list[Pair], dict]:
-    tally = Tally()
-    fitted, trimmed = fit_pairs(tokenizer, pairs, max_length, tally)
-    log(f"{what}: {len(fitted):,} pairs fit max_length={max_length}; {trimmed:,} had their prompt trimmed "
-        f"(completions kept whole); {tally.summary()}")
-    return fitted, {"trimmed": trimmed, **tally.to_json()}
 
 
 def sequence_tokens(tokenizer, pairs: list[Pair]) -> int:
@@ -86,8 +71,8 @@ def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> RunDa
     prepared = prepare(data_cfg, log, tokenizer=tokenizer)  # message lists use this model's chat template
     train_pairs = subsample(prepared.train, cfg.max_pairs, data_cfg.seed)
     eval_pairs = subsample(prepared.eval, cfg.max_eval_pairs, data_cfg.seed)
-    train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "train", log)
-    eval_pairs, eval_fit = fit(tokenizer, eval_pairs, cfg.max_length, "eval", log)
+    train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "train")
+    eval_pairs, eval_fit = fit(tokenizer, eval_pairs, cfg.max_length, "eval")
     if not train_pairs:
         raise PreftuneError("no training pairs left after preparation")
     return RunData(resolved, tokenizer, data_cfg, prepared.stats, train_pairs, eval_pairs,

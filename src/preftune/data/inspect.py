@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from preftune.config import DataConfig
 from preftune.data.prepare import Pair, Reading, iter_pairs
 from preftune.data.sources import describe
+from preftune.data.sequence import with_eos
 from preftune.data.truncate import fit_pair, pair_length, unfit_reason
 
 PERCENTILES = (50, 90, 99)
@@ -88,14 +89,9 @@ def token_lengths(tokenizer, pairs: list[Pair]) -> dict[str, list[int]]:
     (with the EOS TRL appends), and prompt + the longer completion. Prompt and completions are
     tokenized apart (each prompt once: it is most of the text), so a pair's total can differ from
     TRL's by a merge at the seam; `over_length` re-measures the pairs near the limit exactly."""
-    eos = tokenizer.eos_token or ""
-
-    def with_eos(texts: list[str]) -> list[str]:
-        return [t if t.endswith(eos) else t + eos for t in texts]
-
     out = {"prompt": [len(ids) for ids in tokenizer([p.prompt for p in pairs])["input_ids"]]}
     for name in ("chosen", "rejected"):
-        ids = tokenizer(with_eos([getattr(p, name) for p in pairs]), add_special_tokens=False)["input_ids"]
+        ids = tokenizer([with_eos(getattr(p, name), tokenizer.eos_token) for p in pairs], add_special_tokens=False)["input_ids"]
         out[name] = [len(i) for i in ids]
     out["sequence"] = [p + max(c, r) for p, c, r in zip(out["prompt"], out["chosen"], out["rejected"])]
     return out

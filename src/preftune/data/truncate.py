@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from preftune.data.prepare import Pair, Tally
+from preftune.data.sequence import sequence_text
 
 
 def sequence_length(tokenizer, prompt: str, completion: str) -> int:
-    eos = tokenizer.eos_token or ""
-    text = prompt + completion + ("" if completion.endswith(eos) else eos)
-    return len(tokenizer(text)["input_ids"])
+    return len(tokenizer(sequence_text(prompt, completion, tokenizer.eos_token))["input_ids"])
 
 
 def pair_length(tokenizer, pair: Pair) -> int:
