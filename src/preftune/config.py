@@ -19,9 +19,26 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_DATASET = "tldr-sample"
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field with CLI metadata (help text, choices, flag name)."""
-    return field(default=default, metadata={"help": help, **extra})
+def _opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
+         gt: float | None = None, le: float | None = None, lt: float | None = None, **extra: Any) -> Any:
+    """A dataclass field with CLI metadata: help text, allowed `choices` (argparse choices too), and a
+    range (ge ≥, gt >, le ≤, lt <) that `check_fields` enforces for every config, CLI or not."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, **extra}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def check_fields(obj: Any) -> None:
+    """Validate every field of a config against its metadata (choices and range); None passes (unset)."""
+    for f in dataclasses.fields(obj):
+        value, meta, flag = getattr(obj, f.name), f.metadata, "--" + f.name.replace("_", "-")
+        if value is None:
+            continue
+        if "choices" in meta and value not in meta["choices"]:
+            raise PreftuneError(f"unknown {flag} '{value}'; choose one of: {', '.join(map(str, meta['choices']))}")
+        for key, ok, word in (("ge", lambda v, b: v >= b, "≥"), ("gt", lambda v, b: v > b, ">"),
+                              ("le", lambda v, b: v <= b, "≤"), ("lt", lambda v, b: v < b, "<")):
+            if key in meta and not ok(value, meta[key]):
+                raise PreftuneError(f"{flag} must be {word} {meta[key]}, got {value}")
 
 
 @dataclass
