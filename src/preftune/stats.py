@@ -10,7 +10,7 @@ Length strata: a pair is "chosen longer" when len(chosen) > len(rejected), "chos
 len(chosen) < len(rejected), "equal length" otherwise (reported apart, left out of the balanced
 mean). Length-balanced accuracy = ½(acc_longer + acc_shorter): any pure length counter — "longer
 wins", "shorter wins" — scores exactly 0.5 on it, so anything above 0.5 is signal beyond length
-(Singhal et al. 2023 balance data the same way; see docs/length-and-quality.md).
+(Singhal et al. 2023, arXiv:2310.03716, balance data the same way).
 """
 
 from __future__ import annotations
