@@ -197,3 +197,31 @@ def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_token
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.log[-1]["loss"] == straight.log[-1]["loss"]
+
+
+# ---- the seam every engine shares (engines/base.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", ["", "{", "[]", '{"step": "2", "elapsed_s": 1.0}', '{"step": 2}',
+                                    '{"step": 2, "elapsed_s": null}'])
+def test_a_damaged_checkpoint_marker_is_an_incomplete_checkpoint(tmp_path, marker):
+    from preftune.engines import CHECKPOINT_MARKER, latest_checkpoint, read_checkpoint_marker, write_checkpoint_marker
+    from preftune.errors import PreftuneError
+
+    good, bad = tmp_path / "checkpoints" / "checkpoint-2", tmp_path / "checkpoints" / "checkpoint-4"
+    good.mkdir(parents=True)
+    bad.mkdir()
+    write_checkpoint_marker(good, 2, 1.5)
+    (bad / CHECKPOINT_MARKER).write_text(marker)
+    assert latest_checkpoint(tmp_path) == good and read_checkpoint_marker(good) == {"step": 2, "elapsed_s": 1.5}
+    with pytest.raises(PreftuneError, match=f"{CHECKPOINT_MARKER}: missing or damaged"):
+        read_checkpoint_marker(bad)
+
+
+def test_the_step_log_is_strict_json(tmp_path):
+    from preftune.engines import append_log
+
+    append_log(tmp_path / "log.jsonl", {"step": 1, "loss": float("nan"), "grad_norm": float("inf")})
+    line = (tmp_path / "log.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {"step": 1, "loss": None,
+                                                                                   "grad_norm": None}

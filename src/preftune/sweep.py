@@ -19,8 +19,8 @@ import contextlib
 import dataclasses
 import difflib
 import itertools
-import json
 import logging
+import os
 import time
 import typing
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +30,7 @@ from typing import Any
 from preftune import log
 from preftune.config import DataConfig, SweepConfig, TrainConfig, add_arguments, flag_name, run_name
 from preftune.errors import DataError, PreftuneError
+from preftune.run_folder import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +194,19 @@ def write_plan(root: Path, data_cfg: DataConfig, base: TrainConfig, grid: SweepC
     """ROOT/sweep.json: what this sweep is (the report says which of its runs are finished)."""
     plan = {"grid": asdict(grid), "data": asdict(data_cfg),
             "train": {k: v for k, v in asdict(base).items() if k not in GRID_KEYS}, "runs": [r.name for r in runs]}
-    tmp = root / (PLAN_FILE + ".tmp")
-    tmp.write_text(json.dumps(plan, indent=2) + "\n")
-    tmp.replace(root / PLAN_FILE)
+    atomic_write_json(root / PLAN_FILE, plan)
+
+
+def make_root(root: Path) -> None:
+    """ROOT as a writable folder (created if needed), or a one-line error before any work."""
+    if root.exists() and not root.is_dir():
+        raise PreftuneError(f"--output-dir {root} is a file, not a folder; pass a folder for the sweep's runs")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreftuneError(f"--output-dir {root}: cannot create it ({e.strerror or e})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PreftuneError(f"--output-dir {root} is not writable")
 
 
 def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig) -> Path:
@@ -207,7 +218,7 @@ def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig) -> Path:
     main_process = log.rank() == 0
     root = Path(base.output_dir)
     runs = expand(grid, base)
-    root.mkdir(parents=True, exist_ok=True)
+    make_root(root)
     with sweep_lock(root) if main_process else contextlib.nullcontext():
         states = {r.name: run_state(root, r, data_cfg) for r in runs}
         if main_process:

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, TrainJob, TrainResult, append_log,
                                    read_checkpoint_marker, write_checkpoint_marker)
+from preftune.errors import PreftuneError
 from preftune.logps import PackedPair, PairLogpsModule, pack_pair, packed_pair_logps
 from preftune.losses import LOSSES
 from preftune.models import load_model
@@ -186,10 +187,15 @@ def save_checkpoint(out_dir, step: int, elapsed_s: float, module, optimizer, sch
 
 def load_checkpoint(folder, module, optimizer, scheduler) -> tuple[int, float]:
     """Restore a checkpoint written by save_checkpoint; returns (steps done, training seconds so far)."""
-    state = torch.load(folder / "state.pt", weights_only=True)
+    try:
+        state = torch.load(folder / "state.pt", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError) as e:
+        raise PreftuneError(f"{folder / 'state.pt'}: cannot read this checkpoint ({type(e).__name__}); delete "
+                            f"{folder} to start the run over") from None
     missing = set(state["model"]) - {n for n, _ in module.named_parameters()}
     if missing:
-        raise ValueError(f"{folder}: checkpoint does not match the model ({len(missing)} unknown tensors)")
+        raise PreftuneError(f"{folder}: checkpoint does not match the model ({len(missing)} unknown tensors); "
+                            "delete it to start the run over")
     with torch.no_grad():
         params = dict(module.named_parameters())
         for name, value in state["model"].items():
