@@ -114,7 +114,7 @@ def child(args) -> None:
 
         packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
         t0 = time.perf_counter()  # cold cache (fresh PREFTUNE_CACHE): this is the once-per-sweep cost
-        reference_logps(packed, args.model_path, lambda: load_model(args.model_path), log=lambda *a: None)
+        reference_logps(packed, args.model_path, lambda: load_model(args.model_path))
         precompute_s = time.perf_counter() - t0
         result = ENGINES["fast"](job)  # finds every reference log-prob in the cache
     else:
@@ -159,11 +159,11 @@ def prepare_pairs(model_path: str, n: int, max_length: int, path: Path) -> list[
     from preftune.data.prepare import prepare, write_jsonl
     from preftune.logps import pack_pair
     from preftune.models import load_tokenizer
-    from preftune.train import fit
+    from preftune.data.fit import fit
 
     tokenizer = load_tokenizer(model_path)
-    pairs = prepare(DataConfig(), lambda *a: None).train[:n]
-    pairs, _ = fit(tokenizer, pairs, max_length, "bench", lambda *a: None)
+    pairs = prepare(DataConfig()).train[:n]
+    pairs, _ = fit(tokenizer, pairs, max_length, "bench")
     write_jsonl(path, pairs)
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
     return [(p.prompt_len, p.chosen_len, p.rejected_len) for p in packed]

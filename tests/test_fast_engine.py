@@ -1,11 +1,12 @@
 """The fast engine against TRL's DPOTrainer: same per-sequence log-probs, loss and gradients for the
-same batch and weights; and its own behaviour: log 2 at step 0, every parameter moves, the
-reference cache is reused and invalidated."""
+same batch and weights (every loss), the same logged keys; and its own behaviour: log 2 at step 0,
+every parameter moves, the reference cache is reused, invalidated and survives damaged lines."""
 
 import json
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import load_file, save_file
 
 from preftune.config import DataConfig, TrainConfig
@@ -36,7 +37,7 @@ def perturbed_ref(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pairs(tiny_tokenizer):
-    prepared = prepare(DATA, lambda *a: None).train[:4]
+    prepared = prepare(DATA).train[:4]
     return fit(tiny_tokenizer, prepared, 256, "train")[0]
 
 
@@ -80,7 +81,7 @@ def fast_side(tiny_model, ref_path, tokenizer, pairs, loss_type):
     return pol.detach(), loss.detach(), {n.removeprefix("model."): p.grad for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
 def test_parity_with_trl(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path):
     trl_logps, trl_loss, trl_grads = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path)
     fast_logps, fast_loss, fast_grads = fast_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type)
@@ -101,7 +102,7 @@ def tiny_cfg(model, out, **kw) -> TrainConfig:
 
 def test_fast_run_log2_every_parameter_moves_and_cache_is_reused(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
-    run = train(DATA, tiny_cfg(tiny_model, tmp_path / "a"), log=print)
+    run = train(DATA, tiny_cfg(tiny_model, tmp_path / "a"))
     log = [json.loads(line) for line in (run / "train_log.jsonl").open()]
     assert log[0]["loss"] == pytest.approx(0.693147, abs=1e-5)
     assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm",
@@ -111,9 +112,40 @@ def test_fast_run_log2_every_parameter_moves_and_cache_is_reused(tiny_model, tmp
     assert "reference: computing log-probs of 8 pairs once" in capsys.readouterr().out
 
     # a second run with other hyperparameters: every reference log-prob comes from the cache
-    train(DATA, tiny_cfg(tiny_model, tmp_path / "b", lr=5e-3), log=print)
+    train(DATA, tiny_cfg(tiny_model, tmp_path / "b", lr=5e-3))
     out = capsys.readouterr().out
     assert "reference: all 8 pairs' log-probs found in" in out and "reference: computing" not in out
+
+
+def test_both_engines_log_the_documented_keys(tiny_model, tmp_path, monkeypatch):
+    """The fast engine logs exactly engines.LOG_KEYS; the TRL engine those and TRL's own extras (the
+    README says so). Each is checked on a tiny run of each engine."""
+    from preftune.engines import LOG_KEYS
+
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    keys = {}
+    for engine in ("fast", "trl"):
+        cfg = tiny_cfg(tiny_model, tmp_path / engine, engine=engine, evaluate=False, gradient_checkpointing=False)
+        run = train(DATA, cfg)
+        keys[engine] = {k for line in (run / "train_log.jsonl").open() for k in json.loads(line)}
+    assert keys["fast"] == set(LOG_KEYS)
+    assert set(LOG_KEYS) <= keys["trl"]
+    readme = (REPO / "README.md").read_text()
+    assert all(f"`{k}`" in readme for k in LOG_KEYS)
+    assert all(f"`{k}`" in readme for k in keys["trl"] - set(LOG_KEYS))  # TRL's extras, as the README lists them
+
+
+def test_a_damaged_cache_line_is_recomputed_not_a_crash(tiny_model, tmp_path, monkeypatch, tiny_tokenizer, pairs):
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    first = reference_logps(packed, str(tiny_model), lambda: load_model(str(tiny_model)))
+    cache = RefLogpCache(str(tiny_model))
+    lines = cache.path.read_text().splitlines()
+    damaged = [json.dumps([1, 2]), json.dumps({"key": json.loads(lines[1])["key"], "chosen": None, "rejected": 1}),
+               "null", '{"key": "cut sh']
+    cache.path.write_text("\n".join([lines[0], *damaged, *lines[2:]]) + "\n")
+    assert len(RefLogpCache(str(tiny_model)).missing(packed)) == 1  # only the pair whose line is damaged
+    assert torch.allclose(reference_logps(packed, str(tiny_model), lambda: load_model(str(tiny_model))), first)
 
 
 def test_cache_is_invalidated_when_the_weights_change(tiny_model, tmp_path, monkeypatch, tiny_tokenizer, pairs):
@@ -124,8 +156,8 @@ def test_cache_is_invalidated_when_the_weights_change(tiny_model, tmp_path, monk
     def loader(path):
         return lambda: loads.append(path) or load_model(str(path))
 
-    first = reference_logps(packed, str(tiny_model), loader(tiny_model), log=lambda *a: None)
-    again = reference_logps(packed, str(tiny_model), loader(tiny_model), log=lambda *a: None)
+    first = reference_logps(packed, str(tiny_model), loader(tiny_model))
+    again = reference_logps(packed, str(tiny_model), loader(tiny_model))
     assert torch.equal(first, again) and len(loads) == 1  # warm cache: the model is not even loaded
 
     changed = tmp_path / "changed"
@@ -137,7 +169,7 @@ def test_cache_is_invalidated_when_the_weights_change(tiny_model, tmp_path, monk
     weights[name] = weights[name] + 1.0
     save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
     assert RefLogpCache(str(changed)).path != RefLogpCache(str(tiny_model)).path
-    other = reference_logps(packed, str(changed), loader(changed), log=lambda *a: None)
+    other = reference_logps(packed, str(changed), loader(changed))
     assert len(loads) == 2 and not torch.equal(other, first)
 
 
@@ -165,3 +197,31 @@ def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_token
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.log[-1]["loss"] == straight.log[-1]["loss"]
+
+
+# ---- the seam every engine shares (engines/base.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", ["", "{", "[]", '{"step": "2", "elapsed_s": 1.0}', '{"step": 2}',
+                                    '{"step": 2, "elapsed_s": null}'])
+def test_a_damaged_checkpoint_marker_is_an_incomplete_checkpoint(tmp_path, marker):
+    from preftune.engines import CHECKPOINT_MARKER, latest_checkpoint, read_checkpoint_marker, write_checkpoint_marker
+    from preftune.errors import PreftuneError
+
+    good, bad = tmp_path / "checkpoints" / "checkpoint-2", tmp_path / "checkpoints" / "checkpoint-4"
+    good.mkdir(parents=True)
+    bad.mkdir()
+    write_checkpoint_marker(good, 2, 1.5)
+    (bad / CHECKPOINT_MARKER).write_text(marker)
+    assert latest_checkpoint(tmp_path) == good and read_checkpoint_marker(good) == {"step": 2, "elapsed_s": 1.5}
+    with pytest.raises(PreftuneError, match=f"{CHECKPOINT_MARKER}: missing or damaged"):
+        read_checkpoint_marker(bad)
+
+
+def test_the_step_log_is_strict_json(tmp_path):
+    from preftune.engines import append_log
+
+    append_log(tmp_path / "log.jsonl", {"step": 1, "loss": float("nan"), "grad_norm": float("inf")})
+    line = (tmp_path / "log.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {"step": 1, "loss": None,
+                                                                                   "grad_norm": None}

@@ -23,7 +23,7 @@ def test_default_model_resolves_and_says_where_from(real_model_path, monkeypatch
 
 def test_real_tokenizer_trims_posts_and_logps_match_a_full_forward(real_model_path):
     tokenizer = load_tokenizer(real_model_path)
-    pairs = prepare(DataConfig(fraction=0.02), lambda *a: None).train[:12]
+    pairs = prepare(DataConfig(fraction=0.02)).train[:12]
     fitted, trimmed = fit_pairs(tokenizer, pairs, 256, Tally())
     assert trimmed > 0 and len(fitted) == len(pairs)
     assert all(pair_length(tokenizer, p) <= 256 and p.prompt.endswith("\nTL;DR:") for p in fitted)

@@ -69,7 +69,14 @@ def test_suffixes_only_when_beta_or_loss_vary():
     ("overwrite: true\n", "s.yaml:1: field 'overwrite': unknown setting"),
     ("lr: [1e-6, 1.0e-6]\n", "sweep: --lr lists a value twice"),
     ("lr: [-1e-6]\n", "--lr must be > 0, got -1e-06"),
-    ("loss: [sigmoid, nope]\n", "unknown --loss 'nope'"),
+    ("loss: [sigmoid, nope]\n", "unknown --loss 'nope'; choose one of: sigmoid, hinge, ipo"),
+    ("engine: turbo\n", "unknown --engine 'turbo'; choose one of: fast, trl"),
+    ("format: csvish\n", "unknown --format 'csvish'; choose one of: auto, summarize_from_feedback"),
+    ("seed: -1\n", "--seed must be in [0, 4294967296), got -1"),
+    ("eval_fraction: 0.5\ntest_fraction: 0.5\n", "--eval-fraction + --test-fraction must be < 1"),
+    ("logging_steps: 0\n", "--logging-steps must be > 0, got 0"),
+    ("beta: .nan\n", "--beta must be a finite number, got nan"),
+    ("column_map: chosen\n", "--column-map: expected NAME=COLUMN pairs separated by commas, got 'chosen'"),
     ("- lr\n", "s.yaml:1: expected a mapping of settings"),
     ("lr: [1e-6\n", "s.yaml: not valid YAML"),
 ])
@@ -82,61 +89,121 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys, text, message):
     assert not (tmp_path / "runs").exists()
 
 
-def test_bad_flag_list(capsys, tmp_path):
-    assert main(["sweep", "--batch-size", "4,x", "--output-dir", str(tmp_path)]) == 2
-    assert "--batch-size: expected int, got 'x'" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "4,x"], "--batch-size: expected int, got 'x'"),
+    (["--loss", "sigmoid,nope"], "unknown --loss 'nope'; choose one of: sigmoid, hinge, ipo"),
+    (["--lr", "1e-6,-1"], "--lr must be > 0, got -1.0"),
+    (["--epochs", ","], "sweep: --epochs needs at least one value"),
+    (["--engine", "turbo"], "argument --engine: invalid choice: 'turbo'"),
+    (["--save-steps", "-2"], "--save-steps must be ≥ 0, got -2"),
+])
+def test_bad_flags(capsys, tmp_path, argv, message):
+    assert main(["sweep", *argv, "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: str(write_file(tmp / "f")), "is a file, not a folder; pass a folder for the sweep's runs"),
+    (lambda tmp: "/dev/null", "--output-dir /dev/null is a file, not a folder"),
+    (lambda tmp: str(write_file(tmp / "f") / "runs"), "/f/runs: cannot create it (Not a directory)"),
+    (lambda tmp: " ", "--output-dir is empty"),
+])
+def test_an_output_dir_that_cannot_hold_runs_is_refused_before_any_work(capsys, tmp_path, where, message):
+    assert main(["sweep", "--lr", "1e-6", "--output-dir", where(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["f"])
+
+
+def write_file(path: Path) -> Path:
+    path.write_text("not a folder")
+    return path
+
+
+def test_help_lists_the_grid_and_its_defaults(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    assert "DPO loss variants to try; run names get _loss-{name} when there are several. (default: sigmoid); " \
+           "from: sigmoid, hinge, ipo" in out
+    assert "Learning rates to try. (default: 5e-06)" in out and "{fast,trl}" in out
+
+
+LOCKER = """
+import sys
+from pathlib import Path
+from preftune.errors import PreftuneError
+from preftune.sweep import sweep_lock
+try:
+    with sweep_lock(Path(sys.argv[1])):
+        print("locked")
+except PreftuneError as e:
+    print(e)
+"""
 
 
 def test_lock_keeps_a_second_sweep_out(tmp_path):
+    def other_process() -> str:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        return subprocess.run([sys.executable, "-c", LOCKER, str(tmp_path)], capture_output=True, text=True,
+                              env=env, timeout=60).stdout
+
     with sweep_lock(tmp_path):
         with pytest.raises(PreftuneError, match="another `preftune sweep` is running in"):
             with sweep_lock(tmp_path):
                 pass
-    with sweep_lock(tmp_path):  # released at the end of the first
-        pass
+        assert f"another `preftune sweep` is running in {tmp_path}" in other_process()
+    assert other_process() == "locked\n"  # released at the end of the first
 
 
-# ---- killed with SIGKILL and re-run ---------------------------------------------------------------
+# ---- killed with SIGKILL and re-run, with each engine ------------------------------------------------
 
-# Runs `preftune sweep`, SIGKILLing itself right after the per-step log line KILL_AT="RUN:STEP" is written:
-# with --save-steps 2 and STEP 3 that is after checkpoint-2 and before checkpoint-4.
+# Runs `preftune sweep`, SIGKILLing itself right after the per-step log line KILL_AT="RUN:STEP" is written
+# (both engines write it through engines.append_log): with --save-steps 2 and STEP 3 that is after
+# checkpoint-2 and before checkpoint-4.
 DRIVER = """
 import os, signal, sys
-import preftune.engines.trl as engine
+import preftune.engines as engines
+import preftune.engines.fast, preftune.engines.trl
 from preftune.cli import main
 
 run, step = os.environ.get("KILL_AT", ":0").split(":")
-on_log = engine.JsonlLogger.on_log
+append_log = engines.append_log
 
-def on_log_then_die(self, args, state, control, logs=None, **kwargs):
-    on_log(self, args, state, control, logs=logs, **kwargs)
-    if run and run in args.output_dir and state.global_step == int(step) and logs and "loss" in logs:
+def append_then_die(path, record):
+    append_log(path, record)
+    if run and run in str(path) and record.get("step") == int(step):
         os.kill(os.getpid(), signal.SIGKILL)
 
-engine.JsonlLogger.on_log = on_log_then_die
+preftune.engines.fast.append_log = preftune.engines.trl.append_log = append_then_die
 sys.exit(main(sys.argv[1:]))
 """
 RUNS = ["dpo_model_lr0.01_bs2_epoch1", "dpo_model_lr0.02_bs2_epoch1", "dpo_model_lr0.03_bs2_epoch1"]
 DATA = dict(fraction=0.03, seed=3)
 TRAIN = dict(batch_size=2, epochs=1, max_pairs=8, max_eval_pairs=4, max_length=192, gradient_checkpointing=False,
-             engine="trl", save_steps=2)  # 8 pairs / 2 = 4 steps per run
+             save_steps=2)  # 8 pairs / 2 = 4 steps per run
 
 
-def sweep_argv(model: Path, root: Path) -> list[str]:
+def sweep_argv(model: Path, root: Path, engine: str) -> list[str]:
     return ["sweep", "--model", str(model), "--lr", "0.01,0.02,0.03", "--batch-size", "2", "--max-pairs", "8",
             "--max-eval-pairs", "4", "--max-length", "192", "--fraction", "0.03", "--seed", "3",
-            "--no-gradient-checkpointing", "--engine", "trl", "--save-steps", "2", "--output-dir", str(root)]
+            "--no-gradient-checkpointing", "--engine", engine, "--save-steps", "2", "--output-dir", str(root)]
 
 
 def snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(run_dir)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in run_dir.rglob("*")}
 
 
-@pytest.fixture(scope="module")
-def killed_then_rerun(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep") / "runs"
-    argv = [sys.executable, "-c", DRIVER, *sweep_argv(tiny_model, root)]
-    env = {**os.environ, "KILL_AT": f"{RUNS[1]}:3"}
+@pytest.fixture(scope="module", params=["fast", "trl"])
+def killed_then_rerun(request, tiny_model, tmp_path_factory):
+    engine = request.param
+    root = tmp_path_factory.mktemp(f"sweep-{engine}") / "runs"
+    argv = [sys.executable, "-c", DRIVER, *sweep_argv(tiny_model, root, engine)]
+    env = {**os.environ, "KILL_AT": f"{RUNS[1]}:3", "OMP_NUM_THREADS": "1",
+           "PREFTUNE_CACHE": str(root.parent / "cache")}
     killed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     after_kill = {
         "returncode": killed.returncode,
@@ -149,11 +216,11 @@ def killed_then_rerun(tiny_model, tmp_path_factory):
     env.pop("KILL_AT")
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    return root, after_kill, rerun.stdout
+    return engine, root, after_kill, rerun.stdout
 
 
 def test_sigkill_leaves_finished_runs_whole_and_the_interrupted_one_partial(killed_then_rerun):
-    _, after_kill, _ = killed_then_rerun
+    _, _, after_kill, _ = killed_then_rerun
     assert after_kill["returncode"] == -signal.SIGKILL
     assert RUNS[0] in after_kill["entries"] and f"{RUNS[1]}.partial" in after_kill["entries"]
     assert RUNS[1] not in after_kill["entries"] and not any(e.startswith(RUNS[2]) for e in after_kill["entries"])
@@ -163,7 +230,7 @@ def test_sigkill_leaves_finished_runs_whole_and_the_interrupted_one_partial(kill
 
 
 def test_rerun_completes_every_run_without_redoing_finished_ones(killed_then_rerun):
-    root, after_kill, out = killed_then_rerun
+    _, root, after_kill, out = killed_then_rerun
     assert re.search(rf"{RUNS[0]} +finished: skipped\n", out)
     assert re.search(rf"{RUNS[1]} +resume from checkpoint-2\n", out)
     assert re.search(rf"{RUNS[2]} +new\n", out)
@@ -180,12 +247,13 @@ def test_rerun_completes_every_run_without_redoing_finished_ones(killed_then_rer
     assert (root / "report.html").is_file() and "sweep: 3/3 runs finished" in out
 
 
-def test_resumed_run_matches_an_uninterrupted_one(killed_then_rerun, tiny_model, tmp_path):
+def test_resumed_run_matches_an_uninterrupted_one(killed_then_rerun, tiny_model, tmp_path, monkeypatch):
     from preftune.train import train
 
-    root, _, _ = killed_then_rerun
-    cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=0.02, **TRAIN)
-    straight = train(DataConfig(**DATA), replace(cfg, evaluate=False), log=lambda *a: None)
+    engine, root, _, _ = killed_then_rerun
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=0.02, engine=engine, **TRAIN)
+    straight = train(DataConfig(**DATA), replace(cfg, evaluate=False))
     resumed, reference = load_file(root / RUNS[1] / "model.safetensors"), load_file(straight / "model.safetensors")
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in resumed)
@@ -194,17 +262,17 @@ def test_resumed_run_matches_an_uninterrupted_one(killed_then_rerun, tiny_model,
 
 
 def test_third_run_trains_nothing(killed_then_rerun, tiny_model, capsys):
-    root, _, _ = killed_then_rerun
+    engine, root, _, _ = killed_then_rerun
     before = {name: snapshot(root / name) for name in RUNS}
-    assert main(sweep_argv(tiny_model, root)) == 0
+    assert main(sweep_argv(tiny_model, root, engine)) == 0
     out = capsys.readouterr().out
     assert "3 finished (skipped), 0 to train" in out and "train: " not in out
     assert {name: snapshot(root / name) for name in RUNS} == before
 
 
 def test_a_finished_run_with_other_settings_is_an_error(killed_then_rerun, tiny_model, capsys):
-    root, _, _ = killed_then_rerun
-    argv = sweep_argv(tiny_model, root)
+    engine, root, _, _ = killed_then_rerun
+    argv = sweep_argv(tiny_model, root, engine)
     argv[argv.index("--max-pairs") + 1] = "6"
     assert main(argv) == 2
     assert f"{root / RUNS[0]} was trained with other settings (max_pairs: 8 there, 6 now)" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The `preftune` command: verbs only. Each parses its flags (generated from the config dataclasses)
-and calls one function. User errors print one line and exit 2; no traceback."""
+and calls one function. User errors, a mistyped flag included, print one line and exit 2; no traceback."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ from pathlib import Path
 from preftune.config import (DEFAULT_MODEL, DataConfig, EvalConfig, InspectConfig, TrainConfig, add_arguments,
                              from_args)
 from preftune.errors import PreftuneError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors (unknown flag, invalid choice, missing verb) raised as one-line
+    PreftuneErrors that `main` prints like every other user error. Sub-parsers inherit the class."""
+
+    def error(self, message: str):
+        raise PreftuneError(f"{message} (see `{self.prog} --help`)")
 
 
 def cmd_data_prepare(ns: argparse.Namespace) -> None:
@@ -45,9 +53,12 @@ def cmd_data_formats(ns: argparse.Namespace) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
+    from preftune.data.adapters import parse_column_map
     from preftune.train import train
 
-    train(from_args(DataConfig, ns), from_args(TrainConfig, ns))
+    data_cfg, train_cfg = from_args(DataConfig, ns), from_args(TrainConfig, ns)
+    parse_column_map(data_cfg.column_map)  # a malformed --column-map fails before the model is resolved
+    train(data_cfg, train_cfg)
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
@@ -69,7 +80,7 @@ VERB_MODULES: list[str] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="preftune",
         description="Preference-tune a causal LM with DPO: prepare data, train, evaluate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -112,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     from preftune import log
 
     log.setup()
-    ns = build_parser().parse_args(argv)
     try:
+        ns = build_parser().parse_args(argv)
         ns.func(ns)
     except PreftuneError as e:
         print(f"preftune: error: {e}", file=sys.stderr)

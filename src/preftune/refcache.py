@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
+from preftune.errors import PreftuneError
 from preftune.logps import PackedPair, PairLogpsModule, packed_pair_logps
-from preftune.models import _file_lock, cache_dir
+from preftune.models import cache_dir
+
+logger = logging.getLogger(__name__)
 
 CACHE_VERSION = "1"  # bump when the way log-probs are computed changes
 
@@ -31,7 +36,7 @@ def weights_hash(model_path: str) -> str:
     folder = Path(model_path)
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
     if not any(p.suffix in (".safetensors", ".bin") for p in files):
-        raise FileNotFoundError(f"{folder}: no weight files to hash")
+        raise PreftuneError(f"model folder {folder} has no weight files (*.safetensors or *.bin)")
     stamp = json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
     memo = cache_dir() / "weights_hash" / (hashlib.sha256(f"{folder.resolve()}|{stamp}".encode()).hexdigest() + ".txt")
     if memo.is_file():
@@ -47,18 +52,30 @@ def weights_hash(model_path: str) -> str:
     return digest.hexdigest()
 
 
+def _entry(line: str) -> tuple[str, tuple[float, float]] | None:
+    """(key, (chosen, rejected)) of a cache line; None for a line cut short by a killed writer or
+    otherwise damaged, whose pair is then simply recomputed."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    values = (row.get("chosen"), row.get("rejected")) if isinstance(row, dict) else ()
+    if not (isinstance(row, dict) and isinstance(row.get("key"), str) and len(values) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+        return None
+    return row["key"], (float(values[0]), float(values[1]))
+
+
 class RefLogpCache:
     def __init__(self, model_path: str, root: Path | None = None):
         self.path = (root or cache_dir() / "ref_logps") / f"{weights_hash(model_path)[:32]}.jsonl"
         self.values: dict[str, tuple[float, float]] = {}
         if self.path.is_file():
-            with open(self.path, encoding="utf-8") as fh:
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut short by a killed writer: recomputed
-                        continue
-                    self.values[row["key"]] = (row["chosen"], row["rejected"])
+                    entry = _entry(line)
+                    if entry:
+                        self.values[entry[0]] = entry[1]
 
     def missing(self, pairs: Sequence[PackedPair]) -> list[PackedPair]:
         seen, todo = set(), []
@@ -70,7 +87,7 @@ class RefLogpCache:
 
     def add(self, items: list[tuple[str, float, float]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.path.with_suffix(".lock")), open(self.path, "a", encoding="utf-8") as fh:
+        with FileLock(self.path.with_suffix(".lock")), open(self.path, "a", encoding="utf-8") as fh:
             for key, c, r in items:
                 fh.write(json.dumps({"key": key, "chosen": c, "rejected": r}) + "\n")
                 self.values[key] = (c, r)
@@ -81,13 +98,13 @@ class RefLogpCache:
 
 
 def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable[[], torch.nn.Module],
-                    log=print, flush_every: int = 32) -> torch.Tensor:
+                    flush_every: int = 32) -> torch.Tensor:
     """(N, 2) reference log-probs: read from the cache, computing (and saving) only what is missing.
     `load` is called only when something is missing, so a warm cache never loads the reference."""
     cache = RefLogpCache(model_path)
     todo = cache.missing(pairs)
     if todo:
-        log(f"reference: computing log-probs of {len(todo):,} pairs once (cached in {cache.path})")
+        logger.info(f"reference: computing log-probs of {len(todo):,} pairs once (cached in {cache.path})")
         module = PairLogpsModule(load()).eval()
         batch: list[tuple[str, float, float]] = []
         with torch.no_grad():
@@ -99,5 +116,5 @@ def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable
                     batch = []
         cache.add(batch)
     else:
-        log(f"reference: all {len(pairs):,} pairs' log-probs found in {cache.path}")
+        logger.info(f"reference: all {len(pairs):,} pairs' log-probs found in {cache.path}")
     return cache.get(pairs)

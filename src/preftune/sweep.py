@@ -18,17 +18,21 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
-import fcntl
 import itertools
-import json
+import logging
+import os
 import time
 import typing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preftune.config import DataConfig, SweepConfig, TrainConfig, add_arguments, run_name
+from preftune import log
+from preftune.config import DataConfig, SweepConfig, TrainConfig, add_arguments, flag_name, run_name
 from preftune.errors import DataError, PreftuneError
+from preftune.run_folder import atomic_write_json
+
+logger = logging.getLogger(__name__)
 
 GRID_KEYS = tuple(f.name for f in dataclasses.fields(SweepConfig))
 NOT_SWEPT = ("overwrite",)  # a sweep never replaces a finished run: it skips it
@@ -124,9 +128,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, SweepConfig]:
     """(data, base train, grid) configs from merged settings; each class validates its own fields."""
+    from preftune.data.adapters import parse_column_map
+
     grid = SweepConfig(**{k: v for k, v in settings.items() if k in GRID_KEYS})
     data_names = {f.name for f in dataclasses.fields(DataConfig)}
     data_cfg = DataConfig(**{k: v for k, v in settings.items() if k in data_names})
+    parse_column_map(data_cfg.column_map)  # a malformed --column-map fails before any work
     train_names = {f.name for f in dataclasses.fields(TrainConfig)} - data_names - set(GRID_KEYS)
     base = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
     for planned in expand(grid, base):  # every combination must be a valid run before any starts
@@ -139,14 +146,20 @@ def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, Sw
 
 @contextlib.contextmanager
 def sweep_lock(root: Path):
-    """Hold ROOT/.sweep.lock for the sweep; the OS releases it even on SIGKILL."""
-    with open(root / LOCK_FILE, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PreftuneError(f"another `preftune sweep` is running in {root} (it holds {root / LOCK_FILE}); "
-                                "wait for it to finish or use another --output-dir") from None
+    """Hold ROOT/.sweep.lock for the sweep, without waiting: a second sweep into ROOT is refused. The
+    lock is the OS's (flock / LockFileEx), so it is released even when the holder is SIGKILLed."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(root / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PreftuneError(f"another `preftune sweep` is running in {root} (it holds {root / LOCK_FILE}); "
+                            "wait for it to finish or use another --output-dir") from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def differences(stored: dict, wanted: dict) -> list[str]:
@@ -181,37 +194,48 @@ def write_plan(root: Path, data_cfg: DataConfig, base: TrainConfig, grid: SweepC
     """ROOT/sweep.json: what this sweep is (the report says which of its runs are finished)."""
     plan = {"grid": asdict(grid), "data": asdict(data_cfg),
             "train": {k: v for k, v in asdict(base).items() if k not in GRID_KEYS}, "runs": [r.name for r in runs]}
-    tmp = root / (PLAN_FILE + ".tmp")
-    tmp.write_text(json.dumps(plan, indent=2) + "\n")
-    tmp.replace(root / PLAN_FILE)
+    atomic_write_json(root / PLAN_FILE, plan)
 
 
-def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, log=print) -> Path:
-    """Train and evaluate every run of the grid not finished yet, then write the report. Returns ROOT."""
+def make_root(root: Path) -> None:
+    """ROOT as a writable folder (created if needed), or a one-line error before any work."""
+    if root.exists() and not root.is_dir():
+        raise PreftuneError(f"--output-dir {root} is a file, not a folder; pass a folder for the sweep's runs")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreftuneError(f"--output-dir {root}: cannot create it ({e.strerror or e})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PreftuneError(f"--output-dir {root} is not writable")
+
+
+def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig) -> Path:
+    """Train and evaluate every run of the grid not finished yet, then write the report. Returns ROOT.
+    Under a launcher every rank trains; rank 0 alone holds the lock and writes the plan and report."""
     from preftune.report import report
-    from preftune.train import prepare_run_data, run, world
+    from preftune.train import prepare_run_data, run
 
-    rank, _ = world()
-    log = log if rank == 0 else (lambda *a, **k: None)
+    main_process = log.rank() == 0
     root = Path(base.output_dir)
     runs = expand(grid, base)
-    root.mkdir(parents=True, exist_ok=True)
-    with sweep_lock(root) if rank == 0 else contextlib.nullcontext():
+    make_root(root)
+    with sweep_lock(root) if main_process else contextlib.nullcontext():
         states = {r.name: run_state(root, r, data_cfg) for r in runs}
-        if rank == 0:
+        if main_process:
             write_plan(root, data_cfg, base, grid, runs)
         todo = [r for r in runs if states[r.name] != "finished"]
-        log(f"sweep: {len(runs)} runs in {root}; {len(runs) - len(todo)} finished (skipped), {len(todo)} to train")
+        logger.info(f"sweep: {len(runs)} runs in {root}; {len(runs) - len(todo)} finished (skipped), "
+                    f"{len(todo)} to train")
         for r in runs:
-            log(f"  {r.name:<44} {'finished: skipped' if states[r.name] == 'finished' else states[r.name]}")
-        data = prepare_run_data(data_cfg, base, log) if todo else None  # once, shared by every run
+            logger.info(f"  {r.name:<44} {'finished: skipped' if states[r.name] == 'finished' else states[r.name]}")
+        data = prepare_run_data(data_cfg, base) if todo else None  # once, shared by every run
         for i, planned in enumerate(todo, 1):
-            log(f"sweep: [{i}/{len(todo)}] {planned.name}")
+            logger.info(f"sweep: [{i}/{len(todo)}] {planned.name}")
             start = time.perf_counter()
-            run(data, planned.cfg, log, name=planned.name)
-            log(f"sweep: [{i}/{len(todo)}] {planned.name} finished in {time.perf_counter() - start:.1f} s")
-    if rank == 0:
-        report(root, log)
+            run(data, planned.cfg, name=planned.name)
+            logger.info(f"sweep: [{i}/{len(todo)}] {planned.name} finished in {time.perf_counter() - start:.1f} s")
+    if main_process:
+        report(root)
     return root
 
 
@@ -228,7 +252,7 @@ def settings_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     settings = load_config_file(Path(ns.config)) if ns.config else {}
     for key, value in vars(ns).items():
         if key in GRID_KEYS:
-            settings[key] = _parse_list(value, hints[key], "--" + key.replace("_", "-"))
+            settings[key] = _parse_list(value, hints[key], flag_name(key))
         elif key in hints:
             settings[key] = value
     return settings
@@ -246,15 +270,9 @@ def add_cli(verbs) -> None:
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file of settings: the grid and any data or train "
                         "setting, keys named like the flags (see examples/sweep.yaml); flags win over it")
-    group = parser.add_argument_group("grid (comma-separated values; one run per combination)")
-    for f in dataclasses.fields(SweepConfig):
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, metavar="V1,V2",
-                           help=f"{f.metadata['help']} (default: {','.join(map(str, f.default))})")
-    add_arguments(parser, DataConfig)
-    add_arguments(parser, TrainConfig, skip=GRID_KEYS + NOT_SWEPT)
-    for action in parser._actions:  # absent flags stay absent, so the YAML file's values are not overridden
-        if action.dest in _settable():
-            if action.help:
-                action.help = action.help.replace("%(default)s", str(action.default))
-            action.default = argparse.SUPPRESS
+    # suppress_defaults: a flag left out stays out of the namespace, so it does not override the YAML file
+    add_arguments(parser, SweepConfig, suppress_defaults=True,
+                  title="grid (comma-separated values; one run per combination)")
+    add_arguments(parser, DataConfig, suppress_defaults=True)
+    add_arguments(parser, TrainConfig, skip=GRID_KEYS + NOT_SWEPT, suppress_defaults=True)
     parser.set_defaults(func=cmd_sweep)

@@ -13,62 +13,18 @@ Checkpoints — the convention every engine follows, so `train.run` can resume a
   `runtime_s` count the whole run, and the per-step log is appended to `job.log_path` (train.run has
   already cut it back to the checkpoint's step).
 - `train.run` deletes `checkpoints/` once the model is saved: a finished run folder holds no checkpoints.
+
+The per-step log (`job.log_path`, a run's train_log.jsonl): every engine appends one JSON object per
+logged step with `append_log`, holding at least `LOG_KEYS` (TRL's names). The TRL engine also keeps
+whatever else TRL logs (entropy, num_tokens, logits/*, mean_token_accuracy in TRL 1.16).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from preftune.config import TrainConfig
-from preftune.data.prepare import Pair
-
-
-@dataclass
-class TrainJob:
-    model_path: str  # a folder or hub cache path from_pretrained loads (policy and reference)
-    tokenizer: Any
-    pairs: list[Pair]  # already fitted to cfg.max_length
-    cfg: TrainConfig
-    seed: int
-    out_dir: Path  # the run folder being written (model goes here)
-    per_device_batch_size: int
-    log_path: Path  # per-step training log (JSON lines)
-    resume_from: Path | None = None  # a complete checkpoint folder to continue from (see the module doc)
-
-
-@dataclass
-class TrainResult:
-    model: Any  # the trained policy, in memory, saved as a plain (merged) model in out_dir
-    steps: int  # optimizer steps of the whole run (resumed ones included)
-    runtime_s: float  # training seconds of the whole run (before an interruption too)
-    log: list[dict] = field(default_factory=list)
-
-
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_MARKER = "preftune_checkpoint.json"
-
-
-def write_checkpoint_marker(folder: Path, step: int, elapsed_s: float) -> None:
-    """Mark a checkpoint folder complete: call after every other file of it is written."""
-    tmp = folder / (CHECKPOINT_MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "elapsed_s": elapsed_s}) + "\n")
-    tmp.replace(folder / CHECKPOINT_MARKER)
-
-
-def read_checkpoint_marker(folder: Path) -> dict:
-    return json.loads((folder / CHECKPOINT_MARKER).read_text())
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step under out_dir/checkpoints/, if any."""
-    folders = [p for p in (out_dir / CHECKPOINTS_DIR).glob("checkpoint-*")
-               if re.fullmatch(r"checkpoint-\d+", p.name) and (p / CHECKPOINT_MARKER).is_file()]
-    return max(folders, key=lambda p: int(p.name.split("-")[1]), default=None)
+from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, LOG_KEYS, TrainJob, TrainResult,  # noqa: F401
+                                   append_log, latest_checkpoint, read_checkpoint_marker, write_checkpoint_marker)
 
 
 def _trl(job: TrainJob) -> TrainResult:

@@ -1,6 +1,7 @@
 """preftune's own DPO engine: the same loss as TRL's DPOTrainer, a fraction of the work.
 
-Where TRL's time goes on CPU (see docs/trl-on-cpu.md), and what this engine does instead:
+Where TRL's time goes on CPU (measured in bench/results/dpo_throughput.md), and what this engine does
+instead:
 
 1. **Each prompt once.** TRL runs prompt+chosen and prompt+rejected as two sequences, so the prompt
    (~93% of TL;DR tokens) is computed twice. Here a pair is ONE packed row
@@ -23,22 +24,22 @@ Where TRL's time goes on CPU (see docs/trl-on-cpu.md), and what this engine does
    reference never occupies memory during training, and other runs and re-runs reuse the values.
    With LoRA the reference is the base model, whose weights are the same files.
 
-Everything else — losses (`preftune.losses`), logged keys (TRL's names), AdamW with linear decay
-and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the TRL engine, so
-train, sweep, report and push cannot tell the engines apart.
+Everything else — losses (`preftune.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), AdamW
+with linear decay and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the
+TRL engine, so train, sweep, report and push cannot tell the engines apart.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from preftune.engines import (CHECKPOINTS_DIR, TrainJob, TrainResult, read_checkpoint_marker,
-                              write_checkpoint_marker)
+from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, TrainJob, TrainResult, append_log,
+                                   read_checkpoint_marker, write_checkpoint_marker)
+from preftune.errors import PreftuneError
 from preftune.logps import PackedPair, PairLogpsModule, pack_pair, packed_pair_logps
 from preftune.losses import LOSSES
 from preftune.models import load_model
@@ -82,8 +83,7 @@ def train(job: TrainJob) -> TrainResult:
 
     # 1. reference log-probs first (from the cache when warm), so the reference is gone before training
     with accelerator.main_process_first():  # rank 0 fills the cache; the others then read it
-        ref = reference_logps(packed, job.model_path, lambda: load_model(job.model_path),
-                              log=print if accelerator.is_main_process else (lambda *a: None))
+        ref = reference_logps(packed, job.model_path, lambda: load_model(job.model_path))
 
     set_seed(job.seed)
     model = load_model(job.model_path)
@@ -147,8 +147,7 @@ def train(job: TrainJob) -> TrainResult:
             window, counted = {}, 0
             if accelerator.is_main_process:
                 records.append(record)
-                with open(job.log_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                append_log(job.log_path, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
         if cfg.save_steps and step % cfg.save_steps == 0 and step < len(plan):
             accelerator.wait_for_everyone()
@@ -180,7 +179,7 @@ def save_checkpoint(out_dir, step: int, elapsed_s: float, module, optimizer, sch
     torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                folder / "state.pt")
     write_checkpoint_marker(folder, step, elapsed_s)
-    marked = sorted((p for p in folder.parent.glob("checkpoint-*") if (p / "preftune_checkpoint.json").is_file()),
+    marked = sorted((p for p in folder.parent.glob("checkpoint-*") if (p / CHECKPOINT_MARKER).is_file()),
                     key=lambda p: int(p.name.split("-")[1]))
     for old in marked[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -188,10 +187,15 @@ def save_checkpoint(out_dir, step: int, elapsed_s: float, module, optimizer, sch
 
 def load_checkpoint(folder, module, optimizer, scheduler) -> tuple[int, float]:
     """Restore a checkpoint written by save_checkpoint; returns (steps done, training seconds so far)."""
-    state = torch.load(folder / "state.pt", weights_only=True)
+    try:
+        state = torch.load(folder / "state.pt", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError) as e:
+        raise PreftuneError(f"{folder / 'state.pt'}: cannot read this checkpoint ({type(e).__name__}); delete "
+                            f"{folder} to start the run over") from None
     missing = set(state["model"]) - {n for n, _ in module.named_parameters()}
     if missing:
-        raise ValueError(f"{folder}: checkpoint does not match the model ({len(missing)} unknown tensors)")
+        raise PreftuneError(f"{folder}: checkpoint does not match the model ({len(missing)} unknown tensors); "
+                            "delete it to start the run over")
     with torch.no_grad():
         params = dict(module.named_parameters())
         for name, value in state["model"].items():

@@ -10,15 +10,15 @@ Trainer's own (model, optimizer, scheduler, RNG states, trainer_state.json), mar
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback, set_seed
+from transformers.trainer_callback import ProgressCallback
 
-from preftune.engines import (CHECKPOINTS_DIR, TrainJob, TrainResult, read_checkpoint_marker,
-                              write_checkpoint_marker)
+from preftune.engines.base import (CHECKPOINTS_DIR, TrainJob, TrainResult, append_log, read_checkpoint_marker,
+                                   write_checkpoint_marker)
 from preftune.models import load_model
 
 
@@ -33,8 +33,16 @@ class JsonlLogger(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
         self.records.append(record)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_log(self.path, record)
+
+
+class ProgressBar(ProgressCallback):
+    """The Trainer's progress bar, showing loss and accuracy as the fast engine's does, instead of
+    printing every logged dict (they are in train_log.jsonl; run summaries go through `logging`)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs.get('rewards/accuracies', 0):.2f}")
 
 
 class CheckpointMarker(TrainerCallback):
@@ -97,7 +105,7 @@ def train(job: TrainJob) -> TrainResult:
     set_seed(job.seed)  # before the model and the LoRA init
     model = load_model(job.model_path)
     rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in job.pairs]
-    logger = JsonlLogger(job.log_path)
+    step_log = JsonlLogger(job.log_path)
     before = read_checkpoint_marker(job.resume_from)["elapsed_s"] if job.resume_from else 0.0
     marker = CheckpointMarker(before)
     trainer = DPOTrainer(
@@ -107,8 +115,10 @@ def train(job: TrainJob) -> TrainResult:
         train_dataset=Dataset.from_list(rows),
         processing_class=job.tokenizer,
         peft_config=lora_config(job) if job.cfg.lora else None,
-        callbacks=[logger, marker],
+        callbacks=[step_log, marker],
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ProgressBar)
     marker.start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
     runtime = marker.elapsed()
@@ -121,4 +131,4 @@ def train(job: TrainJob) -> TrainResult:
             trained.save_pretrained(job.out_dir)
     else:
         trainer.save_model(str(job.out_dir))  # every rank calls it (FSDP/DeepSpeed gather); rank 0 writes
-    return TrainResult(trained, output.global_step, runtime, logger.records)
+    return TrainResult(trained, output.global_step, runtime, step_log.records)

@@ -1,0 +1,86 @@
+"""What every engine shares, and what train.py reads of an engine's work: the job and result types,
+the per-step log and the checkpoint markers (the conventions are described in engines/__init__.py).
+Kept apart from the registry so that engines import this module, and the registry imports engines,
+without a cycle."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from preftune.config import TrainConfig
+from preftune.data.prepare import Pair
+from preftune.errors import PreftuneError
+from preftune.run_folder import atomic_write_json, strict_json
+
+
+@dataclass
+class TrainJob:
+    model_path: str  # a folder or hub cache path from_pretrained loads (policy and reference)
+    tokenizer: Any
+    pairs: list[Pair]  # already fitted to cfg.max_length
+    cfg: TrainConfig
+    seed: int
+    out_dir: Path  # the run folder being written (model goes here)
+    per_device_batch_size: int
+    log_path: Path  # per-step training log (JSON lines)
+    resume_from: Path | None = None  # a complete checkpoint folder to continue from (see the module doc)
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the trained policy, in memory, saved as a plain (merged) model in out_dir
+    steps: int  # optimizer steps of the whole run (resumed ones included)
+    runtime_s: float  # training seconds of the whole run (before an interruption too)
+    log: list[dict] = field(default_factory=list)
+
+
+LOG_KEYS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/rejected",
+            "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+
+
+def append_log(path: Path, record: dict) -> None:
+    """Append one logged step to the per-step log, as strict JSON (a diverged NaN loss is null). One
+    whole line per write: a kill leaves at most a torn last line, which a resume drops."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+
+
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_MARKER = "preftune_checkpoint.json"
+
+
+def write_checkpoint_marker(folder: Path, step: int, elapsed_s: float) -> None:
+    """Mark a checkpoint folder complete: call after every other file of it is written."""
+    atomic_write_json(folder / CHECKPOINT_MARKER, {"step": step, "elapsed_s": elapsed_s})
+
+
+def _marker(folder: Path) -> dict | None:
+    """A checkpoint's marker, checked; None when it is missing or damaged (the checkpoint is then
+    treated as incomplete and never resumed from)."""
+    try:
+        marker = json.loads((folder / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(marker, dict) and type(marker.get("step")) is int
+          and isinstance(marker.get("elapsed_s"), (int, float)) and not isinstance(marker["elapsed_s"], bool))
+    return marker if ok else None
+
+
+def read_checkpoint_marker(folder: Path) -> dict:
+    """{"step": int, "elapsed_s": float} of a complete checkpoint (one `latest_checkpoint` returned)."""
+    marker = _marker(folder)
+    if marker is None:
+        raise PreftuneError(f"{folder / CHECKPOINT_MARKER}: missing or damaged (needs keys 'step' and 'elapsed_s'); "
+                            "delete that checkpoint folder to start the run over")
+    return marker
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under out_dir/checkpoints/, if any."""
+    folders = [p for p in (out_dir / CHECKPOINTS_DIR).glob("checkpoint-*")
+               if re.fullmatch(r"checkpoint-\d+", p.name) and _marker(p) is not None]
+    return max(folders, key=lambda p: int(p.name.split("-")[1]), default=None)
