@@ -159,6 +159,9 @@ class EvalConfig:
         "--fraction/--eval-fraction/--seed).",
     )
     max_eval_pairs: int | None = _opt(None, "Evaluate on at most this many held-out pairs (default: all).")
+    split: str = _opt("validation", "Which held-out pairs: 'validation' (what runs are chosen on; writes eval.json) or "
+                      "'test' (for a chosen run, once; writes test.json). With --dataset: eval_<slug>.json / "
+                      "test_<slug>.json, never replacing the run's own.", choices=("validation", "test"))
 
 
 DEFAULT_RM = "distilbert/distilbert-base-uncased"
@@ -306,6 +309,8 @@ class PushConfig:
     license: str | None = _opt(None, "License for the model card (default: the base model's when known, else 'other').")
     base_model: str | None = _opt(None, "Hub id of the base model for the card, when the run was trained from a local "
                                         "copy of it (default: the run's --model when that is a hub id).")
+    rank_by: str = _opt("length_balanced_accuracy", "With --best: the validation metric runs are ranked by "
+                        "(higher is better; runs without it are never picked).", choices=("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy", "chosen_longer_accuracy"))
 
     def __post_init__(self) -> None:
         if self.best is not None and self.best <= 0:
@@ -369,3 +374,14 @@ def from_args(cls: type, ns: argparse.Namespace) -> Any:
     """Build a config from parsed args (only the fields the class has)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+@dataclass
+class ReportConfig:
+    rank_by: str = _opt("length_balanced_accuracy", "Validation metric the leaderboard is ranked by (higher is "
+                        "better); runs without a valid value (not evaluated, NaN) rank last.", choices=("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy", "chosen_longer_accuracy"))
+    select: int = _opt(1, "How many of the best runs on validation get test metrics (computed once into their "
+                       "test.json, shown with the number of runs compared); 0: none.", ge=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
