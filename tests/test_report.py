@@ -318,3 +318,14 @@ def test_report_flags(tmp_path, capsys):
     except SystemExit as e:  # argparse's choices, where the CLI passes them
         code = e.code
     assert code == 2 and "--rank-by" in capsys.readouterr().err
+
+
+def test_the_ranking_choices_match_the_metrics_report_knows():
+    import dataclasses
+
+    from preftune.config import PushConfig
+    from preftune.report import RANKINGS
+
+    choices = [{f.name: f for f in dataclasses.fields(cls)}["rank_by"].metadata["choices"]
+               for cls in (ReportConfig, PushConfig)]
+    assert choices[0] == choices[1] == tuple(RANKINGS)

@@ -279,3 +279,19 @@ def test_damaged_files_x_readers(model_run, capsys, file, content, reader, outco
             assert row["rank"] is None and "–  run" in output  # listed, unranked, its cells "–"
     if reader == "eval" and outcome == OK:
         assert read_eval(model_run / "eval.json")["n"] == len(PAIRS)
+
+
+def test_a_run_without_its_model_is_not_finished(tmp_path):
+    run = open_run(fake_run(tmp_path, 1e-6, 4, 0.6))
+    with pytest.raises(PreftuneError, match=r"is not a finished run folder: it lacks config.json, model weights "
+                                            r"\(\*.safetensors\), a tokenizer"):
+        run.require_model()
+
+
+def test_eval_on_test_of_a_run_from_before_the_test_split(model_run, capsys):
+    from preftune.cli import main
+
+    assert main(["eval", str(model_run), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "has no test_pairs.jsonl: it was trained before preftune kept a test split" in err
+    assert not (model_run / "test.json").exists()

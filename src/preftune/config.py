@@ -310,7 +310,9 @@ class PushConfig:
     base_model: str | None = _opt(None, "Hub id of the base model for the card, when the run was trained from a local "
                                         "copy of it (default: the run's --model when that is a hub id).")
     rank_by: str = _opt("length_balanced_accuracy", "With --best: the validation metric runs are ranked by "
-                        "(higher is better; runs without it are never picked).", choices=("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy", "chosen_longer_accuracy"))
+                        "(higher is better; runs without it are never picked).",
+                        choices=("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy",
+                                 "chosen_longer_accuracy"))
 
     def __post_init__(self) -> None:
         if self.best is not None and self.best <= 0:
@@ -379,7 +381,9 @@ def from_args(cls: type, ns: argparse.Namespace) -> Any:
 @dataclass
 class ReportConfig:
     rank_by: str = _opt("length_balanced_accuracy", "Validation metric the leaderboard is ranked by (higher is "
-                        "better); runs without a valid value (not evaluated, NaN) rank last.", choices=("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy", "chosen_longer_accuracy"))
+                        "better); runs without a valid value (not evaluated, NaN) rank last.",
+                        choices=("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy",
+                                 "chosen_longer_accuracy"))
     select: int = _opt(1, "How many of the best runs on validation get test metrics (computed once into their "
                        "test.json, shown with the number of runs compared); 0: none.", ge=0)
 

@@ -161,7 +161,8 @@ def result_rows(m: dict) -> list[tuple[str, str]]:
     rows += [(label, _fmt(m.get(key))) for key, label in [
         ("longer_wins_baseline", "'longer summary wins' baseline on the same pairs"),
         ("mean_margin", "mean reward margin"), ("mean_chosen_reward", "mean reward, chosen"),
-        ("mean_rejected_reward", "mean reward, rejected"), ("mean_logp_drift", "mean log-prob drift from the base model"),
+        ("mean_rejected_reward", "mean reward, rejected"),
+        ("mean_logp_drift", "mean log-prob drift from the base model"),
         ("reference_logp_accuracy", "base model's own likelihood accuracy")]]
     rows += [(f"accuracy at labeller confidence {group}", _with_ci(s.get("accuracy"), s.get("ci95"), s.get("n")))
              for group, s in (m.get("accuracy_by_confidence") or {}).items()]

@@ -474,7 +474,7 @@ class Run:
              any((self.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))))
             if not present]
         if missing:
-            raise PreftuneError(f"{self.path} is not a finished run folder: no {', no '.join(missing)}")
+            raise PreftuneError(f"{self.path} is not a finished run folder: it lacks {', '.join(missing)}")
 
     # what the run holds, checked (None: the file is absent)
     def metrics(self) -> dict | None:
@@ -561,9 +561,11 @@ def judge_summary(judge: dict | None) -> dict:
     decodings = judge.get("decodings") if isinstance(judge.get("decodings"), dict) else {}
     greedy = decodings.get("greedy") if isinstance(decodings.get("greedy"), dict) else {}
     tb = greedy.get("tuned_vs_base") if isinstance(greedy.get("tuned_vs_base"), dict) else {}
-    return {"judge_win_rate": _or_gap(_number, tb.get("win_rate")), "judge_win_rate_ci95": _or_gap(_interval, tb.get("ci95")),
+    return {"judge_win_rate": _or_gap(_number, tb.get("win_rate")),
+            "judge_win_rate_ci95": _or_gap(_interval, tb.get("ci95")),
             "judge_length_controlled_win_rate": _or_gap(_number, tb.get("length_controlled_win_rate")),
-            "judge_n": _or_gap(_count, tb.get("n")), "judge_verdict_strength": _or_gap(_text, judge.get("verdict_strength")),
+            "judge_n": _or_gap(_count, tb.get("n")),
+            "judge_verdict_strength": _or_gap(_text, judge.get("verdict_strength")),
             "judge_rm_accuracy": _or_gap(_number, judge.get("rm_accuracy"))}
 
 

@@ -5,10 +5,11 @@ validation (eval.json, eval_pairs.jsonl: what runs are compared and chosen on) a
 unscored (test_pairs.jsonl: `preftune report` scores the chosen runs on them, once).
 
 The run is written to ROOT/<name>.partial/ and renamed to ROOT/<name>/ only when every file is in
-place (run_folder.begin_partial / finish_partial), so a finished-looking folder is always complete. With --save-steps the engine checkpoints into
-<name>.partial/checkpoints/ (convention in engines/__init__.py); running the same run again resumes
-from the last complete checkpoint when the settings match, and otherwise starts it over cleanly. Under `torchrun`/`accelerate launch` every
-rank trains; rank 0 alone writes files and evaluates.
+place (run_folder.begin_partial / finish_partial), so a finished-looking folder is always complete.
+With --save-steps the engine checkpoints into <name>.partial/checkpoints/ (convention in
+engines/__init__.py); running the same run again resumes from the last complete checkpoint when the
+settings match, and otherwise starts it over cleanly. Under `torchrun`/`accelerate launch` every rank
+trains; rank 0 alone writes files and evaluates.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig) -> RunData:
     tokenizer = load_tokenizer(resolved.path)
     prepared = prepare(data_cfg, tokenizer=tokenizer)  # message lists use this model's chat template
     fitted, fits = {}, {}  # "eval" is the validation split (the run folder's historical name for it)
-    for key, pairs, most in (("train", prepared.train, cfg.max_pairs), ("eval", prepared.validation, cfg.max_eval_pairs),
-                             ("test", prepared.test, cfg.max_eval_pairs)):
+    splits = (("train", prepared.train, cfg.max_pairs), ("eval", prepared.validation, cfg.max_eval_pairs),
+              ("test", prepared.test, cfg.max_eval_pairs))
+    for key, pairs, most in splits:
         fitted[key], fits[key] = fit(tokenizer, subsample(pairs, most, data_cfg.seed), cfg.max_length, key)
     if not fitted["train"]:
         raise PreftuneError("no training pairs left after preparation")
