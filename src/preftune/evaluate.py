@@ -208,7 +208,7 @@ def evaluate_split(run: Run, split: str = "validation", dataset: str | None = No
     tokenizer = load_tokenizer(str(run.path))
     if held is None:
         held = other_dataset_pairs(run, split, dataset, tokenizer)
-    held = subsample(held, max_pairs, run.data_config().seed)
+    held = subsample(held, max_pairs, run.seed)
     reference = resolve_model(run.reference_model)
     logger.info(f"eval: {run.name} on the {split} split of {dataset or run.dataset} ({len(held):,} pairs), against "
                 f"reference {run.reference_model} ← {reference.source}")

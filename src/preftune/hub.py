@@ -133,19 +133,13 @@ def eval_results(results: list[tuple[str, dict]], run: Run):
 
     entries = []
     for _, m in results:
-        dataset = m.get("dataset") or run.dataset
-        split = m.get("split") or "validation"
+        dataset, split = m.get("dataset") or run.dataset, m.get("split") or "validation"
+        values = [(metric, name, m.get(key)) for key, metric, name in CARD_METRICS]
+        values += [(f"accuracy_{key}", name, (m.get(key) or {}).get("accuracy")) for key, name in STRATUM_METRICS.items()]
         entries += [EvalResult(task_type="text-generation", task_name="Preference ranking of summaries",
                                dataset_type=hub_dataset(dataset) or "local", dataset_name=f"{dataset} ({split} posts)",
-                               dataset_split=split, metric_type=metric, metric_name=name, metric_value=m[key])
-                    for key, metric, name in CARD_METRICS if m.get(key) is not None]
-        for stratum, label in STRATUM_METRICS.items():
-            value = (m.get(stratum) or {}).get("accuracy")
-            if value is not None:
-                entries.append(EvalResult(
-                    task_type="text-generation", task_name="Preference ranking of summaries",
-                    dataset_type=hub_dataset(dataset) or "local", dataset_name=f"{dataset} ({split} posts)",
-                    dataset_split=split, metric_type=f"accuracy_{stratum}", metric_name=label, metric_value=value))
+                               dataset_split=split, metric_type=metric, metric_name=name, metric_value=value)
+                    for metric, name, value in values if value is not None]
     return entries
 
 
@@ -177,7 +171,8 @@ def result_block(name: str, m: dict, run: Run) -> dict:
     """One labelled block of the card: which data and split the metrics were computed on, and how."""
     split, dataset = m.get("split") or "validation", m.get("dataset") or run.dataset
     own = name in (run_folder.EVAL_FILE, run_folder.TEST_FILE)
-    title = f"{split} split of `{dataset}`" + ("" if own else " (another dataset: transfer)")
+    title = f"{split} split of `{dataset}`" + ("" if own else " (re-prepared by `preftune eval --dataset`)"
+                                                if dataset == run.dataset else " (another dataset: transfer)")
     unit = m.get("length_unit") or "characters (an older preftune)"
     note = (f"{_fmt(m.get('n'))} preference pairs from {_fmt(m.get('posts'))} posts that training never saw (the split "
             f"is by post), in `{name}`; lengths in {unit}.")

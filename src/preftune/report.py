@@ -181,7 +181,7 @@ def load_runs(root: Path) -> tuple[list[Run], list[Path]]:
 
 
 def leaderboard(root: Path, rank_by: str = DEFAULT_RANK) -> list[dict]:
-    """The runs under root ranked on validation (no test metrics: see `select`)."""
+    """The runs under root ranked on validation (no test metrics: see `score_chosen`)."""
     runs, _ = load_runs(root)
     return rank_rows([run_row(r) for r in runs], rank_by)
 
@@ -189,7 +189,7 @@ def leaderboard(root: Path, rank_by: str = DEFAULT_RANK) -> list[dict]:
 # ---- choose on validation, report on test --------------------------------------------------------
 
 
-def test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
+def chosen_test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
     """(test metrics, status) of a run chosen on validation: its test.json while the weights and test
     pairs are unchanged, else computed now (and kept). The selection is recorded with it."""
     if not run.has_test_split:
@@ -213,12 +213,12 @@ def test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
         return None, f"not computed ({e})"
 
 
-def select(runs: dict[str, Run], rows: list[dict], n: int) -> list[dict]:
+def score_chosen(runs: dict[str, Run], rows: list[dict], n: int) -> list[dict]:
     """Fill in test metrics for the n best-ranked runs (and only those). Returns the chosen rows."""
     chosen = [r for r in rows if r["rank"] is not None][:n]
     for r in chosen:
         selection = {"rank_by": r["rank_by"], "rank": r["rank"], "runs_compared": r["runs_compared"]}
-        result, r["test_status"] = test_result(runs[r["run"]], selection)
+        result, r["test_status"] = chosen_test_result(runs[r["run"]], selection)
         r["selected"] = True
         r.update(result_columns(result or {}, "test_"))
     return chosen
@@ -363,7 +363,7 @@ def _value(row: dict, key: str) -> float:
 
 
 def _label(row: dict) -> str:
-    return f"#{row['rank'] or '–'} {fit_cell(row['run'], 40)}"
+    return f"{'#' + str(row['rank']) if row['rank'] else '–'} {fit_cell(row['run'], 40)}"
 
 
 def plot_curves(logs: dict[str, list[dict]], path: Path) -> None:
@@ -399,8 +399,9 @@ def plot_accuracy_grid(rows: list[dict], path: Path, rank_by: str = DEFAULT_RANK
     bounded = rank_by != "mean_margin"  # accuracies live in [0, 1]
     vmin, vmax = (0, 1) if bounded or not values else (min(values), max(values) + 1e-12)
     panels = max(len(groups), 1)
-    fig, axes = plt.subplots(1, panels, figsize=(1.8 + 1.6 * max(len(sizes), 2) * panels, 1.8 + 0.7 * max(len(lrs), 2)),
-                             squeeze=False, layout="constrained")
+    width = max(6.5, 1.8 + 1.6 * max(len(sizes), 2) * panels)  # room for the title
+    fig, axes = plt.subplots(1, panels, figsize=(width, 1.8 + 0.7 * max(len(lrs), 2)), squeeze=False,
+                             layout="constrained")
     for ax, group in zip(axes[0], groups or [None]):
         grid = [[math.nan] * len(sizes) for _ in lrs]
         for r in rows:
@@ -542,7 +543,7 @@ def report(root: Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
                             + (f"; unfinished: {', '.join(p.name for p in unfinished)}" if unfinished else ""))
     rows = rank_rows([run_row(r) for r in runs], cfg.rank_by)
     by_name = {r.name: r for r in runs}
-    chosen = select(by_name, rows, cfg.select)
+    chosen = score_chosen(by_name, rows, cfg.select)
     logs = {r["run"]: by_name[r["run"]].train_log() for r in rows}
     write_leaderboard(root, rows)
     images = {name: root / name for name in PLOTS}

@@ -447,6 +447,11 @@ class Run:
     def dataset(self) -> str:
         return str(self.config["data"].get("dataset", "?"))
 
+    @property
+    def seed(self) -> int:
+        """The run's data seed (what --max-eval-pairs samples with; checked by open_run)."""
+        return int(self.config["data"].get("seed", 42))
+
     def data_config(self):
         """The run's DataConfig. Runs from before the test split had none: test_fraction 0 reproduces
         their train/validation split exactly."""
@@ -541,7 +546,9 @@ def open_run(path: Path | str, finished: bool = True) -> Run:
         raise PreftuneError(f"{path} is not a preftune run folder (no {CONFIG_FILE}): pass a folder written by "
                             "`preftune train` or `preftune sweep`")
     file = path / CONFIG_FILE
-    require_key(config, "data", dict, file)
+    data = require_key(config, "data", dict, file)
+    if "seed" in data:
+        require_key(data, "seed", int, file, "data")
     train = require_key(config, "train", dict, file)
     beta = require_key(train, "beta", (int, float), file, "train")
     if not (math.isfinite(beta) and beta > 0):
