@@ -1,4 +1,6 @@
-"""Evaluation metrics on a hand-computed case, and completion-only log-probs vs a full forward."""
+"""Evaluation metrics on hand-computed cases (accuracy with its interval, length strata, the balanced
+accuracy a length counter scores 0.5 on, labeller confidence), the printed table, and completion-only
+log-probs vs a full forward."""
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ from preftune.data.prepare import Pair
 from preftune.evaluate import PairLogps, format_table, preference_metrics
 from preftune.logps import completion_logps, tokenize_completion
 from preftune.models import load_model
+from preftune.stats import wilson_interval
 
 
 def test_metrics_by_hand():
@@ -29,7 +32,71 @@ def test_metrics_by_hand():
     assert m["reference_logp_accuracy"] == pytest.approx(1 / 3)  # only pair 1: −5 > −8
     assert m["longer_wins_baseline"] == pytest.approx(1 / 3)
     assert m["chosen_shorter_n"] == 1 and m["chosen_shorter_accuracy"] == 0.0
+    # strata by token counts: pair 1 chosen longer (2 > 1, right), pair 2 shorter (wrong), pair 3 equal
+    assert m["chosen_longer"] == {"n": 1, "accuracy": 1.0, "ci95": pytest.approx(wilson_interval(1, 1))}
+    assert m["chosen_shorter"]["n"] == 1 and m["chosen_shorter"]["accuracy"] == 0.0
+    assert m["equal_length"]["n"] == 1 and m["equal_length"]["accuracy"] == 0.0
+    assert m["length_balanced_accuracy"] == pytest.approx(0.5)  # ½(1/1 + 0/1)
+    assert m["accuracy_ci95"] == pytest.approx(wilson_interval(1, 3)) and "accuracy_by_confidence" not in m
     assert "accuracy where chosen is shorter" in format_table(m)
+
+
+def lp_from(margins: list[float], chosen_len: list[int], rejected_len: list[int]) -> PairLogps:
+    """Log-probs whose β=1 reward margins are `margins` (reference all zero)."""
+    n = len(margins)
+    return PairLogps(torch.tensor(margins, dtype=torch.float), torch.zeros(n), torch.zeros(n), torch.zeros(n),
+                     torch.tensor(chosen_len), torch.tensor(rejected_len))
+
+
+def pairs_with(confidence: list) -> list[Pair]:
+    return [Pair("p", " c", " r", f"post{i}", "s", meta={} if c is None else {"confidence": c})
+            for i, c in enumerate(confidence)]
+
+
+def test_a_length_counter_scores_exactly_half_balanced():
+    """A policy whose margin is the length difference (it prefers the longer summary) is right on all
+    8 chosen-longer pairs and wrong on all 4 chosen-shorter ones: 8/12 = 0.667 accuracy, equal to the
+    'longer wins' baseline, and length-balanced accuracy ½(8/8 + 0/4) = 0.5 exactly."""
+    chosen = [10] * 8 + [5] * 4
+    rejected = [5] * 8 + [10] * 4
+    m = preference_metrics(lp_from([c - r for c, r in zip(chosen, rejected)], chosen, rejected), 1.0,
+                           pairs_with([None] * 12))
+    assert m["accuracy"] == pytest.approx(8 / 12) == m["longer_wins_baseline"]
+    assert m["length_balanced_accuracy"] == 0.5
+    assert m["chosen_longer"]["accuracy"] == 1.0 and m["chosen_shorter"]["accuracy"] == 0.0
+    # Agresti–Caffo: p̃ = 9/10 and 1/6; half-width = 1.96·√(0.9·0.1/10 + (1/6)(5/6)/6)/2 = 1.96·0.1793/2 = 0.1757
+    assert m["length_balanced_ci95"] == pytest.approx((0.5 - 0.1757, 0.5 + 0.1757), abs=1e-4)
+
+
+def test_accuracy_by_labeller_confidence():
+    """Confidence 9: 2 of 2 right; confidence 3: 1 of 2; a row without one is left out of the groups."""
+    m = preference_metrics(lp_from([1, 1, 1, -1, 1], [2] * 5, [1] * 5), 1.0, pairs_with([9, 9, 3, 3, None]))
+    groups = m["accuracy_by_confidence"]
+    assert list(groups) == ["3", "9"]
+    assert groups["9"]["n"] == 2 and groups["9"]["accuracy"] == 1.0 and groups["3"]["accuracy"] == 0.5
+    assert groups["3"]["ci95"] == pytest.approx(wilson_interval(1, 2))
+    table = format_table({"split": "validation", "dataset": "d", **m})
+    assert "accuracy by labeller confidence:" in table and "   9  1.0000  [0.342, 1.000]  n=2" in table
+
+
+def test_non_finite_margins_are_counted_and_kept_out_of_the_accuracy(capsys):
+    m = preference_metrics(lp_from([1.0, float("nan"), -1.0], [2, 2, 2], [1, 1, 1]), 1.0, pairs_with([None] * 3))
+    assert m["nonfinite_pairs"] == 1 and m["accuracy"] == pytest.approx(1 / 3)  # NaN counts as wrong
+    assert m["mean_margin"] != m["mean_margin"]  # NaN: written as null, so the run ranks last
+    assert "1 of 3 pairs have a non-finite reward margin" in capsys.readouterr().out
+
+
+def test_the_printed_table_shows_intervals_and_n():
+    m = preference_metrics(lp_from([1, 1, -1, 1], [3, 3, 1, 1], [1, 1, 3, 3]), 0.5, pairs_with([None] * 4))
+    table = format_table({"split": "test", "dataset": "tldr-sample", **m})
+    assert table.startswith("evaluation on the test split of tldr-sample: 4 pairs from 4 posts, beta=0.5, lengths "
+                            "in tokens")
+    assert "  DPO implicit-reward accuracy                  0.7500  [0.301, 0.954]  n=4\n" in table
+    assert "  length-balanced accuracy (length alone: 0.5)  0.7500  [0.426, 1.000]\n" in table
+    assert "  accuracy where chosen is longer               1.0000  [0.342, 1.000]  n=2\n" in table
+    assert "  accuracy where chosen is shorter              0.5000  [0.095, 0.905]  n=2\n" in table
+    assert "  accuracy where lengths are equal              n/a  n=0\n" in table
+    assert "  'longer wins' baseline accuracy               0.5000\n" in table
 
 
 def test_completion_logps_equal_a_full_forward(tiny_model, tiny_tokenizer):

@@ -7,6 +7,7 @@ and the token appears in nothing the tool prints or writes.
 The pushes run in subprocesses: huggingface_hub reads HF_ENDPOINT and HF_HUB_DISABLE_XET at import."""
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from hub_server import HubServer
+from split_shim import three_way_split
 
-from preftune.config import DataConfig, TrainConfig
+from preftune.config import DataConfig, ReportConfig, TrainConfig
 from preftune.report import report
 from preftune.train import train
 
@@ -34,18 +36,35 @@ def hub():
         yield server
 
 
+class Collect(logging.Handler):
+    """Keeps every message preftune logs (the module fixture cannot use capsys)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     """A finished run, trained and reported while HF_TOKEN holds the token (nothing may record it)."""
     root = tmp_path_factory.mktemp("push") / "runs"
-    printed = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_TOKEN", TOKEN)
-        cfg = TrainConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4, max_pairs=8,
-                          max_eval_pairs=4, max_length=192, gradient_checkpointing=False, engine="trl")
-        run = train(DataConfig(fraction=0.03, seed=3), cfg, log=printed.append)
-        report(root, log=printed.append)
-    return run, printed
+    collect = Collect()
+    logging.getLogger("preftune").addHandler(collect)
+    try:
+        with pytest.MonkeyPatch.context() as mp, three_way_split():
+            mp.setenv("HF_TOKEN", TOKEN)
+            cfg = TrainConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4, max_pairs=8,
+                              max_eval_pairs=4, max_length=192, gradient_checkpointing=False, engine="trl")
+            run = train(DataConfig(fraction=0.03, seed=3), cfg)
+            # also scores the chosen run on its test pairs (test.json); by accuracy: a handful of validation
+            # pairs may lack one length stratum, and with it the length-balanced accuracy
+            report(root, ReportConfig(rank_by="accuracy"))
+    finally:
+        logging.getLogger("preftune").removeHandler(collect)
+    return run, collect.lines
 
 
 def push(hub, *args, token=TOKEN, home: Path, endpoint=None) -> subprocess.CompletedProcess:
@@ -102,17 +121,25 @@ def test_push_round_trip(hub, trained, tmp_path):
 
     card = ModelCard.load(local / "README.md")
     data = card.data.to_dict()
-    evaluation = json.loads((run / "eval.json").read_text())
+    evaluation, test = (json.loads((run / name).read_text()) for name in ("eval.json", "test.json"))
     assert data["base_model"] == BASE and data["license"] == "apache-2.0"
     assert data["datasets"] == ["openai/summarize_from_feedback"] and "dpo" in data["tags"]
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
-    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert results["accuracy"] == evaluation["accuracy"] and results["mean_reward_margin"] == evaluation["mean_margin"]
+    results = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results["validation", "accuracy"] == evaluation["accuracy"]
+    assert results["validation", "mean_reward_margin"] == evaluation["mean_margin"]
+    assert results["test", "accuracy"] == test["accuracy"]
+    if evaluation["length_balanced_accuracy"] is not None:
+        assert results["validation", "length_balanced_accuracy"] == evaluation["length_balanced_accuracy"]
     assert data["model-index"][0]["name"] == run.name
     text = card.text
+    lo, hi = evaluation["accuracy_ci95"]
     for row in ("| lr | 0.01 |", "| batch size | 4 |", "| epochs | 1 |", "| beta | 0.1 |", "| loss | sigmoid |",
-                "| fraction of the cleaned pairs used | 0.03 |", "| held-out fraction of posts | 0.1 |",
-                f"| preference accuracy (implicit reward) | {evaluation['accuracy']:.4f} |",
+                "| fraction of the cleaned pairs used | 0.03 |", "| validation fraction of posts | 0.1 |",
+                "| test fraction of posts | 0.1 |", "### validation split of `tldr-sample`", "### test split of `tldr-sample`",
+                f"| preference accuracy (implicit reward) | {evaluation['accuracy']:.4f} (95% CI {lo:.4f}–{hi:.4f}, "
+                f"Wilson, n={evaluation['n']}) |",
+                "chosen on validation accuracy from 1 run compared (rank 1); never used for choosing",
                 "![training curves](training_curves.png)", f'model_id = "{repo_id}"'):
         assert row in text, row
 
@@ -144,7 +171,7 @@ def test_best_n_pushes_the_top_runs(hub, trained, tmp_path):
     shutil.copytree(run, worse)
     evaluation = json.loads((worse / "eval.json").read_text())
     (worse / "eval.json").write_text(json.dumps({**evaluation, "accuracy": evaluation["accuracy"] - 0.5}))
-    result = push(hub, root, "--best", "1", "--dry-run", home=tmp_path)
+    result = push(hub, root, "--best", "1", "--rank-by", "accuracy", "--dry-run", home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"→ {USER}/{run.name}" in result.stdout and worse.name not in result.stdout
     assert [p.name for p in (root / "hub_upload").iterdir()] == [run.name]
@@ -189,7 +216,8 @@ def test_the_token_is_in_nothing_printed_or_written(hub, trained, tmp_path):
     run, printed = trained
     root = run.parent
     outputs = list(printed)
-    for args in (["--dry-run"], ["--repo-id", f"{USER}/grep"], ["--best", "1", "--namespace", USER]):
+    for args in (["--dry-run"], ["--repo-id", f"{USER}/grep"], ["--best", "1", "--rank-by", "accuracy", "--namespace",
+                                                                     USER]):
         result = push(hub, root if "--best" in args else run, *args, home=tmp_path / "home")
         assert result.returncode == 0, result.stderr
         outputs += [result.stdout, result.stderr]

@@ -1,5 +1,7 @@
-"""`preftune report`: leaderboard ranked by held-out accuracy (CSV, JSON, printed), three PNG plots and
-a self-contained report.html, from run folders written by hand here (no training needed)."""
+"""`preftune report`: a leaderboard ranked on validation (CSV, JSON, printed), four PNG plots and a
+self-contained report.html; test metrics for the chosen runs only, with the number of runs compared;
+NaN and older runs ranked last; wide values keep the table aligned. Run folders are written by hand
+here (no training needed); test.json is computed for real in test_train.py."""
 
 import base64
 import csv
@@ -10,15 +12,47 @@ from pathlib import Path
 
 import pytest
 
-from preftune.config import run_name
-from preftune.report import FIELDS, PLOTS, format_leaderboard, report
+from preftune.config import ReportConfig, run_name
+from preftune.report import FIELDS, PLOTS, display_width, format_leaderboard, report
+from preftune.run_folder import open_run
+from preftune.stats import wilson_interval
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def fake_eval(accuracy: float, margin: float = 0.1, balanced: float | None = None, n: int = 48,
+              split: str = "validation") -> dict:
+    """An eval.json as evaluate writes it: 32 chosen-longer and 16 chosen-shorter pairs whose
+    accuracies are balanced ± 0.2 (so their mean is the balanced accuracy)."""
+    balanced = accuracy - 0.05 if balanced is None else balanced
+    longer, shorter = balanced + 0.2, balanced - 0.2
+
+    def stratum(acc, k):
+        return {"n": k, "accuracy": acc, "ci95": list(wilson_interval(acc * k, k))}
+
+    return {"split": split, "dataset": "tldr-sample", "n": n, "posts": 20, "beta": 0.1, "length_unit": "tokens",
+            "accuracy": accuracy, "accuracy_ci95": list(wilson_interval(accuracy * n, n)),
+            "length_balanced_accuracy": balanced, "length_balanced_ci95": [balanced - 0.1, balanced + 0.1],
+            "chosen_longer": stratum(longer, 32), "chosen_shorter": stratum(shorter, 16),
+            "equal_length": {"n": 0, "accuracy": None, "ci95": None}, "longer_wins_baseline": 0.65,
+            "mean_margin": margin, "mean_chosen_reward": margin / 2, "mean_rejected_reward": -margin / 2,
+            "mean_logp_drift": -1.5, "mean_abs_logp_drift_per_token": 0.05, "reference_logp_accuracy": 0.5,
+            "chosen_shorter_n": 16, "chosen_shorter_accuracy": shorter, "ties": 0}
+
+
+def old_eval(accuracy: float, margin: float = 0.1) -> dict:
+    """An eval.json of preftune before the length strata: no intervals, no chosen_longer, no balance."""
+    return {"n": 48, "posts": 20, "beta": 0.1, "accuracy": accuracy, "ties": 0, "mean_margin": margin,
+            "mean_chosen_reward": margin / 2, "mean_rejected_reward": -margin / 2, "mean_logp_drift": -1.5,
+            "mean_abs_logp_drift_per_token": 0.05, "reference_logp_accuracy": 0.5, "longer_wins_baseline": 0.65,
+            "chosen_shorter_n": 15, "chosen_shorter_accuracy": 0.4}
+
+
 def fake_run(root: Path, lr: float, bs: int, accuracy: float | None, margin: float = 0.1, epochs: int = 1,
-             steps: int = 6, beta: float = 0.1, name: str | None = None) -> Path:
-    """A finished run folder as train.run writes it (config, metrics, eval, per-step log)."""
+             steps: int = 6, beta: float = 0.1, name: str | None = None, balanced: float | None = None,
+             evaluation: dict | None = None) -> Path:
+    """A finished run folder as train.run writes it (config, metrics, eval, per-step log), without a
+    model or a test split (like a run trained before preftune kept one)."""
     run = root / (name or run_name(lr, bs, epochs))
     run.mkdir(parents=True)
     train = {"lr": lr, "batch_size": bs, "epochs": epochs, "beta": beta, "loss": "sigmoid", "lora": False,
@@ -32,63 +66,95 @@ def fake_run(root: Path, lr: float, bs: int, accuracy: float | None, margin: flo
     metrics = {"steps": steps, "train_runtime_s": 10.0 * bs, "train_pairs": steps * bs, "tokens_per_s": 300.0 + bs,
                "pairs_per_s": 0.5, "final": {k: v for k, v in log[-1].items() if k != "step"}}
     (run / "metrics.json").write_text(json.dumps(metrics))
-    if accuracy is not None:
-        evaluation = {"n": 48, "accuracy": accuracy, "mean_margin": margin, "mean_chosen_reward": margin / 2,
-                      "mean_rejected_reward": -margin / 2, "mean_logp_drift": -1.5, "chosen_shorter_accuracy": 0.4,
-                      "mean_abs_logp_drift_per_token": 0.05, "longer_wins_baseline": 0.65,
-                      "reference_logp_accuracy": 0.5}
-        (run / "eval.json").write_text(json.dumps(evaluation))
+    if evaluation is not None or accuracy is not None:
+        (run / "eval.json").write_text(json.dumps(evaluation or fake_eval(accuracy, margin, balanced)))
     return run
+
+
+def give_test_split(run: Path, accuracy: float | None = None) -> None:
+    """test_pairs.jsonl (and weights) as a run trained with a test split has; with `accuracy`, a fresh
+    test.json too (its fingerprint matches, so report reuses it instead of loading a model)."""
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "test_pairs.jsonl").write_text(json.dumps({"prompt": "P", "chosen": " a", "rejected": " b",
+                                                      "post_id": "t1"}) + "\n")
+    if accuracy is not None:
+        test = {**fake_eval(accuracy, split="test", n=40), "fingerprint": open_run(run).fingerprint("test")}
+        (run / "test.json").write_text(json.dumps(test))
+
+
+def quiet(root: Path, **kw) -> dict:
+    return report(root, ReportConfig(**kw))
+
+
+def rows_of(root: Path) -> list[dict]:
+    return json.loads((root / "leaderboard.json").read_text())
 
 
 @pytest.fixture
 def root(tmp_path):
-    fake_run(tmp_path, 1e-6, 4, 0.55, margin=0.01)
-    fake_run(tmp_path, 5e-6, 4, 0.625, margin=0.05)
-    fake_run(tmp_path, 1e-6, 8, 0.625, margin=0.09)  # same accuracy: the larger margin ranks first
-    fake_run(tmp_path, 5e-6, 8, None)  # trained without evaluation: ranked last
+    fake_run(tmp_path, 1e-6, 4, 0.55, margin=0.01, balanced=0.52)
+    fake_run(tmp_path, 5e-6, 4, 0.625, margin=0.05, balanced=0.58)
+    fake_run(tmp_path, 1e-6, 8, 0.625, margin=0.09, balanced=0.58)  # same balance and accuracy: larger margin first
+    fake_run(tmp_path, 5e-6, 8, None)  # trained without evaluation: listed last, unranked
     (tmp_path / (run_name(1e-5, 4, 1) + ".partial")).mkdir()  # interrupted: listed, not ranked
     return tmp_path
 
 
-def test_leaderboard_ranks_by_accuracy_then_margin(root):
-    report(root, log=lambda *a: None)
-    rows = json.loads((root / "leaderboard.json").read_text())
+def test_leaderboard_ranks_by_balanced_accuracy_then_accuracy_then_margin(root):
+    quiet(root)
+    rows = rows_of(root)
     assert [r["run"] for r in rows] == [run_name(1e-6, 8, 1), run_name(5e-6, 4, 1), run_name(1e-6, 4, 1),
                                         run_name(5e-6, 8, 1)]
-    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert [r["rank"] for r in rows] == [1, 2, 3, None]
+    assert {r["runs_compared"] for r in rows} == {3} and {r["rank_by"] for r in rows} == {"length_balanced_accuracy"}
     best = rows[0]
     assert (best["lr"], best["batch_size"], best["accuracy"], best["mean_margin"]) == (1e-6, 8, 0.625, 0.09)
+    assert best["length_balanced_accuracy"] == 0.58 and best["chosen_longer_n"] == 32 and best["chosen_shorter_n"] == 16
+    assert best["chosen_longer_accuracy"] == pytest.approx(0.78) and best["chosen_shorter_accuracy"] == pytest.approx(0.38)
+    assert (best["accuracy_ci95_low"], best["accuracy_ci95_high"]) == pytest.approx(wilson_interval(30, 48))
     assert best["mean_logp_drift"] == -1.5 and best["train_runtime_s"] == 80.0 and best["tokens_per_s"] == 308.0
     assert rows[3]["accuracy"] is None and rows[3]["steps"] == 6
 
 
+def test_rank_by_chooses_the_metric(tmp_path):
+    """A length counter (high accuracy, balanced 0.5) beats a run with signal beyond length only when
+    ranked by raw accuracy."""
+    fake_run(tmp_path, 1e-6, 4, 0.70, balanced=0.50, name="length_counter")
+    fake_run(tmp_path, 1e-6, 8, 0.60, balanced=0.58, name="beyond_length")
+    quiet(tmp_path)
+    assert [r["run"] for r in rows_of(tmp_path)] == ["beyond_length", "length_counter"]
+    quiet(tmp_path, rank_by="accuracy")
+    assert [r["run"] for r in rows_of(tmp_path)] == ["length_counter", "beyond_length"]
+
+
 def test_csv_matches_json(root):
-    report(root, log=lambda *a: None)
+    quiet(root)
     with open(root / "leaderboard.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
-    rows = json.loads((root / "leaderboard.json").read_text())
+    rows = rows_of(root)
     assert list(table[0]) == FIELDS and len(table) == len(rows) == 4
     for line, row in zip(table, rows):
-        assert line["run"] == row["run"]
-        assert line["accuracy"] == ("" if row["accuracy"] is None else str(row["accuracy"]))
+        for key in ("run", "accuracy", "length_balanced_accuracy", "chosen_longer_n", "accuracy_ci95_low"):
+            assert line[key] == ("" if row[key] is None else str(row[key])), key
 
 
-def test_printed_table_and_unfinished_runs(root):
-    lines = []
-    report(root, log=lines.append)
-    text = "\n".join(lines)
-    table = format_leaderboard(json.loads((root / "leaderboard.json").read_text()))
+def test_printed_table_and_unfinished_runs(root, capsys):
+    quiet(root)
+    text = capsys.readouterr().out
+    table = format_leaderboard(rows_of(root))
     assert table in text
     first = table.splitlines()[2]
-    assert first.split()[:3] == ["1", run_name(1e-6, 8, 1), "0.625"]
+    assert first.split()[:3] == ["1", run_name(1e-6, 8, 1), "0.580"]
+    assert "0.625 [0.48–0.75] n=48" in first and "0.780 [0.61–0.89] n=32" in first and "0.380 [0.19–0.62] n=16" in first
+    assert table.splitlines()[-1].split()[:2] == ["–", run_name(5e-6, 8, 1)]
     assert f"unfinished (interrupted or running): {run_name(1e-5, 4, 1)}.partial" in text
 
 
 def test_plots_are_pngs_and_the_html_embeds_them(root):
     import matplotlib.image
 
-    written = report(root, log=lambda *a: None)
+    written = quiet(root)
+    assert set(PLOTS) == {"curves.png", "accuracy_grid.png", "length_strata.png", "margins.png"}
     for name in PLOTS:
         data = (root / name).read_bytes()
         assert data.startswith(PNG_MAGIC)
@@ -98,39 +164,40 @@ def test_plots_are_pngs_and_the_html_embeds_them(root):
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert sorted(base64.b64decode(e) for e in embedded) == sorted((root / n).read_bytes() for n in PLOTS)
     assert not re.search(r'(src|href)="(?!data:)', html)  # self-contained: nothing fetched
-    assert run_name(1e-6, 8, 1) in html and "0.625" in html
+    assert run_name(1e-6, 8, 1) in html and "0.580 [0.48–0.68]" in html and "0.780 [0.61–0.89] n=32" in html
     assert f"{run_name(1e-5, 4, 1)}.partial" in html
 
 
 def test_report_is_reproducible(root):
-    report(root, log=lambda *a: None)
+    quiet(root)
     first = {n: (root / n).read_bytes() for n in ("leaderboard.csv", "leaderboard.json", "report.html")}
-    report(root, log=lambda *a: None)
+    quiet(root)
     assert first == {n: (root / n).read_bytes() for n in first}
 
 
-def test_sweep_progress_names_missing_runs(root):
+def test_sweep_progress_names_missing_runs(root, capsys):
     planned = [run_name(1e-6, 4, 1), run_name(1e-5, 4, 1)]
     (root / "sweep.json").write_text(json.dumps({"runs": planned, "grid": {"lr": [1e-6, 1e-5], "batch_size": [4]},
                                                  "data": {"dataset": "tldr-sample", "fraction": 1.0,
                                                           "eval_fraction": 0.1, "seed": 42},
                                                  "train": {"model": "tiny"}}))
-    lines = []
-    report(root, log=lines.append)
-    assert f"sweep: 1/2 runs finished; not finished: {run_name(1e-5, 4, 1)}" in lines
+    quiet(root)
+    assert f"sweep: 1/2 runs finished; not finished: {run_name(1e-5, 4, 1)}" in capsys.readouterr().out
 
 
-def test_no_finished_runs_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: (p / "x.partial").mkdir(), "holds no finished runs (folders with preftune_config.json); "
+                                          "unfinished: x.partial"),
+    (lambda p: None, "holds no finished runs"),
+    (lambda p: (p / "file").write_text("x"), "is not a folder of runs (it is a file)"),
+])
+def test_nothing_to_report_is_a_clear_error(tmp_path, capsys, setup, message):
     from preftune.cli import main
 
-    (tmp_path / "x.partial").mkdir()
-    assert main(["report", str(tmp_path)]) == 2
-
-
-def test_config_file_name_matches_evaluate():
-    from preftune import evaluate, report as report_module
-
-    assert report_module.CONFIG_FILE == evaluate.CONFIG_FILE
+    setup(tmp_path)
+    target = tmp_path / "file" if (tmp_path / "file").exists() else tmp_path
+    assert main(["report", str(target)]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_judge_results_join_the_leaderboard(root):
@@ -140,11 +207,125 @@ def test_judge_results_join_the_leaderboard(root):
              "decodings": {"greedy": {"tuned_vs_base": {"n": 24, "win_rate": 0.7083, "ci95": [0.51, 0.85],
                                                          "length_controlled_win_rate": 0.631}}}}
     (run / "judge.json").write_text(json.dumps(judge))
-    report(root, log=lambda *a: None)
-    rows = {r["run"]: r for r in json.loads((root / "leaderboard.json").read_text())}
+    quiet(root)
+    rows = {r["run"]: r for r in rows_of(root)}
     assert rows[run.name]["judge_win_rate"] == 0.7083 and rows[run.name]["judge_n"] == 24
     assert rows[run.name]["judge_verdict_strength"] == "weak"
     assert rows[run_name(1e-6, 4, 1)]["judge_win_rate"] is None
     with open(root / "leaderboard.csv") as fh:
         csv_rows = {r["run"]: r for r in csv.DictReader(fh)}
     assert csv_rows[run.name]["judge_win_rate"] == "0.7083"
+
+
+# ---- rankings: NaN, older runs -------------------------------------------------------------------
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("damage", ["accuracy", "mean_margin", "length_balanced_accuracy"])
+def test_a_run_with_nan_metrics_ranks_last_and_the_json_stays_strict(tmp_path, damage):
+    fake_run(tmp_path, 1e-6, 4, 0.55, balanced=0.52)
+    evaluation = {**fake_eval(0.9, balanced=0.8), damage: math.nan}
+    fake_run(tmp_path, 1e-6, 8, None, evaluation=evaluation)  # json.dumps writes a bare NaN
+    assert "NaN" in (tmp_path / run_name(1e-6, 8, 1) / "eval.json").read_text()
+    quiet(tmp_path)
+    rows = strict_json((tmp_path / "leaderboard.json").read_text())
+    assert [(r["run"], r["rank"]) for r in rows] == [(run_name(1e-6, 4, 1), 1), (run_name(1e-6, 8, 1), None)]
+    assert rows[0]["runs_compared"] == 1 and rows[1][damage] is None
+
+
+def test_runs_from_before_the_length_strata_still_report_with_gaps(tmp_path, capsys):
+    fake_run(tmp_path, 1e-6, 4, None, evaluation=old_eval(0.6))
+    fake_run(tmp_path, 1e-6, 8, 0.55, balanced=0.52)
+    quiet(tmp_path)
+    rows = {r["run"]: r for r in rows_of(tmp_path)}
+    old = rows[run_name(1e-6, 4, 1)]
+    assert old["rank"] is None and old["length_balanced_accuracy"] is None and old["chosen_longer_n"] is None
+    assert old["chosen_shorter_accuracy"] == 0.4 and old["chosen_shorter_n"] == 15  # the older keys, still read
+    line = next(l for l in capsys.readouterr().out.splitlines() if run_name(1e-6, 4, 1) in l and "–" in l)
+    assert "0.600 [0.46–0.73] n=48" in line and "0.400 [0.20–0.64] n=15" in line
+    quiet(tmp_path, rank_by="accuracy")
+    assert rows_of(tmp_path)[0]["run"] == run_name(1e-6, 4, 1)  # ranked by a metric it has
+
+
+def test_wide_values_keep_the_table_aligned(tmp_path, capsys):
+    long_name = "run_" + "x" * 240  # near the 255-byte limit of a folder name
+    fake_run(tmp_path, 1e-6, 4, 0.55, name=long_name)
+    wide = fake_run(tmp_path, 1e-6, 8, 0.6, name="wide_ナ名前_run")
+    metrics = json.loads((wide / "metrics.json").read_text())
+    (wide / "metrics.json").write_text(json.dumps({**metrics, "tokens_per_s": 1e300, "train_runtime_s": 10**30}))
+    quiet(tmp_path)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith(("#", "-", "1 ", "2 "))][:4]
+    rule = lines[1]
+    assert rule.startswith("-") and display_width(rule) < 260
+    assert [display_width(line) for line in lines] == [display_width(rule)] * 4  # every row as wide as the rule
+    for line in lines[2:]:
+        assert len([c for c in line.split("  ") if c.strip()]) == len(rule.split()), line
+    assert "1e+300" in "\n".join(lines) and "…" in "\n".join(lines) and long_name in json.dumps(rows_of(tmp_path))
+
+
+# ---- choose on validation, report on test --------------------------------------------------------
+
+
+def test_test_metrics_for_the_chosen_run_only(tmp_path, capsys):
+    best = fake_run(tmp_path, 1e-6, 8, 0.625, balanced=0.60)
+    other = fake_run(tmp_path, 1e-6, 4, 0.55, balanced=0.52)
+    give_test_split(best, accuracy=0.575)
+    give_test_split(other, accuracy=0.912)  # computed earlier by hand: never shown for an unselected run
+    fake_run(tmp_path, 5e-6, 4, None)
+    written = quiet(tmp_path)
+    rows = {r["run"]: r for r in rows_of(tmp_path)}
+    chosen = rows[best.name]
+    assert chosen["selected"] and chosen["test_accuracy"] == 0.575 and chosen["test_pairs"] == 40
+    assert chosen["runs_compared"] == 2 and chosen["test_status"] == "computed"
+    assert not rows[other.name]["selected"] and rows[other.name]["test_accuracy"] is None
+    out = capsys.readouterr().out
+    assert "test (chosen on validation length-balanced accuracy from 2 runs compared" in out
+    assert "0.575 [0.42–0.71] n=40" in out and "0.912" not in out
+    html = written["report.html"].read_text()
+    assert "from 2 runs compared" in html and "0.575 [0.42–0.71] n=40" in html and "0.912" not in html
+    stored = json.loads((best / "test.json").read_text())
+    assert stored["selection"] == {"rank_by": "length_balanced_accuracy", "rank": 1, "runs_compared": 2}
+
+
+def test_select_n_and_runs_that_predate_the_test_split(tmp_path, capsys):
+    a = fake_run(tmp_path, 1e-6, 8, 0.625, balanced=0.60)
+    b = fake_run(tmp_path, 1e-6, 4, 0.55, balanced=0.52)
+    give_test_split(b, accuracy=0.5)
+    quiet(tmp_path, select=2)
+    rows = {r["run"]: r for r in rows_of(tmp_path)}
+    assert rows[a.name]["test_status"] == "n/a (run predates the test split)" and rows[a.name]["test_accuracy"] is None
+    assert rows[b.name]["test_accuracy"] == 0.5 and rows[b.name]["selected"]
+    assert f"#1 {a.name}: test: n/a (run predates the test split)" in capsys.readouterr().out
+    quiet(tmp_path, select=0)
+    assert not any(r["selected"] for r in rows_of(tmp_path))
+
+
+def test_report_flags(tmp_path, capsys):
+    from preftune.cli import main
+
+    fake_run(tmp_path, 1e-6, 4, 0.7, balanced=0.5, name="a")
+    fake_run(tmp_path, 1e-6, 8, 0.6, balanced=0.58, name="b")
+    assert main(["report", str(tmp_path), "--rank-by", "accuracy", "--select", "0"]) == 0
+    assert [r["run"] for r in rows_of(tmp_path)] == ["a", "b"]
+    try:
+        code = main(["report", str(tmp_path), "--rank-by", "loss"])
+    except SystemExit as e:  # argparse's choices, where the CLI passes them
+        code = e.code
+    assert code == 2 and "--rank-by" in capsys.readouterr().err
+
+
+def test_the_ranking_choices_match_the_metrics_report_knows():
+    import dataclasses
+
+    from preftune.config import PushConfig
+    from preftune.report import RANKINGS
+
+    choices = [{f.name: f for f in dataclasses.fields(cls)}["rank_by"].metadata["choices"]
+               for cls in (ReportConfig, PushConfig)]
+    assert choices[0] == choices[1] == tuple(RANKINGS)

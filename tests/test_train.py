@@ -1,20 +1,32 @@
 """DPO training on a tiny model: log 2 at step 0, every parameter moves, reload gives the same
-logits, seeded runs repeat exactly, LoRA saves a merged model."""
+logits, seeded runs repeat exactly, LoRA saves a merged model; the run folder keeps its test pairs
+unscored, `preftune eval --split test / --dataset` write their own files, and `preftune report`
+scores the chosen run on test once (again only when the weights change)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import comparison, write_jsonl
+from split_shim import three_way_split
 
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import prepare
 from preftune.engines import ENGINES, TrainJob
 from preftune.models import load_model, load_tokenizer
+from preftune.run_folder import result_file
 from preftune.train import train
 
 DATA = DataConfig(fraction=0.03, seed=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _split():
+    with three_way_split():
+        yield
 
 
 def tiny_cfg(model: Path, out: Path, **kw) -> TrainConfig:
@@ -30,18 +42,19 @@ def engine(request):
 
 @pytest.fixture(scope="module")
 def full_run(tiny_model, tmp_path_factory, engine):
-    return train(DATA, tiny_cfg(tiny_model, tmp_path_factory.mktemp("runs"), engine=engine), log=lambda *a: None)
+    return train(DATA, tiny_cfg(tiny_model, tmp_path_factory.mktemp("runs"), engine=engine))
 
 
 def test_run_folder_layout(full_run):
     assert full_run.name == "dpo_model_lr0.01_bs4_epoch1"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "preftune_config.json", "train_log.jsonl",
-                 "metrics.json", "eval.json", "eval_pairs.jsonl"):
+                 "metrics.json", "eval.json", "eval_pairs.jsonl", "test_pairs.jsonl"):
         assert (full_run / name).is_file(), name
     assert not full_run.with_name(full_run.name + ".partial").exists()
     config = json.loads((full_run / "preftune_config.json").read_text())
     assert config["train"]["lr"] == 0.01 and config["data"]["fraction"] == 0.03
     assert json.loads((full_run / "metrics.json").read_text())["steps"] == 2
+    assert not (full_run / "test.json").exists()  # test pairs are kept, not scored, at training time
 
 
 def test_step0_loss_is_log2_and_metrics_are_logged(full_run):
@@ -62,15 +75,24 @@ def test_every_parameter_moved(full_run, tiny_model):
 
 def test_eval_json_is_consistent(full_run):
     m = json.loads((full_run / "eval.json").read_text())
-    fit = json.loads((full_run / "preftune_config.json").read_text())["fit"]["eval"]
-    assert m["n"] == fit["kept"] == fit["total"] - sum(fit["skipped"].values()) > 0 and 0 <= m["accuracy"] <= 1 and m["beta"] == 0.1
+    fit = json.loads((full_run / "preftune_config.json").read_text())["fit"]
+    assert m["n"] == fit["eval"]["kept"] == fit["eval"]["total"] - sum(fit["eval"]["skipped"].values()) > 0
+    assert 0 <= m["accuracy"] <= 1 and m["beta"] == 0.1
+    assert (m["split"], m["dataset"], m["length_unit"]) == ("validation", "tldr-sample", "tokens")
     assert m["mean_margin"] == pytest.approx(m["mean_chosen_reward"] - m["mean_rejected_reward"], abs=1e-5)
+    strata = [m[k]["n"] for k in ("chosen_longer", "chosen_shorter", "equal_length")]
+    assert sum(strata) == m["n"] and m["chosen_shorter_n"] == strata[1]
+    assert m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
+    test_pairs = (full_run / "test_pairs.jsonl").read_text().splitlines()
+    assert len(test_pairs) == fit["test"]["kept"] > 0
+    eval_posts = {json.loads(line)["post_id"] for line in (full_run / "eval_pairs.jsonl").read_text().splitlines()}
+    assert not eval_posts & {json.loads(line)["post_id"] for line in test_pairs}  # disjoint by post
 
 
 def test_reload_gives_the_same_logits(tiny_model, tmp_path, engine):
     cfg = tiny_cfg(tiny_model, tmp_path, engine=engine)
     tokenizer = load_tokenizer(str(tiny_model))
-    pairs = prepare(DATA, lambda *a: None).train[:4]
+    pairs = prepare(DATA).train[:4]
     from preftune.data.fit import fit
 
     pairs, _ = fit(tokenizer, pairs, cfg.max_length, "train")
@@ -85,13 +107,13 @@ def test_reload_gives_the_same_logits(tiny_model, tmp_path, engine):
 
 
 def test_same_seed_same_weights(full_run, tiny_model, tmp_path, engine):
-    again = train(DATA, tiny_cfg(tiny_model, tmp_path, engine=engine), log=lambda *a: None)
+    again = train(DATA, tiny_cfg(tiny_model, tmp_path, engine=engine))
     a, b = load_file(full_run / "model.safetensors"), load_file(again / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_lora_run_saves_a_merged_model_and_the_adapter(tiny_model, tmp_path, engine):
-    run = train(DATA, tiny_cfg(tiny_model, tmp_path, lora=True, lr=5e-2, engine=engine), log=lambda *a: None)
+    run = train(DATA, tiny_cfg(tiny_model, tmp_path, lora=True, lr=5e-2, engine=engine))
     assert (run / "adapter" / "adapter_config.json").is_file()
     before, after = load_file(tiny_model / "model.safetensors"), load_file(run / "model.safetensors")
     assert before.keys() == after.keys()  # a plain model: no lora_ tensors
@@ -103,7 +125,7 @@ def test_existing_run_needs_overwrite(full_run, tiny_model, engine):
     from preftune.errors import PreftuneError
 
     with pytest.raises(PreftuneError, match="already exists; pass --overwrite"):
-        train(DATA, tiny_cfg(tiny_model, full_run.parent, engine=engine), log=lambda *a: None)
+        train(DATA, tiny_cfg(tiny_model, full_run.parent, engine=engine))
 
 
 def test_eval_command_recomputes_the_same_metrics(full_run, capsys):
@@ -112,6 +134,49 @@ def test_eval_command_recomputes_the_same_metrics(full_run, capsys):
     before = json.loads((full_run / "eval.json").read_text())
     assert main(["eval", str(full_run)]) == 0
     after = json.loads((full_run / "eval.json").read_text())
-    assert after["accuracy"] == before["accuracy"]
+    assert after["accuracy"] == before["accuracy"] and after["chosen_longer"] == before["chosen_longer"]
     assert after["mean_margin"] == pytest.approx(before["mean_margin"], abs=1e-5)
-    assert "DPO implicit-reward accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "evaluation on the validation split of tldr-sample" in out and "DPO implicit-reward accuracy" in out
+
+
+def test_eval_on_the_test_split_and_on_another_dataset_write_their_own_files(full_run, tmp_path, capsys):
+    from preftune.cli import main
+
+    validation = (full_run / "eval.json").read_bytes()
+    assert main(["eval", str(full_run), "--split", "test"]) == 0
+    test = json.loads((full_run / "test.json").read_text())
+    assert test["split"] == "test" and test["n"] == len((full_run / "test_pairs.jsonl").read_text().splitlines())
+    other = write_jsonl(tmp_path / "other.jsonl", [comparison(f"o{i}", post=f"Post number {i} about bread.",
+                                                               chosen=" Short.", rejected=" A longer one.")
+                                                    for i in range(400)])  # the run's --fraction 0.03 keeps 12
+    assert main(["eval", str(full_run), "--dataset", str(other)]) == 0
+    written = result_file("validation", str(other))
+    assert written.startswith("eval_other.jsonl-")
+    transfer = json.loads((full_run / written).read_text())
+    assert transfer["dataset"] == str(other) and transfer["split"] == "validation"
+    assert transfer["chosen_shorter"]["n"] == transfer["n"] and transfer["longer_wins_baseline"] == 0
+    assert (full_run / "eval.json").read_bytes() == validation  # the run's own result is never replaced
+    (full_run / "test.json").unlink()
+    (full_run / written).unlink()
+
+
+def test_report_scores_the_chosen_run_on_test_once(full_run, capsys):
+    from preftune.config import ReportConfig
+    from preftune.report import report
+
+    root = full_run.parent
+    report(root, ReportConfig(rank_by="accuracy"))
+    first = json.loads((full_run / "test.json").read_text())
+    assert first["split"] == "test" and first["selection"]["rank"] == 1 and first["fingerprint"]
+    row = json.loads((root / "leaderboard.json").read_text())[0]
+    assert row["selected"] and row["test_accuracy"] == first["accuracy"] and row["test_pairs"] == first["n"]
+    assert "scoring" in capsys.readouterr().out
+    report(root, ReportConfig(rank_by="accuracy"))  # fresh: reused, not scored again
+    assert "scoring" not in capsys.readouterr().out
+    weights = full_run / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # as if re-trained: stale
+    report(root, ReportConfig(rank_by="accuracy"))
+    assert "scoring" in capsys.readouterr().out
+    (full_run / "test.json").unlink()

@@ -188,6 +188,10 @@ class TrainConfig(Config):
         return run_name(self.lr, self.batch_size, self.epochs)
 
 
+# Validation metrics a leaderboard can be ranked by (higher is better); report.RANKINGS implements them.
+RANK_KEYS = ("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy", "chosen_longer_accuracy")
+
+
 def run_name(lr: float, batch_size: int, epochs: int) -> str:
     """The original pipeline's folder name, e.g. dpo_model_lr5e-05_bs16_epoch1 (Python's float repr)."""
     return f"dpo_model_lr{lr!r}_bs{batch_size}_epoch{epochs}"
@@ -201,6 +205,9 @@ class EvalConfig(Config):
         "--fraction/--eval-fraction/--seed).",
     )
     max_eval_pairs: int | None = _opt(None, "Evaluate on at most this many held-out pairs (default: all).", gt=0)
+    split: str = _opt("validation", "Which held-out pairs: 'validation' (what runs are chosen on; writes eval.json) or "
+                      "'test' (for a chosen run, once; writes test.json). With --dataset: eval_<slug>.json / "
+                      "test_<slug>.json, never replacing the run's own.", choices=("validation", "test"))
 
 
 @dataclass
@@ -319,6 +326,9 @@ class PushConfig(Config):
     license: str | None = _opt(None, "License for the model card (default: the base model's when known, else 'other').")
     base_model: str | None = _opt(None, "Hub id of the base model for the card, when the run was trained from a local "
                                         "copy of it (default: the run's --model when that is a hub id).")
+    rank_by: str = _opt("length_balanced_accuracy", "With --best: the validation metric runs are ranked by "
+                        "(higher is better; runs without it are never picked).",
+                        choices=RANK_KEYS)
 
     def check(self) -> None:
         if self.repo_id and (self.best or self.namespace):
@@ -397,3 +407,12 @@ def from_args(cls: type, ns: argparse.Namespace) -> Any:
     """Build a config from parsed args (only the fields the class has)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+@dataclass
+class ReportConfig(Config):
+    rank_by: str = _opt("length_balanced_accuracy", "Validation metric the leaderboard is ranked by (higher is "
+                        "better); runs without a valid value (not evaluated, NaN) rank last.",
+                        choices=RANK_KEYS)
+    select: int = _opt(1, "How many of the best runs on validation get test metrics (computed once into their "
+                       "test.json, shown with the number of runs compared); 0: none.", ge=0)

@@ -1,23 +1,37 @@
-"""Held-out evaluation of a run: does the tuned policy rank the human-preferred summary higher?
+"""Held-out evaluation of a run: does the tuned policy rank the human-preferred summary higher — and
+is that more than "the longer summary wins"?
 
 For each held-out pair the implicit DPO reward of a completion is r = β·(log π − log π_ref)
 (DPO paper, Eq. 5); the pair is ranked correctly when r(chosen) > r(rejected) (ties count as wrong,
-as in TRL). Beside it: mean margin, log-prob drift from the reference, and the "longer completion
-wins" baseline, with the model's accuracy where the chosen summary is the shorter one — so a user
-sees whether the model learned more than length.
+as in TRL). Beside accuracy (with its 95% Wilson interval): mean margin, log-prob drift from the
+reference, and the length view of the same pairs (preftune.stats.length_strata), with lengths in
+completion tokens of the run's tokenizer — accuracy where the chosen summary is longer and where it
+is shorter, their mean (the length-balanced accuracy: any pure length counter scores 0.5 on it) with
+an Agresti–Caffo interval, and the "longer wins" baseline on the same pairs. Rows that carry the
+labeller's confidence (Pair.meta["confidence"]) are also scored by confidence.
+
+Where the metrics go (see run_folder.result_file): the run's own validation pairs → eval.json, its
+test pairs → test.json, another dataset's → eval_<slug>.json / test_<slug>.json. Runs are chosen on
+validation; test is computed for chosen runs only (`preftune report`) or on request (`--split test`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from preftune.data.prepare import Pair, longer_wins
+from preftune import run_folder
+from preftune.data.prepare import Pair
+from preftune.errors import PreftuneError
 from preftune.logps import PairLogpsModule, pack_pair, packed_pair_logps
+from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, Run, open_run  # noqa: F401 - names judge.py reads
+from preftune.stats import by_group, length_strata
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,21 +58,37 @@ def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval") -> tupl
 
 
 def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair]) -> dict:
-    """Accuracy, margins, drift and the length baseline from log-probs. Pure: no model involved."""
+    """Accuracy (with its interval), margins, drift, and accuracy by length stratum and by labeller
+    confidence, from log-probs. Pure: no model involved."""
     chosen_r = beta * (lp.policy_chosen - lp.ref_chosen)  # (N,)
     rejected_r = beta * (lp.policy_rejected - lp.ref_rejected)
     margin = chosen_r - rejected_r
-    correct = margin > 0
-    shorter = torch.tensor([len(p.chosen) < len(p.rejected) for p in pairs], dtype=torch.bool)
+    correct = (margin > 0).float().tolist()  # a NaN margin is never > 0: wrong, and counted below
     drift = torch.cat([lp.policy_chosen - lp.ref_chosen, lp.policy_rejected - lp.ref_rejected])
     tokens = torch.cat([lp.chosen_tokens, lp.rejected_tokens]).float()
-    n = len(pairs)
+    strata = length_strata(correct, lp.chosen_tokens.tolist(), lp.rejected_tokens.tolist())
+    confidence = by_group(correct, [p.meta.get("confidence") for p in pairs])
+    nonfinite = int((~torch.isfinite(margin)).sum())
+    if nonfinite:
+        logger.warning(f"warning: {nonfinite} of {len(pairs)} pairs have a non-finite reward margin (the model "
+                       "diverged?); their metrics are null and the run ranks last")
     return {
-        "n": n,
+        "n": strata["n"],
         "posts": len({p.post_id for p in pairs}),
         "beta": beta,
-        "accuracy": correct.float().mean().item(),
+        "length_unit": "tokens",
+        "accuracy": strata["accuracy"],
+        "accuracy_ci95": strata["accuracy_ci95"],
+        "length_balanced_accuracy": strata["length_balanced_accuracy"],
+        "length_balanced_ci95": strata["length_balanced_ci95"],
+        "chosen_longer": strata["chosen_longer"],
+        "chosen_shorter": strata["chosen_shorter"],
+        "equal_length": strata["equal_length"],
+        # "longer completion (in tokens) wins" on the same pairs: what length alone gets
+        "longer_wins_baseline": strata["longer_wins_baseline"],
+        **({"accuracy_by_confidence": confidence} if confidence else {}),
         "ties": int((margin == 0).sum()),
+        **({"nonfinite_pairs": nonfinite} if nonfinite else {}),
         "mean_margin": margin.mean().item(),
         "mean_chosen_reward": chosen_r.mean().item(),
         "mean_rejected_reward": rejected_r.mean().item(),
@@ -67,9 +97,9 @@ def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair]) -> dict:
         "mean_abs_logp_drift_per_token": (drift.abs() / tokens.clamp(min=1)).mean().item(),
         # the base model's own ranking by likelihood, for context
         "reference_logp_accuracy": (lp.ref_chosen > lp.ref_rejected).float().mean().item(),
-        "longer_wins_baseline": longer_wins(pairs),
-        "chosen_shorter_n": int(shorter.sum()),
-        "chosen_shorter_accuracy": correct[shorter].float().mean().item() if shorter.any() else None,
+        # the keys of older preftune versions, kept for their readers (= chosen_shorter above)
+        "chosen_shorter_n": strata["chosen_shorter"]["n"],
+        "chosen_shorter_accuracy": strata["chosen_shorter"]["accuracy"],
     }
 
 
@@ -77,7 +107,7 @@ def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float)
     """`reference` is a model, or a model folder whose log-probs come from the on-disk cache
     (computed once per pair and reused by every run evaluated against the same reference)."""
     if not pairs:
-        raise ValueError("no held-out pairs to evaluate (--eval-fraction 0?)")
+        raise PreftuneError("no held-out pairs to evaluate (--eval-fraction 0?)")
     pol, counts = score_pairs(policy, tokenizer, pairs, "eval policy")
     if isinstance(reference, (str, Path)):
         from preftune.models import load_model
@@ -91,69 +121,110 @@ def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float)
                               beta, pairs)
 
 
+# ---- the printed table ---------------------------------------------------------------------------
+
+# (key, label); a stratum key shows its accuracy, interval and n.
 TABLE_ROWS = [
     ("accuracy", "DPO implicit-reward accuracy"),
+    ("length_balanced_accuracy", "length-balanced accuracy (length alone: 0.5)"),
+    ("chosen_longer", "accuracy where chosen is longer"),
+    ("chosen_shorter", "accuracy where chosen is shorter"),
+    ("equal_length", "accuracy where lengths are equal"),
+    ("longer_wins_baseline", "'longer wins' baseline accuracy"),
     ("mean_margin", "mean reward margin (chosen − rejected)"),
     ("mean_chosen_reward", "mean reward, chosen"),
     ("mean_rejected_reward", "mean reward, rejected"),
     ("mean_logp_drift", "mean log-prob drift from reference"),
     ("mean_abs_logp_drift_per_token", "mean |drift| per token"),
     ("reference_logp_accuracy", "reference likelihood accuracy"),
-    ("longer_wins_baseline", "'longer wins' baseline accuracy"),
-    ("chosen_shorter_accuracy", "accuracy where chosen is shorter"),
 ]
+INTERVALS = {"accuracy": "accuracy_ci95", "length_balanced_accuracy": "length_balanced_ci95"}
+
+
+def interval_text(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _shown(value, ci=None, n=None) -> str:
+    """A metric as "0.6458  [0.505, 0.767]  n=48" (n/a for a gap)."""
+    parts = ["n/a" if value is None else f"{value:.4f}", interval_text(ci), "" if n is None else f"n={n}"]
+    return "  ".join(p for p in parts if p)
+
+
+def describe(m: dict) -> str:
+    """What a result was computed on, e.g. "validation split of tldr-sample"."""
+    return f"{m.get('split') or 'held-out'} split of {m.get('dataset') or 'the run data'}"
 
 
 def format_table(m: dict) -> str:
-    lines = [f"held-out evaluation: {m['n']:,} pairs from {m['posts']:,} posts, beta={m['beta']}", ""]
+    """A result (eval.json and kin) as printed text; keys an older file lacks show as n/a."""
+    lines = [f"evaluation on the {describe(m)}: {m.get('n') or 0:,} pairs from {m.get('posts') or 0:,} posts, "
+             f"beta={m.get('beta')}, lengths in {m.get('length_unit', 'characters (older preftune)')}", ""]
     width = max(len(label) for _, label in TABLE_ROWS)
     for key, label in TABLE_ROWS:
-        value = m.get(key)
-        shown = "n/a" if value is None else f"{value:.4f}"
-        if key == "chosen_shorter_accuracy":
-            shown += f"  (n={m['chosen_shorter_n']})"
+        if key in ("chosen_longer", "chosen_shorter", "equal_length"):
+            s = m.get(key) or {}
+            shown = _shown(s.get("accuracy"), s.get("ci95"), s.get("n"))
+        else:
+            shown = _shown(m.get(key), m.get(INTERVALS.get(key, "")), m.get("n") if key == "accuracy" else None)
         lines.append(f"  {label:<{width}}  {shown}")
+    if m.get("accuracy_by_confidence"):
+        lines += ["", "  accuracy by labeller confidence:"]
+        lines += [f"    {group:>4}  {_shown(s.get('accuracy'), s.get('ci95'), s.get('n'))}"
+                  for group, s in m["accuracy_by_confidence"].items()]
+    lines += ["", "  intervals: 95%; Wilson for accuracies, Agresti–Caffo for the length-balanced mean"]
     return "\n".join(lines)
-
-
-def write_eval(run_dir: Path, metrics: dict) -> None:
-    tmp = run_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(run_dir / "eval.json")
 
 
 # ---- a saved run ---------------------------------------------------------------------------------
 
-CONFIG_FILE = "preftune_config.json"
-EVAL_PAIRS_FILE = "eval_pairs.jsonl"
+
+def other_dataset_pairs(run: Run, split: str, dataset: str, tokenizer) -> list[Pair]:
+    """`dataset` prepared with the run's fractions and seed, its `split` taken and fitted to the run's
+    max_length (message-list formats rendered with the run's tokenizer)."""
+    from preftune.data.fit import fit
+    from preftune.data.prepare import prepare
+
+    data_cfg = run.data_config()
+    prepared = prepare(replace(data_cfg, dataset=dataset), tokenizer=tokenizer)
+    held = prepared.validation if split == "validation" else prepared.test
+    if not held:
+        raise PreftuneError(f"{dataset} has no {split} pairs with the run's split settings (validation fraction "
+                            f"{data_cfg.eval_fraction}, test fraction {data_cfg.test_fraction})"
+                            + ("; the run predates the test split" if not run.has_test_split else ""))
+    return fit(tokenizer, held, run.max_length, split)[0]
 
 
-def evaluate_run(run_dir: Path, cfg, log=print) -> dict:
-    """Evaluate a run folder on its own held-out pairs, or on --dataset's held-out split."""
-    from dataclasses import replace
-
-    from preftune.config import DataConfig
-    from preftune.data.prepare import prepare, read_jsonl
-    from preftune.errors import PreftuneError
+def evaluate_split(run: Run, split: str = "validation", dataset: str | None = None, max_pairs: int | None = None,
+                   extra: dict | None = None) -> dict:
+    """Score a run on `split` (of its own data, or of `dataset`), write the result file, return it.
+    `extra` is stored alongside (the report's record of how the run was selected)."""
+    from preftune.data.fit import subsample
     from preftune.models import load_model, load_tokenizer, resolve_model
-    from preftune.data.fit import fit, subsample
 
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise PreftuneError(f"{run_dir} is not a preftune run folder (no {CONFIG_FILE})")
-    run = json.loads(config_path.read_text())
-    tokenizer = load_tokenizer(str(run_dir))
-    data_cfg = DataConfig(**run["data"])
-    if cfg.dataset:
-        held = prepare(replace(data_cfg, dataset=cfg.dataset), log, tokenizer=tokenizer).eval
-        held, _ = fit(tokenizer, held, run["train"]["max_length"], "eval")
-    else:
-        held = read_jsonl(run_dir / EVAL_PAIRS_FILE)
-    held = subsample(held, cfg.max_eval_pairs, data_cfg.seed)
-    reference = resolve_model(run["reference_model"])
-    log(f"eval: {run_dir.name} against reference {run['reference_model']} ← {reference.source}")
-    metrics = evaluate_pairs(load_model(str(run_dir)), reference.path, tokenizer, held, run["train"]["beta"])
-    metrics["dataset"] = cfg.dataset or run["data"]["dataset"]
-    write_eval(run_dir, metrics)
-    log(format_table(metrics))
+    name = run_folder.result_file(split, dataset)  # checks the split before any work
+    run.require_model()
+    held = run.pairs(split) if dataset is None else None  # a damaged pairs file stops here, before loading
+    tokenizer = load_tokenizer(str(run.path))
+    if held is None:
+        held = other_dataset_pairs(run, split, dataset, tokenizer)
+    held = subsample(held, max_pairs, run.seed)
+    reference = resolve_model(run.reference_model)
+    logger.info(f"eval: {run.name} on the {split} split of {dataset or run.dataset} ({len(held):,} pairs), against "
+                f"reference {run.reference_model} ← {reference.source}")
+    metrics = evaluate_pairs(load_model(str(run.path)), reference.path, tokenizer, held, run.beta)
+    result = {"split": split, "dataset": dataset or run.dataset, **metrics, **(extra or {})}
+    if dataset is None and max_pairs is None:  # the run's own pairs, all of them: report can tell when stale
+        result["fingerprint"] = run.fingerprint(split)
+    run_folder.atomic_write_json(run.path / name, result)
+    return result
+
+
+def evaluate_run(run_dir: Path, cfg) -> dict:
+    """`preftune eval RUN`: evaluate a run folder on its validation (or --split test) pairs, or on
+    --dataset's; print the table and write the result file."""
+    run = open_run(run_dir)
+    metrics = evaluate_split(run, cfg.split, cfg.dataset, cfg.max_eval_pairs)
+    logger.info(format_table(metrics))
+    logger.info(f"eval: {run.path / run_folder.result_file(cfg.split, cfg.dataset)}")
     return metrics

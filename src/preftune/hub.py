@@ -1,14 +1,21 @@
 """`preftune push`: a run folder → a Hugging Face Hub model repo with a model card.
 
-    preftune push RUN_DIR [--repo-id OWNER/NAME] [--private] [--dry-run]
-    preftune push ROOT --best N [--namespace ORG]
+    preftune push RUN_DIR [--repo-id OWNER/NAME] [--private] [--dry-run [--stage-dir DIR]]
+    preftune push ROOT --best N [--rank-by METRIC] [--namespace ORG]
 
 Each run is first staged into an upload folder (hard links to the run's files where the filesystem
 allows): the model as `save_pretrained` wrote it, the run's configs, log, metrics and held-out pairs,
 `training_curves.png`, and README.md — the model card, with Hub metadata (base_model, datasets, tags,
-license, model-index holding the eval metrics), hyperparameters, data, metrics, the curves and a usage
-snippet. Then `create_repo(exist_ok=True)` + `upload_folder`; unchanged files are not re-sent and an
-unchanged run makes no new commit, so pushing twice is harmless. `--dry-run` stops after staging.
+license, model-index holding the eval metrics), hyperparameters, data, metrics (each block labelled
+with the data and split it was computed on), the curves and a usage snippet. Then
+`create_repo(exist_ok=True)` + `upload_folder`; unchanged files are not re-sent and an unchanged run
+makes no new commit, so pushing twice is harmless. `--dry-run` stops after staging.
+
+Nothing destructive: pushing reads a run folder and never writes inside it. A dry run's --stage-dir that
+is, is inside, or contains a run being pushed (ROOT included), that is a file or device, or that cannot be
+written, is refused before any work; an existing upload folder is replaced only when preftune staged it.
+`--best N` ranks runs on validation (--rank-by, as `preftune report`) and never picks a run without a
+valid value of that metric.
 
 The token comes from HF_TOKEN or the `hf auth login` cache (`huggingface_hub.get_token`). It is handed
 to the client and nowhere else: never printed, logged, or written into a file.
@@ -19,19 +26,29 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from preftune import run_folder
 from preftune.config import DEFAULT_MODEL, PushConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
-from preftune.report import CONFIG_FILE, leaderboard, plot_curves, read_log
+from preftune.hubids import is_hub_id
+from preftune.report import RANKINGS, leaderboard, plot_curves
+from preftune.run_folder import Run, open_run
+
+logger = logging.getLogger(__name__)
 
 NOT_UPLOADED = {"training_args.bin"}  # a pickle of the Trainer's arguments: unsafe to load, no use to a reader
-NOT_UPLOADED_DIRS = {"checkpoints"}
+NOT_UPLOADED_DIRS = {run_folder.CHECKPOINTS_DIR}
 CURVES = "training_curves.png"
+CARD = "README.md"
+WRITTEN = {CURVES, CARD}  # written fresh into the upload folder, never linked: a link would write into the run
+STAGE_MARK = ".preftune-stage"  # in a --stage-dir: preftune staged the folders here, so it may replace them
+DEFAULT_STAGE = "hub_upload"
 # Datasets preftune knows by another name: the shipped sample is a part of this Hub dataset.
 HUB_DATASETS = {"tldr-sample": "openai/summarize_from_feedback"}
 KNOWN_LICENSES = {DEFAULT_MODEL: "apache-2.0"}
@@ -52,15 +69,11 @@ class Upload:
 # ---- the model card ------------------------------------------------------------------------------
 
 
-def _is_hub_id(spec: str) -> bool:
-    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not Path(spec).exists()
-
-
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value or abs(value) >= 1e7 else f"{value:.{digits}f}"
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
@@ -69,19 +82,27 @@ def _plain(value) -> str:
     return "n/a" if value is None else str(value)
 
 
-def base_model_of(run: dict, override: str | None) -> str | None:
+def _with_ci(value, ci=None, n=None, method: str = "Wilson") -> str:
+    """"0.6458 (95% CI 0.5051–0.7673, Wilson, n=48)"; n/a for a gap."""
+    if value is None:
+        return "n/a" + (f" (n={n})" if n is not None else "")
+    notes = ([f"95% CI {_fmt(ci[0])}–{_fmt(ci[1])}, {method}"] if ci else []) + ([f"n={n}"] if n is not None else [])
+    return _fmt(value) + (f" ({', '.join(notes)})" if notes else "")
+
+
+def base_model_of(run: Run, override: str | None) -> str | None:
     """The base model's Hub id, when there is one (a local folder has none unless given)."""
-    spec = override or run.get("reference_model") or run["train"]["model"]
-    return spec if _is_hub_id(spec) else None
+    spec = override or run.reference_model
+    return spec if is_hub_id(spec) else None
 
 
-def license_of(base_model: str | None, run: dict, override: str | None) -> str:
+def license_of(base_model: str | None, run: Run, override: str | None) -> str:
     """--license, else the base model's (known ids, or a local base folder's own card), else 'other'."""
     if override:
         return override
     if base_model in KNOWN_LICENSES:
         return KNOWN_LICENSES[base_model]
-    readme = Path(run.get("reference_model") or "") / "README.md"
+    readme = Path(run.reference_model) / CARD
     if readme.is_file():
         from huggingface_hub import ModelCard
 
@@ -91,127 +112,244 @@ def license_of(base_model: str | None, run: dict, override: str | None) -> str:
     return "other"
 
 
-def eval_results(evaluation: dict, dataset_id: str | None, dataset: str):
-    """model-index entries: the held-out metrics, as the Hub's EvalResult."""
+def hub_dataset(dataset: str) -> str | None:
+    return HUB_DATASETS.get(dataset) or (dataset if is_hub_id(dataset) else None)
+
+
+CARD_METRICS = [("accuracy", "accuracy", "preference accuracy (DPO implicit reward)"),
+                ("length_balanced_accuracy", "length_balanced_accuracy",
+                 "length-balanced accuracy (mean over chosen-longer and chosen-shorter pairs)"),
+                ("mean_margin", "mean_reward_margin", "mean reward margin, chosen − rejected"),
+                ("mean_logp_drift", "mean_logp_drift", "mean log-prob drift from the base model")]
+
+
+STRATUM_METRICS = {"chosen_longer": "accuracy where the chosen summary is longer",
+                   "chosen_shorter": "accuracy where the chosen summary is shorter"}
+
+
+def eval_results(results: list[tuple[str, dict]], run: Run):
+    """model-index entries: every result's headline metrics, as the Hub's EvalResult, with its split."""
     from huggingface_hub import EvalResult
 
-    metrics = [("accuracy", "accuracy", "preference accuracy (DPO implicit reward)"),
-               ("mean_margin", "mean_reward_margin", "mean reward margin, chosen − rejected"),
-               ("mean_logp_drift", "mean_logp_drift", "mean log-prob drift from the base model"),
-               ("chosen_shorter_accuracy", "accuracy_chosen_shorter", "accuracy where the chosen summary is shorter")]
-    return [EvalResult(task_type="text-generation", task_name="Preference ranking of summaries",
-                       dataset_type=dataset_id or "local", dataset_name=f"{dataset} (held-out posts)",
-                       dataset_split="held-out", metric_type=metric, metric_name=name, metric_value=evaluation[key])
-            for key, metric, name in metrics if evaluation.get(key) is not None]
+    entries = []
+    for _, m in results:
+        dataset, split = m.get("dataset") or run.dataset, m.get("split") or "validation"
+        values = [(metric, name, m.get(key)) for key, metric, name in CARD_METRICS]
+        values += [(f"accuracy_{key}", name, (m.get(key) or {}).get("accuracy")) for key, name in STRATUM_METRICS.items()]
+        entries += [EvalResult(task_type="text-generation", task_name="Preference ranking of summaries",
+                               dataset_type=hub_dataset(dataset) or "local", dataset_name=f"{dataset} ({split} posts)",
+                               dataset_split=split, metric_type=metric, metric_name=name, metric_value=value)
+                    for metric, name, value in values if value is not None]
+    return entries
+
+
+def result_rows(m: dict) -> list[tuple[str, str]]:
+    """A result file as model-card rows, with intervals and n."""
+    rows = [("preference accuracy (implicit reward)", _with_ci(m.get("accuracy"), m.get("accuracy_ci95"), m.get("n"))),
+            ("length-balanced accuracy (length alone scores 0.5)",
+             _with_ci(m.get("length_balanced_accuracy"), m.get("length_balanced_ci95"), None, "Agresti–Caffo"))]
+    for key, label in (*STRATUM_METRICS.items(), ("equal_length", "accuracy where both summaries are equally long")):
+        s = m.get(key) or {}
+        if key != "equal_length" or s.get("n"):
+            rows.append((label, _with_ci(s.get("accuracy"), s.get("ci95"), s.get("n"))))
+    rows += [(label, _fmt(m.get(key))) for key, label in [
+        ("longer_wins_baseline", "'longer summary wins' baseline on the same pairs"),
+        ("mean_margin", "mean reward margin"), ("mean_chosen_reward", "mean reward, chosen"),
+        ("mean_rejected_reward", "mean reward, rejected"),
+        ("mean_logp_drift", "mean log-prob drift from the base model"),
+        ("reference_logp_accuracy", "base model's own likelihood accuracy")]]
+    rows += [(f"accuracy at labeller confidence {group}", _with_ci(s.get("accuracy"), s.get("ci95"), s.get("n")))
+             for group, s in (m.get("accuracy_by_confidence") or {}).items()]
+    return rows
+
+
+def _runs(n) -> str:
+    return f"{n} run{'' if n == 1 else 's'}"
+
+
+def result_block(name: str, m: dict, run: Run) -> dict:
+    """One labelled block of the card: which data and split the metrics were computed on, and how."""
+    split, dataset = m.get("split") or "validation", m.get("dataset") or run.dataset
+    own = name in (run_folder.EVAL_FILE, run_folder.TEST_FILE)
+    title = f"{split} split of `{dataset}`" + ("" if own else " (re-prepared by `preftune eval --dataset`)"
+                                                if dataset == run.dataset else " (another dataset: transfer)")
+    unit = m.get("length_unit") or "characters (an older preftune)"
+    note = (f"{_fmt(m.get('n'))} preference pairs from {_fmt(m.get('posts'))} posts that training never saw (the split "
+            f"is by post), in `{name}`; lengths in {unit}.")
+    selection = m.get("selection") or {}
+    if split == "validation" and own:
+        note += " Runs are compared and chosen on this split."
+    elif split == "test" and own and selection:
+        note += (f" Computed once, after this run was chosen on validation {RANKINGS.get(selection.get('rank_by'), '')}"
+                 f" from {_runs(selection.get('runs_compared'))} compared (rank {selection.get('rank')}); never used "
+                 "for choosing.")
+    elif split == "test" and own:
+        note += " Computed with `preftune eval --split test`."
+    if own and m.get("fingerprint") and m["fingerprint"] != run.fingerprint(split):
+        note += " **Stale**: the weights or pairs changed after it was computed."
+    return {"title": title, "note": note, "rows": result_rows(m)}
+
+
+def judge_rows(judge: dict | None) -> list[tuple[str, str]]:
+    judged = run_folder.judge_summary(judge)
+    if judged.get("judge_win_rate") is None:
+        return []
+    ci = judged["judge_win_rate_ci95"] or [None, None]
+    return [("judged win rate over the base model (greedy, reward-model judge)",
+             f"{_fmt(judged['judge_win_rate'])} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])}, n={judged['judge_n']})"),
+            ("length-controlled judged win rate", _fmt(judged["judge_length_controlled_win_rate"])),
+            ("judge's verdict strength", f"{judged['judge_verdict_strength']} (reward model held-out accuracy "
+                                         f"{_fmt(judged['judge_rm_accuracy'])})")]
 
 
 def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
-    """The README.md of the repo, as a huggingface_hub ModelCard (YAML metadata + Markdown)."""
+    """The README.md of the repo, as a huggingface_hub ModelCard (YAML metadata + Markdown). Reads the
+    run through run_folder: a damaged file is an error naming it, before anything is staged."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    run = json.loads((run_dir / CONFIG_FILE).read_text())
-    metrics = _read(run_dir / "metrics.json")
-    evaluation = _read(run_dir / "eval.json")
-    data, train = run["data"], run["train"]
+    run = open_run(run_dir)
+    metrics = run.metrics() or {}
+    order = {run_folder.EVAL_FILE: 0, run_folder.TEST_FILE: 1}
+    results = sorted(run.results(), key=lambda r: (order.get(r[0], 2), r[0]))
+    judge = run.judge() or {}
+    data, train = run.config["data"], run.train
     base = base_model_of(run, cfg.base_model)
-    dataset = data["dataset"]
-    dataset_id = HUB_DATASETS.get(dataset) or (dataset if _is_hub_id(dataset) else None)
+    dataset = run.dataset
+    dataset_id = hub_dataset(dataset)
     name = repo_id.split("/")[-1]
     tags = ["dpo", "preftune", "text-generation"] + (["trl"] if train.get("engine") == "trl" else []) \
         + (["lora"] if train.get("lora") else [])
     card_data = ModelCardData(
         base_model=base, datasets=[dataset_id] if dataset_id else None, license=license_of(base, run, cfg.license),
         library_name="transformers", pipeline_tag="text-generation", tags=tags, model_name=name,
-        eval_results=eval_results(evaluation, dataset_id, dataset) or None,
+        eval_results=eval_results(results, run) or None,
     )
-    fit = run.get("fit", {})
-    eval_rows = [(label, _fmt(evaluation.get(key))) for key, label in [
-        ("accuracy", "preference accuracy (implicit reward)"), ("mean_margin", "mean reward margin"),
-        ("mean_chosen_reward", "mean reward, chosen"), ("mean_rejected_reward", "mean reward, rejected"),
-        ("mean_logp_drift", "mean log-prob drift from the base model"),
-        ("reference_logp_accuracy", "base model's own likelihood accuracy"),
-        ("longer_wins_baseline", "'longer summary wins' baseline"),
-        ("chosen_shorter_accuracy", "accuracy where the chosen summary is shorter")]] if evaluation else [
-        ("evaluation", "not run (trained with --no-evaluate)")]
-    from preftune.judge import judge_summary
-
-    judge = _read(run_dir / "judge.json")
-    judged = judge_summary(judge)
-    if judged.get("judge_win_rate") is not None:
-        ci = judged["judge_win_rate_ci95"] or [None, None]
-        eval_rows += [
-            ("judged win rate over the base model (greedy, reward-model judge)",
-             f"{_fmt(judged['judge_win_rate'])} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])}, n={judged['judge_n']})"),
-            ("length-controlled judged win rate", _fmt(judged["judge_length_controlled_win_rate"])),
-            ("judge's verdict strength", f"{judged['judge_verdict_strength']} (reward model held-out accuracy "
-                                         f"{_fmt(judged['judge_rm_accuracy'])})"),
-        ]
+    fit = run.config.get("fit") if isinstance(run.config.get("fit"), dict) else {}
     hyperparameters = [(k.replace("_", " "), _plain(train.get(k))) for k in
                        ("lr", "batch_size", "epochs", "beta", "loss", "max_length", "engine", "lora", "grad_accum")]
     hyperparameters += [("optimizer steps", _fmt(metrics.get("steps"))),
                         ("train time (s)", _fmt(metrics.get("train_runtime_s"), 1)),
                         ("tokens/s", _fmt(metrics.get("tokens_per_s"), 1)), ("seed", _fmt(data.get("seed")))]
     if train.get("lora"):
-        hyperparameters += [("LoRA r / alpha / targets", f"{train['lora_r']} / {train['lora_alpha']} / {train['lora_targets']}")]
+        hyperparameters += [("LoRA r / alpha / targets",
+                             f"{train.get('lora_r')} / {train.get('lora_alpha')} / {train.get('lora_targets')}")]
+    evaluation = dict(results).get(run_folder.EVAL_FILE) or {}
+
+    def trimmed(split: str) -> str:
+        return _fmt((fit.get(split) or {}).get("trimmed") if isinstance(fit.get(split), dict) else None)
+
     data_rows = [("dataset", f"`{dataset}`" + (f" ([{dataset_id}](https://huggingface.co/datasets/{dataset_id}))"
                                              if dataset_id else "")),
                  ("fraction of the cleaned pairs used", _plain(data.get("fraction"))),
-                 ("held-out fraction of posts", _plain(data.get("eval_fraction"))),
-                 ("split", "by post: no post in both training and held-out pairs"),
+                 ("validation fraction of posts", _plain(data.get("eval_fraction"))),
+                 ("test fraction of posts", _plain(data.get("test_fraction")) if run.has_test_split else
+                  "none (the run predates the test split)"),
+                 ("split", "by post: no post in two of train / validation / test"),
                  ("training pairs", _fmt(metrics.get("train_pairs"))),
-                 ("held-out pairs scored", _fmt(evaluation.get("n"))),
+                 ("validation pairs scored", _fmt(evaluation.get("n"))),
                  ("pairs with their post trimmed to fit max_length",
-                  f"{_fmt(fit.get('train', {}).get('trimmed'))} train, {_fmt(fit.get('eval', {}).get('trimmed'))} held out")]
+                  f"{trimmed('train')} train, {trimmed('eval')} validation"
+                  + (f", {trimmed('test')} test" if "test" in fit else ""))]
     from importlib.resources import files
 
     return ModelCard.from_template(
         card_data, template_str=files("preftune").joinpath("templates/model_card.md.j2").read_text(),
-        name=name, repo_id=repo_id, preftune_version=run.get("preftune_version", "?"),
+        name=name, repo_id=repo_id, preftune_version=run.config.get("preftune_version", "?"),
         base_model_text=f"[{base}](https://huggingface.co/{base})" if base else
-        f"A local model (`{Path(train['model']).name}`)",
+        f"A local model (`{Path(str(train['model'])).name}`)",
         dataset_text=f"`{dataset}`" + (f" (from [{dataset_id}](https://huggingface.co/datasets/{dataset_id}))"
                                        if dataset_id else ""),
-        eval=evaluation or {"n": 0, "posts": 0}, eval_rows=eval_rows, hyperparameters=hyperparameters,
-        data_rows=data_rows, example_prompt=json.dumps(_example_prompt(run_dir), ensure_ascii=False),
+        blocks=[result_block(n, m, run) for n, m in results], judge_rows=judge_rows(judge),
+        hyperparameters=hyperparameters, data_rows=data_rows,
+        example_prompt=json.dumps(_example_prompt(run), ensure_ascii=False),
         lora=bool(train.get("lora")), tldr=dataset_id == "openai/summarize_from_feedback",
-        judge_verdict=judge.get("verdict") or [],
+        judge_verdict=[str(v) for v in judge["verdict"]] if isinstance(judge.get("verdict"), list) else [],
+        has_test=run.has_test_split,
     )
 
 
-def _example_prompt(run_dir: Path) -> str:
-    path = run_dir / "eval_pairs.jsonl"
-    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()] \
-        if path.exists() else []
+def _example_prompt(run: Run) -> str:
+    prompts = [p.prompt for p in run.eval_pairs()] if (run.path / run_folder.EVAL_PAIRS_FILE).is_file() else []
     return min(prompts, key=len) if prompts else "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 # ---- staging -------------------------------------------------------------------------------------
 
 
-def check_run(run_dir: Path) -> None:
-    if run_dir.name.endswith(".partial"):
-        raise PreftuneError(f"{run_dir} is an unfinished run (interrupted or still training): re-run its "
-                            "train/sweep command to complete it, then push the folder without .partial")
-    for name in (CONFIG_FILE, "config.json"):
-        if not (run_dir / name).is_file():
-            raise PreftuneError(f"{run_dir} is not a finished preftune run folder (no {name})")
-    if not any(run_dir.glob("*.safetensors")):
-        raise PreftuneError(f"{run_dir} holds no model weights (*.safetensors)")
+def check_run(run_dir: Path) -> Run:
+    """A finished run folder with a model to upload."""
+    run = open_run(run_dir)
+    run.require_model()
+    return run
+
+
+def _relation(stage: Path, folder: Path) -> str | None:
+    """How a stage folder sits against a folder that must not be touched (all paths resolved)."""
+    if stage == folder:
+        return "is"
+    if folder in stage.parents:
+        return "is inside"
+    if stage in folder.parents:
+        return "is a parent of"
+    return None
+
+
+def check_stage_dir(stage_dir: str, runs: list[Path]) -> Path:
+    """The folder a dry run stages into, checked before any work: it must not be, be inside or contain
+    a run being pushed (staging replaces STAGE/NAME, which would then be the run; ROOT contains every
+    run), and must be a writable folder (created if missing). Returns it, resolved."""
+    if not str(stage_dir).strip():
+        raise PreftuneError("--stage-dir is empty: pass a folder for the upload folders (default: ROOT/hub_upload)")
+    stage = Path(stage_dir).expanduser().resolve()
+    for run in runs:
+        relation = _relation(stage, run.resolve())
+        if relation:
+            raise PreftuneError(f"--stage-dir {stage_dir} {relation} the run folder {run}: staging there would replace "
+                                "or write into the run. Pass a separate folder (default: ROOT/hub_upload)")
+    if stage.exists() and not stage.is_dir():
+        raise PreftuneError(f"--stage-dir {stage_dir} is {'a file' if stage.is_file() else 'not a folder'}: pass a "
+                            "folder (it is created if missing)")
+    try:
+        stage.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=stage, prefix=".preftune-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PreftuneError(f"--stage-dir {stage_dir} cannot be written ({e.strerror or e}): pass a writable "
+                            "folder") from None
+    return stage
+
+
+def stage_root_for(cfg: PushConfig, runs: list[Path]) -> Path:
+    """The checked folder a dry run stages into (--stage-dir, or ROOT/hub_upload), marked as preftune's.
+    An existing STAGE/NAME is replaced only when preftune staged it: the folder carries the mark (or is
+    the default), else the dry run is refused before any work."""
+    default = cfg.stage_dir is None
+    stage = check_stage_dir(str(runs[0].parent / DEFAULT_STAGE) if default else cfg.stage_dir, runs)
+    owned = default or (stage / STAGE_MARK).is_file()
+    for run in runs:
+        target = stage / run.name
+        if target.is_symlink() or target.exists() and not (owned and target.is_dir()):
+            raise PreftuneError(f"{target} exists and was not staged by `preftune push --dry-run`: move it away or "
+                                "pass another --stage-dir")
+    if not default:  # ROOT/hub_upload is preftune's by its name
+        (stage / STAGE_MARK).touch()
+    return stage
 
 
 def stage(run_dir: Path, repo_id: str, folder: Path, cfg: PushConfig) -> Upload:
-    """Assemble the upload folder: the run's files (linked, not copied, where possible), the curves, the card."""
-    check_run(run_dir)
-    if folder.exists():
+    """Assemble the upload folder: the run's files (linked, not copied, where possible), the curves, the
+    card. The card is built first, so a damaged run stops before anything is written."""
+    run = check_run(run_dir)
+    card = model_card(run.path, repo_id, cfg)
+    log = run.train_log()
+    if folder.exists():  # an earlier staging (stage_root_for checked it is preftune's)
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    for src in sorted(run_dir.rglob("*")):
-        rel = src.relative_to(run_dir)
-        if not src.is_file() or rel.name in NOT_UPLOADED or rel.parts[0] in NOT_UPLOADED_DIRS or src.suffix == ".tmp":
+    for src in sorted(run.path.rglob("*")):
+        rel = src.relative_to(run.path)
+        if (not src.is_file() or rel.name in NOT_UPLOADED or rel.parts[0] in NOT_UPLOADED_DIRS
+                or src.suffix == ".tmp" or str(rel) in WRITTEN):
             continue
         dest = folder / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -219,9 +357,9 @@ def stage(run_dir: Path, repo_id: str, folder: Path, cfg: PushConfig) -> Upload:
             os.link(src, dest)  # the weights can be large: link when the filesystem allows
         except OSError:
             shutil.copy2(src, dest)
-    plot_curves({run_dir.name: read_log(run_dir)}, folder / CURVES)
-    model_card(run_dir, repo_id, cfg).save(folder / "README.md")
-    return Upload(run_dir, repo_id, folder)
+    plot_curves({run.name: log}, folder / CURVES)
+    card.save(folder / CARD)
+    return Upload(run.path, repo_id, folder)
 
 
 # ---- the Hub -------------------------------------------------------------------------------------
@@ -320,25 +458,33 @@ def upload(plan: Upload, cfg: PushConfig, token: str) -> str:
 
 
 def runs_to_push(path: Path, cfg: PushConfig) -> list[Path]:
-    """RUN_DIR itself, or the --best N runs of a sweep folder by held-out accuracy."""
+    """RUN_DIR itself, or the --best N runs of a folder of runs, ranked on validation by --rank-by;
+    a run without a valid value of that metric (not evaluated, NaN, an older eval.json) is never picked."""
     if cfg.best is None:
-        if not (path / CONFIG_FILE).is_file() and path.is_dir() and not path.name.endswith(".partial"):
+        if path.is_dir() and not path.name.endswith(run_folder.PARTIAL_SUFFIX) \
+                and not (path / run_folder.CONFIG_FILE).is_file():
             raise PreftuneError(f"{path} is not a run folder; for a folder of runs pass --best N")
-        return [path]
-    rows = [r for r in leaderboard(path) if r["accuracy"] is not None]
+        return [check_run(path).path]
+    rows = [r for r in leaderboard(path, cfg.rank_by) if r["rank"] is not None]
     if not rows:
-        raise PreftuneError(f"{path} holds no evaluated runs to rank")
+        raise PreftuneError(f"{path} holds no runs with a valid validation {cfg.rank_by} to rank (not evaluated, "
+                            "NaN, or evaluated by an older preftune: re-run `preftune eval RUN`, or pass --rank-by "
+                            "accuracy)")
+    if len(rows) < cfg.best:
+        logger.warning(f"warning: only {len(rows)} run(s) under {path} have a valid validation {cfg.rank_by}; "
+                       f"pushing {len(rows)}, not {cfg.best}")
     return [path / r["run"] for r in rows[: cfg.best]]
 
 
-def push(path: Path, cfg: PushConfig, log=print) -> list[Upload]:
-    runs = runs_to_push(path, cfg)
-    for run_dir in runs:
-        check_run(run_dir)
+def push(path: Path, cfg: PushConfig) -> list[Upload]:
+    """Stage and upload (or, with --dry-run, only stage) each run; checks everything first."""
+    runs = [check_run(r).path for r in runs_to_push(path, cfg)]
+    if cfg.dry_run:
+        stage_root = stage_root_for(cfg, runs)
+    elif cfg.stage_dir is not None:
+        logger.warning("warning: --stage-dir is used only with --dry-run; uploading from a temporary folder")
     token = hub_token()
     namespace = namespace_of(cfg, token, required=not cfg.dry_run)
-    root = runs[0].parent
-    stage_root = Path(cfg.stage_dir) if cfg.stage_dir else root / "hub_upload"
     uploads = []
     with tempfile.TemporaryDirectory(prefix="preftune-push-") as tmp:
         for run_dir in runs:
@@ -346,17 +492,17 @@ def push(path: Path, cfg: PushConfig, log=print) -> list[Upload]:
             folder = (stage_root if cfg.dry_run else Path(tmp)) / run_dir.name
             plan = stage(run_dir, repo_id, folder, cfg)
             files = plan.files()
-            log(f"push: {run_dir} → {repo_id}{' (private)' if cfg.private else ''}: {len(files)} files, "
-                f"{sum(s for _, s in files) / 1e6:.1f} MB")
+            logger.info(f"push: {run_dir} → {repo_id}{' (private)' if cfg.private else ''}: {len(files)} files, "
+                        f"{sum(s for _, s in files) / 1e6:.1f} MB")
             if cfg.dry_run:
                 for rel, size in files:
-                    log(f"  {rel:<40} {size:>14,} bytes")
-                log(f"dry run: nothing uploaded; the folder is {folder} (its README.md is the model card)"
-                    + ("" if namespace else "; the namespace is the token owner's, unknown without a token "
-                       "or a reachable Hub (or pass --namespace)"))
+                    logger.info(f"  {rel:<40} {size:>14,} bytes")
+                logger.info(f"dry run: nothing uploaded; the folder is {folder} (its README.md is the model card)"
+                            + ("" if namespace else "; the namespace is the token owner's, unknown without a token "
+                               "or a reachable Hub (or pass --namespace)"))
             else:
                 url = upload(plan, cfg, token)
-                log(f"push: {repo_id} ← {url}")
+                logger.info(f"push: {repo_id} ← {url}")
             uploads.append(plan)
     return uploads
 

@@ -1,15 +1,24 @@
 """`preftune report ROOT`: a leaderboard of the runs under ROOT, plots, and one self-contained HTML page.
 
-Reads only what each finished run folder holds (preftune_config.json, metrics.json, eval.json,
-train_log.jsonl), so it works on any folder of runs — a sweep's or hand-made — and writes into ROOT:
+Choose on validation, report on test: runs are ranked by a validation metric (--rank-by, default the
+length-balanced accuracy, on which "the longer summary wins" scores exactly 0.5). The best --select N
+runs (default 1) — and only those — are then scored on their test pairs (test.json, computed once and
+reused while the weights and pairs are unchanged), shown with the number of runs that were compared.
+Runs trained before preftune kept a test split say so instead.
 
-    leaderboard.csv / leaderboard.json   runs ranked by held-out preference accuracy (then margin)
+Reads only what each finished run folder holds (through preftune.run_folder, which checks it), so it
+works on any folder of runs — a sweep's or hand-made — and writes into ROOT:
+
+    leaderboard.csv / leaderboard.json   runs ranked on validation, with the chosen runs' test metrics
     curves.png                           training loss and reward accuracy per step, all runs overlaid
-    accuracy_grid.png                    held-out accuracy by learning rate × batch size
+    accuracy_grid.png                    the ranking metric by learning rate × batch size
+    length_strata.png                    per run: accuracy where the chosen summary is longer vs shorter
     margins.png                          reward margins: per training step, and held out per run
     report.html                          all of the above in one file (images embedded as base64)
 
-Folders still named NAME.partial (running, or interrupted) are listed as unfinished, not ranked.
+A damaged eval.json, metrics.json, judge.json or train_log.jsonl is a gap ("–", a missing point) and one
+warning naming the file and key; a damaged preftune_config.json is an error. Folders still named
+NAME.partial (running, or interrupted) are listed as unfinished, not ranked.
 """
 
 from __future__ import annotations
@@ -17,74 +26,110 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
+import logging
 import math
-from collections.abc import Sequence
+import unicodedata
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from preftune import run_folder
+from preftune.config import ReportConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
+from preftune.run_folder import CONFIG_FILE, TEST_PAIRS_FILE, Run, open_run
 
-CONFIG_FILE = "preftune_config.json"  # = evaluate.CONFIG_FILE (not imported: evaluate imports torch)
+logger = logging.getLogger(__name__)
 
-# (key, header in the printed table and the HTML, format); the CSV/JSON use the keys.
-COLUMNS = [
-    ("rank", "#", "{}"),
-    ("run", "run", "{}"),
-    ("accuracy", "accuracy", "{:.3f}"),
-    ("mean_margin", "margin", "{:+.4f}"),
-    ("mean_logp_drift", "drift", "{:+.3f}"),
-    ("chosen_shorter_accuracy", "acc. chosen shorter", "{:.3f}"),
-    ("train_runtime_s", "train s", "{:.1f}"),
-    ("tokens_per_s", "tokens/s", "{:.0f}"),
-    ("final_loss", "final loss", "{:.4f}"),
-]
+# The metrics a leaderboard can be ranked by (= ReportConfig.rank_by's choices); higher is better.
+RANKINGS = {
+    "length_balanced_accuracy": "length-balanced accuracy",
+    "accuracy": "accuracy",
+    "mean_margin": "mean reward margin",
+    "chosen_shorter_accuracy": "accuracy where the chosen summary is shorter",
+    "chosen_longer_accuracy": "accuracy where the chosen summary is longer",
+}
+DEFAULT_RANK = "length_balanced_accuracy"
 HYPERPARAMETERS = ("lr", "batch_size", "epochs", "beta", "loss", "lora", "engine")
-EVAL_KEYS = ("accuracy", "mean_margin", "mean_chosen_reward", "mean_rejected_reward", "mean_logp_drift",
-             "mean_abs_logp_drift_per_token", "chosen_shorter_accuracy", "longer_wins_baseline",
-             "reference_logp_accuracy")
-FIELDS = ["rank", "run", *HYPERPARAMETERS, *EVAL_KEYS, "eval_pairs", "train_pairs", "steps",
-          "train_runtime_s", "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy",
+STRATA = ("chosen_longer", "chosen_shorter", "equal_length")
+EXTRA_METRICS = ("mean_margin", "mean_chosen_reward", "mean_rejected_reward", "mean_logp_drift",
+                 "mean_abs_logp_drift_per_token", "reference_logp_accuracy")
+
+
+def result_keys(prefix: str) -> list[str]:
+    """The leaderboard keys of one result (eval.json with prefix "", test.json with "test_")."""
+    keys = [f"{prefix}accuracy", f"{prefix}accuracy_ci95_low", f"{prefix}accuracy_ci95_high",
+            f"{prefix}length_balanced_accuracy", f"{prefix}length_balanced_ci95_low",
+            f"{prefix}length_balanced_ci95_high"]
+    for s in STRATA:
+        keys += [f"{prefix}{s}_accuracy", f"{prefix}{s}_n", f"{prefix}{s}_ci95_low", f"{prefix}{s}_ci95_high"]
+    return keys + [f"{prefix}longer_wins_baseline", *(prefix + k for k in EXTRA_METRICS),
+                   "eval_pairs" if not prefix else "test_pairs", f"{prefix}split", f"{prefix}dataset"]
+
+
+FIELDS = ["rank", "run", *HYPERPARAMETERS, *result_keys(""), "train_pairs", "steps", "train_runtime_s",
+          "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy",
           "judge_win_rate", "judge_length_controlled_win_rate", "judge_n", "judge_verdict_strength",
-          "judge_rm_accuracy"]
+          "judge_rm_accuracy", "rank_by", "runs_compared", "selected", "test_status", *result_keys("test_")]
 PLOTS = {
     "curves.png": "Training loss and reward accuracy per optimizer step, every run overlaid.",
-    "accuracy_grid.png": "Held-out preference accuracy by learning rate × batch size.",
-    "margins.png": "Reward margin (chosen − rejected): per training step, and on held-out pairs per run.",
+    "accuracy_grid.png": "The ranking metric on validation by learning rate × batch size.",
+    "length_strata.png": "Validation accuracy where the human chose the longer summary vs the shorter one, "
+                         "per run (95% Wilson intervals), with the length-balanced accuracy (their mean) and "
+                         "the 'longer wins' baseline on the same pairs. Length alone scores 0.5 balanced.",
+    "margins.png": "Reward margin (chosen − rejected): per training step, and on validation pairs per run.",
 }
+PREDATES = "n/a (run predates the test split)"
 
 
 # ---- reading runs --------------------------------------------------------------------------------
 
 
-def read_log(run_dir: Path) -> list[dict]:
-    """The per-step training log (one JSON object per line)."""
-    path = run_dir / "train_log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _read_json(path: Path) -> dict:
+def _gap_on_damage(read: Callable[[], dict | None], what: str) -> dict:
+    """A file's checked content; a damaged file is a warning and an empty result (its columns show –)."""
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+        return read() or {}
+    except PreftuneError as e:
+        logger.warning(f"warning: {e} — its {what} are shown as –")
         return {}
-    except ValueError as e:
-        raise PreftuneError(f"{path}: not valid JSON ({e})") from e
 
 
-def run_row(run_dir: Path) -> dict:
-    from preftune.judge import judge_summary
+def result_columns(result: dict, prefix: str = "") -> dict:
+    """One result file's metrics as flat leaderboard keys (intervals as _low/_high); gaps are None."""
+    def interval(ci) -> tuple:
+        return tuple(ci) if isinstance(ci, (list, tuple)) else (None, None)
 
-    """One leaderboard row from a finished run folder (eval columns are None when it has no eval.json)."""
-    config = _read_json(run_dir / CONFIG_FILE)
-    metrics, evaluation = _read_json(run_dir / "metrics.json"), _read_json(run_dir / "eval.json")
-    train = config.get("train", {})
-    final = metrics.get("final", {})
+    row = {f"{prefix}accuracy": result.get("accuracy"),
+           f"{prefix}length_balanced_accuracy": result.get("length_balanced_accuracy")}
+    row[f"{prefix}accuracy_ci95_low"], row[f"{prefix}accuracy_ci95_high"] = interval(result.get("accuracy_ci95"))
+    row[f"{prefix}length_balanced_ci95_low"], row[f"{prefix}length_balanced_ci95_high"] = \
+        interval(result.get("length_balanced_ci95"))
+    for s in STRATA:
+        stratum = result.get(s) or {}
+        row[f"{prefix}{s}_accuracy"], row[f"{prefix}{s}_n"] = stratum.get("accuracy"), stratum.get("n")
+        row[f"{prefix}{s}_ci95_low"], row[f"{prefix}{s}_ci95_high"] = interval(stratum.get("ci95"))
+    row[f"{prefix}longer_wins_baseline"] = result.get("longer_wins_baseline")
+    row.update({prefix + k: result.get(k) for k in EXTRA_METRICS})
+    row["eval_pairs" if not prefix else "test_pairs"] = result.get("n")
+    row[f"{prefix}split"], row[f"{prefix}dataset"] = result.get("split"), result.get("dataset")
+    return row
+
+
+def _setting(value):
+    """A hyperparameter as the table shows it: scalars as they are, anything else as text."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def run_row(run: Run) -> dict:
+    """One leaderboard row from a finished run: its settings, validation metrics, training figures and
+    judge headline (gaps are None). Test columns are filled in only for the runs chosen later."""
+    metrics = _gap_on_damage(run.metrics, "training figures")
+    evaluation = _gap_on_damage(run.evaluation, "validation metrics")
+    final = metrics.get("final") or {}
     return {
         "rank": None,
-        "run": run_dir.name,
-        **{k: train.get(k) for k in HYPERPARAMETERS},
-        **{k: evaluation.get(k) for k in EVAL_KEYS},
-        "eval_pairs": evaluation.get("n"),
+        "run": run.name,
+        **{k: _setting(run.train.get(k)) for k in HYPERPARAMETERS},
+        **result_columns(evaluation),
         "train_pairs": metrics.get("train_pairs"),
         "steps": metrics.get("steps"),
         "train_runtime_s": metrics.get("train_runtime_s"),
@@ -93,69 +138,205 @@ def run_row(run_dir: Path) -> dict:
         "final_loss": final.get("loss"),
         "final_train_reward_accuracy": final.get("rewards/accuracies"),
         # from `preftune judge` (judge.json), when it was run: generations scored by a reward model
-        **{k: v for k, v in judge_summary(_read_json(run_dir / "judge.json")).items() if k != "judge_win_rate_ci95"},
+        **{k: v for k, v in run_folder.judge_summary(_gap_on_damage(run.judge, "judge results")).items()
+           if k != "judge_win_rate_ci95"},
+        "rank_by": None, "runs_compared": None, "selected": False, "test_status": None,
+        **dict.fromkeys(result_keys("test_")),
     }
 
 
-def run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished run folders, unfinished NAME.partial folders) directly under root."""
-    if not root.is_dir():
-        raise PreftuneError(f"{root} is not a folder of runs")
-    children = sorted(p for p in root.iterdir() if p.is_dir())
-    finished = [p for p in children if not p.name.endswith(".partial") and (p / CONFIG_FILE).is_file()]
-    return finished, [p for p in children if p.name.endswith(".partial")]
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def rank_rows(rows: list[dict]) -> list[dict]:
-    """Best held-out accuracy first, then larger margin; runs without an evaluation last."""
+def rankable(row: dict, rank_by: str) -> bool:
+    """A run has a valid ranking when its metric and its core validation numbers are finite numbers
+    (a NaN margin means the model diverged: its accuracy means nothing)."""
+    return all(_finite(row.get(k)) for k in (rank_by, "accuracy", "mean_margin"))
+
+
+def rank_rows(rows: list[dict], rank_by: str = DEFAULT_RANK) -> list[dict]:
+    """Best `rank_by` first (ties: length-balanced accuracy, accuracy, margin, name); runs without a
+    valid ranking (not evaluated, older eval.json without the metric, NaN) last, with no rank."""
+    if rank_by not in RANKINGS:
+        raise PreftuneError(f"unknown --rank-by '{rank_by}'; choose one of: {', '.join(RANKINGS)}")
+
     def key(r):
-        acc, margin = r["accuracy"], r["mean_margin"]
-        return (acc is None, -(acc or 0.0), -(margin or 0.0), r["run"])
+        order = [r.get(k) if _finite(r.get(k)) else -math.inf
+                 for k in (rank_by, "length_balanced_accuracy", "accuracy", "mean_margin")]
+        return (not rankable(r, rank_by), *(-v for v in order), r["run"])
 
     ranked = sorted(rows, key=key)
+    compared = sum(rankable(r, rank_by) for r in ranked)
     for i, r in enumerate(ranked, 1):
-        r["rank"] = i
+        r["rank"] = i if i <= compared else None
+        r["rank_by"], r["runs_compared"] = rank_by, compared
     return ranked
 
 
-def leaderboard(root: Path) -> list[dict]:
-    finished, _ = run_dirs(root)
-    return rank_rows([run_row(d) for d in finished])
+def load_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """(finished runs, unfinished NAME.partial folders) under root; a damaged preftune_config.json is an error."""
+    finished, unfinished = run_folder.run_dirs(root)
+    return [open_run(d) for d in finished], unfinished
+
+
+def leaderboard(root: Path, rank_by: str = DEFAULT_RANK) -> list[dict]:
+    """The runs under root ranked on validation (no test metrics: see `score_chosen`)."""
+    runs, _ = load_runs(root)
+    return rank_rows([run_row(r) for r in runs], rank_by)
+
+
+# ---- choose on validation, report on test --------------------------------------------------------
+
+
+def chosen_test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
+    """(test metrics, status) of a run chosen on validation: its test.json while the weights and test
+    pairs are unchanged, else computed now (and kept). The selection is recorded with it."""
+    if not run.has_test_split:
+        return None, PREDATES
+    if (run.path / TEST_PAIRS_FILE).stat().st_size == 0:
+        return None, "n/a (no test pairs: trained with --test-fraction 0)"
+    stored = _gap_on_damage(lambda: run.evaluation("test"), "test metrics (recomputed)")
+    if stored and stored.get("fingerprint") == run.fingerprint("test"):
+        if stored.get("selection") != selection:
+            stored = {**stored, "selection": selection}
+            run_folder.atomic_write_json(run.path / run_folder.TEST_FILE, stored)
+        return stored, "computed"
+    from preftune.evaluate import evaluate_split  # torch: only when a test result is due
+
+    logger.info(f"report: scoring {run.name} on its test pairs (chosen on validation, #{selection['rank']} of "
+                f"{selection['runs_compared']})")
+    try:
+        return evaluate_split(run, "test", extra={"selection": selection}), "computed"
+    except PreftuneError as e:
+        logger.warning(f"warning: {run.name}: test metrics not computed: {e}")
+        return None, f"not computed ({e})"
+
+
+def score_chosen(runs: dict[str, Run], rows: list[dict], n: int) -> list[dict]:
+    """Fill in test metrics for the n best-ranked runs (and only those). Returns the chosen rows."""
+    chosen = [r for r in rows if r["rank"] is not None][:n]
+    for r in chosen:
+        selection = {"rank_by": r["rank_by"], "rank": r["rank"], "runs_compared": r["runs_compared"]}
+        result, r["test_status"] = chosen_test_result(runs[r["run"]], selection)
+        r["selected"] = True
+        r.update(result_columns(result or {}, "test_"))
+    return chosen
 
 
 # ---- writing -------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
-    tmp.replace(path)
 
 
 def write_leaderboard(root: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in FIELDS} for r in rows)
-    _atomic_write(root / "leaderboard.csv", buffer.getvalue())
-    _atomic_write(root / "leaderboard.json", json.dumps(rows, indent=2) + "\n")
+    writer.writerows({k: ("" if r.get(k) is None or (isinstance(r.get(k), float) and not math.isfinite(r[k]))
+                          else r[k]) for k in FIELDS} for r in rows)
+    run_folder.atomic_write_text(root / "leaderboard.csv", buffer.getvalue())
+    run_folder.atomic_write_json(root / "leaderboard.json", [{k: r.get(k) for k in FIELDS} for r in rows])
 
 
-def _cell(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def number(value, fmt: str) -> str:
+    """A number for a table cell: "–" for a gap, compact for a huge value (so columns stay narrow)."""
+    if not _finite(value):
         return "–"
-    return fmt.format(value)
+    return f"{value:.3g}" if abs(value) >= 1e7 else fmt.format(value)
+
+
+def with_interval(row: dict, key: str, ci: str, n: str | None = None) -> str:
+    """"0.625 [0.47–0.76] n=40" from a row's value, interval and count keys ("–" for a gap)."""
+    value = number(row.get(key), "{:.3f}")
+    if value == "–":
+        return value
+    low, high = row.get(f"{ci}_low"), row.get(f"{ci}_high")
+    if _finite(low) and _finite(high):
+        value += f" [{low:.2f}–{high:.2f}]"
+    return value + (f" n={row[n]}" if n and row.get(n) is not None else "")
+
+
+def columns(prefix: str = "") -> list[tuple[str, Callable[[dict], str]]]:
+    """(header, cell) of the leaderboard's metric columns for one result (validation, or test_)."""
+    p = prefix
+    return [
+        ("length-balanced acc. [95% CI]", lambda r: with_interval(r, f"{p}length_balanced_accuracy",
+                                                                  f"{p}length_balanced_ci95")),
+        ("accuracy [95% CI]", lambda r: with_interval(r, f"{p}accuracy", f"{p}accuracy_ci95",
+                                                      "eval_pairs" if not p else "test_pairs")),
+        ("chosen longer", lambda r: with_interval(r, f"{p}chosen_longer_accuracy", f"{p}chosen_longer_ci95",
+                                                  f"{p}chosen_longer_n")),
+        ("chosen shorter", lambda r: with_interval(r, f"{p}chosen_shorter_accuracy", f"{p}chosen_shorter_ci95",
+                                                   f"{p}chosen_shorter_n")),
+        ("longer wins", lambda r: number(r.get(f"{p}longer_wins_baseline"), "{:.3f}")),
+    ]
+
+
+COLUMNS = [
+    ("#", lambda r: "–" if r["rank"] is None else str(r["rank"])),
+    ("run", lambda r: r["run"]),
+    *columns(),
+    ("margin", lambda r: number(r.get("mean_margin"), "{:+.4f}")),
+    ("drift", lambda r: number(r.get("mean_logp_drift"), "{:+.3f}")),
+    ("train s", lambda r: number(r.get("train_runtime_s"), "{:.1f}")),
+    ("tokens/s", lambda r: number(r.get("tokens_per_s"), "{:.0f}")),
+    ("final loss", lambda r: number(r.get("final_loss"), "{:.4f}")),
+]
+TEST_COLUMNS = [("#", COLUMNS[0][1]), ("run", COLUMNS[1][1]), *columns("test_")]
+NAME_WIDTH = 48  # a longer run name is shortened in the middle in the printed table (the files keep it whole)
+
+
+def display_width(text: str) -> int:
+    """Columns a string takes in a terminal: wide (CJK) characters 2, combining marks 0."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def fit_cell(text: str, width: int = NAME_WIDTH) -> str:
+    """One line (control characters shown as spaces) of at most `width` columns, shortened in the middle."""
+    text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in str(text))
+    if display_width(text) <= width:
+        return text
+    head, tail = text[: width // 2 - 1], text[-(width - width // 2):]
+    while display_width(head) + display_width(tail) + 1 > width:
+        head, tail = head[:-1], tail[1:]
+    return head + "…" + tail
+
+
+def format_table(rows: list[dict], cols: list[tuple[str, Callable[[dict], str]]]) -> str:
+    """Rows as a fixed-width text table: the run column left-aligned, the others right-aligned."""
+    table = [[header for header, _ in cols]] + [[fit_cell(cell(r)) for _, cell in cols] for r in rows]
+    widths = [max(display_width(line[i]) for line in table) for i in range(len(cols))]
+
+    def pad(text: str, width: int, left: bool) -> str:
+        space = " " * (width - display_width(text))
+        return text + space if left else space + text
+
+    text = ["  ".join(pad(c, w, i == 1) for i, (c, w) in enumerate(zip(line, widths))).rstrip() for line in table]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
 
 
 def format_leaderboard(rows: list[dict]) -> str:
-    """The leaderboard as a fixed-width text table."""
-    table = [[header for _, header, _ in COLUMNS]]
-    table += [[_cell(r.get(key), fmt) for key, _, fmt in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    text = ["  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-            for line in table]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+    """The leaderboard (validation) as a fixed-width text table."""
+    return format_table(rows, COLUMNS)
+
+
+def selection_note(rows: list[dict]) -> str:
+    """E.g. "chosen on validation length-balanced accuracy from 4 runs compared"."""
+    first = rows[0] if rows else {}
+    rank_by, compared = first.get("rank_by") or DEFAULT_RANK, first.get("runs_compared") or 0
+    return f"chosen on validation {RANKINGS[rank_by]} from {compared} run{'s' if compared != 1 else ''} compared"
+
+
+def format_test(chosen: list[dict]) -> str:
+    """The test block: the chosen runs' test metrics, or why a run has none."""
+    if not chosen:
+        return "test: no run has a valid validation ranking, so none was chosen and none was tested"
+    lines = [f"test ({selection_note(chosen)}; test metrics are never used for choosing):"]
+    measured = [r for r in chosen if r["test_accuracy"] is not None]
+    if measured:
+        lines.append(format_table(measured, TEST_COLUMNS))
+    lines += [f"  #{r['rank']} {fit_cell(r['run'])}: test: {r['test_status']}" for r in chosen if r not in measured]
+    return "\n".join(lines)
 
 
 # ---- plots ---------------------------------------------------------------------------------------
@@ -171,8 +352,18 @@ def _pyplot():
 
 
 def _series(log: list[dict], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["step"], r[key]) for r in log if key in r and r[key] is not None]
+    """(steps, values) of a key in a checked training log; a step without it is a gap."""
+    points = [(r["step"], r[key]) for r in log if key in r]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def _value(row: dict, key: str) -> float:
+    """A row's number for a plot: NaN (nothing drawn) for a gap."""
+    return row[key] if _finite(row.get(key)) else math.nan
+
+
+def _label(row: dict) -> str:
+    return f"{'#' + str(row['rank']) if row['rank'] else '–'} {fit_cell(row['run'], 40)}"
 
 
 def plot_curves(logs: dict[str, list[dict]], path: Path) -> None:
@@ -182,8 +373,8 @@ def plot_curves(logs: dict[str, list[dict]], path: Path) -> None:
                                           layout="constrained")
     for name, log in logs.items():
         marker = "o" if len(log) <= 30 else None
-        ax_loss.plot(*_series(log, "loss"), marker=marker, ms=3, lw=1.4, label=name)
-        ax_acc.plot(*_series(log, "rewards/accuracies"), marker=marker, ms=3, lw=1.4, label=name)
+        ax_loss.plot(*_series(log, "loss"), marker=marker, ms=3, lw=1.4, label=fit_cell(name, 40))
+        ax_acc.plot(*_series(log, "rewards/accuracies"), marker=marker, ms=3, lw=1.4, label=fit_cell(name, 40))
     _legend_below(fig, ax_loss, len(logs))
     log2 = ax_loss.axhline(math.log(2), color="grey", ls=":", lw=1)
     ax_loss.legend([log2], ["log 2: the loss before any update"], fontsize=8, loc="best")
@@ -196,62 +387,97 @@ def plot_curves(logs: dict[str, list[dict]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_accuracy_grid(rows: list[dict], path: Path) -> None:
-    """Heatmaps of held-out accuracy over lr (rows) × batch size (columns), one panel per
-    (epochs, beta, loss) combination; an empty cell is a run not finished or not evaluated."""
+def plot_accuracy_grid(rows: list[dict], path: Path, rank_by: str = DEFAULT_RANK) -> None:
+    """Heatmaps of the ranking metric over lr (rows) × batch size (columns), one panel per (epochs,
+    beta, loss) combination; an empty cell is a run not finished, not evaluated, or without the metric."""
     plt = _pyplot()
-    rows = [r for r in rows if r["lr"] is not None and r["batch_size"] is not None]
+    rows = [r for r in rows if _finite(r["lr"]) and _finite(r["batch_size"])]
     groups = sorted({(r["epochs"], r["beta"], r["loss"]) for r in rows}, key=str)
     lrs = sorted({r["lr"] for r in rows})
     sizes = sorted({r["batch_size"] for r in rows})
+    values = [_value(r, rank_by) for r in rows if _finite(r.get(rank_by))]
+    bounded = rank_by != "mean_margin"  # accuracies live in [0, 1]
+    vmin, vmax = (0, 1) if bounded or not values else (min(values), max(values) + 1e-12)
     panels = max(len(groups), 1)
-    fig, axes = plt.subplots(1, panels, figsize=(1.8 + 1.6 * max(len(sizes), 2) * panels, 1.8 + 0.7 * max(len(lrs), 2)),
-                             squeeze=False, layout="constrained")
+    width = max(6.5, 1.8 + 1.6 * max(len(sizes), 2) * panels)  # room for the title
+    fig, axes = plt.subplots(1, panels, figsize=(width, 1.8 + 0.7 * max(len(lrs), 2)), squeeze=False,
+                             layout="constrained")
     for ax, group in zip(axes[0], groups or [None]):
         grid = [[math.nan] * len(sizes) for _ in lrs]
         for r in rows:
-            if (r["epochs"], r["beta"], r["loss"]) == group and r["accuracy"] is not None:
-                grid[lrs.index(r["lr"])][sizes.index(r["batch_size"])] = r["accuracy"]
-        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            if (r["epochs"], r["beta"], r["loss"]) == group:
+                grid[lrs.index(r["lr"])][sizes.index(r["batch_size"])] = _value(r, rank_by)
+        image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         for i, line in enumerate(grid):
             for j, value in enumerate(line):
                 missing = math.isnan(value)
-                ax.text(j, i, "–" if missing else f"{value:.3f}", ha="center", va="center", fontsize=10,
-                        color="grey" if missing else "black" if value > 0.6 else "white")
+                bright = (value - vmin) / (vmax - vmin) > 0.6 if not missing else False
+                ax.text(j, i, "–" if missing else number(value, "{:.3f}"), ha="center", va="center", fontsize=10,
+                        color="grey" if missing else "black" if bright else "white")
         ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
         ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
         ax.set(xlabel="batch size", ylabel="learning rate")
         if group:
-            ax.set_title(f"epochs {group[0]}, beta {group[1]}, {group[2]}", fontsize=10)
-    fig.colorbar(image, ax=list(axes[0]), label="held-out accuracy", shrink=0.9)
-    fig.suptitle("held-out preference accuracy by learning rate × batch size", fontsize=11)
+            ax.set_title(fit_cell(f"epochs {group[0]}, beta {group[1]}, {group[2]}", 60), fontsize=10)
+    fig.colorbar(image, ax=list(axes[0]), label=f"validation {RANKINGS[rank_by]}", shrink=0.9)
+    fig.suptitle(f"validation {RANKINGS[rank_by]} by learning rate × batch size", fontsize=11)
+    _save(fig, path)
+
+
+def plot_length_strata(rows: list[dict], path: Path) -> None:
+    """Per run, side by side: validation accuracy where the chosen summary is longer and where it is
+    shorter (bars, 95% intervals), their mean (◆, the length-balanced accuracy) and the "longer wins"
+    baseline on the same pairs (|). A run whose eval.json predates the strata shows no bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, max(3.2, 1.4 + 0.55 * len(rows))), layout="constrained")
+    y = list(range(len(rows)))
+    for offset, stratum, color, label in ((-0.2, "chosen_longer", "tab:orange", "chosen is longer"),
+                                          (0.2, "chosen_shorter", "tab:purple", "chosen is shorter")):
+        ys = [i + offset for i in y]
+        ax.barh(ys, [_value(r, f"{stratum}_accuracy") for r in rows], height=0.38, color=color, alpha=0.85,
+                label=f"accuracy where {label}")
+        for yi, r in zip(ys, rows):
+            low, high, value = (_value(r, f"{stratum}_{k}") for k in ("ci95_low", "ci95_high", "accuracy"))
+            if not math.isnan(low + high + value):
+                ax.errorbar(value, yi, xerr=[[value - low], [high - value]], color="black", lw=1, capsize=2)
+            if not math.isnan(value) and r.get(f"{stratum}_n") is not None:
+                ax.text(0.01, yi, f"n={r[f'{stratum}_n']}", va="center", fontsize=7, color="white")
+    ax.scatter([_value(r, "length_balanced_accuracy") for r in rows], y, marker="D", s=40, color="black", zorder=3,
+               label="length-balanced accuracy (their mean)")
+    ax.scatter([_value(r, "longer_wins_baseline") for r in rows], y, marker="|", s=300, color="tab:red", zorder=3,
+               label="'longer wins' baseline")
+    ax.axvline(0.5, color="grey", ls=":", lw=1)
+    ax.set_yticks(y, [_label(r) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="validation accuracy", title="accuracy by length stratum (lengths in tokens)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     _save(fig, path)
 
 
 def plot_margins(rows: list[dict], logs: dict[str, list[dict]], path: Path) -> None:
-    """Left: training reward margin per step, all runs. Right: held-out mean margin per run, in rank
+    """Left: training reward margin per step, all runs. Right: validation mean margin per run, in rank
     order, with the mean rewards of chosen and rejected summaries that make it up."""
     plt = _pyplot()
     fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(13, max(4.2, 1.6 + 0.45 * len(rows))), layout="constrained")
     for name, log in logs.items():
         ax_train.plot(*_series(log, "rewards/margins"), marker="o" if len(log) <= 30 else None, ms=3, lw=1.4,
-                      label=name)
+                      label=fit_cell(name, 40))
     ax_train.axhline(0, color="grey", lw=0.8)
     ax_train.set(title="reward margin (training batches)", xlabel="optimizer step", ylabel="chosen − rejected")
     ax_train.grid(alpha=0.3)
     _integer_steps(ax_train)
-    evaluated = [r for r in rows if r["mean_margin"] is not None]
+    evaluated = [r for r in rows if _finite(r.get("mean_margin"))]
     y = list(range(len(evaluated)))
-    ax_eval.barh([i - 0.25 for i in y], [r["mean_chosen_reward"] for r in evaluated], height=0.25,
-                 color="tab:green", label="reward, chosen")
-    ax_eval.barh(y, [r["mean_rejected_reward"] for r in evaluated], height=0.25, color="tab:red",
-                 label="reward, rejected")
-    ax_eval.barh([i + 0.25 for i in y], [r["mean_margin"] for r in evaluated], height=0.25, color="tab:blue",
-                 label="margin")
-    ax_eval.set_yticks(y, [f"#{r['rank']} {r['run']}" for r in evaluated], fontsize=8)
+    for offset, key, color, label in ((-0.25, "mean_chosen_reward", "tab:green", "reward, chosen"),
+                                      (0, "mean_rejected_reward", "tab:red", "reward, rejected"),
+                                      (0.25, "mean_margin", "tab:blue", "margin")):
+        ax_eval.barh([i + offset for i in y], [_value(r, key) for r in evaluated], height=0.25, color=color,
+                     label=label)
+    ax_eval.set_yticks(y, [_label(r) for r in evaluated], fontsize=8)
     ax_eval.invert_yaxis()
     ax_eval.axvline(0, color="grey", lw=0.8)
-    ax_eval.set(title="held-out mean reward (β·log π/π_ref)", xlabel="reward")
+    ax_eval.set(title="validation mean reward (β·log π/π_ref)", xlabel="reward")
     ax_eval.legend(fontsize=8, loc="best")
     ax_eval.grid(alpha=0.3, axis="x")
     _legend_below(fig, ax_train, len(logs))
@@ -275,61 +501,78 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    with warnings.catch_warnings():  # a run name in a script the font lacks draws boxes: not worth a warning
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, buffer.getvalue())
+    run_folder.atomic_write_bytes(path, buffer.getvalue())
 
 
 # ---- HTML ----------------------------------------------------------------------------------------
 
 
-def render_html(root: Path, rows: list[dict], images: dict[str, Path], unfinished: Sequence[Path],
-                sweep: dict | None) -> str:
+def render_html(root: Path, rows: list[dict], chosen: list[dict], images: dict[str, Path],
+                unfinished: Sequence[Path], sweep: dict | None) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("preftune", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    table = [[_cell(r.get(key), fmt) for key, _, fmt in COLUMNS] for r in rows]
     embedded = [{"name": name, "caption": PLOTS[name],
                  "data": base64.b64encode(path.read_bytes()).decode("ascii")} for name, path in images.items()]
+    measured = [r for r in chosen if r["test_accuracy"] is not None]
     return env.get_template("report.html.j2").render(
-        root=root.name, headers=[h for _, h, _ in COLUMNS], table=table, rows=rows, images=embedded,
-        unfinished=[p.name for p in unfinished], sweep=sweep, hyperparameters=HYPERPARAMETERS,
+        root=root.name, headers=[h for h, _ in COLUMNS], table=[[cell(r) for _, cell in COLUMNS] for r in rows],
+        rows=rows, images=embedded, unfinished=[p.name for p in unfinished], sweep=sweep,
+        hyperparameters=HYPERPARAMETERS, ranking=RANKINGS[rows[0]["rank_by"]] if rows else "",
+        compared=rows[0]["runs_compared"] if rows else 0, chosen=chosen, selection=selection_note(chosen or rows),
+        test_headers=[h for h, _ in TEST_COLUMNS], test_table=[[cell(r) for _, cell in TEST_COLUMNS] for r in measured],
+        untested=[r for r in chosen if r not in measured],
     )
 
 
 # ---- the verb ------------------------------------------------------------------------------------
 
 
-def report(root: Path, log=print) -> dict[str, Path]:
-    """Write the leaderboard, plots and report.html into root; print the table. Returns what it wrote."""
-    finished, unfinished = run_dirs(root)
-    if not finished:
+def report(root: Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
+    """Rank the runs under root on validation, score the best cfg.select on test, write the leaderboard,
+    plots and report.html into root, and print the table. Returns what it wrote."""
+    cfg = cfg or ReportConfig()
+    root = Path(root)
+    runs, unfinished = load_runs(root)
+    if not runs:
         raise PreftuneError(f"{root} holds no finished runs (folders with {CONFIG_FILE})"
                             + (f"; unfinished: {', '.join(p.name for p in unfinished)}" if unfinished else ""))
-    rows = rank_rows([run_row(d) for d in finished])
-    logs = {d.name: read_log(d) for d in sorted(finished, key=lambda d: [r["run"] for r in rows].index(d.name))}
+    rows = rank_rows([run_row(r) for r in runs], cfg.rank_by)
+    by_name = {r.name: r for r in runs}
+    chosen = score_chosen(by_name, rows, cfg.select)
+    logs = {r["run"]: by_name[r["run"]].train_log() for r in rows}
     write_leaderboard(root, rows)
     images = {name: root / name for name in PLOTS}
     plot_curves(logs, images["curves.png"])
-    plot_accuracy_grid(rows, images["accuracy_grid.png"])
+    plot_accuracy_grid(rows, images["accuracy_grid.png"], cfg.rank_by)
+    plot_length_strata(rows, images["length_strata.png"])
     plot_margins(rows, logs, images["margins.png"])
-    sweep_file = root / "sweep.json"
-    sweep = _read_json(sweep_file) if sweep_file.exists() else None
-    _atomic_write(root / "report.html", render_html(root, rows, images, unfinished, sweep))
-    log(format_leaderboard(rows))
-    if sweep:
-        planned, done = sweep.get("runs", []), {r["run"] for r in rows}
+    sweep = _gap_on_damage(lambda: run_folder.read_json(root / "sweep.json", missing_ok=True), "sweep details") or None
+    run_folder.atomic_write_text(root / "report.html", render_html(root, rows, chosen, images, unfinished, sweep))
+    logger.info(f"validation ranking by {RANKINGS[cfg.rank_by]} ({rows[0]['runs_compared']} of {len(rows)} runs "
+                "have it; runs without it are listed last, unranked):")
+    logger.info(format_leaderboard(rows))
+    if cfg.select:
+        logger.info(format_test(chosen))
+    if sweep and isinstance(sweep.get("runs"), list):
+        planned, done = [str(n) for n in sweep["runs"]], {r["run"] for r in rows}
         missing = [n for n in planned if n not in done]
-        log(f"sweep: {len(planned) - len(missing)}/{len(planned)} runs finished"
-            + (f"; not finished: {', '.join(missing)}" if missing else ""))
+        logger.info(f"sweep: {len(planned) - len(missing)}/{len(planned)} runs finished"
+                    + (f"; not finished: {', '.join(missing)}" if missing else ""))
     if unfinished:
-        log(f"unfinished (interrupted or running): {', '.join(p.name for p in unfinished)}")
-    log(f"report: {root / 'report.html'} (leaderboard.csv, leaderboard.json, {', '.join(PLOTS)})")
+        logger.info(f"unfinished (interrupted or running): {', '.join(p.name for p in unfinished)}")
+    logger.info(f"report: {root / 'report.html'} (leaderboard.csv, leaderboard.json, {', '.join(PLOTS)})")
     return {"leaderboard.csv": root / "leaderboard.csv", "leaderboard.json": root / "leaderboard.json",
             **images, "report.html": root / "report.html"}
 
 
 def add_cli(verbs) -> None:
-    parser = verbs.add_parser("report", help="leaderboard, plots and report.html for a folder of runs")
+    parser = verbs.add_parser("report", help="leaderboard (ranked on validation), plots and report.html for a folder "
+                              "of runs; test metrics for the chosen runs only")
     parser.add_argument("root", metavar="ROOT", help="a folder of runs (e.g. a sweep's --output-dir)")
-    parser.set_defaults(func=lambda ns: report(Path(ns.root)))
+    add_arguments(parser, ReportConfig)
+    parser.set_defaults(func=lambda ns: report(Path(ns.root), from_args(ReportConfig, ns)))

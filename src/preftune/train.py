@@ -1,15 +1,22 @@
 """One DPO run: data → fitted pairs → engine → run folder (model, tokenizer, config, log, metrics, eval).
 
+The data are split by post into train / validation / test. The run trains on train, is evaluated on
+validation (eval.json, eval_pairs.jsonl: what runs are compared and chosen on) and keeps its test pairs
+unscored (test_pairs.jsonl: `preftune report` scores the chosen runs on them, once).
+
 The run is written to ROOT/<name>.partial/ and renamed to ROOT/<name>/ only when every file is in
-place, so a finished-looking folder is always complete. With --save-steps the engine checkpoints into
-<name>.partial/checkpoints/ (convention in engines/__init__.py); running the same run again resumes
-from the last complete checkpoint when the settings match, and otherwise starts it over cleanly. Under `torchrun`/`accelerate launch` every
-rank trains; rank 0 alone writes files and evaluates.
+place (run_folder.begin_partial / finish_partial), so a finished-looking folder is always complete.
+With --save-steps the engine checkpoints into <name>.partial/checkpoints/ (convention in
+engines/__init__.py); running the same run again resumes from the last complete checkpoint when the
+settings match, and otherwise starts it over cleanly. Under `torchrun`/`accelerate launch` every rank
+trains; rank 0 alone writes files and evaluates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -17,14 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import preftune
+from preftune import run_folder
 from preftune.config import DataConfig, TrainConfig
-from preftune.data.prepare import Pair, Tally, prepare, write_jsonl
 from preftune.data.fit import fit, subsample
+from preftune.data.prepare import Pair, prepare
 from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoint, read_checkpoint_marker
 from preftune.errors import PreftuneError
-from preftune.evaluate import CONFIG_FILE, EVAL_PAIRS_FILE, evaluate_pairs, format_table, write_eval
+from preftune.evaluate import evaluate_pairs, format_table
 from preftune.logps import tokenize_completion
 from preftune.models import ResolvedModel, load_tokenizer, resolve_model
+from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, METRICS_FILE, TEST_PAIRS_FILE, TRAIN_LOG_FILE
+
+logger = logging.getLogger(__name__)
+
 
 def world() -> tuple[int, int]:
     """(rank, world size) from the launcher's environment (torchrun and accelerate set these)."""
@@ -56,41 +68,34 @@ class RunData:
     data_cfg: DataConfig
     stats: dict  # data statistics from preparation
     train_pairs: list[Pair]  # fitted to max_length
-    eval_pairs: list[Pair]
+    eval_pairs: list[Pair]  # validation: runs are evaluated, compared and chosen on these
     fit: dict  # truncation counts per split
+    test_pairs: list[Pair] = dataclasses.field(default_factory=list)  # scored only for chosen runs
 
 
-def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> RunData:
-    """Resolve the model, prepare and split the data, and fit both splits to cfg.max_length.
+def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig) -> RunData:
+    """Resolve the model, prepare and split the data, and fit the splits to cfg.max_length.
 
     Uses cfg.model, cfg.max_length, cfg.max_pairs and cfg.max_eval_pairs only, so runs that differ
     in lr, batch size, epochs, beta or loss can share one RunData."""
     resolved = resolve_model(cfg.model)
-    log(f"model: {cfg.model} ← {resolved.source}")
+    logger.info(f"model: {cfg.model} ← {resolved.source}")
     tokenizer = load_tokenizer(resolved.path)
-    prepared = prepare(data_cfg, log, tokenizer=tokenizer)  # message lists use this model's chat template
-    train_pairs = subsample(prepared.train, cfg.max_pairs, data_cfg.seed)
-    eval_pairs = subsample(prepared.eval, cfg.max_eval_pairs, data_cfg.seed)
-    train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "train")
-    eval_pairs, eval_fit = fit(tokenizer, eval_pairs, cfg.max_length, "eval")
-    if not train_pairs:
+    prepared = prepare(data_cfg, tokenizer=tokenizer)  # message lists use this model's chat template
+    fitted, fits = {}, {}  # "eval" is the validation split (the run folder's historical name for it)
+    splits = (("train", prepared.train, cfg.max_pairs), ("eval", prepared.validation, cfg.max_eval_pairs),
+              ("test", prepared.test, cfg.max_eval_pairs))
+    for key, pairs, most in splits:
+        fitted[key], fits[key] = fit(tokenizer, subsample(pairs, most, data_cfg.seed), cfg.max_length, key)
+    if not fitted["train"]:
         raise PreftuneError("no training pairs left after preparation")
-    return RunData(resolved, tokenizer, data_cfg, prepared.stats, train_pairs, eval_pairs,
-                   {"train": train_fit, "eval": eval_fit})
+    return RunData(resolved, tokenizer, data_cfg, prepared.stats, fitted["train"], fitted["eval"], fits, fitted["test"])
 
 
-def train(data_cfg: DataConfig, cfg: TrainConfig, log=print) -> Path:
+def train(data_cfg: DataConfig, cfg: TrainConfig) -> Path:
     """`preftune train`: prepare the data, then one run."""
-    rank, _ = world()
-    log = log if rank == 0 else (lambda *a, **k: None)
-    _check_destination(cfg)
-    return run(prepare_run_data(data_cfg, cfg, log), cfg, log)
-
-
-def _check_destination(cfg: TrainConfig, name: str | None = None) -> None:
-    final = Path(cfg.output_dir) / (name or cfg.run_name)
-    if final.exists() and not cfg.overwrite:
-        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
+    run_folder.check_destination(Path(cfg.output_dir) / cfg.run_name, cfg.overwrite)  # before any work
+    return run(prepare_run_data(data_cfg, cfg), cfg)
 
 
 # Settings that change neither the result of training (gradient checkpointing: only its memory and time)
@@ -109,10 +114,10 @@ def run_spec(data_cfg: DataConfig, cfg: TrainConfig, ignore: tuple[str, ...] = N
 def stored_spec(run_dir: Path, ignore: tuple[str, ...] = NOT_IN_SPEC) -> dict | None:
     """The spec of a run folder (finished or .partial) from its preftune_config.json, if readable."""
     try:
-        stored = json.loads((run_dir / CONFIG_FILE).read_text())
+        stored = run_folder.read_json(run_dir / CONFIG_FILE)
         train_cfg = {k: v for k, v in stored["train"].items() if k not in ignore}
         return {"data": stored["data"], "train": train_cfg}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (PreftuneError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -128,70 +133,69 @@ def _rewind(partial: Path, checkpoint: Path) -> int:
     """Bring an interrupted run folder back to its checkpoint: drop later log lines (and a torn last
     one) and every other checkpoint folder (incomplete ones included). Returns the checkpoint's step."""
     step = read_checkpoint_marker(checkpoint)["step"]
-    log_path = partial / "train_log.jsonl"
+    log_path = partial / TRAIN_LOG_FILE
     kept = []
     for line in log_path.read_text().splitlines() if log_path.exists() else []:
         try:
             record = json.loads(line)
         except ValueError:
             continue  # the line being written when the process died
-        if record.get("step", 0) <= step:
+        if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line + "\n")
-    _write_text(log_path, "".join(kept))
+    run_folder.atomic_write_text(log_path, "".join(kept))
     for other in (partial / CHECKPOINTS_DIR).iterdir():
         if other != checkpoint:
             shutil.rmtree(other) if other.is_dir() else other.unlink()
     return step
 
 
-def _start_partial(partial: Path, data_cfg: DataConfig, cfg: TrainConfig, name: str, log) -> Path | None:
+def _start_partial(root: Path, data_cfg: DataConfig, cfg: TrainConfig, name: str) -> Path | None:
     """Rank 0: set up NAME.partial/ for a fresh or a resumed run. Returns the checkpoint to resume from."""
-    resume = resume_point(partial, data_cfg, cfg)
+    resume = resume_point(root / (name + run_folder.PARTIAL_SUFFIX), data_cfg, cfg)
+    partial = run_folder.begin_partial(root, name, cfg.overwrite, resume=resume is not None)
     if resume is not None:
         step = _rewind(partial, resume)
-        log(f"resume: {name} from {resume.relative_to(partial)} (step {step})")
+        logger.info(f"resume: {name} from {resume.relative_to(partial)} (step {step})")
         return resume
-    if partial.exists():
-        log(f"restart: {partial} holds no complete checkpoint of this run's settings; starting it over")
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
     # the spec first, so a later resume can check the checkpoints belong to this run; rewritten at the end
-    _write_json(partial / CONFIG_FILE, {"run_name": name, **run_spec(data_cfg, cfg, ())})
+    run_folder.atomic_write_json(partial / CONFIG_FILE, {"run_name": name, **run_spec(data_cfg, cfg, ())})
     return None
 
 
-def run(data: RunData, cfg: TrainConfig, log=print, name: str | None = None) -> Path:
-    """Train one run on prepared data, write its folder atomically, evaluate it. Returns the folder.
+def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
+    """Train one run on prepared data, write its folder atomically, evaluate it on validation. Returns
+    the folder.
 
     `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
     interrupted run of the same settings is resumed from its last complete checkpoint."""
     rank, world_size = world()
-    log = log if rank == 0 else (lambda *a, **k: None)
     per_device = per_device_batch(cfg, world_size)
     name = name or cfg.run_name
-    _check_destination(cfg, name)
     root = Path(cfg.output_dir)
-    final, partial = root / name, root / (name + ".partial")
+    run_folder.check_destination(root / name, cfg.overwrite)
+    partial = root / (name + run_folder.PARTIAL_SUFFIX)
     resolved, tokenizer, data_cfg = data.model, data.tokenizer, data.data_cfg
     train_pairs, eval_pairs = data.train_pairs, data.eval_pairs
 
     resume = resume_point(partial, data_cfg, cfg)  # every rank decides the same, before rank 0 changes it
     _barrier()
     if rank == 0:
-        resume = _start_partial(partial, data_cfg, cfg, name, log)
+        resume = _start_partial(root, data_cfg, cfg, name)
     _barrier()
     job = TrainJob(resolved.path, tokenizer, train_pairs, cfg, data_cfg.seed, partial, per_device,
-                   partial / "train_log.jsonl", resume_from=resume)
-    log(f"train: {name}: {len(train_pairs):,} pairs × {cfg.epochs} epoch(s), batch {cfg.batch_size} "
-        f"({world_size} process(es) × {per_device} × {cfg.grad_accum} accumulation), engine {cfg.engine}, "
-        f"{'LoRA' if cfg.lora else 'full fine-tune'}")
+                   partial / TRAIN_LOG_FILE, resume_from=resume)
+    logger.info(f"train: {name}: {len(train_pairs):,} pairs × {cfg.epochs} epoch(s), batch {cfg.batch_size} "
+                f"({world_size} process(es) × {per_device} × {cfg.grad_accum} accumulation), engine {cfg.engine}, "
+                f"{'LoRA' if cfg.lora else 'full fine-tune'}")
     result = ENGINES[cfg.engine](job)
     if rank != 0:
-        return final
+        return root / name
 
     tokenizer.save_pretrained(partial)
-    write_jsonl(partial / EVAL_PAIRS_FILE, eval_pairs)
+    run_folder.write_pairs(partial / EVAL_PAIRS_FILE, eval_pairs)
+    run_folder.write_pairs(partial / TEST_PAIRS_FILE, data.test_pairs)  # not scored: see `preftune report`
     tokens = sequence_tokens(tokenizer, train_pairs) * cfg.epochs
+    log = run_folder.read_train_log(partial / TRAIN_LOG_FILE)
     metrics = {
         "steps": result.steps,
         "train_runtime_s": round(result.runtime_s, 2),
@@ -199,10 +203,11 @@ def run(data: RunData, cfg: TrainConfig, log=print, name: str | None = None) -> 
         "train_tokens": tokens,
         "tokens_per_s": tokens / result.runtime_s,
         "pairs_per_s": len(train_pairs) * cfg.epochs / result.runtime_s,
-        "final": {k: v for k, v in _last_log_record(partial / "train_log.jsonl").items() if k != "step"},
+        # the last step's logged values (the whole run's log, a resumed run's included)
+        "final": {k: v for k, v in (log[-1] if log else {}).items() if k != "step"},
     }
-    _write_json(partial / "metrics.json", metrics)
-    _write_json(partial / CONFIG_FILE, {
+    run_folder.atomic_write_json(partial / METRICS_FILE, metrics)
+    run_folder.atomic_write_json(partial / CONFIG_FILE, {
         "preftune_version": preftune.__version__,
         "run_name": name,
         "data": asdict(data_cfg),
@@ -214,20 +219,18 @@ def run(data: RunData, cfg: TrainConfig, log=print, name: str | None = None) -> 
         "data_stats": data.stats,
         "fit": data.fit,
     })
-    log(f"train: {result.steps} steps in {result.runtime_s:.1f} s ({metrics['pairs_per_s']:.3f} pairs/s, "
-        f"{metrics['tokens_per_s']:.0f} tokens/s)")
+    logger.info(f"train: {result.steps} steps in {result.runtime_s:.1f} s ({metrics['pairs_per_s']:.3f} pairs/s, "
+                f"{metrics['tokens_per_s']:.0f} tokens/s)")
 
     if cfg.evaluate and eval_pairs:
         # reference log-probs from the on-disk cache: computed once, shared by every run of a sweep
-        metrics = evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta)
-        write_eval(partial, metrics)
-        log(format_table(metrics))
+        metrics = {"split": "validation", "dataset": data_cfg.dataset,
+                   **evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta)}
+        run_folder.atomic_write_json(partial / run_folder.EVAL_FILE, metrics)
+        logger.info(format_table(metrics))
 
-    shutil.rmtree(partial / CHECKPOINTS_DIR, ignore_errors=True)  # kept until now: a kill in eval resumes
-    if final.exists():  # --overwrite
-        shutil.rmtree(final)
-    partial.rename(final)
-    log(f"run: {final}")
+    final = run_folder.finish_partial(partial)  # checkpoints kept until now: a kill in eval resumes
+    logger.info(f"run: {final}")
     return final
 
 
@@ -236,19 +239,3 @@ def _barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def _last_log_record(path: Path) -> dict:
-    """The last step's logged values (the whole run's log, a resumed run's included)."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    _write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
