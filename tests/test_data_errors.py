@@ -232,6 +232,7 @@ def test_ultrafeedback_tied_scores_are_a_counted_skip(capsys, tmp_path, chat_mod
     ("chosen", "--column-map: expected NAME=COLUMN pairs separated by commas, got 'chosen'"),
     ("choosen=good", "--column-map: unknown name 'choosen'; names: prompt, chosen, rejected, post_id"),
     ("chosen=a,chosen=b", "--column-map: 'chosen' is mapped twice"),
+    ("chosen=a,rejected=a", "--column-map: column 'a' is mapped to both chosen and rejected"),
 ])
 def test_malformed_column_map(capsys, tmp_path, spec, message):
     fails(capsys, "tldr-sample", tmp_path, message, "--column-map", spec)
@@ -645,8 +646,32 @@ def nan_score(tmp_path):
     return src, f"{src}:1: field 'score_chosen': expected a finite number, got float 'nan'"
 
 
+def lone_surrogate(tmp_path):
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps(triple(0)) + '\n{"prompt": "Q\\ud800", "chosen": " a", "rejected": " b"}\n')
+    return src, f"{src}:2: field 'prompt': unpaired surrogate '\\ud800' at character 1: not valid Unicode"
+
+
+def deep_nesting(tmp_path):
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    return src, f"{src}:1: malformed JSON line (nested too deeply at column 1)"
+
+
+def classic_mac_line_ends(tmp_path):
+    src = tmp_path / "a.csv"
+    src.write_bytes(b"prompt,chosen,rejected\rp1,a,b\rp2,c,d\r")
+    return src, f"{src}: its line ends are carriage returns only (classic Mac): save it with LF or CRLF line ends"
+
+
+def every_row_skipped(tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", [triple(i, rejected=f" good {i}") for i in range(3)])
+    return src, f"{src}: no pairs left to prepare (kept 0 / 3; skipped 3: identical pair (3)): see the reasons above"
+
+
 @pytest.mark.parametrize("case", [object_file, gz_not_gzip, gzip_not_gz, utf16, latin1, duplicate_key, unnamed_column,
-                                  question_column, blank_csv, nan_score], ids=lambda c: c.__name__)
+                                  question_column, blank_csv, nan_score, lone_surrogate, deep_nesting,
+                                  classic_mac_line_ends, every_row_skipped], ids=lambda c: c.__name__)
 def test_file_format_errors_say_what_to_do(capsys, tmp_path, case):
     src, message = case(tmp_path)
     fails(capsys, src, tmp_path, message)
@@ -725,6 +750,22 @@ def test_confidence_that_contradicts_the_choice_is_a_counted_skip(capsys, tmp_pa
     src = write_jsonl(tmp_path / "a.jsonl", rows)
     skips(capsys, src, tmp_path, "kept 2 / 3; skipped 1: confidence contradicts choice (1)",
           f"{src}:2 extra.confidence")
+
+
+@pytest.mark.parametrize("src, flags, warning", [
+    ("tldr-sample", ["--split", "validation"], "--split validation applies to hub datasets and saved DatasetDicts "
+     "only; ignored for tldr-sample"),
+    ("tldr-sample", ["--hub-config", "comparisons"], "--hub-config comparisons applies to hub datasets only; ignored"),
+    ("PREPARED", ["--eval-fraction", "0.3", "--format", "hh_rlhf"], "is a prepared folder: its split is used as is; "
+     "--format, --fraction, --eval-fraction do not apply (prepare the source again to change them)"),
+])
+def test_flags_that_cannot_apply_are_reported_not_ignored(capsys, tmp_path, src, flags, warning):
+    if src == "PREPARED":
+        src = tmp_path / "prep"
+        assert run(capsys, "data", "prepare", "--fraction", "0.02", "--out", src)[0] == 0
+    code, out, _ = run(capsys, "data", "prepare", "--dataset", src, "--fraction", "0.02", "--out", tmp_path / "o",
+                       *flags)
+    assert code == 0 and warning in out
 
 
 def test_incomplete_prepared_folder_is_refused(capsys, tmp_path):

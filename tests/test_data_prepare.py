@@ -257,7 +257,7 @@ def damage(folder, what):
             "no chosen": f"{train}:1: field 'chosen': missing (found: body_span, cut, meta, post_id, prompt, rejected",
             "bad body_span": f"{train}:1: field 'body_span': expected [start, end] character offsets, got list",
             "unknown cut": f"{train}:1: field 'cut': unknown trimming policy 'middle'; expected one of: end, start, turns",
-            "duplicate key": f"{train}:1: field 'prompt': this key appears twice: the file is damaged"}[what]
+            "duplicate key": f"{train}:1: field 'prompt': this key appears twice in the object: keep one; the file is"}[what]
 
 
 @pytest.mark.parametrize("what", ["no eval.jsonl", "no train.jsonl", "empty train.jsonl", "eval.jsonl is a folder",

@@ -454,6 +454,9 @@ def parse_column_map(spec: str | None) -> dict[str, str]:
             raise PreftuneError(f"--column-map: unknown name '{name}'; names: {', '.join(COLUMNS)}")
         if name in mapping:
             raise PreftuneError(f"--column-map: '{name}' is mapped twice")
+        if column in mapping.values():  # e.g. chosen=a,rejected=a: every pair would be identical
+            other = next(n for n, c in mapping.items() if c == column)
+            raise PreftuneError(f"--column-map: column '{column}' is mapped to both {other} and {name}")
         mapping[name] = column
     return mapping
 

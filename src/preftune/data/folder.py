@@ -16,7 +16,7 @@ from typing import Any
 
 from preftune.data.adapters import RowError, group_id, preview, require, wrong_type
 from preftune.data.pairs import CUTS, Pair
-from preftune.data.sources import SHIPPED, DuplicateKey, first_line, loads, path_kind, text_lines
+from preftune.data.sources import SHIPPED, JsonFieldError, first_line, loads, path_kind, text_lines
 from preftune.data.split import split_stats
 from preftune.errors import DataError, PreftuneError
 
@@ -69,9 +69,8 @@ def read_jsonl(path: Path) -> list[Pair]:
             continue
         try:
             row = loads(text)
-        except DuplicateKey as e:
-            raise DataError(str(path), lineno, e.key, "this key appears twice: the file is damaged; prepare the data "
-                            "again") from None
+        except JsonFieldError as e:
+            raise DataError(str(path), lineno, e.key, f"{e.message}; the file is damaged: prepare the data again") from None
         except json.JSONDecodeError as e:
             raise DataError(str(path), lineno, None, f"malformed JSON line ({e.msg}): the file is damaged; prepare "
                             "the data again") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from preftune.config import DataConfig
@@ -174,6 +174,11 @@ def prepare(cfg: DataConfig, tokenizer=None) -> Prepared:
     `tokenizer`: a tokenizer or model spec whose chat template renders message-list formats (loaded
     only for those; None: the default model)."""
     if is_prepared_dir(cfg.dataset):
+        ignored = [f"--{f.name.replace('_', '-')}" for f in fields(cfg)
+                   if f.name not in ("dataset", "seed") and getattr(cfg, f.name) != f.default]
+        if ignored:
+            logger.warning(f"data: {cfg.dataset} is a prepared folder: its split is used as is; {', '.join(ignored)} "
+                           "do not apply (prepare the source again to change them)")
         return load_prepared(Path(cfg.dataset).expanduser())
     logger.info(f"data: {describe(cfg.dataset)}")
     reading = Reading()
@@ -182,6 +187,8 @@ def prepare(cfg: DataConfig, tokenizer=None) -> Prepared:
     logger.info(f"data: {reading.describe()}; {tally.summary()}")
     for line in tally.details():
         logger.info(line)
+    if not pairs:
+        raise PreftuneError(f"{cfg.dataset}: no pairs left to prepare ({tally.summary()}): see the reasons above")
     sampled = take_fraction(pairs, cfg.fraction, cfg.seed)
     prepared = Prepared(*split_by_post(sampled, cfg.eval_fraction, cfg.test_fraction, cfg.seed), {})
     prepared.stats = {

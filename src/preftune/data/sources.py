@@ -21,6 +21,7 @@ import csv
 import errno
 import gzip
 import json
+import logging
 import os
 import stat
 import zlib
@@ -31,6 +32,8 @@ from pathlib import Path
 
 from preftune.errors import DataError, PreftuneError
 from preftune.hubids import is_hub_id, looks_local
+
+logger = logging.getLogger(__name__)
 
 # name → file inside preftune/data/sample/ (see PROVENANCE.md there)
 SHIPPED: dict[str, str] = {"tldr-sample": "tldr_comparisons.jsonl.gz"}
@@ -104,17 +107,21 @@ def iter_records(spec: str, hub_config: str | None = None, split: str = "train")
         raise PreftuneError("--dataset is empty: pass a file, a folder, a shipped sample "
                             f"({', '.join(SHIPPED)}) or a hub id (owner/name)")
     if spec in SHIPPED:
+        _unused_flags(spec, hub_config, split)
         yield from iter_file(shipped_path(spec), label=f"{spec}/{SHIPPED[spec]}")
         return
     path = Path(spec).expanduser()
     kind = path_kind(path)
     if kind == "dir":
         if is_saved_dataset(path):
+            _unused_flags(spec, hub_config, None)
             yield from _iter_saved(path, split)
         else:
+            _unused_flags(spec, hub_config, split)
             for file in data_files(path):
                 yield from iter_file(file)
     elif kind == "file":
+        _unused_flags(spec, hub_config, split)
         yield from iter_file(path)
     elif kind == "broken link":
         raise broken_link(path)
@@ -128,6 +135,14 @@ def iter_records(spec: str, hub_config: str | None = None, split: str = "train")
             f"dataset '{spec}' not found: it is not a file, a folder, a shipped sample "
             f"({', '.join(SHIPPED)}) or a hub id (owner/name){local}"
         )
+
+
+def _unused_flags(spec: str, hub_config: str | None, split: str | None) -> None:
+    """Say so when --hub-config or --split cannot apply to SRC, instead of ignoring them silently."""
+    if hub_config:
+        logger.warning(f"data: --hub-config {hub_config} applies to hub datasets only; ignored for {spec}")
+    if split not in (None, "train"):
+        logger.warning(f"data: --split {split} applies to hub datasets and saved DatasetDicts only; ignored for {spec}")
 
 
 def data_files(folder: Path) -> list[Path]:
@@ -211,7 +226,12 @@ def text_lines(path: Path, source: str) -> Iterator[tuple[int, str]]:
                 except UnicodeDecodeError as e:
                     raise DataError(source, lineno, None, f"not valid UTF-8 (byte {e.start}): {e.reason}; save the "
                                     "file as UTF-8") from None
-                yield lineno, text.removeprefix(UTF8_BOM) if lineno == 1 else text
+                if lineno == 1:
+                    text = text.removeprefix(UTF8_BOM)
+                    if "\r" in text.rstrip("\r\n"):
+                        raise DataError(source, None, None, "its line ends are carriage returns only (classic Mac): "
+                                        "save it with LF or CRLF line ends")
+                yield lineno, text
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise DataError(source, lineno + 1, None, f"corrupt or truncated gzip data ({e})") from None
         except OSError as e:  # after BadGzipFile, which is an OSError too
@@ -231,10 +251,12 @@ def iter_file(path: Path, label: str | None = None) -> Iterator[Record]:
 # ---- JSON --------------------------------------------------------------------------------------------
 
 
-class DuplicateKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
+class JsonFieldError(ValueError):
+    """Valid JSON that preftune refuses, naming the key: a key given twice, text that is not Unicode."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
 def _object(pairs: list[tuple[str, object]]) -> dict:
@@ -242,12 +264,32 @@ def _object(pairs: list[tuple[str, object]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise JsonFieldError(key, "this key appears twice in the object: keep one")
     return obj
 
 
+def _object_unicode(pairs: list[tuple[str, object]]) -> dict:
+    """`_object`, and an unpaired surrogate escape ("\\ud800": half of a character) is an error: no UTF-8
+    file, tokenizer or prepared folder can hold it."""
+    for key, value in pairs:
+        for text in (key, value) if isinstance(value, str) else (key,):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise JsonFieldError(key, f"unpaired surrogate {text[e.start]!r} at character {e.start}: not valid "
+                                     "Unicode (half of a character: fix or remove it)") from None
+    return _object(pairs)
+
+
 def loads(text: str):
-    return json.loads(text, object_pairs_hook=_object)
+    """json.loads with the checks of `_object` (surrogates only where the text escapes one: it is rare and
+    the check costs); nesting too deep for Python is a decode error too."""
+    hook = _object_unicode if "\\ud" in text or "\\uD" in text else _object
+    try:
+        return json.loads(text, object_pairs_hook=hook)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
 
 
 def _iter_json_file(path: Path, source: str) -> Iterator[Record]:
@@ -264,8 +306,8 @@ def _iter_json_file(path: Path, source: str) -> Iterator[Record]:
             return
         try:
             row = loads(text)
-        except DuplicateKey as e:
-            raise DataError(source, lineno, e.key, "this key appears twice in the object: keep one") from None
+        except JsonFieldError as e:
+            raise DataError(source, lineno, e.key, e.message) from None
         except json.JSONDecodeError as e:
             if rows == 0 and text.lstrip().startswith("{"):
                 lines.close()
@@ -285,8 +327,8 @@ def _whole(path: Path, source: str):
     text = "".join(t for _, t in text_lines(path, source))
     try:
         return loads(text)
-    except DuplicateKey as e:
-        raise DataError(source, None, e.key, "this key appears twice in an object: keep one") from None
+    except JsonFieldError as e:
+        raise DataError(source, None, e.key, e.message) from None
 
 
 def _whole_object_error(path: Path, source: str) -> None:
@@ -416,12 +458,13 @@ def _iter_parquet(path: Path, source: str) -> Iterator[Record]:
         while True:
             try:
                 batch = next(batches, None)
-            except Exception as e:  # noqa: BLE001 - a damaged row group: name the rows it holds
-                raise DataError(f"{source}[row]", i + 1, None, f"cannot read (damaged Parquet data: "
-                                f"{first_line(e)})") from None
+                rows = [] if batch is None else batch.to_pylist()
+            except Exception as e:  # noqa: BLE001 - damaged data, or text that is not UTF-8: name the rows
+                raise DataError(f"{source}[row]", i + 1, None, f"cannot read rows {i + 1}-{i + 1024} (damaged "
+                                f"Parquet data: {first_line(e)})") from None
             if batch is None:
                 return
-            for row in batch.to_pylist():
+            for row in rows:
                 i += 1
                 yield Record(row, f"{source}[row]", i)
 
@@ -452,6 +495,8 @@ def _iter_saved(path: Path, split: str) -> Iterator[Record]:
             raise PreftuneError(f"{path}: no split '{split}' in this saved DatasetDict; its splits: "
                                 f"{', '.join(ds)} (pass --split)")
         ds = ds[split]
+    else:
+        _unused_flags(str(path), None, split)  # one split's own folder: --split has nothing to choose
     label = f"{path}[{split}]" if (path / "dataset_dict.json").is_file() else str(path)
     if len(ds) == 0:
         raise DataError(label, None, None, "no rows")
