@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 from conftest import write_jsonl
-
 from test_data_cli import main
+
 from preftune.config import DataConfig
-from preftune.data.adapters import ChatFields, conversational
+from preftune.data.adapters import conversational
 from preftune.data.chat import ChatRenderer
 from preftune.data.prepare import Pair, Tally, prepare
 from preftune.data.truncate import fit_pair, fit_pairs, pair_length

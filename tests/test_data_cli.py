@@ -6,10 +6,16 @@ the other data test modules use too."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 from unittest import mock
+
+import pytest
+from conftest import comparison, write_jsonl
 
 import preftune.cli
 from preftune import log
+from preftune.data.adapters import ADAPTERS
 from preftune.data.cli import add_cli
 
 
@@ -29,14 +35,6 @@ def main(argv) -> int:
 
 
 # ---- the verbs -------------------------------------------------------------------------------------
-
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-from conftest import comparison, write_jsonl  # noqa: E402
-
-from preftune.data.adapters import ADAPTERS  # noqa: E402
-
 
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = main(argv)
@@ -113,15 +111,19 @@ def out_is_a_device(tmp_path):
     return "tldr-sample", "/dev/null", "--out /dev/null is not a folder: name a folder"
 
 
+def out_under_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    return "tldr-sample", tmp_path / "f" / "o", f"--out {tmp_path / 'f' / 'o'}: {tmp_path / 'f'} is a file, so the folder"
+
+
 def out_is_empty(tmp_path):
     return "tldr-sample", "", "--out is empty: name the folder for train.jsonl, eval.jsonl, test.jsonl, stats.json"
 
 
 @pytest.mark.parametrize("case", [out_is_a_file, out_is_the_dataset, out_inside_the_dataset, out_overwrites_the_dataset,
-                                  out_holds_foreign_files, out_is_a_device, out_is_empty], ids=lambda c: c.__name__)
+                                  out_holds_foreign_files, out_is_a_device, out_under_a_file, out_is_empty],
+                         ids=lambda c: c.__name__)
 def test_bad_out_is_refused_before_any_work(capsys, tmp_path, monkeypatch, case):
-    import importlib
-
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "train.jsonl", [comparison(post_id=f"p{i}") for i in range(4)])

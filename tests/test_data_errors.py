@@ -4,15 +4,22 @@ system, encodings and file formats, wrong types from every source, data that wou
 thing. (More cases: test_data_adapters.py, test_data_prepare.py (prepared folders), test_data_chat.py,
 test_data_cli.py (--out), test_cli_errors.py.)"""
 
+import builtins
 import csv
 import gzip
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
-
+from conftest import comparison, write_jsonl
 from test_data_cli import main
+
+import preftune.data.sources as sources
+from preftune.config import DataConfig
+from preftune.data.prepare import Reading, iter_pairs
+
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -372,9 +379,6 @@ def test_unknown_format_lists_every_format(capsys, tmp_path):
 def deny(monkeypatch, target, errno_=13, message="Permission denied"):
     """Make the file system refuse `target` as it does without permission (the tests run as root, for
     whom chmod 000 stops nothing): opening it, listing it, or looking at it."""
-    import builtins
-    import os
-
     target = str(target)
     real_open, real_scandir = builtins.open, os.scandir
 
@@ -437,8 +441,6 @@ def unreadable_parquet(tmp_path, monkeypatch):
 
 def io_error_mid_file(tmp_path, monkeypatch):
     """A real OSError while reading (a failing disk, a network mount that went away): line named."""
-    import builtins
-
     src = ten_rows(tmp_path / "d")
     real_open = builtins.open
 
@@ -472,8 +474,6 @@ def io_error_mid_file(tmp_path, monkeypatch):
 
 def stat_refused(tmp_path, monkeypatch):
     """A path whose parent may not be searched: stat itself fails."""
-    from pathlib import Path
-
     src = ten_rows(tmp_path / "d")
     real_stat = Path.stat
 
@@ -500,8 +500,6 @@ def broken_link_in_folder(tmp_path, monkeypatch):
 
 
 def fifo_in_folder(tmp_path, monkeypatch):
-    import os
-
     data = tmp_path / "d"
     ten_rows(data)
     os.mkfifo(data / "b.jsonl")  # reading it would block forever
@@ -531,8 +529,6 @@ def local_looking(spec):
     local_looking("data/x.jsonl"), local_looking("./nope"), local_looking("runs/foo"), local_looking("~/no/such"),
 ], ids=lambda c: getattr(c, "__name__", "?"))
 def test_file_system_refusals_name_the_path(capsys, tmp_path, monkeypatch, case):
-    import preftune.data.sources as sources
-
     def no_hub(*_):
         raise AssertionError("a local-looking path must never reach the Hub")
 
@@ -574,9 +570,6 @@ def excel_csv(path, rows, **kw):
     lambda p: (p / "a.jsonl").write_bytes("".join(json.dumps(triple(i)) + "\r\n" for i in range(4)).encode()),
 ], ids=["excel-bom-crlf", "semicolons", "padded-empty-rows", "jsonl-bom", "array-after-blank-lines", "jsonl-crlf"])
 def test_spreadsheet_and_editor_files_read_as_seen(tmp_path, write):
-    from preftune.config import DataConfig
-    from preftune.data.prepare import Reading, iter_pairs
-
     write(tmp_path)
     reading = Reading()
     pairs = list(iter_pairs(DataConfig(dataset=str(next(tmp_path.iterdir()))), reading))
@@ -743,13 +736,22 @@ def test_replies_that_would_teach_the_wrong_turn_are_counted_skips(capsys, tmp_p
 
 
 def test_confidence_that_contradicts_the_choice_is_a_counted_skip(capsys, tmp_path):
-    from conftest import comparison
-
     rows = [comparison(post_id=f"p{i}", chosen=f" s{i}", extra={"confidence": 2}) for i in range(3)]
     rows[1]["extra"]["confidence"] = 8  # 6-9 mean summary 1, but choice says 0
     src = write_jsonl(tmp_path / "a.jsonl", rows)
     skips(capsys, src, tmp_path, "kept 2 / 3; skipped 1: confidence contradicts choice (1)",
           f"{src}:2 extra.confidence")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--test-fraction", "1.5"], "--test-fraction must be in [0, 1), got 1.5"),
+    (["--test-fraction", "nan"], "--test-fraction must be in [0, 1), got nan"),
+    (["--eval-fraction", "0.5", "--test-fraction", "0.5"],
+     "--eval-fraction + --test-fraction must be < 1 (training needs pairs), got 0.5 + 0.5"),
+])
+def test_bad_split_flags_are_refused_before_reading(capsys, tmp_path, flags, message):
+    code, out, err = prepare(capsys, "tldr-sample", tmp_path, *flags)
+    assert code == 2 and message in err and out == ""  # nothing read, nothing logged
 
 
 @pytest.mark.parametrize("src, flags, warning", [

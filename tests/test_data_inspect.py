@@ -8,8 +8,8 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 from conftest import shipped_rows, write_jsonl
-
 from test_data_cli import main
+
 from preftune.config import DataConfig
 from preftune.data.inspect import inspect_data, percentile, repeated_labels
 from preftune.data.prepare import Reading, iter_pairs, load_pairs

@@ -4,14 +4,17 @@ folder (written, read back, and refused when incomplete or damaged)."""
 import hashlib
 import json
 import logging
+from collections import Counter
 
 import pytest
 from conftest import comparison, shipped_rows, write_jsonl
 
 from preftune.config import DataConfig
+from preftune.data.adapters import summarize_from_feedback
 from preftune.data.folder import load_prepared, read_jsonl
 from preftune.data.prepare import (Pair, Prepared, Tally, prepare, resolve_labels, split_by_post, take_fraction,
                                    write_prepared)
+from preftune.data.split import confidence_counts, split_stats
 from preftune.errors import DataError, PreftuneError
 
 
@@ -157,30 +160,24 @@ def test_confidence_is_kept_per_pair_and_counted_per_split(shipped):
     first = next(p for p in shipped.train + shipped.validation + shipped.test
                  if p.source == "tldr-sample/tldr_comparisons.jsonl.gz:1")
     assert first.meta["confidence"] == 3
-    hand = {}
-    for row in shipped_rows():
-        hand[row["extra"]["confidence"]] = hand.get(row["extra"]["confidence"], 0) + 1
+    hand = Counter(row["extra"]["confidence"] for row in shipped_rows())
     assert set(hand) == {1, 2, 3, 4, 6, 7, 8, 9}  # 5 never occurs
-    counts = {}
+    counts = Counter()
     for name in ("train", "validation", "test"):
-        for value, n in shipped.stats[name]["by_confidence"].items():
-            counts[int(value)] = counts.get(int(value), 0) + n
+        counts.update({int(value): n for value, n in shipped.stats[name]["by_confidence"].items()})
     assert sum(counts.values()) == 1542 and set(counts) == set(hand)  # kept pairs, every level present
 
 
 def test_pairs_without_confidence():
     bare = comparison()
     bare.pop("extra", None)
-    rows = [comparison(post_id=f"p{i}", chosen=f" s{i}", extra={"confidence": 2 if i % 2 else None}) for i in range(4)]
-    from preftune.data.split import confidence_counts, split_stats
-
+    assert summarize_from_feedback(bare).meta["confidence"] is None
+    rows = [comparison(post_id=f"p{i}", extra={"confidence": c}) for i, c in enumerate((None, 2))]
+    assert [summarize_from_feedback(r).meta["confidence"] for r in rows] == [None, 2]
     pairs = [Pair("p", " a", " b", f"p{i}", "f", meta={"confidence": c}) for i, c in enumerate((2, None, 2, 7))]
     assert split_stats(pairs)["by_confidence"] == {"2": 2, "7": 1, "none": 1}
-    assert confidence_counts({None: 3}) == {} and split_stats([Pair("p", " a", " b", "x", "f")])["by_confidence"] == {}
-    from preftune.data.adapters import summarize_from_feedback
-
-    assert summarize_from_feedback(bare).meta["confidence"] is None
-    assert [summarize_from_feedback(r).meta["confidence"] for r in rows] == [None, 2, None, 2]
+    assert confidence_counts(Counter({None: 3})) == {}  # such data, but no row says: no distribution
+    assert split_stats([Pair("p", " a", " b", "x", "f")])["by_confidence"] == {}  # other formats
 
 
 # ---- the prepared folder -------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def read_jsonl(path: Path) -> list[Pair]:
         try:
             row = loads(text)
         except JsonFieldError as e:
-            raise DataError(str(path), lineno, e.key, f"{e.message}; the file is damaged: prepare the data again") from None
+            raise DataError(str(path), lineno, e.key, f"{e.message}; the file is damaged: prepare the data "
+                            "again") from None
         except json.JSONDecodeError as e:
             raise DataError(str(path), lineno, None, f"malformed JSON line ({e.msg}): the file is damaged; prepare "
                             "the data again") from None
@@ -118,7 +119,8 @@ def write_prepared(prepared: Prepared, out: Path) -> None:
         tmp.write_text(json.dumps(prepared.stats, indent=2) + "\n", encoding="utf-8")
         tmp.replace(out / STATS_FILE)
     except OSError as e:
-        raise PreftuneError(f"{out}: cannot write the prepared folder ({e.strerror or e}): choose another --out") from None
+        raise PreftuneError(f"{out}: cannot write the prepared folder ({e.strerror or e}): choose another "
+                            "--out") from None
 
 
 def check_out(out: str, dataset: str) -> Path:
@@ -146,7 +148,9 @@ def check_out(out: str, dataset: str) -> Path:
             raise PreftuneError(f"--out {out} holds {', '.join(clash)}, not written by `preftune data prepare` "
                                 "(no stats.json marker): choose another folder, or move those files")
     parent = next((p for p in (target, *target.parents) if p.exists()), None)
-    if parent is None or not os.access(parent, os.W_OK):
+    if parent is None or not parent.is_dir():
+        raise PreftuneError(f"--out {out}: {parent} is a file, so the folder cannot be made: choose another --out")
+    if not os.access(parent, os.W_OK):
         raise PreftuneError(f"--out {out}: {parent} is not writable: choose another folder")
     return path
 

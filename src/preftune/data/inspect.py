@@ -207,7 +207,8 @@ def format_report(r: dict) -> str:
         out.append("")
         for s in r["samples"]:
             out.append(f"[{shorten(s['source'], WIDTH)}]")
-            out += [f"  {k:<9}{shorten(json.dumps(s[k], ensure_ascii=False), WIDTH)}" for k in ("prompt", "chosen", "rejected")]
+            out += [f"  {k:<9}{shorten(json.dumps(s[k], ensure_ascii=False), WIDTH)}"
+                    for k in ("prompt", "chosen", "rejected")]
     return "\n".join(out)
 
 
@@ -220,5 +221,7 @@ def token_table(t: dict, m: dict) -> list[str]:
                    "completion)", 2 * WIDTH),
            f"  {'':<10}" + "".join(f"{k:>{width}}" for k in keys)]
     out += [f"  {name:<10}" + "".join(f"{t[name][k]:>{width},}" for k in keys) for name in parts]
-    over = f"{_share(m['over'], t['pairs'])} exceed --max-length {m['limit']}: {m['trimmed']:,} would have their prompt trimmed"
-    return out + [over + (f", {sum(m['skipped'].values()):,} skipped ({_counts(m['skipped'])})" if m["skipped"] else "")]
+    over = (f"{_share(m['over'], t['pairs'])} exceed --max-length {m['limit']}: {m['trimmed']:,} would have their "
+            "prompt trimmed")
+    skipped = f", {sum(m['skipped'].values()):,} skipped ({_counts(m['skipped'])})" if m["skipped"] else ""
+    return out + [over + skipped]

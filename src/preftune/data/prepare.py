@@ -7,10 +7,11 @@ locations (file:line) per reason, and printed: nothing is dropped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from preftune.config import DataConfig
@@ -20,7 +21,7 @@ from preftune.data.folder import (PREPARED_MARKER, Prepared, describe_splits, is
                                   read_jsonl, write_jsonl, write_prepared)
 from preftune.data.pairs import Pair, Tally
 from preftune.data.sources import describe, iter_records
-from preftune.data.split import longer_wins, split_by_post, split_stats, take_fraction
+from preftune.data.split import check_fractions, longer_wins, split_by_post, split_stats, take_fraction
 from preftune.errors import DataError, PreftuneError
 
 logger = logging.getLogger(__name__)
@@ -118,9 +119,8 @@ def iter_pairs(cfg: DataConfig, reading: Reading, tokenizer=None) -> Iterator[Pa
 
 def _prepared_pairs(folder: Path, reading: Reading) -> Iterator[Pair]:
     prepared = load_prepared(folder)
-    reading.format = prepared.stats.get("format") if isinstance(prepared.stats.get("format"), str) else None
-    reading.chat_template = prepared.stats.get("chat_template") if isinstance(prepared.stats.get("chat_template"),
-                                                                               str) else None
+    text = {k: v for k, v in prepared.stats.items() if isinstance(v, str)}  # stats.json is the user's file too
+    reading.format, reading.chat_template = text.get("format"), text.get("chat_template")
     reading.splits = {name: len(pairs) for name, pairs in prepared.splits().items()}
     for pairs in prepared.splits().values():
         for pair in pairs:
@@ -174,12 +174,13 @@ def prepare(cfg: DataConfig, tokenizer=None) -> Prepared:
     `tokenizer`: a tokenizer or model spec whose chat template renders message-list formats (loaded
     only for those; None: the default model)."""
     if is_prepared_dir(cfg.dataset):
-        ignored = [f"--{f.name.replace('_', '-')}" for f in fields(cfg)
+        ignored = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cfg)
                    if f.name not in ("dataset", "seed") and getattr(cfg, f.name) != f.default]
         if ignored:
             logger.warning(f"data: {cfg.dataset} is a prepared folder: its split is used as is; {', '.join(ignored)} "
                            "do not apply (prepare the source again to change them)")
         return load_prepared(Path(cfg.dataset).expanduser())
+    check_fractions(cfg.eval_fraction, cfg.test_fraction)  # before reading: a typo must not cost a full pass
     logger.info(f"data: {describe(cfg.dataset)}")
     reading = Reading()
     pairs, tally, fmt = load_pairs(cfg, tokenizer, reading)

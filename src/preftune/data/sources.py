@@ -193,7 +193,8 @@ def _open(path: Path, source: str):
     try:
         return open(path, "rb")
     except OSError as e:
-        raise DataError(source, None, None, f"cannot read this file ({e.strerror or e}): check its permissions") from None
+        raise DataError(source, None, None, f"cannot read this file ({e.strerror or e}): check its "
+                        "permissions") from None
 
 
 def _check_start(head: bytes, gzipped: bool, path: Path, source: str) -> None:
@@ -350,7 +351,8 @@ def _iter_json_document(path: Path, source: str) -> Iterator[Record]:
     except json.JSONDecodeError as e:
         raise DataError(source, e.lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(rows, list):
-        raise DataError(source, None, None, f"expected a JSON array of objects or JSON lines, got {type(rows).__name__}")
+        raise DataError(source, None, None, "expected a JSON array of objects or JSON lines, got "
+                        f"{type(rows).__name__}")
     if not rows:
         raise DataError(source, None, None, "no rows: the JSON array is empty")
     for i, row in enumerate(rows, start=1):

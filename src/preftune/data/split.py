@@ -1,5 +1,6 @@
-"""Sampling and the split by post: train / validation / test share no post (a post's summaries are
-near-duplicates of each other's prompt), and the statistics stored for each split."""
+"""Sampling and the split by post: train / validation / test share no post (the pairs of one post share
+its prompt: splitting them would put the post in training and in evaluation), and the statistics
+stored for each split."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ def _hold(posts: list[str], per_post: Counter, target: int) -> int:
     return n
 
 
+def check_fractions(eval_fraction: float, test_fraction: float) -> None:
+    """The validation and test shares: each in [0, 1), and together < 1 (training needs pairs)."""
+    for flag, value in (("--eval-fraction", eval_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise PreftuneError(f"{flag} must be in [0, 1), got {value}")
+    if eval_fraction + test_fraction >= 1.0:
+        raise PreftuneError(f"--eval-fraction + --test-fraction must be < 1 (training needs pairs), got "
+                            f"{eval_fraction} + {test_fraction}")
+
+
 def split_by_post(pairs: list[Pair], eval_fraction: float, test_fraction: float, seed: int
                   ) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """(train, validation, test), disjoint by post. The posts are shuffled (seed + 1); validation takes
@@ -41,12 +52,7 @@ def split_by_post(pairs: list[Pair], eval_fraction: float, test_fraction: float,
     ≥ test_fraction are; at least one post always stays in train. Validation comes first so that it is
     exactly the held-out set of preftune before the test split existed (test_fraction=0 reproduces the
     old train/eval split; old run folders re-prepare the same validation)."""
-    for flag, value in (("--eval-fraction", eval_fraction), ("--test-fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise PreftuneError(f"{flag} must be in [0, 1), got {value}")
-    if eval_fraction + test_fraction >= 1.0:
-        raise PreftuneError(f"--eval-fraction + --test-fraction must be < 1 (training needs pairs), got "
-                            f"{eval_fraction} + {test_fraction}")
+    check_fractions(eval_fraction, test_fraction)
     if eval_fraction == 0 and test_fraction == 0:
         return list(pairs), [], []
     posts = sorted({p.post_id for p in pairs})
@@ -90,5 +96,6 @@ def split_stats(pairs: list[Pair]) -> dict:
         "posts": len({p.post_id for p in pairs}),
         "longer_wins": longer_wins(pairs),
         "by_batch": dict(sorted(by_batch.items())),
-        "by_confidence": confidence_counts(Counter(p.meta["confidence"] for p in pairs if "confidence" in p.meta)),
+        "by_confidence": confidence_counts(Counter(p.meta["confidence"] for p in pairs
+                                                   if "confidence" in p.meta)),
     }
