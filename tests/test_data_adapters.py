@@ -12,7 +12,7 @@ import pytest
 from conftest import SHARED_DATA, SFF, comparison, needs_shared, shipped_rows, write_jsonl
 
 from preftune.config import DataConfig
-from preftune.data.adapters import (ADAPTERS, ChatFields, RowError, RowSkip, apply_column_map, detect_format,
+from preftune.data.adapters import (ChatFields, RowError, RowSkip, apply_column_map, detect_format,
                                     hh_rlhf, parse_column_map, prompt_chosen_rejected, summarize_from_feedback,
                                     text_id, ultrafeedback)
 from preftune.data.prepare import Reading, iter_pairs, load_pairs, prepare
@@ -68,14 +68,6 @@ def test_detection_names_what_is_missing(row, message):
     with pytest.raises(PreftuneError) as err:
         detect_format(row, "x")
     assert message in str(err.value) and str(err.value).endswith("; formats: `preftune data formats`")
-
-
-def test_every_adapter_is_listed_by_data_formats(capsys):
-    from test_data_cli import main
-
-    assert main(["data", "formats"]) == 0
-    out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines()] == list(ADAPTERS)
 
 
 # ---- summarize_from_feedback (OpenAI comparisons) ------------------------------------------------

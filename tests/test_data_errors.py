@@ -85,70 +85,87 @@ def chat_model(tiny_model, tmp_path_factory):
     return folder
 
 
-# ---- JSON files ------------------------------------------------------------------------------------
+# ---- one bad file: one line naming the file and line, and what to do -------------------------------
+
+BAD_FILES = [  # (file name, its content: text, or bytes as written, the message with {src})
+    ("a.json", '[\n  {"prompt": "p", "chosen": "a", "rejected": "b"},\n  {"prompt": \n',
+     "{src}:4: malformed JSON (Expecting value at column 1)"),
+    ("a.jsonl", json.dumps(triple(0)) + "\n[1, 2]\n", "{src}:2: expected a JSON object, got list"),
+    ("a.jsonl", "\n \n\n", "{src}: no rows: its 3 line(s) are blank"),
+    ("a.json", "[]", "{src}: no rows: the JSON array is empty"),
+    ("a.json", json.dumps({"version": 1, "data": [triple(i) for i in range(3)]}, indent=2),
+     "{src}: one JSON object (keys: data, version), not rows: expected JSON lines (one object per line) or a JSON "
+     "array of objects; its rows may be the list under 'data': save that list"),
+    ("a.jsonl", '{"prompt": "p", "chosen": " a", "rejected": " b", "chosen": " c"}\n',
+     "{src}:1: field 'chosen': this key appears twice in the object: keep one"),
+    ("a.jsonl", json.dumps(triple(0)) + '\n{"prompt": "Q\\ud800", "chosen": " a", "rejected": " b"}\n',
+     "{src}:2: field 'prompt': unpaired surrogate '\\ud800' at character 1: not valid Unicode"),
+    ("a.jsonl", '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+     "{src}:1: malformed JSON line (nested too deeply at column 1)"),
+    ("a.jsonl", json.dumps(uf(0)).replace("9.0", "NaN") + "\n",
+     "{src}:1: field 'score_chosen': expected a finite number, got float 'nan'"),
+    ("a.jsonl.gz", json.dumps(triple(0)) + "\n", "{src}: not gzip-compressed, though its name ends in .gz: rename it "
+     "to a.jsonl"),
+    ("a.jsonl", gzip.compress(json.dumps(triple(0)).encode()),
+     "{src}: gzip-compressed, though its name does not end in .gz: rename it to a.jsonl.gz"),
+    ("a.jsonl", "".join(json.dumps(triple(i, rejected=f" good {i}")) + "\n" for i in range(3)),
+     "{src}: no pairs left to prepare (kept 0 / 3; skipped 3: identical pair (3)): see the reasons above"),
+    ("a.csv", 'prompt,chosen,rejected\np,a,b\n"p2,a,b\np3,a,b\n',
+     "{src}:3: malformed CSV (unexpected end of data; an unclosed quote?)"),
+    ("a.csv", "prompt,chosen,rejected\np,a,b\np2,a,b,extra\n",
+     "{src}:3: row has 4 fields, the header has 3 (prompt, chosen, rejected)"),
+    ("a.csv", "prompt,chosen,chosen,rejected\np,a,b,c\n", "{src}:1: field 'chosen': duplicate column in the header row"),
+    ("a.csv", "prompt,chosen,rejected\n", "{src}: no rows: the CSV has a header only"),
+    ("a.csv", "\n,,\n\n", "{src}: no rows: its lines are blank"),
+    ("a.csv", "prompt,chosen,rejected,\np,a,b,\np2,a,b,oops\n",
+     "{src}:3: a value in column 4, which has no name in the header row: name the column or delete it"),
+    ("a.csv", "question,chosen,rejected\nq,a,b\n", "{src}:2: cannot detect the data format from the columns "
+     "(chosen, question, rejected): no prompt column; pass --column-map prompt=question"),
+    ("a.csv", "prompt,chosen,rejected\np,a,b\ncafé,a,b\n".encode("latin-1"),
+     "{src}:3: not valid UTF-8 (byte 3): invalid continuation byte; save the file as UTF-8"),
+    ("a.csv", "prompt,chosen,rejected\np,a,b\n".encode("utf-16"),
+     "{src}: UTF-16/UTF-32 text (a spreadsheet's 'Unicode text'): save it as UTF-8"),
+    ("a.csv", b"prompt,chosen,rejected\rp1,a,b\rp2,c,d\r",
+     "{src}: its line ends are carriage returns only (classic Mac): save it with LF or CRLF line ends"),
+    ("a.parquet", b"PAR1 this is not really parquet", "{src}: cannot read as Parquet ("),
+]
 
 
-def test_malformed_json_array(capsys, tmp_path):
-    src = tmp_path / "a.json"
-    src.write_text('[\n  {"prompt": "p", "chosen": "a", "rejected": "b"},\n  {"prompt": \n')
-    fails(capsys, src, tmp_path, f"{src}:4: malformed JSON (Expecting value at column 1)")
+@pytest.mark.parametrize("name, content, message", BAD_FILES,
+                         ids=[f"{i}-{m.split(': ', 1)[1][:30]}" for i, (_, _, m) in enumerate(BAD_FILES)])
+def test_bad_files_name_the_file_and_line(capsys, tmp_path, name, content, message):
+    src = tmp_path / name
+    src.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    fails(capsys, src, tmp_path, message.format(src=src))
 
 
-def test_json_line_that_is_not_an_object(capsys, tmp_path):
-    src = tmp_path / "a.jsonl"
-    src.write_text(json.dumps(triple(0)) + "\n" + "[1, 2]\n")
-    fails(capsys, src, tmp_path, f"{src}:2: expected a JSON object, got list")
+BAD_ROWS = [  # (rows, flags, the message with {src})
+    ([{"prompt": "p", "chosen": "a"}], ["--format", "prompt_chosen_rejected"],
+     "{src}:1: field 'rejected': missing column rejected (found: chosen, prompt; expected: prompt, chosen, rejected)"),
+    ([{"text": "x"}], ["--format", "hh_rlhf"],
+     "{src}:1: field 'chosen': missing columns chosen, rejected (found: text; expected: chosen, rejected)"),
+    ([triple(0), triple(1), triple(2, chosen=5)], [], "{src}:3: field 'chosen': expected str, got int '5'"),
+    ([triple(0, chosen=[msg("assistant", "a")])], ["--format", "prompt_chosen_rejected"],
+     "{src}:1: field 'chosen': expected str, got list \"[{{'role': 'assistant', 'content': 'a'}}]\" (a message list: "
+     "use --format conversational or ultrafeedback)"),
+    ([triple(0)], ["--format", "conversational"],
+     "{src}:1: field 'prompt': expected a list of messages {{role, content}}, got str"),
+    ([triple(0, prompt_id={"x": 1})], [], "{src}:1: field 'prompt_id': expected str or int, got dict"),
+    ([hh(0), {"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hello"}], [],
+     "{src}:2: field 'chosen': no '\\n\\nAssistant:' turn in '\\n\\nHuman: hi': not an HH-RLHF dialogue"),
+    ([{"chosen": hh(0)["chosen"], "rejected": hh(1)["rejected"]}], [],
+     "{src}:1: field 'rejected': chosen and rejected share no dialogue up to an '\\n\\nAssistant:' turn"),
+]
 
 
-def test_file_of_blank_lines(capsys, tmp_path):
-    src = tmp_path / "a.jsonl"
-    src.write_text("\n \n\n")
-    fails(capsys, src, tmp_path, f"{src}: no rows: its 3 line(s) are blank")
+@pytest.mark.parametrize("rows, flags, message", BAD_ROWS, ids=[m.split("'")[1] if "'" in m else m[-20:]
+                                                                 for _, _, m in BAD_ROWS])
+def test_bad_rows_name_the_row_and_field(capsys, tmp_path, rows, flags, message):
+    src = write_jsonl(tmp_path / "a.jsonl", rows)
+    fails(capsys, src, tmp_path, message.format(src=src), *flags)
 
 
-def test_empty_json_array(capsys, tmp_path):
-    src = tmp_path / "a.json"
-    src.write_text("[]")
-    fails(capsys, src, tmp_path, f"{src}: no rows: the JSON array is empty")
-
-
-# ---- prompt / chosen / rejected text -----------------------------------------------------------------
-
-
-def test_missing_columns_name_found_and_expected(capsys, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "chosen": "a"}])
-    fails(capsys, src, tmp_path, f"{src}:1: field 'rejected': missing column rejected "
-          "(found: chosen, prompt; expected: prompt, chosen, rejected)", "--format", "prompt_chosen_rejected")
-
-
-def test_hh_missing_columns(capsys, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [{"text": "x"}])
-    fails(capsys, src, tmp_path, f"{src}:1: field 'chosen': missing columns chosen, rejected "
-          "(found: text; expected: chosen, rejected)", "--format", "hh_rlhf")
-
-
-def test_wrong_column_type(capsys, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [triple(0), triple(1), triple(2, chosen=5)])
-    fails(capsys, src, tmp_path, f"{src}:3: field 'chosen': expected str, got int '5'")
-
-
-def test_message_list_where_text_is_expected_gives_a_hint(capsys, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [triple(0, chosen=[msg("assistant", "a")])])
-    fails(capsys, src, tmp_path, f"{src}:1: field 'chosen': expected str, got list",
-          "--format", "prompt_chosen_rejected")
-    _, _, err = prepare(capsys, src, tmp_path, "--format", "prompt_chosen_rejected")
-    assert "(a message list: use --format conversational or ultrafeedback)" in err
-
-
-def test_text_where_messages_are_expected(capsys, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [triple(0)])
-    fails(capsys, src, tmp_path, f"{src}:1: field 'prompt': expected a list of messages {{role, content}}, got str",
-          "--format", "conversational")
-
-
-def test_group_id_of_wrong_type(capsys, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [triple(0, prompt_id={"x": 1})])
-    fails(capsys, src, tmp_path, f"{src}:1: field 'prompt_id': expected str or int, got dict")
+# ---- counted skips ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad, reason, field", [
@@ -160,22 +177,6 @@ def test_group_id_of_wrong_type(capsys, tmp_path):
 def test_empty_fields_and_ties_are_counted_skips(capsys, tmp_path, bad, reason, field):
     src = write_jsonl(tmp_path / "a.jsonl", [triple(0), triple(1, **bad), triple(2), triple(3)])
     skips(capsys, src, tmp_path, f"kept 3 / 4; skipped 1: {reason} (1)", f"{reason}: e.g. {src}:2 {field}")
-
-
-# ---- HH-RLHF ------------------------------------------------------------------------------------------
-
-
-def test_hh_row_without_an_assistant_turn(capsys, tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [hh(0), {"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hello"}])
-    fails(capsys, src, tmp_path, f"{src}:2: field 'chosen': no '\\n\\nAssistant:' turn in '\\n\\nHuman: hi': "
-          "not an HH-RLHF dialogue")
-
-
-def test_hh_dialogues_that_share_no_prompt(capsys, tmp_path):
-    a, b = hh(0), hh(1)
-    src = write_jsonl(tmp_path / "a.jsonl", [{"chosen": a["chosen"], "rejected": b["rejected"]}])
-    fails(capsys, src, tmp_path, f"{src}:1: field 'rejected': chosen and rejected share no dialogue up to an "
-          "'\\n\\nAssistant:' turn")
 
 
 def test_hh_identical_and_empty_replies_are_counted_skips(capsys, tmp_path):
@@ -261,36 +262,6 @@ def test_errors_in_mapped_columns_use_the_users_names(capsys, tmp_path):
 # ---- CSV -------------------------------------------------------------------------------------------------
 
 
-def test_csv_unclosed_quote(capsys, tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text('prompt,chosen,rejected\np,a,b\n"p2,a,b\np3,a,b\n')
-    fails(capsys, src, tmp_path, f"{src}:3: malformed CSV (unexpected end of data; an unclosed quote?)")
-
-
-def test_csv_ragged_row(capsys, tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text("prompt,chosen,rejected\np,a,b\np2,a,b,extra\n")
-    fails(capsys, src, tmp_path, f"{src}:3: row has 4 fields, the header has 3 (prompt, chosen, rejected)")
-
-
-def test_csv_duplicate_column(capsys, tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text("prompt,chosen,chosen,rejected\np,a,b,c\n")
-    fails(capsys, src, tmp_path, f"{src}:1: field 'chosen': duplicate column in the header row")
-
-
-def test_csv_header_only(capsys, tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text("prompt,chosen,rejected\n")
-    fails(capsys, src, tmp_path, f"{src}: no rows: the CSV has a header only")
-
-
-def test_csv_non_utf8(capsys, tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_bytes(b"prompt,chosen,rejected\np,a,b\ncaf\xe9,a,b\n")
-    fails(capsys, src, tmp_path, f"{src}:3: not valid UTF-8 (byte 3): invalid continuation byte")
-
-
 def test_csv_embedded_newlines_keep_line_numbers_right(capsys, tmp_path):
     src = tmp_path / "a.csv"
     with open(src, "w", newline="") as fh:
@@ -311,22 +282,6 @@ def test_truncated_gzip_csv(capsys, tmp_path):
 
 
 # ---- Parquet -----------------------------------------------------------------------------------------------
-
-
-def test_parquet_that_is_not_parquet(capsys, tmp_path):
-    src = tmp_path / "a.parquet"
-    src.write_bytes(b"PAR1 this is not really parquet")
-    fails(capsys, src, tmp_path, f"{src}: cannot read as Parquet (")
-
-
-def test_parquet_wrong_column_type(capsys, tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    src = tmp_path / "a.parquet"
-    pq.write_table(pa.table({"prompt": ["p1", "p2"], "chosen": [1, 2], "rejected": ["b", "c"]}), src)
-    fails(capsys, src, tmp_path, f"{src}[row]:1: field 'chosen': expected str, got int", "--format",
-          "prompt_chosen_rejected")
 
 
 def test_parquet_without_rows(capsys, tmp_path):
@@ -576,98 +531,6 @@ def test_spreadsheet_and_editor_files_read_as_seen(tmp_path, write):
     assert reading.format == "prompt_chosen_rejected" and reading.detected_from == ["chosen", "prompt", "rejected"]
     assert [(p.prompt, p.chosen.strip(), p.rejected.strip()) for p in pairs] == [
         (f"Question {i}?", f"good {i}", f"bad {i}") for i in range(4)]
-
-
-def object_file(tmp_path):
-    src = tmp_path / "a.json"
-    src.write_text(json.dumps({"version": 1, "data": [triple(i) for i in range(3)]}, indent=2))
-    return src, f"{src}: one JSON object (keys: data, version), not rows: expected JSON lines (one object per line) or " \
-                "a JSON array of objects; its rows may be the list under 'data': save that list"
-
-
-def gz_not_gzip(tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl.gz", [triple(0)])
-    return src, f"{src}: not gzip-compressed, though its name ends in .gz: rename it to a.jsonl"
-
-
-def gzip_not_gz(tmp_path):
-    src = tmp_path / "a.jsonl"
-    src.write_bytes(gzip.compress(json.dumps(triple(0)).encode()))
-    return src, f"{src}: gzip-compressed, though its name does not end in .gz: rename it to a.jsonl.gz"
-
-
-def utf16(tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text("prompt,chosen,rejected\np,a,b\n", encoding="utf-16")
-    return src, f"{src}: UTF-16/UTF-32 text (a spreadsheet's 'Unicode text'): save it as UTF-8"
-
-
-def latin1(tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_bytes("prompt,chosen,rejected\np,a,b\ncafé,a,b\n".encode("latin-1"))
-    return src, f"{src}:3: not valid UTF-8 (byte 3): invalid continuation byte; save the file as UTF-8"
-
-
-def duplicate_key(tmp_path):
-    src = tmp_path / "a.jsonl"
-    src.write_text('{"prompt": "p", "chosen": " a", "rejected": " b", "chosen": " c"}\n')
-    return src, f"{src}:1: field 'chosen': this key appears twice in the object: keep one"
-
-
-def unnamed_column(tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text("prompt,chosen,rejected,\np,a,b,\np2,a,b,oops\n")
-    return src, f"{src}:3: a value in column 4, which has no name in the header row: name the column or delete it"
-
-
-def question_column(tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text("question,chosen,rejected\nq,a,b\n")
-    return src, (f"{src}:2: cannot detect the data format from the columns (chosen, question, rejected): no prompt "
-                 "column; pass --column-map prompt=question")
-
-
-def blank_csv(tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_text("\n,,\n\n")
-    return src, f"{src}: no rows: its lines are blank"
-
-
-def nan_score(tmp_path):
-    src = tmp_path / "a.jsonl"
-    src.write_text(json.dumps(uf(0)).replace("9.0", "NaN") + "\n")
-    return src, f"{src}:1: field 'score_chosen': expected a finite number, got float 'nan'"
-
-
-def lone_surrogate(tmp_path):
-    src = tmp_path / "a.jsonl"
-    src.write_text(json.dumps(triple(0)) + '\n{"prompt": "Q\\ud800", "chosen": " a", "rejected": " b"}\n')
-    return src, f"{src}:2: field 'prompt': unpaired surrogate '\\ud800' at character 1: not valid Unicode"
-
-
-def deep_nesting(tmp_path):
-    src = tmp_path / "a.jsonl"
-    src.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
-    return src, f"{src}:1: malformed JSON line (nested too deeply at column 1)"
-
-
-def classic_mac_line_ends(tmp_path):
-    src = tmp_path / "a.csv"
-    src.write_bytes(b"prompt,chosen,rejected\rp1,a,b\rp2,c,d\r")
-    return src, f"{src}: its line ends are carriage returns only (classic Mac): save it with LF or CRLF line ends"
-
-
-def every_row_skipped(tmp_path):
-    src = write_jsonl(tmp_path / "a.jsonl", [triple(i, rejected=f" good {i}") for i in range(3)])
-    return src, f"{src}: no pairs left to prepare (kept 0 / 3; skipped 3: identical pair (3)): see the reasons above"
-
-
-@pytest.mark.parametrize("case", [object_file, gz_not_gzip, gzip_not_gz, utf16, latin1, duplicate_key, unnamed_column,
-                                  question_column, blank_csv, nan_score, lone_surrogate, deep_nesting,
-                                  classic_mac_line_ends, every_row_skipped], ids=lambda c: c.__name__)
-def test_file_format_errors_say_what_to_do(capsys, tmp_path, case):
-    src, message = case(tmp_path)
-    fails(capsys, src, tmp_path, message)
 
 
 # ---- wrong types in text fields, from every kind of source --------------------------------------------

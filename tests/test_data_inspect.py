@@ -7,11 +7,11 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
-from conftest import shipped_rows, write_jsonl
+from conftest import comparison, shipped_rows, write_jsonl
 from test_data_cli import main
 
 from preftune.config import DataConfig
-from preftune.data.inspect import inspect_data, percentile, repeated_labels
+from preftune.data.inspect import WIDTH, inspect_data, percentile, repeated_labels, token_table
 from preftune.data.prepare import Reading, iter_pairs, load_pairs
 from preftune.data.truncate import pair_length
 
@@ -212,8 +212,6 @@ def test_confidence_distribution_matches_a_hand_count(shipped_report):
 
 
 def test_confidence_row_in_the_table(tiny_model, tmp_path, capsys):
-    from conftest import comparison
-
     rows = [comparison(post_id=f"p{i}", chosen=f" s{i}", extra={"confidence": c}) for i, c in enumerate((1, 1, 3, None))]
     src = write_jsonl(tmp_path / "c.jsonl", rows)
     assert main(["data", "inspect", "--dataset", src, "--model", tiny_model, "--samples", "0"]) == 0
@@ -226,8 +224,6 @@ def test_confidence_row_in_the_table(tiny_model, tmp_path, capsys):
 
 def test_wide_values_keep_the_table_bounded(tiny_model, tmp_path, capsys):
     """A long post and a 300-character column name: every line stays bounded, long cells end in "…"."""
-    from preftune.data.inspect import WIDTH
-
     wide = "x" * 300
     rows = [{"prompt": "word " * 60_000 + "TL;DR:", "chosen": " a", "rejected": " b", wide: "1"},
             {"prompt": "Short?", "chosen": " yes", "rejected": " no", wide: "2"}]
@@ -241,8 +237,6 @@ def test_wide_values_keep_the_table_bounded(tiny_model, tmp_path, capsys):
 
 def test_token_table_stays_aligned_for_huge_counts():
     """A 5 MB post has millions of tokens: the columns widen to the widest number, all rows alike."""
-    from preftune.data.inspect import token_table
-
     lengths = {"p50": 12, "p90": 340, "p99": 5_000, "max": 1_234_567}
     t = {"tokenizer": "tiny", "pairs": 3, "sampled": False, **{k: dict(lengths) for k in
                                                                 ("prompt", "chosen", "rejected", "sequence")}}
