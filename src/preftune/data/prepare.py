@@ -75,7 +75,7 @@ def iter_pairs(cfg: DataConfig, reading: Reading, tokenizer=None) -> Iterator[Pa
     format (detected per file when --format is auto). A prepared folder yields its pairs as they are
     (train, validation, test)."""
     if is_prepared_dir(cfg.dataset):
-        yield from _prepared_pairs(Path(cfg.dataset).expanduser(), reading)
+        yield from _prepared_pairs(cfg, reading)
         return
     mapping = parse_column_map(cfg.column_map)
     adapter: Adapter | None = None if cfg.format == "auto" else get_adapter(cfg.format)
@@ -117,8 +117,18 @@ def iter_pairs(cfg: DataConfig, reading: Reading, tokenizer=None) -> Iterator[Pa
         raise PreftuneError(f"{cfg.dataset}: no rows")
 
 
-def _prepared_pairs(folder: Path, reading: Reading) -> Iterator[Pair]:
-    prepared = load_prepared(folder)
+def _load_prepared(cfg: DataConfig) -> Prepared:
+    """A prepared folder as SRC: used as is, so flags that shape a preparation are said not to apply."""
+    ignored = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cfg)
+               if f.name not in ("dataset", "seed") and getattr(cfg, f.name) != f.default]
+    if ignored:
+        logger.warning(f"data: {cfg.dataset} is a prepared folder: its split is used as is; {', '.join(ignored)} "
+                       "do not apply (prepare the source again to change them)")
+    return load_prepared(Path(cfg.dataset).expanduser())
+
+
+def _prepared_pairs(cfg: DataConfig, reading: Reading) -> Iterator[Pair]:
+    prepared = _load_prepared(cfg)
     text = {k: v for k, v in prepared.stats.items() if isinstance(v, str)}  # stats.json is the user's file too
     reading.format, reading.chat_template = text.get("format"), text.get("chat_template")
     reading.splits = {name: len(pairs) for name, pairs in prepared.splits().items()}
@@ -174,12 +184,7 @@ def prepare(cfg: DataConfig, tokenizer=None) -> Prepared:
     `tokenizer`: a tokenizer or model spec whose chat template renders message-list formats (loaded
     only for those; None: the default model)."""
     if is_prepared_dir(cfg.dataset):
-        ignored = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cfg)
-                   if f.name not in ("dataset", "seed") and getattr(cfg, f.name) != f.default]
-        if ignored:
-            logger.warning(f"data: {cfg.dataset} is a prepared folder: its split is used as is; {', '.join(ignored)} "
-                           "do not apply (prepare the source again to change them)")
-        return load_prepared(Path(cfg.dataset).expanduser())
+        return _load_prepared(cfg)
     check_fractions(cfg.eval_fraction, cfg.test_fraction)  # before reading: a typo must not cost a full pass
     logger.info(f"data: {describe(cfg.dataset)}")
     reading = Reading()
