@@ -466,6 +466,7 @@ def device(tmp_path, monkeypatch):
 
 
 def empty_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --out is under the current folder, which "" is not
     return "", "--dataset is empty: pass a file, a folder, a shipped sample (tldr-sample) or a hub id"
 
 

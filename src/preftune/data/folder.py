@@ -135,7 +135,7 @@ def check_out(out: str, dataset: str) -> Path:
         raise PreftuneError(f"--out {out} is {'a file' if kind == 'file' else 'not a folder'}: name a folder")
     target = path.resolve()
     source = Path(dataset).expanduser()
-    if dataset not in SHIPPED and path_kind(source) in ("dir", "file"):
+    if dataset.strip() and dataset not in SHIPPED and path_kind(source) in ("dir", "file"):
         src = source.resolve()
         if path_kind(source) == "dir" and (target == src or src in target.parents):
             raise PreftuneError(f"--out {out} is inside --dataset {dataset}: the prepared files would be read back as "
