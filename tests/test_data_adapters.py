@@ -1,6 +1,7 @@
-"""The adapters beyond TL;DR, and the sources: real rows from ../shared/data (HH-RLHF, the CarperAI
-TL;DR comparison sample, OpenAI's comparison files) and small files written here (CSV, Parquet,
-JSON arrays, folders). Message-list formats rendered with a chat template are in test_data_chat.py."""
+"""The adapters and the sources: real rows from ../shared/data (the shipped TL;DR sample, HH-RLHF, the
+CarperAI TL;DR comparison sample, OpenAI's comparison files with TL;DR, CNN/DM and edit rows) and small
+files written here (CSV, Parquet, JSON arrays, folders). Message-list formats rendered with a chat
+template are in test_data_chat.py; bad input of every kind in test_data_errors.py."""
 
 import csv
 import gzip
@@ -8,24 +9,22 @@ import json
 import zipfile
 
 import pytest
-from conftest import SHARED_DATA, SFF, comparison, needs_shared, write_jsonl
+from conftest import SHARED_DATA, SFF, comparison, needs_shared, shipped_rows, write_jsonl
 
 from preftune.config import DataConfig
-from preftune.data.adapters import (ADAPTERS, ChatFields, RowError, RowSkip, apply_column_map, detect_format,
-                                    hh_rlhf, parse_column_map, prompt_chosen_rejected, text_id, ultrafeedback)
+from preftune.data.adapters import (ChatFields, RowError, RowSkip, apply_column_map, detect_format,
+                                    hh_rlhf, parse_column_map, prompt_chosen_rejected, summarize_from_feedback,
+                                    text_id, ultrafeedback)
 from preftune.data.prepare import Reading, iter_pairs, load_pairs, prepare
+from preftune.errors import PreftuneError
 
 HH = SHARED_DATA / "anthropic_hh_rlhf_test"
 CARPER = SHARED_DATA / "openai_summarize_comparisons_carperai_mini"
 
 
-def quiet(*_):
-    pass
-
-
 def pairs_of(src, **cfg):
     reading = Reading()
-    pairs = list(iter_pairs(DataConfig(dataset=str(src), **cfg), reading, log=quiet))
+    pairs = list(iter_pairs(DataConfig(dataset=str(src), **cfg), reading))
     return pairs, reading
 
 
@@ -40,17 +39,150 @@ def pairs_of(src, **cfg):
       "rejected": [{"role": "assistant", "content": "b"}]}, "conversational"),
     ({"prompt": "q", "chosen": [{"role": "user", "content": "q"}], "rejected": []}, "ultrafeedback"),
     ({"chosen": [{"role": "user", "content": "q"}], "rejected": []}, "ultrafeedback"),
+    # a format's columns with a wrong type go to that format: its field check names the row and field
+    ({"prompt": "p", "chosen": 5, "rejected": "b"}, "prompt_chosen_rejected"),
+    ({"prompt": None, "chosen": None, "rejected": "b"}, "prompt_chosen_rejected"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}, "conversational"),
+    ({"chosen": [{"role": "user", "content": "q"}], "rejected": "b"}, "ultrafeedback"),
 ])
 def test_detection_from_columns(row, name):
     assert detect_format(row, "x").name == name
 
 
-def test_every_adapter_is_listed_by_data_formats(capsys):
-    from preftune.cli import main
+@pytest.mark.parametrize("row, message", [
+    ({"question": "q", "chosen": "a", "rejected": "b"},
+     "x: cannot detect the data format from the columns (chosen, question, rejected): no prompt column; pass "
+     "--column-map prompt=question (HH-RLHF rows would hold whole"),
+    ({"chosen": "plain text", "rejected": "more text"}, "no prompt column; pass --column-map prompt=COLUMN"),
+    ({"Prompt": "q", "Chosen": "a", "Rejected": "b"},
+     "no prompt, chosen, rejected columns; pass --column-map prompt=Prompt,chosen=Chosen,rejected=Rejected"),
+    ({"question": "q", "good": "a", "bad": "b"},
+     "(bad, good, question): no prompt, chosen, rejected columns; pass --column-map prompt=COLUMN,chosen=COLUMN,"),
+    ({"prompt": "q", "good": "a", "rejected": "b"}, "no chosen column; pass --column-map chosen=good"),
+    ({"info": {}, "summaries": [], "worker": "w", "batch": "b"}, "no choice column; pass --column-map choice=COLUMN"),
+    ({"data": [{"prompt": "q", "chosen": "a", "rejected": "b"}]},
+     "or are the rows the list under 'data'? save that list as the rows"),
+    ({"c" * 300: "x"}, "(" + "c" * 39 + "…): no prompt, chosen, rejected columns"),  # long names are cut
+])
+def test_detection_names_what_is_missing(row, message):
+    with pytest.raises(PreftuneError) as err:
+        detect_format(row, "x")
+    assert message in str(err.value) and str(err.value).endswith("; formats: `preftune data formats`")
 
-    assert main(["data", "formats"]) == 0
-    out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines()] == list(ADAPTERS)
+
+# ---- summarize_from_feedback (OpenAI comparisons) ------------------------------------------------
+
+
+def test_first_shipped_row_matches_the_documented_spot_check():
+    # PROVENANCE.md: batch13 line 1, post t3_4ne9lx, choice 0 → summary 0 (sup4_ppo_rm4_t.7) is preferred
+    row = shipped_rows(1)[0]
+    pair = summarize_from_feedback(row)
+    assert pair.post_id == "t3_4ne9lx"
+    assert pair.prompt.startswith("SUBREDDIT: r/relationships\nTITLE: Unsure if new relationship will work out")
+    assert pair.prompt.endswith("\nTL;DR:")
+    assert pair.chosen.startswith(" Started dating this girl 3 weeks ago")
+    assert pair.rejected.startswith(" Dating a girl, she says she loves me")
+    assert pair.meta["chosen_policy"] == "sup4_ppo_rm4_t.7"
+    start, end = pair.body_span
+    assert pair.prompt[start:end] == row["info"]["post"]
+
+
+def test_choice_one_picks_the_second_summary():
+    pair = summarize_from_feedback(comparison(chosen=" good", rejected=" bad", choice=1))
+    assert (pair.chosen, pair.rejected) == (" good", " bad")
+
+
+def test_prompt_template_is_exact():
+    pair = summarize_from_feedback(comparison(post="Body text."))
+    assert pair.prompt == "SUBREDDIT: r/test\nTITLE: A title\nPOST: Body text.\nTL;DR:"
+
+
+CNNDM_ROW = {
+    "info": {"id": "abc", "site": "dailymail", "title": "Headline", "article": "The article body."},
+    "summaries": [{"text": " First.", "policy": "ref"}, {"text": " Second.", "policy": "sup4_6b_t0.7"}],
+    "choice": 1, "worker": "w", "batch": "batch0_cnndm", "split": "valid2",
+}
+
+
+def test_cnndm_row_gets_an_article_prompt():
+    pair = summarize_from_feedback(CNNDM_ROW)
+    assert pair.prompt == "SITE: dailymail\nTITLE: Headline\nARTICLE: The article body.\nTL;DR:"
+    assert (pair.chosen, pair.rejected, pair.post_id) == (" Second.", " First.", "abc")
+
+
+@needs_shared(SFF)
+def test_real_cnndm_rows_adapt():
+    rows = [json.loads(line) for line in (SFF / "batch0_cnndm.json").open()]
+    adapted = skipped = 0
+    for row in rows:
+        try:
+            pair = summarize_from_feedback(row)
+        except RowSkip as s:
+            assert s.reason == "empty summary"  # the only skip in these files: 12 rows with an empty summary
+            skipped += 1
+            continue
+        assert pair.prompt.startswith("SITE: ") and "\nARTICLE: " in pair.prompt
+        assert pair.chosen == row["summaries"][row["choice"]]["text"]
+        adapted += 1
+    assert (adapted, skipped) == (425, 12)
+
+
+@needs_shared(SFF)
+def test_real_edit_rows_without_id_and_with_r_prefix():
+    rows = [json.loads(line) for line in (SFF / "edit_b2_eval_test.json").open()]
+    pairs = [summarize_from_feedback(r) for r in rows]
+    assert all(p.prompt.startswith("SUBREDDIT: r/") and not p.prompt.startswith("SUBREDDIT: r/r/") for p in pairs)
+    assert all(p.post_id.startswith("sha1:") for p in pairs)  # no info.id: grouped by the post's text
+    assert len({p.post_id for p in pairs}) == 5
+
+
+@pytest.mark.parametrize("mutate, field, message", [
+    (lambda r: r.pop("choice"), "choice", "missing"),
+    (lambda r: r.update(choice=2), "choice", "must be 0 or 1, got 2"),
+    (lambda r: r.update(choice="0"), "choice", "expected int, got str"),
+    (lambda r: r.update(choice=True), "choice", "expected int, got bool"),
+    (lambda r: r["summaries"].pop(), "summaries", "expected 2 summaries, got 1"),
+    (lambda r: r["summaries"][1].pop("text"), "summaries[1].text", "missing"),
+    (lambda r: r["info"].pop("post"), "info", "needs 'post' (TL;DR) or 'article'"),
+    (lambda r: r["info"].update(title=7), "info.title", "expected str (or null), got int '7'"),
+    (lambda r: r["info"].update(subreddit=["a"]), "info.subreddit", "expected str (or null), got list"),
+    (lambda r: r["info"].update(id={"x": 1}), "info.id", "expected str or int, got dict"),
+    (lambda r: r["info"].update(post=b"bytes"), "info.post", "expected str, got bytes b'bytes'"),
+    (lambda r: r["summaries"].__setitem__(0, "text"), "summaries[0]", "expected an object, got str 'text'"),
+    (lambda r: r.update(info="a post"), "info", "expected dict, got str 'a post'"),
+    (lambda r: r.update(extra=[3]), "extra", "expected an object {confidence}, got list"),
+    (lambda r: r.update(extra={"confidence": "3"}), "extra.confidence", "expected an integer 1-9 (or null), got str"),
+    (lambda r: r.update(extra={"confidence": 3.5}), "extra.confidence", "got float '3.5'"),
+    (lambda r: r.update(extra={"confidence": 0}), "extra.confidence", "expected an integer 1-9 (or null), got int"),
+    (lambda r: r.update(extra={"confidence": 10}), "extra.confidence", "got int '10'"),
+    (lambda r: r.update(extra={"confidence": True}), "extra.confidence", "got bool"),
+])
+def test_bad_summarize_rows_name_the_field(mutate, field, message):
+    row = comparison()
+    mutate(row)
+    with pytest.raises(RowError) as err:
+        summarize_from_feedback(row)
+    assert err.value.field == field and message in err.value.message
+
+
+def test_empty_summary_and_identical_pair_are_skips():
+    with pytest.raises(RowSkip, match="empty summary"):
+        summarize_from_feedback(comparison(rejected="  "))
+    with pytest.raises(RowSkip, match="identical pair"):
+        summarize_from_feedback(comparison(chosen=" same", rejected=" same"))
+
+
+@pytest.mark.parametrize("choice, confidence, kept", [
+    (0, 1, 1), (0, 4, 4), (1, 6, 6), (1, 9.0, 9), (0, None, None), (1, 5, 5),  # 9.0: Arrow's ints with nulls
+    (0, 7, "skip"), (1, 2, "skip"),  # 1-4 mean summary 0, 6-9 summary 1: a contradiction teaches noise
+])
+def test_labeller_confidence(choice, confidence, kept):
+    row = comparison(choice=choice, extra={"confidence": confidence})
+    if kept == "skip":
+        with pytest.raises(RowSkip, match="confidence contradicts choice"):
+            summarize_from_feedback(row)
+    else:
+        assert summarize_from_feedback(row).meta["confidence"] == kept
 
 
 # ---- Anthropic HH-RLHF ---------------------------------------------------------------------------
@@ -110,7 +242,7 @@ def test_carperai_jsonl_groups_pairs_by_prompt():
     assert pairs[0].prompt == first["prompt"] and pairs[0].chosen == first["chosen"]
     assert pairs[0].prompt.startswith("SUBREDDIT: r/relationships\nTITLE: How do I/do I at all [20 F] tell my")
     assert pairs[0].chosen.startswith("TL;DR: I'm bisexual")
-    prepared = prepare(DataConfig(dataset=str(CARPER / "valid1.jsonl"), eval_fraction=0.3), quiet)
+    prepared = prepare(DataConfig(dataset=str(CARPER / "valid1.jsonl"), eval_fraction=0.3))
     assert not {p.prompt for p in prepared.train} & {p.prompt for p in prepared.eval}
 
 
@@ -138,7 +270,7 @@ def test_carperai_saved_datasets_folder(tmp_path):
 
 @needs_shared(SFF)
 def test_openai_comparison_folder_mixes_tldr_and_cnndm_rows():
-    pairs, tally, fmt = load_pairs(DataConfig(dataset=str(SFF)), log=quiet)
+    pairs, tally, fmt = load_pairs(DataConfig(dataset=str(SFF)))
     # PROVENANCE: 1,097 + 674 + 437 + 437 + 5 rows; batch0_cnndm and cnndm0 each have 12 empty summaries
     assert fmt == "summarize_from_feedback" and tally.total == 2650
     assert dict(tally.skipped) == {"empty summary": 24}

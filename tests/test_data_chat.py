@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 from conftest import write_jsonl
+from test_data_cli import main
 
-from preftune.cli import main
 from preftune.config import DataConfig
-from preftune.data.adapters import ChatFields, conversational
+from preftune.data.adapters import conversational
 from preftune.data.chat import ChatRenderer
 from preftune.data.prepare import Pair, Tally, prepare
 from preftune.data.truncate import fit_pair, fit_pairs, pair_length
@@ -152,7 +152,7 @@ def uf_parquet(path, n=8):
 def test_ultrafeedback_parquet_prepares(chat_model, tmp_path, capsys):
     src = uf_parquet(tmp_path / "uf.parquet")
     assert main(["data", "prepare", "--dataset", str(src), "--model", str(chat_model), "--out", str(tmp_path / "o"),
-                 "--eval-fraction", "0.25"]) == 0
+                 "--eval-fraction", "0.25", "--test-fraction", "0"]) == 0
     out = capsys.readouterr().out
     assert "format ultrafeedback (detected from columns chosen, prompt, prompt_id, rejected, score_chosen, " \
            f"score_rejected; chat template of {chat_model})" in out
@@ -183,9 +183,9 @@ def test_prepared_conversations_load_into_trl_and_preftune(chat_model, chat_toke
         assert row["prompt_ids"].count(tok.bos_token_id) == 1 and row["prompt_ids"][0] == tok.bos_token_id
         for ids in (row["chosen_ids"], row["rejected_ids"]):
             assert ids[-1] == tok.eos_token_id and ids[-2] != tok.eos_token_id and tok.bos_token_id not in ids
-    assert len(trainer.train_dataset) == len(train) == 9  # nothing dropped by TRL
+    assert len(trainer.train_dataset) == len(train) == 8  # 10 rows - 1 validation - 1 test; none dropped by TRL
     result = trainer.train()
     assert result.global_step == 1 and result.training_loss == pytest.approx(0.6931, abs=0.05)
 
-    again = prepare(DataConfig(dataset=str(out)), lambda *_: None)
+    again = prepare(DataConfig(dataset=str(out)))
     assert [p.prompt for p in again.train] == train["prompt"] and again.train[0].cut == "turns"

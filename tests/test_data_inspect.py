@@ -7,17 +7,13 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
-from conftest import shipped_rows, write_jsonl
+from conftest import comparison, shipped_rows, write_jsonl
+from test_data_cli import main
 
-from preftune.cli import main
 from preftune.config import DataConfig
-from preftune.data.inspect import inspect_data, percentile, repeated_labels
+from preftune.data.inspect import WIDTH, inspect_data, percentile, repeated_labels, token_table
 from preftune.data.prepare import Reading, iter_pairs, load_pairs
 from preftune.data.truncate import pair_length
-
-
-def quiet(*_):
-    pass
 
 
 def hand_count(rows: list[dict]) -> dict:
@@ -73,8 +69,8 @@ def test_token_lengths_match_pair_by_pair_measurement(shipped_report, tiny_token
     t = shipped_report["tokens"]
     assert (t["pairs"], t["sampled"]) == (200, True)  # a sample of the 1,771; the counts above are all rows
     src = write_jsonl(tmp_path / "head.jsonl", shipped_rows(120))
-    pairs, _, _ = load_pairs(DataConfig(dataset=str(src)), log=quiet)
-    r = inspect_data(DataConfig(dataset=str(src)), tiny_tokenizer, "tiny", 900, log=quiet)
+    pairs, _, _ = load_pairs(DataConfig(dataset=str(src)))
+    r = inspect_data(DataConfig(dataset=str(src)), tiny_tokenizer, "tiny", 900)
     eos = tiny_tokenizer.eos_token
     measured = {"prompt": [len(tiny_tokenizer(p.prompt)["input_ids"]) for p in pairs],
                 "chosen": [len(tiny_tokenizer(p.chosen + eos, add_special_tokens=False)["input_ids"]) for p in pairs]}
@@ -118,9 +114,9 @@ def test_table_names_skips_and_samples(tiny_model, tmp_path, capsys):
 
 
 def test_length_sample_is_a_seeded_reservoir(tiny_tokenizer):
-    a = inspect_data(DataConfig(), tiny_tokenizer, "tiny", 4096, length_sample=50, log=quiet)
-    b = inspect_data(DataConfig(), tiny_tokenizer, "tiny", 4096, length_sample=50, log=quiet)
-    c = inspect_data(DataConfig(seed=1), tiny_tokenizer, "tiny", 4096, length_sample=50, log=quiet)
+    a = inspect_data(DataConfig(), tiny_tokenizer, "tiny", 4096, length_sample=50)
+    b = inspect_data(DataConfig(), tiny_tokenizer, "tiny", 4096, length_sample=50)
+    c = inspect_data(DataConfig(seed=1), tiny_tokenizer, "tiny", 4096, length_sample=50)
     assert (a["tokens"]["pairs"], a["tokens"]["sampled"]) == (50, True)
     assert a["tokens"] == b["tokens"] and a["tokens"] != c["tokens"]
     assert a["rows"] == 1771  # the counts are never sampled
@@ -140,10 +136,10 @@ def peaks(src, tokenizer) -> tuple[int, int, int]:
     cfg = DataConfig(dataset=str(src))
     tracemalloc.start()
     try:
-        n = sum(1 for _ in iter_pairs(cfg, Reading(), log=quiet))
+        n = sum(1 for _ in iter_pairs(cfg, Reading()))
         _, stream_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        report = inspect_data(cfg, tokenizer, "tiny", 512, samples=1, length_sample=20, log=quiet)
+        report = inspect_data(cfg, tokenizer, "tiny", 512, samples=1, length_sample=20)
         _, inspect_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -178,8 +174,75 @@ def test_shipped_sample_with_the_default_models_tokenizer(real_model_path, capsy
             ("prompt", "chosen", "rejected", "sequence")}
     for p50, p90, p99, top in rows.values():
         assert p50 <= p90 <= p99 <= top
-    pairs, _, _ = load_pairs(DataConfig(), log=quiet)
+    pairs, _, _ = load_pairs(DataConfig())
     tok = AutoTokenizer.from_pretrained(real_model_path)
     assert rows["prompt"][3] == max(len(ids) for ids in tok([p.prompt for p in pairs])["input_ids"]) == 527
     assert rows["prompt"][0] == 347  # TL;DR prompts: median 347 tokens, p99 508 with SmolLM2's tokenizer
     assert "165 (9.3%) exceed --max-length 512: 165 would have their prompt trimmed" in out
+
+
+# ---- prepared folders, labeller confidence, wide values ----------------------------------------------
+
+
+def test_inspect_reads_a_prepared_folder(tmp_path, tiny_model, capsys):
+    """All three splits are inspected as prepared (the rows are the prepared pairs), with their sizes."""
+    folder = tmp_path / "prep"
+    assert main(["data", "prepare", "--fraction", "0.05", "--out", folder]) == 0
+    stats = json.loads((folder / "stats.json").read_text())
+    sizes = {name: stats[name]["pairs"] for name in ("train", "validation", "test")}
+    capsys.readouterr()
+    assert main(["data", "inspect", "--dataset", folder, "--model", tiny_model, "--samples", "1", "--length-sample", "20",
+                 "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # stdout is the JSON object alone: log lines go to stderr
+    assert f"data: prepared folder {folder}: train {sizes['train']} pairs" in err
+    assert report["splits"] == sizes and report["rows"] == report["kept"] == sum(sizes.values())
+    assert report["format"] == "summarize_from_feedback" and report["detected_from"] is None
+    assert report["repeated"] == {"duplicate label": 0, "outvoted label": 0, "tied labels": 0}  # already resolved
+    assert main(["data", "inspect", "--dataset", folder, "--model", tiny_model, "--samples", "0", "--length-sample", "20"]) == 0
+    table = capsys.readouterr().out
+    assert "format             summarize_from_feedback (a prepared folder)" in table
+    assert f"splits             train {sizes['train']:,}, validation {sizes['validation']:,}, test " in table
+
+
+def test_confidence_distribution_matches_a_hand_count(shipped_report):
+    hand = Counter(r["extra"]["confidence"] for r in shipped_rows())
+    assert shipped_report["confidence"] == {str(k): hand[k] for k in sorted(hand)}
+    assert sum(shipped_report["confidence"].values()) == 1771 and "5" not in shipped_report["confidence"]
+
+
+def test_confidence_row_in_the_table(tiny_model, tmp_path, capsys):
+    rows = [comparison(post_id=f"p{i}", chosen=f" s{i}", extra={"confidence": c}) for i, c in enumerate((1, 1, 3, None))]
+    src = write_jsonl(tmp_path / "c.jsonl", rows)
+    assert main(["data", "inspect", "--dataset", src, "--model", tiny_model, "--samples", "0"]) == 0
+    assert "confidence         1: 2 (50.0%), 3: 1 (25.0%), none: 1 (25.0%) (labeller's extra.confidence" in \
+        capsys.readouterr().out
+    plain = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Q?", "chosen": " a", "rejected": " b"}])
+    assert main(["data", "inspect", "--dataset", plain, "--model", tiny_model, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["confidence"] is None
+
+
+def test_wide_values_keep_the_table_bounded(tiny_model, tmp_path, capsys):
+    """A long post and a 300-character column name: every line stays bounded, long cells end in "…"."""
+    wide = "x" * 300
+    rows = [{"prompt": "word " * 60_000 + "TL;DR:", "chosen": " a", "rejected": " b", wide: "1"},
+            {"prompt": "Short?", "chosen": " yes", "rejected": " no", wide: "2"}]
+    src = write_jsonl(tmp_path / "wide.jsonl", rows)
+    assert main(["data", "inspect", "--dataset", src, "--model", tiny_model, "--samples", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 2 * WIDTH
+    assert any(("x" * 39 + "…") in line for line in lines) and not any(wide in line for line in lines)
+    assert any(line.startswith('  prompt   "word word') and line.endswith("…") for line in lines)
+
+
+def test_token_table_stays_aligned_for_huge_counts():
+    """A 5 MB post has millions of tokens: the columns widen to the widest number, all rows alike."""
+    lengths = {"p50": 12, "p90": 340, "p99": 5_000, "max": 1_234_567}
+    t = {"tokenizer": "tiny", "pairs": 3, "sampled": False, **{k: dict(lengths) for k in
+                                                                ("prompt", "chosen", "rejected", "sequence")}}
+    t["sequence"]["max"] = 1_234_599
+    lines = token_table(t, {"limit": 512, "over": 1, "trimmed": 1, "skipped": {}})
+    header, rows = lines[1], lines[2:6]
+    assert header == "  " + " " * 10 + "".join(f"{k:>11}" for k in ("p50", "p90", "p99", "max"))  # "1,234,599" + 2
+    assert rows[3] == "  sequence  " + "         12        340      5,000  1,234,599"
+    assert {len(line) for line in rows} == {len(header)}

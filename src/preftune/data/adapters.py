@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from preftune.data.sources import names
 
 
 class RowError(Exception):
@@ -71,6 +74,7 @@ class Adapter:
     convert: Callable[[dict], PairFields | ChatFields]
     detect: Callable[[dict], bool]  # does a row of this format look like this?
     description: str
+    columns: tuple[str, ...] = ()  # the columns a row needs: named when detection finds none that fits
     label: Callable[[dict], str | None] | None = None  # the row's label, for `data inspect`'s balance
     chat: bool = False  # convert returns ChatFields: needs a tokenizer's chat template
 
@@ -78,16 +82,47 @@ class Adapter:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
+def preview(value: Any, n: int = 40) -> str:
+    """The start of a value for an error message (bounded: a value may be megabytes)."""
+    text = value[:n] if isinstance(value, (str, bytes)) else str(value)[:n]
+    return repr(text)
+
+
+def wrong_type(path: str, want: str, value: Any, hint: str = "") -> RowError:
+    return RowError(path, f"expected {want}, got {type(value).__name__} {preview(value)}{hint}")
+
+
 def require(obj: dict, key: str, kind: type | tuple[type, ...], path: str) -> Any:
     """obj[key], checked to exist and have type `kind`; `path` names the field in errors."""
-    if not isinstance(obj, dict) or key not in obj:
-        found = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise RowError(path, f"missing (found: {found})")
+    if not isinstance(obj, dict):
+        parent = path.rsplit(".", 1)[0] if "." in path else path
+        raise wrong_type(parent, "an object", obj)
+    if key not in obj:
+        raise RowError(path, f"missing (found: {names(obj)})")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise RowError(path, f"expected {want}, got {type(value).__name__} {str(value)[:40]!r}")
+        raise wrong_type(path, kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind),
+                         value)
     return value
+
+
+def optional_text(obj: dict, key: str, path: str) -> str:
+    """obj[key] when it is text, "" when absent or null; another type is an error."""
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise wrong_type(path, "str (or null)", value)
+    return value
+
+
+def group_id(value: Any, path: str) -> str | None:
+    """A post/prompt id as text (ints too); None when absent or empty."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise wrong_type(path, "str or int", value)
+    return str(value)
 
 
 def text_id(text: str) -> str:
@@ -128,27 +163,47 @@ def summarize_from_feedback(row: dict) -> PairFields:
     if texts[0] == texts[1]:
         raise RowSkip("identical pair", "summaries")
 
-    title = info.get("title") or ""
+    title = optional_text(info, "title", "info.title")
     if "post" in info:
         body = require(info, "post", str, "info.post")
-        prompt, span = tldr_prompt(info.get("subreddit") or "", title, body)
+        prompt, span = tldr_prompt(optional_text(info, "subreddit", "info.subreddit"), title, body)
     elif "article" in info:
         body = require(info, "article", str, "info.article")
-        prompt, span = cnndm_prompt(info.get("site") or "", title, body)
+        prompt, span = cnndm_prompt(optional_text(info, "site", "info.site"), title, body)
     else:
-        raise RowError("info", f"needs 'post' (TL;DR) or 'article' (CNN/DM); found: {', '.join(sorted(info))}")
+        raise RowError("info", f"needs 'post' (TL;DR) or 'article' (CNN/DM); found: {names(info)}")
     if not body.strip():
         raise RowSkip("empty post", "info.post" if "post" in info else "info.article")
 
-    post_id = info.get("id") or text_id(body)
+    post_id = group_id(info.get("id"), "info.id") or text_id(body)
+    sure = confidence(row)
+    if sure is not None and sure != 5 and (sure > 5) != (choice == 1):
+        raise RowSkip("confidence contradicts choice", "extra.confidence")
     policies = [s.get("policy") for s in summaries]
     meta = {
         "batch": row.get("batch"),
         "split": row.get("split"),
         "chosen_policy": policies[choice],
         "rejected_policy": policies[1 - choice],
+        "confidence": sure,
     }
-    return PairFields(prompt, texts[choice], texts[1 - choice], str(post_id), span, meta)
+    return PairFields(prompt, texts[choice], texts[1 - choice], post_id, span, meta)
+
+
+def confidence(row: dict) -> int | None:
+    """The labeller's confidence, `extra.confidence`: 1 (summary 0, sure) … 4, 6 … 9 (summary 1, sure);
+    None when the row has none."""
+    extra = row.get("extra")
+    if extra is None:
+        return None
+    if not isinstance(extra, dict):
+        raise wrong_type("extra", "an object {confidence}", extra)
+    value = extra.get("confidence")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # Arrow/pandas write integer columns with nulls as floats
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 9):
+        raise wrong_type("extra.confidence", "an integer 1-9 (or null)", value)
+    return value
 
 
 def _is_summarize_from_feedback(row: dict) -> bool:
@@ -163,7 +218,7 @@ def require_columns(row: dict, expected: tuple[str, ...]) -> None:
     missing = [c for c in expected if c not in row]
     if missing:
         raise RowError(missing[0], f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                       f"(found: {', '.join(sorted(row)) or 'none'}; expected: {', '.join(expected)})")
+                       f"(found: {names(row)}; expected: {', '.join(expected)})")
 
 
 def text(row: dict, key: str) -> str:
@@ -171,7 +226,7 @@ def text(row: dict, key: str) -> str:
     if isinstance(value, str):
         return value
     hint = " (a message list: use --format conversational or ultrafeedback)" if isinstance(value, list) else ""
-    raise RowError(key, f"expected str, got {type(value).__name__} {str(value)[:40]!r}{hint}")
+    raise wrong_type(key, "str", value, hint)
 
 
 def not_empty(**fields: str) -> None:
@@ -183,11 +238,8 @@ def not_empty(**fields: str) -> None:
 def row_id(row: dict, fallback: str) -> str:
     """The grouping key of the split: the row's post_id/prompt_id column, else a hash of the prompt."""
     for key in ("post_id", "prompt_id"):
-        value = row.get(key)
-        if value is not None and value != "":
-            if not isinstance(value, (str, int)) or isinstance(value, bool):
-                raise RowError(key, f"expected str or int, got {type(value).__name__}")
-            return str(value)
+        if (value := group_id(row.get(key), key)) is not None:
+            return value
     return text_id(fallback)
 
 
@@ -220,6 +272,8 @@ def hh_rlhf(row: dict) -> PairFields:
     prompt = chosen[: end + len(ASSISTANT)]
     completions = {"chosen": chosen[len(prompt):], "rejected": rejected[len(prompt):]}
     not_empty(**completions)
+    if HUMAN in completions["chosen"]:  # training on it would teach the model to write the human's turns
+        raise RowSkip("chosen reply holds a Human turn", "chosen")
     starts = [m.start() for m in re.finditer(re.escape(HUMAN), prompt)]  # where each human turn begins
     span, turns = ((starts[0], starts[-1]), tuple(starts[1:])) if len(starts) > 1 else (None, ())
     return PairFields(prompt, completions["chosen"], completions["rejected"], text_id(prompt), span,
@@ -248,12 +302,15 @@ def messages(value: Any, path: str) -> list[dict]:
     return out
 
 
-def reply(msgs: list[dict], path: str) -> list[dict]:
-    """A completion: non-empty assistant message(s)."""
+def reply(msgs: list[dict], path: str, offset: int = 0) -> list[dict]:
+    """A completion: non-empty message(s) that start and end with the assistant's (a reply ending with a
+    user turn would teach the model to write the user's words). `offset`: index of msgs[0] in the field."""
     if not msgs or not any(m["content"].strip() for m in msgs):
-        raise RowSkip(f"empty {path.split('[')[0]}", path)
-    if msgs[0]["role"] != "assistant":
-        raise RowError(f"{path}[0].role", f"a reply must start with an assistant message, got '{msgs[0]['role']}'")
+        raise RowSkip(f"empty {path}", path)
+    for i, where in ((0, "start"), (len(msgs) - 1, "end")):
+        if msgs[i]["role"] != "assistant":
+            raise RowError(f"{path}[{offset + i}].role", f"a reply must {where} with an assistant message, got "
+                           f"'{msgs[i]['role']}'")
     return msgs
 
 
@@ -275,8 +332,9 @@ def conversational(row: dict) -> ChatFields:
 
 def number(row: dict, key: str) -> float | None:
     value = row.get(key)
-    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-        raise RowError(key, f"expected a number, got {type(value).__name__} {str(value)[:40]!r}")
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                              or not math.isfinite(value)):
+        raise wrong_type(key, "a finite number", value)
     return value
 
 
@@ -298,9 +356,9 @@ def ultrafeedback(row: dict) -> ChatFields:
     if "prompt" in row and row["prompt"] is not None:
         users = [m["content"] for m in prompt if m["role"] == "user"]
         if not users or text(row, "prompt").strip() != users[-1].strip():
-            raise RowError("prompt", f"{row['prompt'][:40]!r} is not the conversation's last user turn "
+            raise RowError("prompt", f"{preview(row['prompt'])} is not the conversation's last user turn "
                            f"{(users or [''])[-1][:40]!r}")
-    completions = reply(chosen[n:], "chosen"), reply(rejected[n:], "rejected")
+    completions = reply(chosen[n:], "chosen", n), reply(rejected[n:], "rejected", n)
     scores = number(row, "score_chosen"), number(row, "score_rejected")
     if None not in scores:
         if scores[0] == scores[1]:
@@ -313,23 +371,27 @@ def ultrafeedback(row: dict) -> ChatFields:
 
 
 # ---- the registry ---------------------------------------------------------------------------------
+# Detection looks at the columns and at the shape of prompt/chosen (text or message list) only: a row
+# that has a format's columns goes to that adapter, whose field checks then name a wrong type in a given
+# row ("line 3: field 'chosen': expected str, got int"), instead of detection blaming another format.
 
 
 def _is_text_triple(row: dict) -> bool:
-    return {"prompt", "chosen", "rejected"} <= row.keys() and isinstance(row["chosen"], str)
+    return ({"prompt", "chosen", "rejected"} <= row.keys() and not isinstance(row["prompt"], list)
+            and not isinstance(row["chosen"], list))
 
 
 def _is_hh_rlhf(row: dict) -> bool:
-    return {"chosen", "rejected"} <= row.keys() and "prompt" not in row and isinstance(row["chosen"], str)
+    return ({"chosen", "rejected"} <= row.keys() and row.get("prompt") is None and isinstance(row["chosen"], str)
+            and ASSISTANT in row["chosen"])
 
 
 def _is_conversational(row: dict) -> bool:
-    return "rejected" in row and isinstance(row.get("prompt"), list) and isinstance(row.get("chosen"), list)
+    return {"prompt", "chosen", "rejected"} <= row.keys() and isinstance(row["prompt"], list)
 
 
 def _is_ultrafeedback(row: dict) -> bool:
-    return (isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list)
-            and not isinstance(row.get("prompt"), list))
+    return "rejected" in row and isinstance(row.get("chosen"), list) and not isinstance(row.get("prompt"), list)
 
 
 def _choice_label(row: dict) -> str | None:
@@ -341,27 +403,32 @@ ADAPTERS: dict[str, Adapter] = {
         "summarize_from_feedback",
         summarize_from_feedback,
         _is_summarize_from_feedback,
-        "OpenAI comparisons (info, summaries, choice): TL;DR posts and CNN/DM articles",
+        "OpenAI comparisons (info, summaries, choice; extra.confidence kept): TL;DR posts and CNN/DM articles",
+        columns=("info", "summaries", "choice"),
         label=_choice_label,
     ),
     "prompt_chosen_rejected": Adapter(
         "prompt_chosen_rejected", prompt_chosen_rejected, _is_text_triple,
         "prompt, chosen, rejected as text (optional post_id/prompt_id groups rows for the split)",
+        columns=("prompt", "chosen", "rejected"),
     ),
     "hh_rlhf": Adapter(
         "hh_rlhf", hh_rlhf, _is_hh_rlhf,
         "Anthropic HH-RLHF: chosen, rejected are whole '\\n\\nHuman: … \\n\\nAssistant: …' dialogues; "
         "the prompt is their shared part up to the last '\\n\\nAssistant:'",
+        columns=("chosen", "rejected"),
     ),
     "conversational": Adapter(
         "conversational", conversational, _is_conversational,
         "prompt, chosen, rejected as message lists [{role, content}], rendered with the model's chat template",
+        columns=("prompt", "chosen", "rejected"),
         chat=True,
     ),
     "ultrafeedback": Adapter(
         "ultrafeedback", ultrafeedback, _is_ultrafeedback,
         "chosen, rejected as whole conversations (message lists), the prompt is their shared first turns; "
         "optional prompt, prompt_id, score_chosen/score_rejected (UltraFeedback-binarized)",
+        columns=("chosen", "rejected"),
         chat=True,
     ),
 }
@@ -387,6 +454,9 @@ def parse_column_map(spec: str | None) -> dict[str, str]:
             raise PreftuneError(f"--column-map: unknown name '{name}'; names: {', '.join(COLUMNS)}")
         if name in mapping:
             raise PreftuneError(f"--column-map: '{name}' is mapped twice")
+        if column in mapping.values():  # e.g. chosen=a,rejected=a: every pair would be identical
+            other = next(n for n, c in mapping.items() if c == column)
+            raise PreftuneError(f"--column-map: column '{column}' is mapped to both {other} and {name}")
         mapping[name] = column
     return mapping
 
@@ -414,17 +484,46 @@ def source_field(field_path: str | None, mapping: dict[str, str]) -> str | None:
 
 
 def detect_format(row: dict, source: str) -> Adapter:
-    """The adapter whose `detect` accepts the first row; a clear error when none does."""
+    """The adapter whose `detect` accepts the first row; else an error naming what is missing."""
     for adapter in ADAPTERS.values():
         if adapter.detect(row):
             return adapter
     from preftune.errors import PreftuneError
 
-    raise PreftuneError(
-        f"{source}: cannot detect the data format from the columns ({', '.join(sorted(row))}). "
-        f"Known formats: {', '.join(ADAPTERS)} (see `preftune data formats`). Pass --format NAME, "
-        "or --column-map NAME=COLUMN,... to name your columns (e.g. chosen=good,rejected=bad)."
-    )
+    raise PreftuneError(f"{source}: cannot detect the data format from the columns ({names(row)}): "
+                        f"{missing_columns(row)}; formats: `preftune data formats`")
+
+
+def missing_columns(row: dict) -> str:
+    """What the row lacks for the format it is closest to (most of its columns present, else the plain
+    prompt/chosen/rejected one), and the --column-map that supplies it: 'no prompt column; pass
+    --column-map prompt=question'."""
+    unused = [str(c) for c in row if c not in COLUMNS]
+
+    def present(name: str) -> bool:
+        return name in row or guess_column(name, unused, 0) != "COLUMN"
+
+    closest = [a for a in ADAPTERS.values() if any(c not in row for c in a.columns)]
+    best = max(closest, key=lambda a: sum(present(c) for c in a.columns))  # ties: the first registered
+    if not any(present(c) for c in best.columns):
+        best = ADAPTERS["prompt_chosen_rejected"]
+    missing = [c for c in best.columns if c not in row]
+    pairs = ",".join(f"{name}={guess_column(name, unused, len(missing))}" for name in missing)
+    what = f"no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}; pass --column-map {pairs}"
+    if missing == ["prompt"] and isinstance(row.get("chosen"), str):
+        what += " (HH-RLHF rows would hold whole '\\n\\nHuman: … \\n\\nAssistant: …' dialogues in chosen)"
+    nested = [k for k in unused if isinstance(row[k], list) and row[k] and isinstance(row[k][0], dict)]
+    if len(missing) == len(best.columns) and nested:
+        what += f"; or are the rows the list under '{nested[0][:40]}'? save that list as the rows"
+    return what
+
+
+def guess_column(name: str, unused: list[str], n_missing: int) -> str:
+    """The user's column for `name`: one spelled the same but for case/spaces, else the only unused one."""
+    for column in unused:
+        if column.strip().lower() == name:
+            return column
+    return unused[0] if n_missing == 1 and len(unused) == 1 else "COLUMN"
 
 
 def get_adapter(name: str) -> Adapter:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 
-from preftune.data.prepare import Pair, Tally
+from preftune.data.pairs import Pair, Tally
 from preftune.data.truncate import fit_pairs
 
 logger = logging.getLogger(__name__)

@@ -21,9 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from preftune.config import DataConfig
-from preftune.data.prepare import Pair, Reading, iter_pairs
-from preftune.data.sources import describe
+from preftune.data.pairs import Pair
+from preftune.data.prepare import Reading, iter_pairs
 from preftune.data.sequence import with_eos
+from preftune.data.sources import describe, names
+from preftune.data.split import confidence_counts
 from preftune.data.truncate import fit_pair, pair_length, unfit_reason
 
 PERCENTILES = (50, 90, 99)
@@ -64,6 +66,7 @@ class Scan:
 
     kept: int = 0
     longer: int = 0
+    confidence: Counter = field(default_factory=Counter)  # labeller confidence → pairs (where rows carry it)
     prompts: set = field(default_factory=set)
     groups: dict = field(default_factory=dict)
     sample: list = field(default_factory=list)  # reservoir of pairs for token lengths
@@ -72,6 +75,8 @@ class Scan:
     def add(self, pair: Pair, rng: random.Random, sample_size: int, examples: int) -> None:
         self.kept += 1
         self.longer += len(pair.chosen) > len(pair.rejected)
+        if "confidence" in pair.meta:
+            self.confidence[pair.meta["confidence"]] += 1
         self.prompts.add(digest(pair.prompt))
         a, b = sorted((pair.chosen, pair.rejected))
         key = digest(pair.post_id, pair.prompt, a, b)
@@ -119,10 +124,11 @@ def shorten(text: str, n: int = 160) -> str:
 
 
 def inspect_data(cfg: DataConfig, tokenizer, tokenizer_name: str, max_length: int, samples: int = 3,
-                 length_sample: int = 5000, log=print) -> dict:
-    """The report of `preftune data inspect` as a dict (see the module docstring)."""
+                 length_sample: int = 5000) -> dict:
+    """The report of `preftune data inspect` as a dict (see the module docstring). SRC may also be a
+    prepared folder: its pairs (all splits) are inspected as they are."""
     reading, scan, rng = Reading(), Scan(), random.Random(cfg.seed)
-    for pair in iter_pairs(cfg, reading, tokenizer, log):
+    for pair in iter_pairs(cfg, reading, tokenizer):
         scan.add(pair, rng, length_sample, samples)
     tally = reading.tally
     repeats = repeated_labels(scan.groups)
@@ -143,6 +149,8 @@ def inspect_data(cfg: DataConfig, tokenizer, tokenizer_name: str, max_length: in
         "pairs_after_cleaning": scan.kept - sum(repeats.values()),
         "identical_pairs": tally.skipped.get("identical pair", 0),
         "empty_fields": {k: n for k, n in tally.skipped.items() if k.startswith("empty ")},
+        "confidence": confidence_counts(scan.confidence) or None,
+        "splits": reading.splits,
     }
     if scan.sample:
         lengths = token_lengths(tokenizer, scan.sample)
@@ -166,9 +174,13 @@ def _counts(d: dict) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in d.items() if v) or "none"
 
 
+WIDTH = 160  # characters of a value shown in the table: a 5 MB post or a 300-character column name ends in "…"
+
+
 def format_report(r: dict) -> str:
     rows, kept = r["rows"], r["kept"]
-    how = f"detected from columns {', '.join(r['detected_from'])}" if r["detected_from"] else "--format"
+    how = (f"detected from columns {names(r['detected_from'])}" if r["detected_from"]
+           else "a prepared folder" if r.get("splits") else "--format")
     lines = [
         ("dataset", r["source"]),
         ("format", f"{r['format']} ({how})" + (f"; chat template of {r['chat_template']}" if r["chat_template"] else "")),
@@ -182,20 +194,34 @@ def format_report(r: dict) -> str:
         ("identical pairs", f"{r['identical_pairs']:,} (chosen == rejected, skipped)"),
         ("empty fields", _counts(r["empty_fields"])),
     ]
-    out = [f"{k:<18} {v}" for k, v in lines]
+    if r.get("confidence"):
+        total = sum(r["confidence"].values())
+        lines.append(("confidence", ", ".join(f"{k}: {_share(n, total)}" for k, n in r["confidence"].items())
+                      + " (labeller's extra.confidence: 1-4 prefer summary 0, 6-9 summary 1; 1 and 9 the surest)"))
+    if r.get("splits"):
+        lines.insert(3, ("splits", ", ".join(f"{k} {n:,}" for k, n in r["splits"].items()) + " pairs (as prepared)"))
+    out = [f"{k:<18} {shorten(v, WIDTH)}" for k, v in lines]
     if "tokens" in r:
-        t = r["tokens"]
-        scope = f"a random sample of {t['pairs']:,} pairs" if t["sampled"] else f"all {t['pairs']:,} kept pairs"
-        out += ["", f"tokens ({t['tokenizer']}, {scope}; completions include EOS; sequence = prompt + longer completion)",
-                f"  {'':<10}" + "".join(f"{k:>8}" for k in ("p50", "p90", "p99", "max"))]
-        for name in ("prompt", "chosen", "rejected", "sequence"):
-            out.append(f"  {name:<10}" + "".join(f"{t[name][k]:>8,}" for k in ("p50", "p90", "p99", "max")))
-        m = r["max_length"]
-        over = f"{_share(m['over'], t['pairs'])} exceed --max-length {m['limit']}: {m['trimmed']:,} would have their prompt trimmed"
-        out.append(over + (f", {sum(m['skipped'].values()):,} skipped ({_counts(m['skipped'])})" if m["skipped"] else ""))
+        out += ["", *token_table(r["tokens"], r["max_length"])]
     if r["samples"]:
         out.append("")
         for s in r["samples"]:
-            out.append(f"[{s['source']}]")
-            out += [f"  {k:<9}{json.dumps(s[k], ensure_ascii=False)}" for k in ("prompt", "chosen", "rejected")]
+            out.append(f"[{shorten(s['source'], WIDTH)}]")
+            out += [f"  {k:<9}{shorten(json.dumps(s[k], ensure_ascii=False), WIDTH)}"
+                    for k in ("prompt", "chosen", "rejected")]
     return "\n".join(out)
+
+
+def token_table(t: dict, m: dict) -> list[str]:
+    """Percentiles of token lengths, columns as wide as their widest number (a 5 MB post has millions)."""
+    keys, parts = ("p50", "p90", "p99", "max"), ("prompt", "chosen", "rejected", "sequence")
+    width = max(8, *(len(f"{t[name][k]:,}") + 2 for name in parts for k in keys))
+    scope = f"a random sample of {t['pairs']:,} pairs" if t["sampled"] else f"all {t['pairs']:,} kept pairs"
+    out = [shorten(f"tokens ({t['tokenizer']}, {scope}; completions include EOS; sequence = prompt + longer "
+                   "completion)", 2 * WIDTH),
+           f"  {'':<10}" + "".join(f"{k:>{width}}" for k in keys)]
+    out += [f"  {name:<10}" + "".join(f"{t[name][k]:>{width},}" for k in keys) for name in parts]
+    over = (f"{_share(m['over'], t['pairs'])} exceed --max-length {m['limit']}: {m['trimmed']:,} would have their "
+            "prompt trimmed")
+    skipped = f", {sum(m['skipped'].values()):,} skipped ({_counts(m['skipped'])})" if m["skipped"] else ""
+    return out + [over + skipped]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from preftune.data.prepare import Pair, Tally
+from preftune.data.pairs import Pair, Tally
 from preftune.data.sequence import sequence_text
 
 
