@@ -182,7 +182,7 @@ def test_labeller_confidence(choice, confidence, kept):
         with pytest.raises(RowSkip, match="confidence contradicts choice"):
             summarize_from_feedback(row)
     else:
-        assert summarize_from_feedback(row).meta["confidence"] == kept
+        assert summarize_from_feedback(row).meta["confidence_raw"] == kept
 
 
 # ---- Anthropic HH-RLHF ---------------------------------------------------------------------------

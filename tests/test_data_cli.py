@@ -5,10 +5,8 @@ the other data test modules use too."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-from unittest import mock
 
 import pytest
 from conftest import comparison, write_jsonl
@@ -19,19 +17,12 @@ from preftune.data.adapters import ADAPTERS
 from preftune.data.cli import add_cli
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="preftune")
-    add_cli(parser.add_subparsers(dest="verb", required=True, metavar="VERB"))
-    return parser
-
-
 def main(argv) -> int:
     """`preftune ARGV` (preftune.cli.main: its error handling and exit codes) for the `data` verbs."""
-    with mock.patch.object(preftune.cli, "build_parser", build_parser):
-        try:
-            return preftune.cli.main([str(a) for a in argv])
-        finally:
-            log.setup()  # `inspect --json` moves log lines to stderr: back to stdout for the next test
+    try:
+        return preftune.cli.main([str(a) for a in argv])
+    finally:
+        log.setup()  # `inspect --json` moves log lines to stderr: back to stdout for the next test
 
 
 # ---- the verbs -------------------------------------------------------------------------------------

@@ -324,8 +324,9 @@ def test_saved_dataset_dict_without_the_split(capsys, tmp_path):
 
 
 def test_unknown_format_lists_every_format(capsys, tmp_path):
-    fails(capsys, "tldr-sample", tmp_path, "unknown --format 'hh'; choose one of: auto, summarize_from_feedback, "
-          "prompt_chosen_rejected, hh_rlhf, conversational, ultrafeedback", "--format", "hh")
+    fails(capsys, "tldr-sample", tmp_path, "argument --format: invalid choice: 'hh' (choose from 'auto', "
+          "'summarize_from_feedback', 'prompt_chosen_rejected', 'hh_rlhf', 'conversational', 'ultrafeedback')",
+          "--format", "hh")
 
 
 # ---- the file system: every refusal names the path ---------------------------------------------------
@@ -609,9 +610,9 @@ def test_confidence_that_contradicts_the_choice_is_a_counted_skip(capsys, tmp_pa
 
 @pytest.mark.parametrize("flags, message", [
     (["--test-fraction", "1.5"], "--test-fraction must be in [0, 1), got 1.5"),
-    (["--test-fraction", "nan"], "--test-fraction must be in [0, 1), got nan"),
+    (["--test-fraction", "nan"], "--test-fraction must be a finite number, got nan"),
     (["--eval-fraction", "0.5", "--test-fraction", "0.5"],
-     "--eval-fraction + --test-fraction must be < 1 (training needs pairs), got 0.5 + 0.5"),
+     "--eval-fraction + --test-fraction must be < 1, got 0.5 + 0.5: no pair would be left to train on"),
 ])
 def test_bad_split_flags_are_refused_before_reading(capsys, tmp_path, flags, message):
     code, out, err = prepare(capsys, "tldr-sample", tmp_path, *flags)

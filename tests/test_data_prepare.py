@@ -159,7 +159,7 @@ def test_confidence_is_kept_per_pair_and_counted_per_split(shipped):
     # PROVENANCE: the first row (post t3_4ne9lx) is choice 0 with confidence 3
     first = next(p for p in shipped.train + shipped.validation + shipped.test
                  if p.source == "tldr-sample/tldr_comparisons.jsonl.gz:1")
-    assert first.meta["confidence"] == 3
+    assert first.meta["confidence_raw"] == 3 and first.meta["confidence"] == 2  # strength: |3 − 5|
     hand = Counter(row["extra"]["confidence"] for row in shipped_rows())
     assert set(hand) == {1, 2, 3, 4, 6, 7, 8, 9}  # 5 never occurs
     counts = Counter()
@@ -173,8 +173,9 @@ def test_pairs_without_confidence():
     bare.pop("extra", None)
     assert summarize_from_feedback(bare).meta["confidence"] is None
     rows = [comparison(post_id=f"p{i}", extra={"confidence": c}) for i, c in enumerate((None, 2))]
-    assert [summarize_from_feedback(r).meta["confidence"] for r in rows] == [None, 2]
-    pairs = [Pair("p", " a", " b", f"p{i}", "f", meta={"confidence": c}) for i, c in enumerate((2, None, 2, 7))]
+    assert [summarize_from_feedback(r).meta["confidence_raw"] for r in rows] == [None, 2]
+    assert [summarize_from_feedback(r).meta["confidence"] for r in rows] == [None, 3]
+    pairs = [Pair("p", " a", " b", f"p{i}", "f", meta={"confidence_raw": c}) for i, c in enumerate((2, None, 2, 7))]
     assert split_stats(pairs)["by_confidence"] == {"2": 2, "7": 1, "none": 1}
     assert confidence_counts(Counter({None: 3})) == {}  # such data, but no row says: no distribution
     assert split_stats([Pair("p", " a", " b", "x", "f")])["by_confidence"] == {}  # other formats

@@ -29,4 +29,4 @@ def test_two_processes_write_one_correct_run(tiny_model, tmp_path, engine):
     assert len(log) == 2  # 8 pairs / (2 processes × 2 per device) = 2 optimizer steps, logged once each
     assert abs(log[0]["loss"] - 0.693147) < 1e-4
     assert json.loads((run / "eval.json").read_text())["n"] == 4
-    assert done.stdout.count("held-out evaluation") == 1  # rank 0 alone evaluates and prints
+    assert done.stdout.count("evaluation on the validation split") == 1  # rank 0 alone evaluates and prints

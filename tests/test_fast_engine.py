@@ -109,12 +109,14 @@ def test_fast_run_log2_every_parameter_moves_and_cache_is_reused(tiny_model, tmp
             "learning_rate", "epoch"} <= log[0].keys()
     before, after = load_file(tiny_model / "model.safetensors"), load_file(run / "model.safetensors")
     assert [k for k in before if torch.equal(before[k], after[k])] == []
-    assert "reference: computing log-probs of 8 pairs once" in capsys.readouterr().out
+    first = capsys.readouterr().out
+    n_train = json.loads((run / "metrics.json").read_text())["train_pairs"]  # max_pairs, less unfittable ones
+    assert f"reference: computing log-probs of {n_train} pairs once" in first
 
     # a second run with other hyperparameters: every reference log-prob comes from the cache
     train(DATA, tiny_cfg(tiny_model, tmp_path / "b", lr=5e-3))
     out = capsys.readouterr().out
-    assert "reference: all 8 pairs' log-probs found in" in out and "reference: computing" not in out
+    assert f"reference: all {n_train} pairs' log-probs found in" in out and "reference: computing" not in out
 
 
 def test_both_engines_log_the_documented_keys(tiny_model, tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from hub_server import HubServer
-from split_shim import three_way_split
 
 from preftune.config import DataConfig, ReportConfig, TrainConfig
 from preftune.report import report
@@ -54,7 +53,7 @@ def trained(tiny_model, tmp_path_factory):
     collect = Collect()
     logging.getLogger("preftune").addHandler(collect)
     try:
-        with pytest.MonkeyPatch.context() as mp, three_way_split():
+        with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HF_TOKEN", TOKEN)
             cfg = TrainConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4, max_pairs=8,
                               max_eval_pairs=4, max_length=192, gradient_checkpointing=False, engine="trl")

@@ -252,7 +252,7 @@ CASES = [
      "train_log.jsonl: 1 damaged line(s) left out of the curves (line 2: not valid JSON (torn"),
     ("train_log.jsonl", '[1]\nnull\n{"step": 2, "loss": NaN}\n', "push", GAP, "train_log.jsonl: 2 damaged line(s)"),
     ("eval_pairs.jsonl", '{"prompt": "P"', "eval", ERROR, "eval_pairs.jsonl:1: malformed JSON line"),
-    ("eval_pairs.jsonl", "[1, 2]\n", "push", ERROR, "eval_pairs.jsonl: a line is not a pair object"),
+    ("eval_pairs.jsonl", "[1, 2]\n", "push", ERROR, "eval_pairs.jsonl:1: expected a JSON object (a pair), got list"),
     ("judge.json", "{", "report", GAP, "judge.json: not valid JSON"),
     ("judge.json", '{"decodings": [], "verdict": "x"}', "push", OK, ""),
 ]

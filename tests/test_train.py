@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from conftest import comparison, write_jsonl
-from split_shim import three_way_split
 
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import prepare
@@ -21,12 +20,6 @@ from preftune.run_folder import result_file
 from preftune.train import train
 
 DATA = DataConfig(fraction=0.03, seed=3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _split():
-    with three_way_split():
-        yield
 
 
 def tiny_cfg(model: Path, out: Path, **kw) -> TrainConfig:

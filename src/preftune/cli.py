@@ -9,8 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from preftune.config import (DEFAULT_MODEL, DataConfig, EvalConfig, InspectConfig, TrainConfig, add_arguments,
-                             from_args)
+from preftune.config import DataConfig, EvalConfig, TrainConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
 
 
@@ -20,36 +19,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise PreftuneError(f"{message} (see `{self.prog} --help`)")
-
-
-def cmd_data_prepare(ns: argparse.Namespace) -> None:
-    from preftune.data import prepare, write_prepared
-
-    prepared = prepare(from_args(DataConfig, ns), tokenizer=ns.model)
-    write_prepared(prepared, Path(ns.out))
-    print(f"wrote {ns.out}/train.jsonl ({len(prepared.train):,} pairs), {ns.out}/eval.jsonl "
-          f"({len(prepared.eval):,} pairs), {ns.out}/stats.json")
-
-
-def cmd_data_inspect(ns: argparse.Namespace) -> None:
-    import json
-
-    from preftune.data.inspect import format_report, inspect_data
-    from preftune.models import load_tokenizer, resolve_model
-
-    cfg = from_args(InspectConfig, ns)
-    data_cfg = from_args(DataConfig, ns)
-    tokenizer = load_tokenizer(resolve_model(cfg.model).path)
-    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if cfg.json else print
-    report = inspect_data(data_cfg, tokenizer, cfg.model, cfg.max_length, cfg.samples, cfg.length_sample, log)
-    print(json.dumps(report, indent=2, ensure_ascii=False) if cfg.json else format_report(report))
-
-
-def cmd_data_formats(ns: argparse.Namespace) -> None:
-    from preftune.data.adapters import ADAPTERS
-
-    for adapter in ADAPTERS.values():
-        print(f"{adapter.name:<24} {adapter.description}")
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
@@ -71,6 +40,8 @@ def cmd_eval(ns: argparse.Namespace) -> None:
 # `func` default handles the verb. Adding a verb = its module + one line here. Keep imports inside
 # the handlers so `preftune --help` stays fast.
 VERB_MODULES: list[str] = [
+    "preftune.data.cli:add_cli",
+    "preftune.cli:add_cli",
     "preftune.serve:add_cli",
     "preftune.report:add_cli",
     "preftune.sweep:add_cli",
@@ -87,21 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    data = verbs.add_parser("data", help="inspect, prepare and list preference data")
-    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
-    prep = data_verbs.add_parser("prepare", help="clean, sample and split a dataset by post into train/eval JSONL")
-    add_arguments(prep, DataConfig)
-    prep.add_argument("--model", default=DEFAULT_MODEL, help="model whose chat template renders message-list "
-                      "formats (conversational, ultrafeedback); not loaded for other formats (default: %(default)s)")
-    prep.add_argument("--out", required=True, help="output folder for train.jsonl, eval.jsonl, stats.json")
-    prep.set_defaults(func=cmd_data_prepare)
-    insp = data_verbs.add_parser("inspect", help="rows, skips, duplicates, labels and token lengths of a dataset")
-    add_arguments(insp, DataConfig, skip=("fraction", "eval_fraction"))
-    add_arguments(insp, InspectConfig)
-    insp.set_defaults(func=cmd_data_inspect)
-    formats = data_verbs.add_parser("formats", help="list the registered row adapters")
-    formats.set_defaults(func=cmd_data_formats)
+    for entry in VERB_MODULES:
+        module, function = entry.split(":")
+        getattr(importlib.import_module(module), function)(verbs)
+    return parser
 
+
+def add_cli(verbs) -> None:
+    """`train` and `eval`: the two verbs small enough to live here."""
     tr = verbs.add_parser("train", help="one DPO run → OUTPUT/dpo_model_lr{lr}_bs{bs}_epoch{epoch}/, then eval")
     add_arguments(tr, DataConfig)
     add_arguments(tr, TrainConfig)
@@ -111,11 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")
     add_arguments(ev, EvalConfig)
     ev.set_defaults(func=cmd_eval)
-
-    for entry in VERB_MODULES:
-        module, function = entry.split(":")
-        getattr(importlib.import_module(module), function)(verbs)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

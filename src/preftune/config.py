@@ -38,10 +38,10 @@ SEED_LIMIT = 2**32  # numpy's seeds (transformers.set_seed seeds numpy too) are 
 
 
 def _opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
-         gt: float | None = None, le: float | None = None, lt: float | None = None, nonempty: bool = False,
+         gt: float | None = None, le: float | None = None, lt: float | None = None, nonempty: bool | str = False,
          **extra: Any) -> Any:
     """A dataclass field with CLI metadata: help text, allowed `choices` (argparse choices too), a
-    range (ge ≥, gt >, le ≤, lt <) and `nonempty` (a string that must say something), which
+    range (ge ≥, gt >, le ≤, lt <) and `nonempty` (a string that must say something; a str: what to pass instead), which
     `check_fields` enforces for every config, CLI or not."""
     meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty or None,
             **extra}
@@ -62,7 +62,8 @@ def _interval(meta: Mapping) -> str:
 def check_value(value: Any, meta: Mapping, flag: str) -> None:
     """One value against a field's metadata: its choices, finiteness (floats) and range."""
     if meta.get("nonempty") and isinstance(value, str) and not value.strip():
-        raise PreftuneError(f"{flag} is empty")
+        hint = meta["nonempty"] if isinstance(meta["nonempty"], str) else ""
+        raise PreftuneError(f"{flag} is empty" + (f": {hint}" if hint else ""))
     if "choices" in meta and value not in meta["choices"]:
         raise PreftuneError(f"unknown {flag} '{value}'; choose one of: {', '.join(map(str, meta['choices']))}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -105,7 +106,8 @@ class DataConfig(Config):
     dataset: str = _opt(
         DEFAULT_DATASET,
         "Preference data: a file or folder path, a hub id (e.g. openai/summarize_from_feedback), "
-        "or the name of the shipped sample ('tldr-sample': 1,771 human-labelled TL;DR comparisons).", nonempty=True,
+        "or the name of the shipped sample ('tldr-sample': 1,771 human-labelled TL;DR comparisons).",
+        nonempty="pass a file, a folder, a shipped sample (tldr-sample) or a hub id",
     )
     format: str = _opt(
         "auto", "Row adapter to use ('auto' detects it from the columns). See `preftune data formats`.",

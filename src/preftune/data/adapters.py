@@ -185,7 +185,10 @@ def summarize_from_feedback(row: dict) -> PairFields:
         "split": row.get("split"),
         "chosen_policy": policies[choice],
         "rejected_policy": policies[1 - choice],
-        "confidence": sure,
+        # how sure the labeller was of the choice, 1 (barely) … 4 (sure): the distance of the 1–9 scale from
+        # its midpoint (1–4 lean to summary 0, 6–9 to summary 1); "confidence_raw" keeps the 1–9 value
+        "confidence": abs(sure - 5) if sure is not None and sure != 5 else None,
+        "confidence_raw": sure,
     }
     return PairFields(prompt, texts[choice], texts[1 - choice], post_id, span, meta)
 

@@ -75,8 +75,8 @@ class Scan:
     def add(self, pair: Pair, rng: random.Random, sample_size: int, examples: int) -> None:
         self.kept += 1
         self.longer += len(pair.chosen) > len(pair.rejected)
-        if "confidence" in pair.meta:
-            self.confidence[pair.meta["confidence"]] += 1
+        if "confidence_raw" in pair.meta:
+            self.confidence[pair.meta["confidence_raw"]] += 1
         self.prompts.add(digest(pair.prompt))
         a, b = sorted((pair.chosen, pair.rejected))
         key = digest(pair.post_id, pair.prompt, a, b)

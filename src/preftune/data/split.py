@@ -96,6 +96,6 @@ def split_stats(pairs: list[Pair]) -> dict:
         "posts": len({p.post_id for p in pairs}),
         "longer_wins": longer_wins(pairs),
         "by_batch": dict(sorted(by_batch.items())),
-        "by_confidence": confidence_counts(Counter(p.meta["confidence"] for p in pairs
-                                                   if "confidence" in p.meta)),
+        "by_confidence": confidence_counts(Counter(p.meta["confidence_raw"] for p in pairs
+                                                   if "confidence_raw" in p.meta)),
     }
