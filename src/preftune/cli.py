@@ -11,6 +11,8 @@ from pathlib import Path
 
 from preftune.config import (DEFAULT_MODEL, DataConfig, EvalConfig, InspectConfig, TrainConfig, add_arguments,
                              from_args)
+from preftune import __version__
+from preftune.config_files import add_config_file_options, parse_args
 from preftune.errors import PreftuneError
 
 
@@ -53,11 +55,13 @@ def cmd_data_formats(ns: argparse.Namespace) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
+    from preftune import trackers
     from preftune.data.adapters import parse_column_map
     from preftune.train import train
 
     data_cfg, train_cfg = from_args(DataConfig, ns), from_args(TrainConfig, ns)
     parse_column_map(data_cfg.column_map)  # a malformed --column-map fails before the model is resolved
+    trackers.require(train_cfg.report_to)  # a missing tracker package too
     train(data_cfg, train_cfg)
 
 
@@ -65,6 +69,12 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     from preftune.evaluate import evaluate_run
 
     evaluate_run(Path(ns.run_dir), from_args(EvalConfig, ns))
+
+
+def cmd_env(ns: argparse.Namespace) -> None:
+    from preftune.env import report
+
+    print(report(as_json=ns.json))
 
 
 # Verbs defined outside this file: "module:function", where function(verbs) adds a subparser whose
@@ -85,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Preference-tune a causal LM with DPO: prepare data, train, evaluate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"preftune {__version__}",
+                        help="print preftune's version and exit (`preftune env` for everything a bug report needs)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     data = verbs.add_parser("data", help="inspect, prepare and list preference data")
@@ -112,9 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(ev, EvalConfig)
     ev.set_defaults(func=cmd_eval)
 
+    env = verbs.add_parser("env", help="versions, torch build and devices, caches, offline defaults: paste it into "
+                                       "a bug report")
+    env.add_argument("--json", action="store_true", help="print one JSON object instead of the list")
+    env.set_defaults(func=cmd_env)
+
     for entry in VERB_MODULES:
         module, function = entry.split(":")
         getattr(importlib.import_module(module), function)(verbs)
+    add_config_file_options(parser, skip=("preftune env",))  # --config FILE.yaml on every other command
     return parser
 
 
@@ -124,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log.setup()
     try:
-        ns = build_parser().parse_args(argv)
+        ns = parse_args(build_parser(), argv)  # with --config FILE, the file's settings under the flags given
         ns.func(ns)
     except PreftuneError as e:
         print(f"preftune: error: {e}", file=sys.stderr)
