@@ -119,7 +119,7 @@ def test_reporting_continues_the_tracker_run_of_a_resumed_training(tmp_path, mon
 
 
 @pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
-@pytest.mark.parametrize("verb", [["train"], ["sweep", "--lr", "1e-6"]])
+@pytest.mark.parametrize("verb", [["train"], ["sweep", "--lr", "1e-6"], ["rm", "train"]])
 def test_a_missing_tracker_package_is_one_line_before_any_work(tracker, verb, tmp_path, capsys):
     if importlib.util.find_spec(tracker) is not None:
         pytest.skip(f"{tracker} is installed here")
@@ -127,6 +127,16 @@ def test_a_missing_tracker_package_is_one_line_before_any_work(tracker, verb, tm
     err = capsys.readouterr().err
     assert err == (f"preftune: error: --report-to {tracker} needs the {tracker} package, which is not installed: "
                    f"run `pip install {tracker}`\n")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("verb", [["train"], ["sweep"]])
+def test_a_missing_tracker_package_named_in_a_config_file(verb, tmp_path, capsys):
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed here")
+    (tmp_path / "c.yaml").write_text(f"report_to: mlflow\noutput_dir: {tmp_path / 'runs'}\n")
+    assert main([*verb, "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "--report-to mlflow needs the mlflow package" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

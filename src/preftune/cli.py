@@ -1,5 +1,6 @@
 """The `preftune` command: verbs only. Each parses its flags (generated from the config dataclasses)
-and calls one function. User errors, a mistyped flag included, print one line and exit 2; no traceback."""
+and calls one function. Every verb with settings also takes `--config FILE.yaml` (config_files.py).
+User errors, a mistyped flag included, print one line and exit 2; no traceback."""
 
 from __future__ import annotations
 
@@ -55,13 +56,11 @@ def cmd_data_formats(ns: argparse.Namespace) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
-    from preftune import trackers
     from preftune.data.adapters import parse_column_map
     from preftune.train import train
 
     data_cfg, train_cfg = from_args(DataConfig, ns), from_args(TrainConfig, ns)
     parse_column_map(data_cfg.column_map)  # a malformed --column-map fails before the model is resolved
-    trackers.require(train_cfg.report_to)  # a missing tracker package too
     train(data_cfg, train_cfg)
 
 
@@ -143,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     log.setup()
     try:
         ns = parse_args(build_parser(), argv)  # with --config FILE, the file's settings under the flags given
+        if getattr(ns, "report_to", "none") != "none":  # train, sweep, rm train: a missing tracker, before any work
+            from preftune.trackers import require
+
+            require(ns.report_to)
         ns.func(ns)
     except PreftuneError as e:
         print(f"preftune: error: {e}", file=sys.stderr)

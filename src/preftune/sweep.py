@@ -9,7 +9,8 @@ interrupted one from its last complete checkpoint (with --save-steps), and start
 lock keeps two sweeps out of one ROOT.
 
 Settings come from a YAML file (--config; every key is a flag's name, see examples/sweep.yaml), from
-flags, or both: a flag wins over the file, the file over the defaults.
+flags, or both: a flag wins over the file, the file over the defaults. With --report-to, every run is
+logged to one tracker project (--tracker-project, default ROOT's name) under its folder name.
 """
 
 from __future__ import annotations
