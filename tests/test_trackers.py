@@ -15,7 +15,7 @@ from conftest import REPO
 
 from preftune import trackers
 from preftune.cli import main
-from preftune.config import DataConfig, TrainConfig
+from preftune.config import DataConfig, RewardConfig, TrainConfig
 from preftune.engines import LOG_KEYS
 from preftune.train import train
 
@@ -81,6 +81,29 @@ def test_a_run_started_over_replaces_its_tensorboard_folder(tiny_model, tmp_path
     train(DATA, tiny_cfg(tiny_model, tmp_path / "runs", report_to="tensorboard", evaluate=False, overwrite=True))
     events = tensorboard_events(tmp_path / "runs" / "tracking" / "tensorboard" / run.name)
     assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in read_log(run)]  # not twice
+
+
+def test_a_training_loop_of_its_own_logs_through_step_logger(tmp_path):
+    """As `rm train` does: reporting + step_logger around its loop, log_final_metrics after its eval."""
+    cfg = RewardConfig(output_dir=str(tmp_path), report_to="tensorboard")
+    run_dir = tmp_path / "reward_model.partial"
+    run_dir.mkdir()
+    records = [{"step": s, "epoch": s / 3, "loss": 1 / s, "accuracy": 0.5} for s in (1, 2, 3)]
+    with (trackers.reporting(cfg, run_dir, "reward_model", trackers.hparams(cfg, 42)) as tracking,
+          trackers.step_logger(tracking) as log_step):
+        for record in records:
+            log_step(record)
+    trackers.log_final_metrics(cfg, run_dir, {"accuracy": 0.625, "accuracy_ci95": [0.5, 0.7], "by": {"b": {"n": 3}}},
+                               step=3)
+    folder = tmp_path / "tracking" / "tensorboard" / "reward_model"
+    events = tensorboard_events(folder)
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx({1: 1.0, 2: 0.5, 3: 1 / 3})
+    assert [(e.step, e.value) for e in events.Scalars("eval/accuracy")] == [(3, 0.625)]
+    assert [e.value for e in events.Scalars("eval/by/b/n")] == [3]
+    hparams = tensorboard_hparams(folder / "hparams")
+    assert (hparams["lr"], hparams["name"], hparams["seed"]) == (1e-4, "reward_model", 42)
+    with trackers.step_logger(None) as log_step:  # --report-to none: nothing to log to
+        log_step(records[0])
 
 
 def test_reporting_continues_the_tracker_run_of_a_resumed_training(tmp_path, monkeypatch):

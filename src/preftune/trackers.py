@@ -9,8 +9,9 @@ name, with:
 - once evaluated, `eval/<metric>` for every number of its eval.json, at the last step
   (`log_final_metrics`), and the settings again beside them (TensorBoard's HPARAMS view).
 
-The fast engine logs through accelerate's tracking API, the TRL engine (and `rm train`) through the
-Trainer's `report_to`. What a tracker writes goes under ROOT/tracking/ (ROOT = --output-dir):
+The fast engine logs through accelerate's tracking API (an Accelerator), the TRL engine through the
+Trainer's `report_to`, and a training loop of its own (`rm train`) through `step_logger` (accelerate's
+tracker classes without an Accelerator, as `log_final_metrics` uses them). What a tracker writes goes under ROOT/tracking/ (ROOT = --output-dir):
 
     tensorboard/<run>/  event files: `tensorboard --logdir ROOT/tracking/tensorboard`
     trackio/            Trackio's local store, unless TRACKIO_DIR is set:
@@ -137,7 +138,7 @@ class Tracking:
                 env["MLFLOW_RUN_ID"] = self.run_id
         return env
 
-    # ---- the three ways a run reaches its tracker ----
+    # ---- how a run reaches its tracker (and `step_logger`, `log_final_metrics` below) ----
 
     def trainer_args(self) -> dict[str, Any]:
         """TrainingArguments fields for a transformers Trainer (DPOTrainer, RewardTrainer)."""
@@ -263,6 +264,43 @@ def reporting(cfg: Any, run_dir: Path, run: str, settings: dict, resumed_step: i
         _write_record(run_dir, tracking)
 
 
+@contextlib.contextmanager
+def _tracker_run(tracking: Tracking, final: bool = False):
+    """accelerate's tracker object for the run (its GeneralTracker API, without an Accelerator),
+    started with the run's environment set, its settings stored, finished on exit."""
+    from accelerate import PartialState
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    PartialState()  # accelerate's trackers ask it which process is the main one
+    args = tracking.init_trackers_args(final)
+    kwargs = args["init_kwargs"][tracking.report_to]
+    cls = LOGGER_TYPE_TO_CLASS[tracking.report_to]
+    with _environment(tracking.environment()):
+        if cls.requires_logging_directory:
+            tracker = cls(args["project_name"], str(tracking.tensorboard_root), **kwargs)
+        else:
+            tracker = cls(args["project_name"], **kwargs)
+        tracker.start()
+        try:
+            if args["config"] is not None:
+                tracker.store_init_configuration(args["config"])
+            yield tracker
+        finally:
+            tracker.finish()
+
+
+@contextlib.contextmanager
+def step_logger(tracking: Tracking | None):
+    """For a training loop of its own (neither an Accelerator's nor a Trainer's, e.g. `rm train`'s):
+    a function that sends one train_log record to the run's tracker (`train/<key>` at its step),
+    with the tracker run open for the `with` block. A no-op without a tracker, and off rank 0."""
+    if tracking is None or log.rank() != 0:
+        yield lambda record: None
+        return
+    with _tracker_run(tracking) as tracker:
+        yield lambda record: tracker.log(step_values(record), step=record.get("step"))
+
+
 def log_final_metrics(cfg: Any, run_dir: Path, metrics: dict, step: int | None = None) -> None:
     """Log a run's final eval metrics (`eval/<key>`) at `step` to the tracker run its training
     logged to (found through run_dir/tracking.json), with its settings beside them. No-op without a
@@ -272,28 +310,13 @@ def log_final_metrics(cfg: Any, run_dir: Path, metrics: dict, step: int | None =
     tracking = _from_record(_read_record(run_dir) or {}, Path(cfg.output_dir))
     if tracking is None:
         return
-    from accelerate import PartialState
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-
-    PartialState()  # accelerate's trackers need its process state (set up already when training ran here)
     values = eval_values(metrics)
-    args = tracking.init_trackers_args(final=True)
-    kwargs = args["init_kwargs"][tracking.report_to]
-    with _environment(tracking.environment()):
-        cls = LOGGER_TYPE_TO_CLASS[tracking.report_to]
-        if cls.requires_logging_directory:
-            tracker = cls(args["project_name"], str(tracking.tensorboard_root), **kwargs)
-        else:
-            tracker = cls(args["project_name"], **kwargs)
-        tracker.start()
-        try:
-            if tracking.report_to == "tensorboard":  # HPARAMS view: the settings with the metrics they gave
-                tracker.writer.add_hparams(_scalar_settings(tracking.hparams), values, run_name="hparams")
-            elif tracking.report_to != "trackio":  # (trackio got them in its init)
-                tracker.store_init_configuration(tracking.hparams)
-            tracker.log(values, step=step)
-        finally:
-            tracker.finish()
+    with _tracker_run(tracking, final=True) as tracker:
+        if tracking.report_to == "tensorboard":  # HPARAMS view: the settings with the metrics they gave
+            tracker.writer.add_hparams(_scalar_settings(tracking.hparams), values, run_name="hparams")
+        elif tracking.report_to != "trackio":  # (trackio got them in its init)
+            tracker.store_init_configuration(tracking.hparams)
+        tracker.log(values, step=step)
     logger.info(f"tracking: {len(values)} eval metrics → {tracking.report_to} run {tracking.run}")
 
 
