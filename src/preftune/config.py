@@ -180,7 +180,7 @@ class TrainConfig(Config):
     save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
     report_to: str = _opt(
         "none", "Experiment tracker the run logs to (its training curves, settings and final eval metrics), "
-        "written under OUTPUT/tracking/ (see the README).", choices=TRACKER_NAMES)
+        "written under ROOT/tracking/ (see the README).", choices=TRACKER_NAMES)
     tracker_project: str | None = _opt(
         None, "Tracker project the run is logged under, by its folder name (default: the --output-dir folder's "
         "name, so a sweep's runs share one project).", nonempty=True)
@@ -235,7 +235,7 @@ class RewardConfig(Config):
     logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
     report_to: str = _opt(
-        "none", "Experiment tracker the training logs to, written under OUTPUT/tracking/ (see the README).",
+        "none", "Experiment tracker the training logs to, written under ROOT/tracking/ (see the README).",
         choices=TRACKER_NAMES)
     tracker_project: str | None = _opt(
         None, "Tracker project the reward model is logged under, by its --name (default: the --output-dir "
