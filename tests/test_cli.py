@@ -30,7 +30,7 @@ TIMING = re.compile(r"\d(?:[\d.,]*)\s*(?:ms|s|sec|seconds?|min|minutes?|h|hours?
 def test_every_verb_is_found():
     verbs = {" ".join(path) for path, _ in COMMANDS}
     assert {"data prepare", "data inspect", "data formats", "train", "eval", "sweep", "report", "push", "judge",
-            "rm train", "serve", "space"} <= verbs
+            "rm train", "serve", "space", "env"} <= verbs
 
 
 @pytest.mark.parametrize("path, parser", COMMANDS, ids=[" ".join(p) or "preftune" for p, _ in COMMANDS])

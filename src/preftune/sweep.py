@@ -9,7 +9,8 @@ interrupted one from its last complete checkpoint (with --save-steps), and start
 lock keeps two sweeps out of one ROOT.
 
 Settings come from a YAML file (--config; every key is a flag's name, see examples/sweep.yaml), from
-flags, or both: a flag wins over the file, the file over the defaults.
+flags, or both: a flag wins over the file, the file over the defaults. With --report-to, every run is
+logged to one tracker project (--tracker-project, default ROOT's name) under its folder name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import itertools
 import logging
 import os
@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preftune import log
+from preftune import log, trackers
 from preftune.config import DataConfig, SweepConfig, TrainConfig, add_arguments, flag_name, run_name
-from preftune.errors import DataError, PreftuneError
+from preftune.config_files import coerce, load_config_file
+from preftune.errors import PreftuneError
 from preftune.run_folder import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -70,62 +71,6 @@ def _settable() -> dict[str, Any]:
     return hints
 
 
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """A YAML or flag value checked against a field's type: lists for the grid, YAML's `1e-6` (a
-    string to YAML 1.1) as a float. Raises a message naming `where`."""
-    if typing.get_origin(hint) is tuple:  # a grid key: one value or a list of them
-        values = value if isinstance(value, list) else [value]
-        return tuple(coerce(v, typing.get_args(hint)[0], where) for v in values)
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise PreftuneError(f"{where}: needs a value")
-    tp = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # `int | None` → int
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit():  # from a flag
-        return int(value)
-    if tp is float and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise PreftuneError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    """The settings of a sweep YAML file, checked: unknown keys and wrong types name the line."""
-    import yaml
-
-    if not path.is_file():
-        raise PreftuneError(f"sweep config {path} not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node, values = yaml.compose(text), yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PreftuneError(f"{path}: not valid YAML: {e}") from e
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise DataError(str(path), 1, None, "expected a mapping of settings (key: value)")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
-    hints, settings = _settable(), {}
-    for key, value in values.items():
-        if key not in hints:
-            close = difflib.get_close_matches(str(key), hints, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(hints)}"
-            raise DataError(str(path), lines.get(key), str(key), f"unknown setting{hint}")
-        try:
-            settings[key] = coerce(value, hints[key], "value")
-        except PreftuneError as e:
-            raise DataError(str(path), lines.get(key), key, str(e).removeprefix("value: ")) from None
-    return settings
-
-
 def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, SweepConfig]:
     """(data, base train, grid) configs from merged settings; each class validates its own fields."""
     from preftune.data.adapters import parse_column_map
@@ -138,6 +83,7 @@ def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, Sw
     base = TrainConfig(**{k: v for k, v in settings.items() if k in train_names})
     for planned in expand(grid, base):  # every combination must be a valid run before any starts
         TrainConfig(**asdict(planned.cfg))
+    trackers.require(base.report_to)
     return data_cfg, base, grid
 
 
@@ -249,7 +195,7 @@ def _parse_list(text: str, hint: Any, flag: str) -> tuple:
 def settings_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     """The --config file's settings, overridden by the flags given (absent flags are not in `ns`)."""
     hints = _settable()
-    settings = load_config_file(Path(ns.config)) if ns.config else {}
+    settings = load_config_file(Path(ns.config), hints) if ns.config else {}
     for key, value in vars(ns).items():
         if key in GRID_KEYS:
             settings[key] = _parse_list(value, hints[key], flag_name(key))

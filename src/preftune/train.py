@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import preftune
-from preftune import run_folder
+from preftune import run_folder, trackers
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.fit import fit, subsample
 from preftune.data.prepare import Pair, prepare
@@ -100,7 +100,8 @@ def train(data_cfg: DataConfig, cfg: TrainConfig) -> Path:
 
 # Settings that change neither the result of training (gradient checkpointing: only its memory and time)
 # nor the evaluation of a run.
-NOT_IN_SPEC = ("output_dir", "overwrite", "logging_steps", "save_steps", "gradient_checkpointing")
+NOT_IN_SPEC = ("output_dir", "overwrite", "logging_steps", "save_steps", "gradient_checkpointing", "report_to",
+               "tracker_project")
 # ... and those that change only the evaluation, which a resumed run redoes anyway.
 EVAL_ONLY = ("evaluate", "max_eval_pairs")
 
@@ -228,6 +229,7 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
                    **evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta)}
         run_folder.atomic_write_json(partial / run_folder.EVAL_FILE, metrics)
         logger.info(format_table(metrics))
+        trackers.log_final_metrics(cfg, partial, metrics, step=result.steps)  # to the run's tracker, if any
 
     final = run_folder.finish_partial(partial)  # checkpoints kept until now: a kill in eval resumes
     logger.info(f"run: {final}")

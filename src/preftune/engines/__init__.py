@@ -17,6 +17,12 @@ Checkpoints — the convention every engine follows, so `train.run` can resume a
 The per-step log (`job.log_path`, a run's train_log.jsonl): every engine appends one JSON object per
 logged step with `append_log`, holding at least `LOG_KEYS` (TRL's names). The TRL engine also keeps
 whatever else TRL logs (entropy, num_tokens, logits/*, mean_token_accuracy in TRL 1.16).
+
+Trackers (`--report-to`, preftune/trackers.py): an engine trains inside `with job.tracking() as
+tracking:` and hands `tracking` to its tracker API — accelerate's (`Accelerator(**tracking.accelerator_args())`,
+`init_trackers`, `log(trackers.step_values(record), step=)`, `end_training`) or the Trainer's
+(`**trackers.trainer_args(tracking)` in its arguments) — so each logged step reaches the tracker as
+`train/<key>`. `train.run` logs the eval metrics after (`trackers.log_final_metrics`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from preftune.config import TrainConfig
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
 from preftune.run_folder import atomic_write_json, strict_json
+from preftune.trackers import hparams, reporting
 
 
 @dataclass
@@ -28,6 +29,19 @@ class TrainJob:
     per_device_batch_size: int
     log_path: Path  # per-step training log (JSON lines)
     resume_from: Path | None = None  # a complete checkpoint folder to continue from (see the module doc)
+
+    @property
+    def run_name(self) -> str:
+        """The run's folder name (out_dir is ROOT/<name>.partial/ while it is written): its name in trackers."""
+        return self.out_dir.name.removesuffix(".partial")
+
+    def tracking(self):
+        """`trackers.reporting` for this job, a context manager: the run's Tracking (None without a
+        tracker), continuing the tracker run when the job resumes from a checkpoint."""
+        resumed = read_checkpoint_marker(self.resume_from)["step"] if self.resume_from else None
+        settings = hparams(self.cfg, self.seed, train_pairs=len(self.pairs),
+                           per_device_batch_size=self.per_device_batch_size)
+        return reporting(self.cfg, self.out_dir, self.run_name, settings, resumed)
 
 
 @dataclass

@@ -37,6 +37,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from preftune import trackers
 from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, TrainJob, TrainResult, append_log,
                                    read_checkpoint_marker, write_checkpoint_marker)
 from preftune.errors import PreftuneError
@@ -73,11 +74,19 @@ def step_metrics(pol: torch.Tensor, ref: torch.Tensor, losses: torch.Tensor, bet
 
 
 def train(job: TrainJob) -> TrainResult:
+    with job.tracking() as tracking:
+        return _train(job, tracking)
+
+
+def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup, set_seed
 
     cfg = job.cfg
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # the tracker, if any, through accelerate's tracking API: started here, logged each step, ended below
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **(tracking.accelerator_args() if tracking else {}))
+    if tracking:
+        accelerator.init_trackers(**tracking.init_trackers_args())
     rank, world = accelerator.process_index, accelerator.num_processes
     packed = [pack_pair(job.tokenizer, p.prompt, p.chosen, p.rejected) for p in job.pairs]
 
@@ -148,6 +157,7 @@ def train(job: TrainJob) -> TrainResult:
             if accelerator.is_main_process:
                 records.append(record)
                 append_log(job.log_path, record)
+                accelerator.log(trackers.step_values(record), step=step)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
         if cfg.save_steps and step % cfg.save_steps == 0 and step < len(plan):
             accelerator.wait_for_everyone()
@@ -156,6 +166,7 @@ def train(job: TrainJob) -> TrainResult:
                                 accelerator.unwrap_model(module), optimizer, scheduler)
     bar.close()
     runtime = elapsed_before + time.perf_counter() - start
+    accelerator.end_training()  # flushes and closes the tracker run (no-op without one)
 
     accelerator.wait_for_everyone()
     trained = accelerator.unwrap_model(module).model

@@ -17,6 +17,7 @@ import torch
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import ProgressCallback
 
+from preftune import trackers
 from preftune.engines.base import (CHECKPOINTS_DIR, TrainJob, TrainResult, append_log, read_checkpoint_marker,
                                    write_checkpoint_marker)
 from preftune.models import load_model
@@ -61,7 +62,7 @@ class CheckpointMarker(TrainerCallback):
             write_checkpoint_marker(folder, state.global_step, self.elapsed())
 
 
-def dpo_config(job: TrainJob):
+def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
     from trl import DPOConfig
 
     cfg = job.cfg
@@ -82,7 +83,7 @@ def dpo_config(job: TrainJob):
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,  # unused without a save strategy, but must be > 0
         save_total_limit=2,  # the Trainer deletes old checkpoints before the new one is marked: keep one marked
-        report_to=[],
+        **trackers.trainer_args(tracking),  # report_to (+ run_name, project): the Trainer's own tracker callbacks
         seed=job.seed,
         data_seed=job.seed,
         disable_tqdm=False,
@@ -99,6 +100,12 @@ def lora_config(job: TrainJob):
 
 
 def train(job: TrainJob) -> TrainResult:
+    # the environment the Trainer's tracker callbacks read is set for the whole training
+    with job.tracking() as tracking:
+        return _train(job, tracking)
+
+
+def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     from datasets import Dataset
     from trl import DPOTrainer
 
@@ -111,7 +118,7 @@ def train(job: TrainJob) -> TrainResult:
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # the initial policy: reloaded from model_path (full) or adapter disabled (LoRA)
-        args=dpo_config(job),
+        args=dpo_config(job, tracking),
         train_dataset=Dataset.from_list(rows),
         processing_class=job.tokenizer,
         peft_config=lora_config(job) if job.cfg.lora else None,

@@ -1,0 +1,166 @@
+"""Settings files: `--config FILE.yaml` on every command, as `trl dpo --config` takes one.
+
+A file's keys are the command's flags with underscores (`max_pairs: 48` is `--max-pairs 48`; examples/
+has one per command). A flag on the command line wins over the file, the file over the defaults. An
+unknown key, a value of the wrong type or outside a flag's choices is a one-line error naming the file,
+the line and the key (and, for an unknown key, the closest valid one).
+
+How it is wired: `add_config_file_options` gives every command of the parser a --config flag
+(`cli.build_parser` calls it once, so verbs defined in other modules need nothing), and `parse_args`
+parses the command line, makes the file's values that command's defaults, and parses it again over
+them. `preftune sweep` reads its file itself (its grid keys take lists), with the same
+`load_config_file` and `coerce`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from preftune.errors import DataError, PreftuneError
+
+CONFIG_DEST = "config"
+_TARGET = "_config_file_parser"  # namespace attribute: the parser of the command being run (set as its default)
+_NOT_SETTINGS = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """A YAML or flag value checked against a field's type: lists for a sweep's grid, YAML's `1e-6`
+    (a string to YAML 1.1) as a float. Raises a message naming `where`."""
+    if typing.get_origin(hint) is tuple:  # a grid key: one value or a list of them
+        values = value if isinstance(value, list) else [value]
+        return tuple(coerce(v, typing.get_args(hint)[0], where) for v in values)
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise PreftuneError(f"{where}: needs a value")
+    tp = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # `int | None` → int
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit():  # from a flag
+        return int(value)
+    if tp is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise PreftuneError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def load_config_file(path: Path, hints: dict[str, Any], choices: dict[str, tuple] | None = None) -> dict[str, Any]:
+    """The settings of a YAML file, each checked against `hints` (key → type hint) and `choices`:
+    an unknown key or a wrong value names the file, line and key."""
+    import yaml
+
+    if not path.is_file():
+        raise PreftuneError(f"--config {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node, values = yaml.compose(text), yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PreftuneError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise DataError(str(path), 1, None, "expected a mapping of settings (key: value)")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    settings = {}
+    for key, value in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), hints, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(hints)}"
+            raise DataError(str(path), lines.get(key), str(key), f"unknown setting{hint}")
+        try:
+            settings[key] = coerce(value, hints[key], "value")
+        except PreftuneError as e:
+            raise DataError(str(path), lines.get(key), key, str(e).removeprefix("value: ")) from None
+        allowed = (choices or {}).get(key)
+        if allowed and settings[key] not in allowed:
+            raise DataError(str(path), lines.get(key), key,
+                            f"unknown value {settings[key]!r}; choose one of: {', '.join(map(str, allowed))}")
+    return settings
+
+
+# ---- the commands' --config flag -----------------------------------------------------------------
+
+
+def _settings_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A command's flags a file may set: its optional arguments but help, version and --config."""
+    return [a for a in parser._actions  # argparse keeps a parser's arguments here (no public accessor)
+            if a.option_strings and not isinstance(a, _NOT_SETTINGS) and a.dest not in (CONFIG_DEST, _TARGET)]
+
+
+def parser_hints(parser: argparse.ArgumentParser) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """(key → type hint, key → allowed values) of the settings a command's file may hold: its flags
+    by destination, typed as the flag parses (a flag whose default is None may be set to null)."""
+    hints, choices = {}, {}
+    for action in _settings_actions(parser):
+        if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction,
+                               argparse._StoreFalseAction)):
+            tp: Any = bool
+        else:
+            tp = action.type if action.type in (int, float, str) else str
+        hints[action.dest] = tp | None if action.default is None else tp
+        if action.choices:
+            choices[action.dest] = tuple(action.choices)
+    return hints, choices
+
+
+def commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser under `parser` (itself included), verbs and their sub-verbs."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                yield from commands(sub)
+
+
+def add_config_file_option(parser: argparse.ArgumentParser) -> None:
+    """Give one command a --config FILE flag (`parse_args` applies the file)."""
+    parser.add_argument(
+        "--config", metavar="FILE", dest=CONFIG_DEST,
+        help="YAML file of settings for this command, keys named like its flags with underscores "
+             "(max_pairs: 48); a flag given on the command line wins over the file")
+    parser.set_defaults(**{_TARGET: parser})
+
+
+def add_config_file_options(root: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """A --config flag on every command that has settings and no --config of its own, but those
+    whose `prog` ("preftune env") is in `skip`."""
+    for parser in commands(root):
+        has_verbs = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+        own = any("--config" in a.option_strings for a in parser._actions)
+        if not has_verbs and not own and parser.prog not in skip and _settings_actions(parser):
+            add_config_file_option(parser)
+
+
+def parse_args(root: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; with --config FILE, the file's settings become the command's
+    defaults and the command line is parsed again over them. A flag argparse requires may then
+    come from the file instead."""
+    required = [a for p in commands(root) for a in _settings_actions(p) if a.required]
+    for action in required:  # first pass: only to find the command and its --config
+        action.required = False
+    try:
+        first = root.parse_args(argv)
+    finally:
+        for action in required:
+            action.required = True
+    target, path = getattr(first, _TARGET, None), getattr(first, CONFIG_DEST, None)
+    if target is not None and path:
+        settings = load_config_file(Path(path), *parser_hints(target))
+        target.set_defaults(**settings)
+        for action in _settings_actions(target):
+            action.required = action.required and action.dest not in settings
+    ns = root.parse_args(argv)
+    if hasattr(ns, _TARGET):
+        delattr(ns, _TARGET)
+    return ns

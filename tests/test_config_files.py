@@ -1,0 +1,119 @@
+"""--config FILE.yaml on every command: every example under examples/ parses against its command into
+valid configs, flags win over the file and the file over the defaults, and a bad file is one line
+naming the file, line and key (with the closest valid key for a typo), before any work."""
+
+import argparse
+import dataclasses
+
+import pytest
+import yaml
+from conftest import REPO
+
+from preftune import config
+from preftune.cli import build_parser, main
+from preftune.config_files import commands, parse_args
+from preftune.sweep import build_configs, expand, settings_from_args
+
+RUN = "runs/some_run"  # parsing only: the run folder is not opened
+EXAMPLES = {  # file → the command it is written for
+    "train.yaml": ["train"],
+    "rm.yaml": ["rm", "train"],
+    "judge.yaml": ["judge", RUN],
+    "serve.yaml": ["serve", RUN],
+    "sweep.yaml": ["sweep"],
+}
+CONFIGS = [c for c in vars(config).values() if isinstance(c, type) and issubclass(c, config.Config)
+           and c not in (config.Config, config.SweepConfig)]  # (the sweep's grid is checked by build_configs)
+
+
+def test_every_example_is_parsed_below():
+    assert sorted(p.name for p in (REPO / "examples").glob("*.yaml")) == sorted(EXAMPLES)
+
+
+def valid_configs(ns: argparse.Namespace) -> list:
+    """Every config class the command's settings make (each checks its own fields)."""
+    return [config.from_args(cls, ns) for cls in CONFIGS
+            if {f.name for f in dataclasses.fields(cls)} <= vars(ns).keys()]
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_parses_against_its_command(name):
+    path = REPO / "examples" / name
+    values = yaml.safe_load(path.read_text())
+    ns = parse_args(build_parser(), [*EXAMPLES[name], "--config", str(path)])
+    if name == "sweep.yaml":
+        data, base, grid = build_configs(settings_from_args(ns))
+        assert len(expand(grid, base)) == 4 and base.max_pairs == values["max_pairs"]
+        return
+    assert valid_configs(ns)
+    for key, value in values.items():
+        assert getattr(ns, key) == (float(value) if isinstance(getattr(ns, key), float) else value), key
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_flags_win_over_the_file_and_the_file_over_the_defaults(tmp_path):
+    path = write(tmp_path, "lr: 1.0e-5\nmax_pairs: 8\nlora: true\nengine: trl\nmax_eval_pairs: null\n")
+    ns = parse_args(build_parser(), ["train", "--config", path, "--lr", "2e-5", "--no-lora"])
+    assert (ns.lr, ns.max_pairs, ns.lora, ns.engine, ns.max_eval_pairs, ns.batch_size) == (2e-5, 8, False, "trl",
+                                                                                          None, 4)
+    ns = parse_args(build_parser(), ["train", "--engine", "fast", "--config", path])  # a flag = its default still wins
+    assert ns.engine == "fast"
+    ns = parse_args(build_parser(), ["train", "--config", write(tmp_path, "lr: 2e-6\n")])  # YAML 1.1's string
+    assert ns.lr == 2e-6
+
+
+def test_a_required_flag_may_come_from_the_file(tmp_path, capsys):
+    ns = parse_args(build_parser(), ["data", "prepare", "--config", write(tmp_path, "out: prepared\nfraction: 0.5\n")])
+    assert (ns.out, ns.fraction) == ("prepared", 0.5)
+    assert main(["data", "prepare", "--config", write(tmp_path, "fraction: 0.5\n")]) == 2
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+
+
+def test_every_command_with_settings_takes_a_config_file():
+    leaves = [p for p in commands(build_parser())
+              if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)]
+    without = [p.prog for p in leaves if not any("--config" in a.option_strings for a in p._actions)]
+    # nothing to set (report takes only ROOT); a report of this machine
+    assert sorted(without) == ["preftune data formats", "preftune env", "preftune report"]
+    assert {"preftune train", "preftune eval", "preftune rm train", "preftune judge", "preftune serve",
+            "preftune sweep"} <= {p.prog for p in leaves}
+
+
+@pytest.mark.parametrize("verb, text, message", [
+    (["train"], "lrr: 1e-6\n", "c.yaml:1: field 'lrr': unknown setting; did you mean 'lr'?"),
+    (["train"], "seed: 1\nmax-pairs: 8\n", "c.yaml:2: field 'max-pairs': unknown setting; did you mean 'max_pairs'?"),
+    (["train"], "max_pairs: many\n", "c.yaml:1: field 'max_pairs': expected int, got 'many'"),
+    (["train"], "epochs: 1.5\n", "c.yaml:1: field 'epochs': expected int, got 1.5"),
+    (["train"], "lora: maybe\n", "c.yaml:1: field 'lora': expected bool, got 'maybe'"),
+    (["train"], "engine: turbo\n", "c.yaml:1: field 'engine': unknown value 'turbo'; choose one of: fast, trl"),
+    (["train"], "report_to: comet\n", "field 'report_to': unknown value 'comet'; choose one of: none, tensorboard"),
+    (["train"], "dataset: null\n", "c.yaml:1: field 'dataset': needs a value"),
+    (["train"], "lr: -1\n", "--lr must be > 0, got -1.0"),
+    (["train"], "- lr\n", "c.yaml:1: expected a mapping of settings (key: value)"),
+    (["train"], "lr: [1\n", "c.yaml: not valid YAML"),
+    (["eval", RUN], "lora: true\n", "c.yaml:1: field 'lora': unknown setting"),
+    (["rm", "train"], "name:\n", "c.yaml:1: field 'name': needs a value"),
+    (["judge", RUN], "temprature: 0.5\n", "c.yaml:1: field 'temprature': unknown setting; did you mean 'temperature'?"),
+    (["serve", RUN], "port: 99999\n", "--port must be in [0, 65535], got 99999"),
+])
+def test_a_bad_file_is_one_line_before_any_work(verb, text, message, tmp_path, capsys):
+    assert main([*verb, "--config", write(tmp_path, text), *(["--output-dir", str(tmp_path / "runs")]
+                                                            if verb[0] in ("train", "rm") else [])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: tmp / "nope.yaml", "nope.yaml: file not found"),
+    (lambda tmp: tmp, "is a folder, not a file"),
+])
+def test_a_config_file_that_is_not_there(where, message, tmp_path, capsys):
+    assert main(["train", "--config", str(where(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert f"preftune: error: --config {tmp_path}" in err and message in err and err.count("\n") == 1
