@@ -54,10 +54,9 @@ def test_tensorboard_holds_the_step_log_the_settings_and_the_eval_metrics(engine
                                                                           monkeypatch):
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
     cfg = tiny_cfg(tiny_model, tmp_path / "runs", engine=engine, report_to="tensorboard")
-    run = train(DATA, cfg)
+    run = train(DATA, cfg)  # train.run logs the eval metrics to the tracker after evaluating
     metrics = json.loads((run / "eval.json").read_text())
     steps = json.loads((run / "metrics.json").read_text())["steps"]
-    trackers.log_final_metrics(cfg, run, metrics, step=steps)  # as train.run does after evaluating
 
     folder = tmp_path / "runs" / "tracking" / "tensorboard" / run.name
     events = tensorboard_events(folder)
@@ -69,7 +68,8 @@ def test_tensorboard_holds_the_step_log_the_settings_and_the_eval_metrics(engine
     assert {f"eval/{k}" for k, v in metrics.items() if isinstance(v, (int, float))} <= set(events.Tags()["scalars"])
 
     hparams = tensorboard_hparams(folder / "hparams")
-    assert (hparams["lr"], hparams["engine"], hparams["seed"], hparams["train_pairs"]) == (0.01, engine, 3, 8)
+    assert (hparams["lr"], hparams["engine"], hparams["seed"], hparams["train_pairs"]) == (
+        0.01, engine, 3, json.loads((run / "metrics.json").read_text())["train_pairs"])
     record = json.loads((run / trackers.RECORD_FILE).read_text())
     assert (record["report_to"], record["project"], record["run"]) == ("tensorboard", "runs", run.name)
 
@@ -176,10 +176,7 @@ import json, sys
 from preftune import trackers
 from preftune.config import TrainConfig
 root, run = sys.argv[1], sys.argv[2]
-cfg = TrainConfig(output_dir=root, report_to="trackio")
-run_dir = f"{root}/{run}"
 from pathlib import Path
-trackers.log_final_metrics(cfg, Path(run_dir), json.loads(Path(run_dir, "eval.json").read_text()), step=2)
 from trackio.sqlite_storage import SQLiteStorage
 project = Path(root).name
 print("STORE " + json.dumps({"runs": SQLiteStorage.get_runs(project),

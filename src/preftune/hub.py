@@ -42,7 +42,7 @@ from preftune.run_folder import Run, open_run
 
 logger = logging.getLogger(__name__)
 
-NOT_UPLOADED = {"training_args.bin"}  # a pickle of the Trainer's arguments: unsafe to load, no use to a reader
+NOT_UPLOADED = {"training_args.bin", "tracking.json"}  # a pickle of the Trainer's arguments (unsafe to load); local tracker paths
 NOT_UPLOADED_DIRS = {run_folder.CHECKPOINTS_DIR}
 CURVES = "training_curves.png"
 CARD = "README.md"

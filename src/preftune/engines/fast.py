@@ -166,7 +166,8 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
                                 accelerator.unwrap_model(module), optimizer, scheduler)
     bar.close()
     runtime = elapsed_before + time.perf_counter() - start
-    accelerator.end_training()  # flushes and closes the tracker run (no-op without one)
+    for tracker in accelerator.trackers:  # flush and close the tracker run; not end_training(), which would
+        tracker.finish()                  # also destroy the process group train.run still needs
 
     accelerator.wait_for_everyone()
     trained = accelerator.unwrap_model(module).model
