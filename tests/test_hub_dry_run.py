@@ -153,3 +153,17 @@ def test_best_with_no_valid_ranking_is_an_error(model_run, capsys):  # noqa: F81
     (model_run / "eval.json").write_text('{"accuracy": NaN, "mean_margin": NaN}')
     assert main(dry_run(model_run.parent, "--best", "1")) == 2
     assert "holds no runs with a valid validation length_balanced_accuracy to rank" in capsys.readouterr().err
+
+
+def test_best_refuses_runs_scored_on_different_data(model_run, capsys):  # noqa: F811
+    root = model_run.parent
+    other = nan_run(root, "other", 0.99)  # a better number, on other data: not comparable
+    config = json.loads((other / "preftune_config.json").read_text())
+    config["data"]["seed"] = config["data"].get("seed", 42) + 1
+    (other / "preftune_config.json").write_text(json.dumps(config))
+    before = hashes(root)
+    assert main(dry_run(root, "--best", "1")) == 2
+    err = capsys.readouterr().err
+    assert "holds runs scored on different validation data (2 groups:" in err and err.count("preftune: error:") == 1
+    assert "--best cannot rank them against each other" in err
+    assert hashes(root) == before
