@@ -2,20 +2,24 @@
 
     preftune push RUN_DIR [--repo-id OWNER/NAME] [--private] [--dry-run [--stage-dir DIR]]
     preftune push ROOT --best N [--rank-by METRIC] [--namespace ORG]
+    preftune push RM_DIR [--repo-id OWNER/NAME] ...        a reward model folder (preftune.hub_rm)
 
 Each run is first staged into an upload folder (hard links to the run's files where the filesystem
 allows): the model as `save_pretrained` wrote it, the run's configs, log, metrics and held-out pairs,
 `training_curves.png`, and README.md — the model card, with Hub metadata (base_model, datasets, tags,
-license, model-index holding the eval metrics), hyperparameters, data, metrics (each block labelled
-with the data and split it was computed on), the curves and a usage snippet. Then
-`create_repo(exist_ok=True)` + `upload_folder`; unchanged files are not re-sent and an unchanged run
-makes no new commit, so pushing twice is harmless. `--dry-run` stops after staging.
+license, model-index holding the eval metrics), hyperparameters, data, metrics, the curves and a usage
+snippet. Every metric block and model-index entry names the data and split it was computed on, and
+whether that is the run's held-out data, data the training set is a part of, or another dataset; each
+result file is its own model-index entry (the Hub groups entries by dataset type, config and split,
+not by name). Then `create_repo(exist_ok=True)` + `upload_folder`; unchanged files are not re-sent and
+an unchanged run makes no new commit, so pushing twice is harmless. `--dry-run` stops after staging.
 
 Nothing destructive: pushing reads a run folder and never writes inside it. A dry run's --stage-dir that
 is, is inside, or contains a run being pushed (ROOT included), that is a file or device, or that cannot be
 written, is refused before any work; an existing upload folder is replaced only when preftune staged it.
-`--best N` ranks runs on validation (--rank-by, as `preftune report`) and never picks a run without a
-valid value of that metric.
+`--best N` ranks runs on validation (--rank-by, as `preftune report`), never picks a run without a valid
+value of that metric, and refuses runs scored on different validation data. The staging, the token and
+the Hub errors here are shared by the reward model and dataset pushes (preftune.hub_rm, preftune.hub_data).
 
 The token comes from HF_TOKEN or the `hf auth login` cache (`huggingface_hub.get_token`). It is handed
 to the client and nowhere else: never printed, logged, or written into a file.
