@@ -115,6 +115,7 @@ def test_dry_runs_that_work_leave_the_run_untouched(model_run, tmp_path, capsys)
     """A fresh stage folder, the same one again (preftune's own staging is replaced), the default
     ROOT/hub_upload, and a run that holds its own README.md (never written through a hard link)."""
     (model_run / "README.md").write_text("the run's own notes\n")
+    (model_run / "preferences.jsonl").write_text('{"votes": "people\'s input"}\n')  # published only by `data push`
     before = hashes(model_run)
     staged = tmp_path / "stage"
     for args in (["--stage-dir", str(staged)], ["--stage-dir", str(staged)], []):
@@ -123,6 +124,8 @@ def test_dry_runs_that_work_leave_the_run_untouched(model_run, tmp_path, capsys)
     assert (staged / ".preftune-stage").is_file() and (staged / model_run.name / "README.md").read_text().startswith("---")
     assert (model_run.parent / "hub_upload" / model_run.name / "model.safetensors").is_file()
     assert (model_run / "README.md").read_text() == "the run's own notes\n"
+    assert not (staged / model_run.name / "preferences.jsonl").exists()
+    assert "preferences.jsonl (the demo's votes) is not uploaded with the model" in capsys.readouterr().out
 
 
 def nan_run(root: Path, name: str, accuracy: float) -> Path:

@@ -47,7 +47,9 @@ from preftune.run_folder import Run, open_run
 
 logger = logging.getLogger(__name__)
 
-NOT_UPLOADED = {"training_args.bin"}  # a pickle of the Trainer's arguments: unsafe to load, no use to a reader
+# training_args.bin: a pickle of the Trainer's arguments, unsafe to load and of no use to a reader;
+# preferences.jsonl: the demo's votes, people's input: published only on purpose, with `preftune data push`
+NOT_UPLOADED = {"training_args.bin", "preferences.jsonl"}
 NOT_UPLOADED_DIRS = {run_folder.CHECKPOINTS_DIR}
 CURVES = "training_curves.png"
 CARD = "README.md"
@@ -464,6 +466,9 @@ def stage(run_dir: Path, repo_id: str, folder: Path, cfg: PushConfig) -> Upload:
     log = run.train_log()
     fresh_folder(folder)
     link_files(run.path, folder, WRITTEN)
+    if (run.path / "preferences.jsonl").is_file():
+        logger.info(f"push: {run.name}/preferences.jsonl (the demo's votes) is not uploaded with the model; to publish "
+                    f"them: preftune data push {run.path} --repo-id OWNER/NAME")
     plot_curves({run.name: log}, folder / CURVES)
     card.save(folder / CARD)
     return Upload(run.path, repo_id, folder)
