@@ -13,8 +13,6 @@ import torch
 from hub_server import HubServer
 
 from preftune.cli import main
-from preftune.config import PushConfig
-from preftune.hub_rm import reward_model_card
 
 TOKEN = "hf_PreftuneRmSecret0b7e44a1c9"
 USER = "tester"
@@ -26,10 +24,9 @@ def reward_model(folder: Path, heads: tuple[str, ...]) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder.mkdir(parents=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ":", ".", "/"]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
-    vocab.unlink()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ":", ".", "/"]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    assert len(tokenizer) == len(words)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64, num_labels=len(heads),
@@ -102,10 +99,11 @@ def test_a_reward_model_round_trips_with_a_card_that_says_what_it_scores(hub, tm
     assert {"README.md", "rm_config.json", "rm_eval.json", "model.safetensors", "config.json"} <= \
         {p.name for p in local.iterdir()}
 
-    texts = ["TITLE: my cat\nPOST: the cat got my dog\nTL;DR: cat and dog"]
+    texts = ["title: my cat\npost: the cat got my dog\ntldr: cat and dog"]
     scores = []
     for where in (folder, local):
         tokenizer = AutoTokenizer.from_pretrained(where)
+        assert tokenizer.unk_token_id not in tokenizer(texts)["input_ids"][0]  # the word pieces came along
         with torch.no_grad():
             scores.append(AutoModelForSequenceClassification.from_pretrained(where).eval()(
                 **tokenizer(texts, return_tensors="pt")).logits)
@@ -134,16 +132,29 @@ def test_a_reward_model_round_trips_with_a_card_that_says_what_it_scores(hub, tm
     assert TOKEN not in result.stdout + result.stderr
 
 
-def test_an_older_folder_shows_what_it_has_and_na_for_the_rest(tmp_path):
-    card = reward_model_card(old_folder(tmp_path), "me/old-rm", PushConfig())
+def test_a_single_head_folder_of_an_older_preftune_shows_what_it_has_and_na_for_the_rest(hub, tmp_path):
+    """num_labels=1, no debias/heads keys, no length metrics: pushed, read back, scored the same."""
+    from huggingface_hub import ModelCard, snapshot_download
+    from transformers import AutoModelForSequenceClassification
+
+    folder = old_folder(tmp_path)
+    result = push(hub, folder, "--repo-id", f"{USER}/old-rm", "--license", "mit", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    local = Path(snapshot_download(f"{USER}/old-rm", endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "cache"))
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    with torch.no_grad():
+        scores = [AutoModelForSequenceClassification.from_pretrained(f).eval()(ids).logits for f in (folder, local)]
+    assert torch.equal(*scores) and scores[0].shape == (1, 1)
+    card = ModelCard.load(local / "README.md")
     text, data = card.text, card.data.to_dict()
     for line in ("| held-out pairwise accuracy | 0.6000 (95% CI 0.4500–0.7400, Wilson, n=40) |",
                  "| length-balanced accuracy (a pure length counter scores 0.5) | n/a |",
                  "| score vs summary length: Pearson | n/a |", "| accuracy where the chosen summary is longer | n/a |",
                  "One output: `logits[:, 0]` is the score. Not length-debiased (debias: n/a",
-                 "validation split of `prefs.jsonl` (split settings n/a;"):
+                 "validation split of `prefs.jsonl` (split settings n/a;", "logits[:, 0]  # the reward head"):
         assert line in text, line
-    assert "/home/me" not in str(card) and "base_model" not in data and data["license"] == "other"
+    assert "/home/me" not in str(card) and "base_model" not in data and data["license"] == "mit"
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("accuracy", 0.6)]
 
 
 def test_a_reward_model_dry_run_stages_beside_it(tmp_path, capsys):
