@@ -196,9 +196,12 @@ def test_a_dry_run_stages_exactly_what_is_uploaded_and_writes_nowhere_else(hub, 
     result = data_push(hub, votes / "preferences.jsonl", "--repo-id", f"{USER}/staged", "--dry-run", home=tmp_path,
                        token=None, endpoint=f"http://127.0.0.1:{closed_port()}")  # offline, no token
     assert result.returncode == 0, result.stderr
-    staged = votes / "hub_upload" / "datasets" / "staged"  # beside the file, never over it
+    staged = votes.parent / "hub_upload" / "datasets" / "staged"  # beside the run folder holding the file
     assert "dry run: nothing uploaded" in result.stdout and (staged / "README.md").is_file()
-    assert {k: v for k, v in hashes(votes.parent).items() if "hub_upload" not in k} == around
+    assert {k: v for k, v in hashes(votes.parent).items() if not k.startswith("hub_upload")} == around
+    refused = data_push(hub, votes / "preferences.jsonl", "--repo-id", f"{USER}/staged", "--dry-run", "--stage-dir",
+                        votes / "stage", home=tmp_path)
+    assert refused.returncode == 2 and "is inside the folder holding the votes" in refused.stderr and not (votes / "stage").exists()
     assert (USER, "staged") not in {tuple(r.repo_id.split("/")) for r in hub.store.repos.values()}
 
     pushed = data_push(hub, votes / "preferences.jsonl", "--repo-id", f"{USER}/staged", home=tmp_path)
@@ -327,3 +330,23 @@ def test_hub_errors_say_what_to_do(hub, prepared, tmp_path, case, repo_id, token
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("preftune: error:") == 1 and TOKEN not in result.stdout + result.stderr
     assert ("dataset", "someone/new-data") not in hub.store.repos
+
+
+def test_an_older_prepared_folder_without_test_split_and_odd_stats_still_pushes(prepared, tmp_path, capsys):
+    """A folder from before the test split (no test.jsonl) and a stats.json whose counts are not what
+    preftune writes: the empty split is left out (and said), the odd values are n/a, nothing crashes."""
+    from huggingface_hub import DatasetCard
+
+    folder = copy_of(prepared, tmp_path)
+    (folder / "test.jsonl").unlink()
+    stats = json.loads((folder / "stats.json").read_text())
+    (folder / "stats.json").write_text(json.dumps({**stats, "rows": ["not", "counts"], "config": {"seed": "x"}}))
+    assert main(["data", "push", str(folder), "--repo-id", "me/old", "--dry-run"]) == 0, capsys.readouterr().err
+    assert "the test split of" in capsys.readouterr().out
+    staged = tmp_path / "hub_upload" / "datasets" / "old"
+    card = DatasetCard.load(staged / "README.md")
+    assert sorted(p.name for p in (staged / "data").iterdir()) == ["train-00000-of-00001.parquet",
+                                                                  "validation-00000-of-00001.parquet"]
+    assert [f["split"] for f in card.data.to_dict()["configs"][0]["data_files"]] == ["train", "validation"]
+    for line in ("| test | 0 (not in the repo) |", "| rows read | n/a |", "drawn with seed x;"):
+        assert line in card.text, line

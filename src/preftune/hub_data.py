@@ -88,7 +88,8 @@ class Source:
 
     kind: str  # "prepared" | "preferences"
     path: Path  # the file or folder read
-    protected: Path  # never written: the folder (or the file) given
+    protected: Path  # never written, nor staged into: the folder given (or the run folder holding the file given,
+    # or the file); the default stage folder is beside it
     splits: dict[str, list[Pair]]
     stats: dict  # prepared: stats.json; preferences: the rows read and skipped
     raw: Path | None = None  # the demo's votes, uploaded as they are
@@ -96,8 +97,7 @@ class Source:
     @property
     def dataset(self) -> str:
         """The dataset the pairs were prepared from (the votes file for the demo's)."""
-        config = self.stats.get("config") if isinstance(self.stats.get("config"), dict) else {}
-        return str(config.get("dataset") or self.path.name)
+        return str(_section(self.stats, "config").get("dataset") or self.path.name)
 
     @property
     def tldr(self) -> bool:
@@ -122,8 +122,8 @@ def open_source(spec: str) -> Source:
     if kind == "other":
         raise PreftuneError(f"{spec}: not a regular file or a folder (a device, pipe or socket): {WHAT}")
     path = path.resolve()
-    if kind == "file":
-        return preferences_source(path, path)
+    if kind == "file":  # in a run folder (where `preftune serve` writes it) the whole folder is protected
+        return preferences_source(path, path.parent if (path.parent / CONFIG_FILE).is_file() else path)
     if is_prepared_dir(str(path)):
         return prepared_source(path)
     if path_kind(path / PREFERENCES_FILE) == "file":
@@ -217,11 +217,11 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def _get(obj: Any, *keys: str) -> Any:
-    """obj[k1][k2]…, or None where a level is missing or not an object (stats.json is the user's file too)."""
-    for key in keys:
-        obj = obj.get(key) if isinstance(obj, dict) else None
-    return obj
+def _section(stats: dict, key: str) -> dict:
+    """stats[key] when it is an object, else {} (stats.json is the user's file too: its values are shown
+    as they are where they fit, n/a where they do not)."""
+    value = stats.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def card_metadata(source: Source, pushed: dict[str, tuple[int, int]], sizes: dict[str, int], cfg: DataPushConfig):
@@ -270,8 +270,7 @@ def split_rule(source: Source) -> str:
     if source.kind == "preferences":
         return ("Not split: every vote is in `train`. Hold out whole posts before training on it (`preftune data prepare "
                 "--dataset OWNER/NAME` splits by `post_id`).")
-    config = _get(source.stats, "config") or {}
-    fraction = _get(source.stats, "fraction") or {}
+    config, fraction = _section(source.stats, "config"), _section(source.stats, "fraction")
     return (f"By post: all pairs of a post are in one split, so no post is in two of train / validation / test. "
             f"Validation takes {_plain(config.get('eval_fraction'))} and test {_plain(config.get('test_fraction', 0.0))} "
             f"of the pairs, as whole posts, drawn with seed {_plain(config.get('seed'))}; before that, a fraction "
@@ -281,7 +280,7 @@ def split_rule(source: Source) -> str:
 
 def row_counts(source: Source) -> list[tuple[str, str]]:
     """Rows read, kept and skipped (each reason with its count), from the reading's tally."""
-    rows = _get(source.stats, "rows") or {}
+    rows = _section(source.stats, "rows")
     skipped = rows.get("skipped") if isinstance(rows.get("skipped"), dict) else {}
     out = [("rows read", _fmt(count(rows.get("total")))), ("pairs kept after cleaning", _fmt(count(rows.get("kept"))))]
     out += [(f"skipped: {reason}", _fmt(count(n))) for reason, n in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
@@ -337,13 +336,11 @@ def tldr_license() -> str:
 def dataset_card(source: Source, pushed: dict[str, tuple[int, int]], sizes: dict[str, int], cfg: DataPushConfig):
     from huggingface_hub import DatasetCard
 
-    config = _get(source.stats, "config") or {}
     return DatasetCard.from_template(
         card_metadata(source, pushed, sizes, cfg),
         template_str=files("preftune").joinpath("templates/dataset_card.md.j2").read_text(encoding="utf-8"),
         name=cfg.repo_id.split("/")[1], repo_id=cfg.repo_id, version=preftune.__version__,
         origin=origin_text(source), splits=split_rows(source), pushed=list(pushed), split_rule=split_rule(source),
-        seed=_plain(config.get("seed")) if source.kind == "prepared" else "n/a (not split)",
         counts=row_counts(source), policies=policy_rows(source) if source.kind == "preferences" else [],
         columns=COLUMNS, license=license_text(source, cfg), tldr=source.tldr,
         prepared=source.kind == "prepared")
@@ -393,7 +390,8 @@ def push_dataset(spec: str, cfg: DataPushConfig) -> Upload:
     check_hub_repo_id(cfg.repo_id)
     source = open_source(spec)
     name = f"datasets/{cfg.repo_id.split('/')[1]}"
-    what = {"prepared": "the prepared folder", "preferences": "the votes"}[source.kind]
+    what = ("the prepared folder" if source.kind == "prepared" else
+            "the folder holding the votes" if source.protected.is_dir() else "the votes file")
     if cfg.dry_run:
         stage_root = claim_stage(cfg.stage_dir, source.protected.parent / DEFAULT_STAGE, [source.protected], [name],
                                  what)
