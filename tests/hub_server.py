@@ -3,7 +3,8 @@ it on 127.0.0.1 (port 0) exactly as they would to huggingface.co, with no networ
 
 It speaks the subset of the Hub API that create_repo / upload_folder (with HF_HUB_DISABLE_XET=1: the
 preupload → LFS batch → PUT → NDJSON commit path) and whoami / repo_info / snapshot_download /
-hf_hub_download use, with the Hub's auth rules that the push's error paths depend on:
+hf_hub_download / `datasets.load_dataset` (README.md, revision, tree of a folder, resolve) use, for
+model, dataset and Space repos alike, with the Hub's auth rules that the push's error paths depend on:
 - a request without a known token → 401 on whoami and on every write;
 - writing into another user's namespace or repo → 403;
 - an invalid repo name → 400; creating an existing repo → 409 that still carries its "url".
@@ -365,10 +366,10 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def add_repo(self, repo_id: str, private: bool = False) -> None:
-        """A repo created out of band (e.g. someone else's)."""
+    def add_repo(self, repo_id: str, private: bool = False, type_: str = "model") -> None:
+        """A repo created out of band (e.g. someone else's); type_: model, dataset or space."""
         first = Commit(hashlib.sha1(repo_id.encode()).hexdigest(), "initial commit", {}, None)
-        self.store.repos[("model", repo_id)] = Repo(repo_id, "model", private, [first], {"main": first.oid})
+        self.store.repos[(type_, repo_id)] = Repo(repo_id, type_, private, [first], {"main": first.oid})
 
-    def commits(self, repo_id: str) -> int:
-        return len(self.store.repos[("model", repo_id)].commits)
+    def commits(self, repo_id: str, type_: str = "model") -> int:
+        return len(self.store.repos[(type_, repo_id)].commits)

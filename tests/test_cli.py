@@ -29,7 +29,7 @@ TIMING = re.compile(r"\d(?:[\d.,]*)\s*(?:ms|s|sec|seconds?|min|minutes?|h|hours?
 
 def test_every_verb_is_found():
     verbs = {" ".join(path) for path, _ in COMMANDS}
-    assert {"data prepare", "data inspect", "data formats", "train", "eval", "sweep", "report", "push", "judge",
+    assert {"data prepare", "data inspect", "data formats", "data push", "train", "eval", "sweep", "report", "push", "judge",
             "rm train", "serve", "space", "env"} <= verbs
 
 

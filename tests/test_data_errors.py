@@ -325,7 +325,7 @@ def test_saved_dataset_dict_without_the_split(capsys, tmp_path):
 
 def test_unknown_format_lists_every_format(capsys, tmp_path):
     fails(capsys, "tldr-sample", tmp_path, "argument --format: invalid choice: 'hh' (choose from 'auto', "
-          "'summarize_from_feedback', 'prompt_chosen_rejected', 'hh_rlhf', 'conversational', 'ultrafeedback')",
+          "'summarize_from_feedback', 'preftune_pairs', 'prompt_chosen_rejected', 'hh_rlhf', 'conversational', 'ultrafeedback')",
           "--format", "hh")
 
 

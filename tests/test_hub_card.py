@@ -74,3 +74,87 @@ def test_a_run_from_before_the_strata_and_the_test_split_still_makes_a_card(tmp_
 
 def test_an_unevaluated_run_says_so(tmp_path):
     assert "This run was not evaluated." in card_of(fake_run(tmp_path, 5e-6, 4, None))
+
+
+def test_metrics_on_other_data_are_never_labelled_as_held_out(tmp_path):
+    """`preftune eval RUN --dataset OTHER` results: another dataset is a transfer measure, the full dataset of
+    which the training data are a part may share posts with training, the run's own data re-prepared is held
+    out; each says so in its title, its note and its model-index entry, and a local path shows by name only."""
+    run = fake_run(tmp_path, 5e-6, 4, 0.625)
+    results = {"eval_cnndm.jsonl-1a2b3c4d.json": ("/home/me/data/cnndm.jsonl", 0.55),
+               "eval_openai-summarize_from_feedback.json": ("openai/summarize_from_feedback", 0.66),
+               "test_tldr-sample.json": ("tldr-sample", 0.6)}
+    for name, (dataset, accuracy) in results.items():
+        split = "test" if name.startswith("test") else "validation"
+        (run / name).write_text(json.dumps({**fake_eval(accuracy, split=split), "dataset": dataset}))
+    card = card_of(run)
+    titles = [line for line in card.splitlines() if line.startswith("### ")]
+    assert titles == ["### validation split of `tldr-sample` (held out from training)",
+                      "### validation split of `cnndm.jsonl` (another dataset: transfer)",
+                      "### validation split of `openai/summarize_from_feedback` (overlaps the training data: not held "
+                      "out)",
+                      "### test split of `tldr-sample` (the run's own data, re-prepared by `preftune eval --dataset`)"]
+    blocks = dict(zip(titles, ("### " + b for b in card.split("### ")[1:])))
+    assert "a dataset this run was not trained on" in blocks[titles[1]] and "A transfer measure" in blocks[titles[1]]
+    assert "posts that training never saw" not in blocks[titles[1]] + blocks[titles[2]]
+    assert "**not a held-out measure**" in blocks[titles[2]]
+    assert "posts that training never saw" in blocks[titles[3]] and "/home/me" not in card
+
+    data = model_card(run, "me/run", PushConfig()).data.to_dict()
+    named = {(m["type"], r["dataset"]["name"]): m["value"] for r in data["model-index"][0]["results"]
+             for m in r["metrics"]}
+    assert named["accuracy", "tldr-sample (validation split)"] == 0.625
+    assert named["accuracy", "cnndm.jsonl (validation split; transfer: not the training data)"] == 0.55
+    assert named["accuracy", "openai/summarize_from_feedback (validation split; may overlap the training data)"] == 0.66
+    assert named["accuracy", "tldr-sample (test split)"] == 0.6
+    datasets = {r["dataset"]["name"]: (r["dataset"]["type"], r["dataset"].get("config"))
+                for r in data["model-index"][0]["results"]}
+    assert len(datasets) == len(data["model-index"][0]["results"]) == 4  # one entry per result file: none merged
+    assert datasets["cnndm.jsonl (validation split; transfer: not the training data)"] == ("local", None)
+    assert datasets["openai/summarize_from_feedback (validation split; may overlap the training data)"] == \
+        ("openai/summarize_from_feedback", "comparisons")
+    assert datasets["tldr-sample (validation split)"] == ("openai/summarize_from_feedback", None)
+
+
+def test_two_local_datasets_are_two_model_index_entries(tmp_path):
+    """The Hub groups a model-index by dataset type, config and split: a run trained on a local file and
+    evaluated on another local file must not publish the transfer numbers under the training data's name."""
+    run = fake_run(tmp_path, 5e-6, 4, 0.625)
+    config = json.loads((run / "preftune_config.json").read_text())
+    config["data"]["dataset"] = str(tmp_path / "mine.jsonl")
+    (run / "preftune_config.json").write_text(json.dumps(config))
+    (run / "eval.json").write_text(json.dumps({**fake_eval(0.625), "dataset": str(tmp_path / "mine.jsonl")}))
+    (run / "eval_cnndm.json").write_text(json.dumps({**fake_eval(0.55), "dataset": str(tmp_path / "cnndm.jsonl")}))
+    (run / "eval_cnndm2.json").write_text(json.dumps({**fake_eval(0.5), "dataset": str(tmp_path / "x" / "cnndm.jsonl")}))
+    results = model_card(run, "me/run", PushConfig()).data.eval_results
+    by_name = {}
+    for r in results:
+        by_name.setdefault((r.dataset_name, r.dataset_config), {})[r.metric_type] = r.metric_value
+    assert {k: v["accuracy"] for k, v in by_name.items()} == {
+        ("mine.jsonl (validation split)", None): 0.625,
+        ("cnndm.jsonl (validation split; transfer: not the training data)", "cnndm.jsonl"): 0.55,
+        ("cnndm.jsonl (validation split; transfer: not the training data)", "eval_cnndm2.json"): 0.5}
+    from huggingface_hub import ModelCard
+
+    (tmp_path / "README.md").write_text(str(model_card(run, "me/run", PushConfig())))
+    back = ModelCard.load(tmp_path / "README.md").data.eval_results  # as the Hub reads it back
+    assert sorted((r.dataset_config or "", r.metric_value) for r in back if r.metric_type == "accuracy") == \
+        [("", 0.625), ("cnndm.jsonl", 0.55), ("eval_cnndm2.json", 0.5)]
+
+
+def test_the_card_links_only_pages_that_exist(tmp_path):
+    import re
+
+    card = card_of(fake_run(tmp_path, 5e-6, 4, 0.625))
+    assert "pypi.org" not in card  # preftune is not on PyPI
+    assert {re.match(r"https?://([^/]+)", url)[1] for url in re.findall(r"\((https?://[^)\s]+)\)", card)} \
+        <= {"huggingface.co"}
+
+
+def test_the_judge_block_and_the_curves_say_what_they_show(tmp_path):
+    run = fake_run(tmp_path, 5e-6, 4, 0.625)
+    (run / "judge.json").write_text(json.dumps({"posts": 24, "decodings": {"greedy": {"tuned_vs_base": {
+        "n": 24, "win_rate": 0.7, "ci95": [0.5, 0.85]}}}}))
+    card = card_of(run)
+    assert "### Judged generations (validation split of `tldr-sample`, 24 posts)" in card
+    assert "faint, each batch's own value" in card and "exponential moving average" in card

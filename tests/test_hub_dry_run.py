@@ -115,6 +115,7 @@ def test_dry_runs_that_work_leave_the_run_untouched(model_run, tmp_path, capsys)
     """A fresh stage folder, the same one again (preftune's own staging is replaced), the default
     ROOT/hub_upload, and a run that holds its own README.md (never written through a hard link)."""
     (model_run / "README.md").write_text("the run's own notes\n")
+    (model_run / "preferences.jsonl").write_text('{"votes": "people\'s input"}\n')  # published only by `data push`
     before = hashes(model_run)
     staged = tmp_path / "stage"
     for args in (["--stage-dir", str(staged)], ["--stage-dir", str(staged)], []):
@@ -123,6 +124,8 @@ def test_dry_runs_that_work_leave_the_run_untouched(model_run, tmp_path, capsys)
     assert (staged / ".preftune-stage").is_file() and (staged / model_run.name / "README.md").read_text().startswith("---")
     assert (model_run.parent / "hub_upload" / model_run.name / "model.safetensors").is_file()
     assert (model_run / "README.md").read_text() == "the run's own notes\n"
+    assert not (staged / model_run.name / "preferences.jsonl").exists()
+    assert "preferences.jsonl (the demo's votes) is not uploaded with the model" in capsys.readouterr().out
 
 
 def nan_run(root: Path, name: str, accuracy: float) -> Path:
@@ -153,3 +156,17 @@ def test_best_with_no_valid_ranking_is_an_error(model_run, capsys):  # noqa: F81
     (model_run / "eval.json").write_text('{"accuracy": NaN, "mean_margin": NaN}')
     assert main(dry_run(model_run.parent, "--best", "1")) == 2
     assert "holds no runs with a valid validation length_balanced_accuracy to rank" in capsys.readouterr().err
+
+
+def test_best_refuses_runs_scored_on_different_data(model_run, capsys):  # noqa: F811
+    root = model_run.parent
+    other = nan_run(root, "other", 0.99)  # a better number, on other data: not comparable
+    config = json.loads((other / "preftune_config.json").read_text())
+    config["data"]["seed"] = config["data"].get("seed", 42) + 1
+    (other / "preftune_config.json").write_text(json.dumps(config))
+    before = hashes(root)
+    assert main(dry_run(root, "--best", "1")) == 2
+    err = capsys.readouterr().err
+    assert "holds runs scored on different validation data (2 groups:" in err and err.count("preftune: error:") == 1
+    assert "--best cannot rank them against each other" in err
+    assert hashes(root) == before

@@ -329,3 +329,94 @@ def test_the_ranking_choices_match_the_metrics_report_knows():
     choices = [{f.name: f for f in dataclasses.fields(cls)}["rank_by"].metadata["choices"]
                for cls in (ReportConfig, PushConfig)]
     assert choices[0] == choices[1] == tuple(RANKINGS)
+
+
+# ---- runs scored on different data; smoothed curves ----------------------------------------------
+
+
+def on_other_data(run: Path, **data) -> Path:
+    """The run, as if trained and evaluated with other data settings (e.g. seed, dataset)."""
+    config = json.loads((run / "preftune_config.json").read_text())
+    config["data"].update(data)
+    (run / "preftune_config.json").write_text(json.dumps(config))
+    if "dataset" in data:
+        evaluation = json.loads((run / "eval.json").read_text())
+        (run / "eval.json").write_text(json.dumps({**evaluation, "dataset": data["dataset"]}))
+    return run
+
+
+def test_runs_scored_on_different_data_are_never_ranked_against_each_other(tmp_path, capsys):
+    a = fake_run(tmp_path, 1e-6, 4, 0.60, balanced=0.55, name="a")
+    b = fake_run(tmp_path, 1e-6, 8, 0.62, balanced=0.57, name="b")
+    other = on_other_data(fake_run(tmp_path, 5e-6, 4, 0.90, balanced=0.80, name="easy"), dataset="/data/cnndm.jsonl")
+    reseeded = on_other_data(fake_run(tmp_path, 5e-6, 8, 0.70, balanced=0.70, name="reseeded"), seed=7)
+    give_test_split(b, accuracy=0.575)
+    written = quiet(tmp_path)
+    rows = rows_of(tmp_path)
+    assert [(r["run"], r["data_group"], r["rank"], r["runs_compared"]) for r in rows] == [
+        ("b", 1, 1, 2), ("a", 1, 2, 2), ("easy", 2, 1, 1), ("reseeded", 3, 1, 1)]
+    assert rows[0]["eval_data"] == "tldr-sample (fraction 0.05, validation 0.1, test 0.0, seed 42)"
+    assert rows[2]["eval_data"] == "cnndm.jsonl (fraction 0.05, validation 0.1, test 0.0, seed 42)"
+    assert rows[3]["eval_data"].endswith("seed 7)")
+
+    out = capsys.readouterr().out
+    assert "warning: these runs were scored on different validation data (3 groups): each group is ranked on its own" \
+        in out
+    assert "[group 1] validation data: tldr-sample (fraction 0.05, validation 0.1, test 0.0, seed 42): 2 runs, 2 ranked" \
+        in out and "[group 2] validation data: cnndm.jsonl" in out
+    assert out.index("[group 1]") < out.index(" b ") < out.index(" a ") < out.index("[group 2]") < out.index("easy")
+    assert "validation data: cnndm.jsonl (fraction 0.05, validation 0.1, test 0.0, seed 42); test metrics" in out
+    html = written["report.html"].read_text()
+    assert "<strong>Warning:</strong> these runs were scored on different validation data (3 groups)" in html
+    assert html.count("<h3>[group ") == 3 and "/data/" not in html
+    chosen = {r["run"] for r in rows if r["selected"]}
+    assert chosen == {"b", "easy", "reseeded"}  # the best of each group, each tested against its own group only
+    assert {r["run"]: r["test_status"] for r in rows if r["selected"]}["easy"] == "n/a (run predates the test split)"
+
+
+def test_runs_on_the_same_data_make_one_table_that_says_which_data(root, capsys):
+    written = quiet(root)
+    out = capsys.readouterr().out
+    assert "warning" not in out and "[group" not in out
+    assert "; validation data: tldr-sample (fraction 0.05, validation 0.1, test 0.0, seed 42):" in out
+    assert {r["data_group"] for r in rows_of(root)} == {1}
+    assert "Validation data: <code>tldr-sample (fraction 0.05, validation 0.1, test 0.0, seed 42)</code>" in \
+        written["report.html"].read_text()
+
+
+def test_max_eval_pairs_is_part_of_the_data(tmp_path):
+    fake_run(tmp_path, 1e-6, 4, 0.6, name="all")
+    capped = fake_run(tmp_path, 1e-6, 8, 0.7, name="capped")
+    config = json.loads((capped / "preftune_config.json").read_text())
+    config["train"]["max_eval_pairs"] = 16
+    (capped / "preftune_config.json").write_text(json.dumps(config))
+    quiet(tmp_path)
+    assert [(r["run"], r["data_group"], r["rank"]) for r in rows_of(tmp_path)] == [("all", 1, 1), ("capped", 2, 1)]
+    assert rows_of(tmp_path)[1]["eval_data"].endswith("seed 42, at most 16 pairs)")
+
+
+def test_smoothing_is_a_bias_corrected_moving_average():
+    from preftune.report import smooth, smoothing_span
+
+    assert smooth([0.7] * 50) == pytest.approx([0.7] * 50)  # no pull towards 0 at the start
+    assert smooth([1.0, 0.0, 1.0], span=1) == [1.0, 0.0, 1.0]  # span 1: the values themselves
+    alpha = 2 / 4
+    m1, m2 = alpha * 1.0, (1 - alpha) * alpha * 1.0 + alpha * 0.0
+    assert smooth([1.0, 0.0], span=3) == pytest.approx([m1 / alpha, m2 / (1 - (1 - alpha) ** 2)])
+    noisy = [0.5 + (0.3 if i % 2 else -0.3) for i in range(200)]  # batch-size-8 style noise around 0.5
+    assert max(abs(v - 0.5) for v in smooth(noisy)[50:]) < 0.05
+    assert [smoothing_span(n) for n in (3, 10, 100, 2000)] == [1, 2, 20, 50]
+
+
+def test_curves_draw_the_raw_values_faint_under_the_smoothed_line():
+    from preftune.report import _pyplot, plot_smoothed, smooth
+
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    log = [{"step": s, "loss": 0.69 + (0.2 if s % 2 else -0.2)} for s in range(1, 101)]
+    plot_smoothed(ax, log, "loss", "run")
+    raw, smoothed = ax.get_lines()
+    assert list(raw.get_ydata()) == [r["loss"] for r in log] and raw.get_alpha() < 0.5
+    assert list(smoothed.get_ydata()) == smooth([r["loss"] for r in log]) and smoothed.get_alpha() in (None, 1)
+    assert smoothed.get_color() == raw.get_color() and smoothed.get_label() == "run" and raw.get_label().startswith("_")
+    plt.close(fig)

@@ -30,8 +30,8 @@ DEFAULT_RM = "distilbert/distilbert-base-uncased"
 # Names of the registries the flags choose from (tests/test_config.py checks they match):
 LOSS_NAMES = ("sigmoid", "hinge", "ipo")  # preftune.losses.LOSSES
 ENGINE_NAMES = ("fast", "trl")  # preftune.engines.ENGINES
-FORMAT_NAMES = ("auto", "summarize_from_feedback", "prompt_chosen_rejected", "hh_rlhf", "conversational",
-                "ultrafeedback")  # 'auto' + preftune.data.adapters.ADAPTERS
+FORMAT_NAMES = ("auto", "summarize_from_feedback", "preftune_pairs", "prompt_chosen_rejected", "hh_rlhf",
+                "conversational", "ultrafeedback")  # 'auto' + preftune.data.adapters.ADAPTERS
 COLUMN_NAMES = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected", "info",
                 "summaries", "choice")  # preftune.data.adapters.COLUMNS (--column-map NAMEs)
 TRACKER_NAMES = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # 'none' + preftune.trackers.PACKAGES
@@ -431,3 +431,22 @@ class ReportConfig(Config):
                         choices=RANK_KEYS)
     select: int = _opt(1, "How many of the best runs on validation get test metrics (computed once into their "
                        "test.json, shown with the number of runs compared); 0: none.", ge=0)
+
+
+@dataclass
+class DataPushConfig(Config):
+    """`preftune data push DIR`: a prepared folder or the demo's preferences.jsonl → a Hub dataset repo."""
+
+    repo_id: str | None = _opt(None, "The dataset repo to push to, OWNER/NAME (required).")
+    private: bool = _opt(False, "Create the repo private (an existing repo keeps its visibility).")
+    dry_run: bool = _opt(False, "Write the folder exactly as it would be uploaded (Parquet files per split, the "
+                                "dataset card), print the plan, upload nothing. Works offline and without a token.")
+    stage_dir: str | None = _opt(None, "Where --dry-run writes the upload folder, as STAGE/datasets/NAME (default: "
+                                       "hub_upload/ beside DIR).")
+    license: str | None = _opt(None, "License id for the dataset card (default: the source's when preftune knows "
+                                     "it, e.g. OpenAI's Modified MIT notice for the TL;DR data; else 'unknown').")
+
+    def check(self) -> None:
+        if self.repo_id is None:
+            raise PreftuneError("--repo-id is required: the dataset repo to push to, OWNER/NAME")
+        check_repo_id(self.repo_id, "--repo-id")

@@ -2,20 +2,24 @@
 
     preftune push RUN_DIR [--repo-id OWNER/NAME] [--private] [--dry-run [--stage-dir DIR]]
     preftune push ROOT --best N [--rank-by METRIC] [--namespace ORG]
+    preftune push RM_DIR [--repo-id OWNER/NAME] ...        a reward model folder (preftune.hub_rm)
 
 Each run is first staged into an upload folder (hard links to the run's files where the filesystem
 allows): the model as `save_pretrained` wrote it, the run's configs, log, metrics and held-out pairs,
 `training_curves.png`, and README.md — the model card, with Hub metadata (base_model, datasets, tags,
-license, model-index holding the eval metrics), hyperparameters, data, metrics (each block labelled
-with the data and split it was computed on), the curves and a usage snippet. Then
-`create_repo(exist_ok=True)` + `upload_folder`; unchanged files are not re-sent and an unchanged run
-makes no new commit, so pushing twice is harmless. `--dry-run` stops after staging.
+license, model-index holding the eval metrics), hyperparameters, data, metrics, the curves and a usage
+snippet. Every metric block and model-index entry names the data and split it was computed on, and
+whether that is the run's held-out data, data the training set is a part of, or another dataset; each
+result file is its own model-index entry (the Hub groups entries by dataset type, config and split,
+not by name). Then `create_repo(exist_ok=True)` + `upload_folder`; unchanged files are not re-sent and
+an unchanged run makes no new commit, so pushing twice is harmless. `--dry-run` stops after staging.
 
 Nothing destructive: pushing reads a run folder and never writes inside it. A dry run's --stage-dir that
 is, is inside, or contains a run being pushed (ROOT included), that is a file or device, or that cannot be
 written, is refused before any work; an existing upload folder is replaced only when preftune staged it.
-`--best N` ranks runs on validation (--rank-by, as `preftune report`) and never picks a run without a
-valid value of that metric.
+`--best N` ranks runs on validation (--rank-by, as `preftune report`), never picks a run without a valid
+value of that metric, and refuses runs scored on different validation data. The staging, the token and
+the Hub errors here are shared by the reward model and dataset pushes (preftune.hub_rm, preftune.hub_data).
 
 The token comes from HF_TOKEN or the `hf auth login` cache (`huggingface_hub.get_token`). It is handed
 to the client and nowhere else: never printed, logged, or written into a file.
@@ -27,6 +31,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -37,12 +42,15 @@ from preftune import run_folder
 from preftune.config import DEFAULT_MODEL, PushConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
 from preftune.hubids import is_hub_id
-from preftune.report import RANKINGS, leaderboard, plot_curves
+from preftune.report import CURVES_NOTE, RANKINGS, data_groups, dataset_label, leaderboard, plot_curves
 from preftune.run_folder import Run, open_run
 
 logger = logging.getLogger(__name__)
 
-NOT_UPLOADED = {"training_args.bin", "tracking.json"}  # a pickle of the Trainer's arguments (unsafe to load); local tracker paths
+# training_args.bin: a pickle of the Trainer's arguments, unsafe to load and of no use to a reader;
+# preferences.jsonl: the demo's votes, people's input: published only on purpose, with `preftune data push`;
+# tracking.json: local paths of the run's experiment tracker
+NOT_UPLOADED = {"training_args.bin", "preferences.jsonl", "tracking.json"}
 NOT_UPLOADED_DIRS = {run_folder.CHECKPOINTS_DIR}
 CURVES = "training_curves.png"
 CARD = "README.md"
@@ -75,6 +83,24 @@ def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1e-3 and value or abs(value) >= 1e7 else f"{value:.{digits}f}"
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def number(value) -> float | None:
+    """A finite number, or None (absent, null, NaN, or not a number: a gap, shown as n/a)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def interval(value) -> list[float] | None:
+    """A [low, high] pair of finite numbers, or None."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(number(v) is not None for v in value):
+        return list(value)
+    return None
+
+
+def count(value) -> int | None:
+    """A count (an integer ≥ 0), or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _plain(value) -> str:
@@ -116,6 +142,17 @@ def hub_dataset(dataset: str) -> str | None:
     return HUB_DATASETS.get(dataset) or (dataset if is_hub_id(dataset) else None)
 
 
+def data_relation(dataset: str, run: Run) -> str:
+    """How the data a result was computed on stand to the run's training data: "own" (the same spec:
+    its held-out split is the run's own), "related" (another name of the same data, e.g. the full
+    openai/summarize_from_feedback of which tldr-sample is a part: its held-out split may hold posts
+    the run trained on) or "other" (a dataset the run was not trained on: transfer)."""
+    if dataset == run.dataset:
+        return "own"
+    ours, theirs = hub_dataset(run.dataset), hub_dataset(dataset)
+    return "related" if ours and ours == theirs else "other"
+
+
 CARD_METRICS = [("accuracy", "accuracy", "preference accuracy (DPO implicit reward)"),
                 ("length_balanced_accuracy", "length_balanced_accuracy",
                  "length-balanced accuracy (mean over chosen-longer and chosen-shorter pairs)"),
@@ -127,19 +164,58 @@ STRATUM_METRICS = {"chosen_longer": "accuracy where the chosen summary is longer
                    "chosen_shorter": "accuracy where the chosen summary is shorter"}
 
 
+# What each kind of result is, in a block's title and in its model-index dataset name.
+TITLES = {"held-out": " (held out from training)",
+          "own": " (the run's own data, re-prepared by `preftune eval --dataset`)",
+          "related": " (overlaps the training data: not held out)",
+          "other": " (another dataset: transfer)"}
+INDEX_NOTES = {"held-out": "", "own": "", "related": "; may overlap the training data",
+               "other": "; transfer: not the training data"}
+
+
+def result_kind(name: str, m: dict, run: Run) -> tuple[str, str, str]:
+    """(split, dataset spec, kind) of a result file; kind is "held-out" for the run's own eval.json /
+    test.json, else data_relation's answer for the dataset it names."""
+    split, dataset = m.get("split") or "validation", m.get("dataset") or run.dataset
+    own_file = name in (run_folder.EVAL_FILE, run_folder.TEST_FILE)
+    return split, dataset, "held-out" if own_file else data_relation(dataset, run)
+
+
+def index_datasets(results: list[tuple[str, dict]], run: Run) -> list[tuple[str, str | None, str, str]]:
+    """(type, config, split, name) of each result's model-index dataset, one distinct (type, config,
+    split) per result file: the Hub groups a model-index by those (not by name), so two results sharing
+    them would be published as one, under the first one's name. Type: the hub id (or "local"); config: the
+    run's --hub-config for its own data, the hub dataset's default config (comparisons for
+    openai/summarize_from_feedback) for other data, and where that collides, the data's name, then the
+    result file's name (unique in the run folder)."""
+    from preftune.data.sources import HUB_DEFAULT_CONFIGS
+
+    out, seen = [], set()
+    for name, m in results:
+        split, dataset, kind = result_kind(name, m, run)
+        label = f"{dataset_label(dataset)} ({split} split{INDEX_NOTES[kind]})"
+        type_ = hub_dataset(dataset) or "local"
+        config = run.config["data"].get("hub_config") if kind in ("held-out", "own") else HUB_DEFAULT_CONFIGS.get(type_)
+        config = next((c for c in (config, dataset_label(dataset)) if (type_, c, split) not in seen), name)
+        seen.add((type_, config, split))
+        out.append((type_, config, split, label))
+    return out
+
+
 def eval_results(results: list[tuple[str, dict]], run: Run):
-    """model-index entries: every result's headline metrics, as the Hub's EvalResult, with its split."""
+    """model-index entries: every result's headline metrics, as the Hub's EvalResult, each naming the
+    data and split it was computed on (and whether that is the run's held-out data)."""
     from huggingface_hub import EvalResult
 
     entries = []
-    for _, m in results:
-        dataset, split = m.get("dataset") or run.dataset, m.get("split") or "validation"
-        values = [(metric, name, m.get(key)) for key, metric, name in CARD_METRICS]
-        values += [(f"accuracy_{key}", name, (m.get(key) or {}).get("accuracy")) for key, name in STRATUM_METRICS.items()]
+    for (name, m), (type_, config, split, label) in zip(results, index_datasets(results, run)):
+        values = [(metric, title, m.get(key)) for key, metric, title in CARD_METRICS]
+        values += [(f"accuracy_{key}", title, (m.get(key) or {}).get("accuracy"))
+                   for key, title in STRATUM_METRICS.items()]
         entries += [EvalResult(task_type="text-generation", task_name="Preference ranking of summaries",
-                               dataset_type=hub_dataset(dataset) or "local", dataset_name=f"{dataset} ({split} posts)",
-                               dataset_split=split, metric_type=metric, metric_name=name, metric_value=value)
-                    for metric, name, value in values if value is not None]
+                               dataset_type=type_, dataset_config=config, dataset_name=label, dataset_split=split,
+                               metric_type=metric, metric_name=title, metric_value=value)
+                    for metric, title, value in values if value is not None]
     return entries
 
 
@@ -167,27 +243,40 @@ def _runs(n) -> str:
     return f"{n} run{'' if n == 1 else 's'}"
 
 
+def result_note(name: str, m: dict, run: Run, kind: str) -> str:
+    """What the pairs of a result are, and whether training could have seen them."""
+    split, label = m.get("split") or "validation", dataset_label(m.get("dataset") or run.dataset)
+    n, posts, unit = _fmt(m.get("n")), _fmt(m.get("posts")), m.get("length_unit") or "characters (an older preftune)"
+    if kind in ("held-out", "own"):
+        return (f"{n} preference pairs from {posts} posts that training never saw (the split is by post), in "
+                f"`{name}`; lengths in {unit}.")
+    prepared = f"prepared with this run's fractions and seed, in `{name}`; lengths in {unit}."
+    if kind == "related":
+        return (f"{n} preference pairs from {posts} posts of the {split} split of `{label}`, {prepared} The run was "
+                f"trained on `{dataset_label(run.dataset)}`, a part of the same data, so some of these posts may have "
+                "been in its training split: **not a held-out measure**.")
+    return (f"{n} preference pairs from {posts} posts (or documents) of the {split} split of `{label}`, a dataset this "
+            f"run was not trained on, {prepared} A transfer measure: not comparable with the run's own held-out "
+            "numbers.")
+
+
 def result_block(name: str, m: dict, run: Run) -> dict:
     """One labelled block of the card: which data and split the metrics were computed on, and how."""
-    split, dataset = m.get("split") or "validation", m.get("dataset") or run.dataset
-    own = name in (run_folder.EVAL_FILE, run_folder.TEST_FILE)
-    title = f"{split} split of `{dataset}`" + ("" if own else " (re-prepared by `preftune eval --dataset`)"
-                                                if dataset == run.dataset else " (another dataset: transfer)")
-    unit = m.get("length_unit") or "characters (an older preftune)"
-    note = (f"{_fmt(m.get('n'))} preference pairs from {_fmt(m.get('posts'))} posts that training never saw (the split "
-            f"is by post), in `{name}`; lengths in {unit}.")
+    split, dataset, kind = result_kind(name, m, run)
+    note = result_note(name, m, run, kind)
     selection = m.get("selection") or {}
-    if split == "validation" and own:
+    if split == "validation" and kind == "held-out":
         note += " Runs are compared and chosen on this split."
-    elif split == "test" and own and selection:
+    elif split == "test" and kind == "held-out" and selection:
         note += (f" Computed once, after this run was chosen on validation {RANKINGS.get(selection.get('rank_by'), '')}"
                  f" from {_runs(selection.get('runs_compared'))} compared (rank {selection.get('rank')}); never used "
                  "for choosing.")
-    elif split == "test" and own:
+    elif split == "test" and kind == "held-out":
         note += " Computed with `preftune eval --split test`."
-    if own and m.get("fingerprint") and m["fingerprint"] != run.fingerprint(split):
+    if kind == "held-out" and m.get("fingerprint") and m["fingerprint"] != run.fingerprint(split):
         note += " **Stale**: the weights or pairs changed after it was computed."
-    return {"title": title, "note": note, "rows": result_rows(m)}
+    return {"title": f"{split} split of `{dataset_label(dataset)}`{TITLES[kind]}", "note": note,
+            "rows": result_rows(m)}
 
 
 def judge_rows(judge: dict | None) -> list[tuple[str, str]]:
@@ -200,6 +289,13 @@ def judge_rows(judge: dict | None) -> list[tuple[str, str]]:
             ("length-controlled judged win rate", _fmt(judged["judge_length_controlled_win_rate"])),
             ("judge's verdict strength", f"{judged['judge_verdict_strength']} (reward model held-out accuracy "
                                          f"{_fmt(judged['judge_rm_accuracy'])})")]
+
+
+def judge_title(judge: dict | None, run: Run) -> str:
+    """The judge block's title: the judge summarizes posts of the run's own validation split."""
+    posts = (judge or {}).get("posts")
+    count = f", {posts:,} posts" if isinstance(posts, int) and not isinstance(posts, bool) else ""
+    return f"Judged generations (validation split of `{dataset_label(run.dataset)}`{count})"
 
 
 def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
@@ -238,7 +334,7 @@ def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
     def trimmed(split: str) -> str:
         return _fmt((fit.get(split) or {}).get("trimmed") if isinstance(fit.get(split), dict) else None)
 
-    data_rows = [("dataset", f"`{dataset}`" + (f" ([{dataset_id}](https://huggingface.co/datasets/{dataset_id}))"
+    data_rows = [("dataset", f"`{dataset_label(dataset)}`" + (f" ([{dataset_id}](https://huggingface.co/datasets/{dataset_id}))"
                                              if dataset_id else "")),
                  ("fraction of the cleaned pairs used", _plain(data.get("fraction"))),
                  ("validation fraction of posts", _plain(data.get("eval_fraction"))),
@@ -257,9 +353,10 @@ def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
         name=name, repo_id=repo_id, preftune_version=run.config.get("preftune_version", "?"),
         base_model_text=f"[{base}](https://huggingface.co/{base})" if base else
         f"A local model (`{Path(str(train['model'])).name}`)",
-        dataset_text=f"`{dataset}`" + (f" (from [{dataset_id}](https://huggingface.co/datasets/{dataset_id}))"
+        dataset_text=f"`{dataset_label(dataset)}`" + (f" (from [{dataset_id}](https://huggingface.co/datasets/{dataset_id}))"
                                        if dataset_id else ""),
         blocks=[result_block(n, m, run) for n, m in results], judge_rows=judge_rows(judge),
+        judge_title=judge_title(judge, run), curves_note=CURVES_NOTE,
         hyperparameters=hyperparameters, data_rows=data_rows,
         example_prompt=json.dumps(_example_prompt(run), ensure_ascii=False),
         lora=bool(train.get("lora")), tldr=dataset_id == "openai/summarize_from_feedback",
@@ -294,18 +391,19 @@ def _relation(stage: Path, folder: Path) -> str | None:
     return None
 
 
-def check_stage_dir(stage_dir: str, runs: list[Path]) -> Path:
+def check_stage_dir(stage_dir: str, protected: list[Path], what: str = "the run folder",
+                    default: str = "ROOT/hub_upload") -> Path:
     """The folder a dry run stages into, checked before any work: it must not be, be inside or contain
-    a run being pushed (staging replaces STAGE/NAME, which would then be the run; ROOT contains every
-    run), and must be a writable folder (created if missing). Returns it, resolved."""
+    a protected path (what is being pushed: staging replaces STAGE/NAME, which would then be the run;
+    ROOT contains every run), and must be a writable folder (created if missing). Returns it, resolved."""
     if not str(stage_dir).strip():
-        raise PreftuneError("--stage-dir is empty: pass a folder for the upload folders (default: ROOT/hub_upload)")
+        raise PreftuneError(f"--stage-dir is empty: pass a folder for the upload folders (default: {default})")
     stage = Path(stage_dir).expanduser().resolve()
-    for run in runs:
-        relation = _relation(stage, run.resolve())
+    for path in protected:
+        relation = _relation(stage, path.resolve())
         if relation:
-            raise PreftuneError(f"--stage-dir {stage_dir} {relation} the run folder {run}: staging there would replace "
-                                "or write into the run. Pass a separate folder (default: ROOT/hub_upload)")
+            raise PreftuneError(f"--stage-dir {stage_dir} {relation} {what} {path}: staging there would replace "
+                                f"or write into it. Pass a separate folder (default: {default})")
     if stage.exists() and not stage.is_dir():
         raise PreftuneError(f"--stage-dir {stage_dir} is {'a file' if stage.is_file() else 'not a folder'}: pass a "
                             "folder (it is created if missing)")
@@ -320,21 +418,45 @@ def check_stage_dir(stage_dir: str, runs: list[Path]) -> Path:
     return stage
 
 
-def stage_root_for(cfg: PushConfig, runs: list[Path]) -> Path:
-    """The checked folder a dry run stages into (--stage-dir, or ROOT/hub_upload), marked as preftune's.
-    An existing STAGE/NAME is replaced only when preftune staged it: the folder carries the mark (or is
-    the default), else the dry run is refused before any work."""
-    default = cfg.stage_dir is None
-    stage = check_stage_dir(str(runs[0].parent / DEFAULT_STAGE) if default else cfg.stage_dir, runs)
+def claim_stage(stage_dir: str | None, default_root: Path, protected: list[Path], names: list[str],
+                what: str = "the run folder") -> Path:
+    """The checked folder a dry run stages into (--stage-dir, or default_root, e.g. ROOT/hub_upload),
+    marked as preftune's. An existing STAGE/NAME is replaced only when preftune staged it: the folder
+    carries the mark (or is the default), else the dry run is refused before any work."""
+    default = stage_dir is None
+    stage = check_stage_dir(str(default_root) if default else stage_dir, protected, what, str(default_root))
     owned = default or (stage / STAGE_MARK).is_file()
-    for run in runs:
-        target = stage / run.name
+    for name in names:
+        target = stage / name
         if target.is_symlink() or target.exists() and not (owned and target.is_dir()):
             raise PreftuneError(f"{target} exists and was not staged by `preftune push --dry-run`: move it away or "
                                 "pass another --stage-dir")
-    if not default:  # ROOT/hub_upload is preftune's by its name
+    if not default:  # the default folder is preftune's by its name
         (stage / STAGE_MARK).touch()
     return stage
+
+
+def fresh_folder(folder: Path) -> None:
+    """An empty upload folder (an earlier staging there is replaced: claim_stage checked it is preftune's)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def link_files(source: Path, folder: Path, written: set[str]) -> None:
+    """Every file of source into folder, hard-linked where the filesystem allows (weights can be large),
+    except what is never uploaded and the files `written` fresh (a link would write into the source)."""
+    for src in sorted(source.rglob("*")):
+        rel = src.relative_to(source)
+        if (not src.is_file() or rel.name in NOT_UPLOADED or rel.parts[0] in NOT_UPLOADED_DIRS
+                or src.suffix == ".tmp" or str(rel) in written):
+            continue
+        dest = folder / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except OSError:
+            shutil.copy2(src, dest)
 
 
 def stage(run_dir: Path, repo_id: str, folder: Path, cfg: PushConfig) -> Upload:
@@ -343,20 +465,11 @@ def stage(run_dir: Path, repo_id: str, folder: Path, cfg: PushConfig) -> Upload:
     run = check_run(run_dir)
     card = model_card(run.path, repo_id, cfg)
     log = run.train_log()
-    if folder.exists():  # an earlier staging (stage_root_for checked it is preftune's)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for src in sorted(run.path.rglob("*")):
-        rel = src.relative_to(run.path)
-        if (not src.is_file() or rel.name in NOT_UPLOADED or rel.parts[0] in NOT_UPLOADED_DIRS
-                or src.suffix == ".tmp" or str(rel) in WRITTEN):
-            continue
-        dest = folder / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dest)  # the weights can be large: link when the filesystem allows
-        except OSError:
-            shutil.copy2(src, dest)
+    fresh_folder(folder)
+    link_files(run.path, folder, WRITTEN)
+    if (run.path / "preferences.jsonl").is_file():
+        logger.info(f"push: {run.name}/preferences.jsonl (the demo's votes) is not uploaded with the model; to publish "
+                    f"them: preftune data push {run.path} --repo-id OWNER/NAME")
     plot_curves({run.name: log}, folder / CURVES)
     card.save(folder / CARD)
     return Upload(run.path, repo_id, folder)
@@ -445,16 +558,33 @@ def repo_id_for(run_dir: Path, cfg: PushConfig, namespace: str | None) -> str:
     return repo_id
 
 
-def upload(plan: Upload, cfg: PushConfig, token: str) -> str:
+def upload(plan: Upload, private: bool, token: str, repo_type: str = "model") -> str:
     """create_repo(exist_ok=True) + upload_folder. Returns the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     with hub_errors(plan.repo_id):
-        url = api.create_repo(plan.repo_id, private=cfg.private, exist_ok=True)
-        info = api.upload_folder(repo_id=url.repo_id, folder_path=plan.folder,
+        url = api.create_repo(plan.repo_id, private=private, exist_ok=True, repo_type=repo_type)
+        info = api.upload_folder(repo_id=url.repo_id, folder_path=plan.folder, repo_type=repo_type,
                                  commit_message=f"preftune: {plan.run_dir.name}")
     return info.commit_url
+
+
+def publish(plan: Upload, cfg, token: str | None, repo_type: str = "model", note: str = "") -> None:
+    """Say what a staged folder holds; upload it, or with --dry-run list it and stop. `cfg`: any config
+    with private and dry_run."""
+    files = plan.files()
+    kind = " (dataset repo)" if repo_type == "dataset" else ""
+    logger.info(f"push: {plan.run_dir} → {plan.repo_id}{kind}{' (private)' if cfg.private else ''}: {len(files)} files, "
+                f"{sum(s for _, s in files) / 1e6:.1f} MB")
+    if cfg.dry_run:
+        for rel, size in files:
+            logger.info(f"  {rel:<40} {size:>14,} bytes")
+        card = "dataset card" if repo_type == "dataset" else "model card"
+        logger.info(f"dry run: nothing uploaded; the folder is {plan.folder} (its README.md is the {card}){note}")
+    else:
+        url = upload(plan, cfg.private, token, repo_type)
+        logger.info(f"push: {plan.repo_id} ← {url}")
 
 
 def runs_to_push(path: Path, cfg: PushConfig) -> list[Path]:
@@ -466,6 +596,12 @@ def runs_to_push(path: Path, cfg: PushConfig) -> list[Path]:
             raise PreftuneError(f"{path} is not a run folder; for a folder of runs pass --best N")
         return [check_run(path).path]
     rows = [r for r in leaderboard(path, cfg.rank_by) if r["rank"] is not None]
+    groups = data_groups(rows)
+    if len(groups) > 1:
+        raise PreftuneError(f"{path} holds runs scored on different validation data ({len(groups)} groups: "
+                            + "; ".join(f"{g[0]['eval_data']}: {len(g)} run(s)" for g in groups)
+                            + "), so --best cannot rank them against each other: pass a folder of runs trained on "
+                            "the same data, or push runs one at a time")
     if not rows:
         raise PreftuneError(f"{path} holds no runs with a valid validation {cfg.rank_by} to rank (not evaluated, "
                             "NaN, or evaluated by an older preftune: re-run `preftune eval RUN`, or pass --rank-by "
@@ -477,39 +613,36 @@ def runs_to_push(path: Path, cfg: PushConfig) -> list[Path]:
 
 
 def push(path: Path, cfg: PushConfig) -> list[Upload]:
-    """Stage and upload (or, with --dry-run, only stage) each run; checks everything first."""
+    """Stage and upload (or, with --dry-run, only stage) each run, or a reward model folder; checks
+    everything first."""
+    from preftune.hub_rm import is_reward_model_dir, push_reward_model
+
+    if cfg.best is None and is_reward_model_dir(path):
+        return [push_reward_model(path, cfg)]
     runs = [check_run(r).path for r in runs_to_push(path, cfg)]
     if cfg.dry_run:
-        stage_root = stage_root_for(cfg, runs)
+        stage_root = claim_stage(cfg.stage_dir, runs[0].parent / DEFAULT_STAGE, runs, [r.name for r in runs])
     elif cfg.stage_dir is not None:
         logger.warning("warning: --stage-dir is used only with --dry-run; uploading from a temporary folder")
     token = hub_token()
     namespace = namespace_of(cfg, token, required=not cfg.dry_run)
+    unknown = "" if namespace else ("; the namespace is the token owner's, unknown without a token or a reachable Hub "
+                                    "(or pass --namespace)")
     uploads = []
     with tempfile.TemporaryDirectory(prefix="preftune-push-") as tmp:
         for run_dir in runs:
             repo_id = repo_id_for(run_dir, cfg, namespace)
             folder = (stage_root if cfg.dry_run else Path(tmp)) / run_dir.name
             plan = stage(run_dir, repo_id, folder, cfg)
-            files = plan.files()
-            logger.info(f"push: {run_dir} → {repo_id}{' (private)' if cfg.private else ''}: {len(files)} files, "
-                        f"{sum(s for _, s in files) / 1e6:.1f} MB")
-            if cfg.dry_run:
-                for rel, size in files:
-                    logger.info(f"  {rel:<40} {size:>14,} bytes")
-                logger.info(f"dry run: nothing uploaded; the folder is {folder} (its README.md is the model card)"
-                            + ("" if namespace else "; the namespace is the token owner's, unknown without a token "
-                               "or a reachable Hub (or pass --namespace)"))
-            else:
-                url = upload(plan, cfg, token)
-                logger.info(f"push: {repo_id} ← {url}")
+            publish(plan, cfg, token, note=unknown)
             uploads.append(plan)
     return uploads
 
 
 def add_cli(verbs) -> None:
-    parser = verbs.add_parser("push", help="push a run (or a sweep's best runs) to the Hugging Face Hub with a "
-                              "model card")
-    parser.add_argument("path", metavar="RUN_DIR|ROOT", help="a run folder; or, with --best N, a folder of runs")
+    parser = verbs.add_parser("push", help="push a run (or a sweep's best runs, or a reward model) to the Hugging "
+                              "Face Hub with a model card")
+    parser.add_argument("path", metavar="RUN_DIR|ROOT|RM_DIR", help="a run folder; with --best N, a folder of runs; "
+                        "or a reward model folder from `preftune rm train` (it holds rm_config.json)")
     add_arguments(parser, PushConfig)
     parser.set_defaults(func=lambda ns: push(Path(ns.path), from_args(PushConfig, ns)))

@@ -69,14 +69,20 @@ def result_keys(prefix: str) -> list[str]:
 FIELDS = ["rank", "run", *HYPERPARAMETERS, *result_keys(""), "train_pairs", "steps", "train_runtime_s",
           "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy",
           "judge_win_rate", "judge_length_controlled_win_rate", "judge_n", "judge_verdict_strength",
-          "judge_rm_accuracy", "rank_by", "runs_compared", "selected", "test_status", *result_keys("test_")]
+          "judge_rm_accuracy", "rank_by", "eval_data", "data_group", "runs_compared", "selected", "test_status",
+          *result_keys("test_")]
+SMOOTH_MAX_SPAN = 50
+CURVES_NOTE = ("Values on the training batches, per logged optimizer step: faint, each batch's own value (noisy at "
+               "small batch sizes); solid, their exponential moving average (bias-corrected; span a fifth of the "
+               f"logged points, 1 to {SMOOTH_MAX_SPAN}).")
 PLOTS = {
-    "curves.png": "Training loss and reward accuracy per optimizer step, every run overlaid.",
+    "curves.png": "Training loss and reward accuracy per optimizer step, every run overlaid. " + CURVES_NOTE,
     "accuracy_grid.png": "The ranking metric on validation by learning rate × batch size.",
     "length_strata.png": "Validation accuracy where the human chose the longer summary vs the shorter one, "
                          "per run (95% Wilson intervals), with the length-balanced accuracy (their mean) and "
                          "the 'longer wins' baseline on the same pairs. Length alone scores 0.5 balanced.",
-    "margins.png": "Reward margin (chosen − rejected): per training step, and on validation pairs per run.",
+    "margins.png": "Reward margin (chosen − rejected): per training step (faint per batch, solid smoothed), and on "
+                   "validation pairs per run.",
 }
 PREDATES = "n/a (run predates the test split)"
 
@@ -140,9 +146,37 @@ def run_row(run: Run) -> dict:
         # from `preftune judge` (judge.json), when it was run: generations scored by a reward model
         **{k: v for k, v in run_folder.judge_summary(_gap_on_damage(run.judge, "judge results")).items()
            if k != "judge_win_rate_ci95"},
-        "rank_by": None, "runs_compared": None, "selected": False, "test_status": None,
+        "rank_by": None, "eval_data": eval_data(run, evaluation), "data_group": None, "runs_compared": None,
+        "selected": False, "test_status": None,
         **dict.fromkeys(result_keys("test_")),
     }
+
+
+def dataset_label(spec: str) -> str:
+    """A dataset as reports and cards name it: a hub id or a shipped sample as it is, a local file or
+    folder by its name only (a card is public; the folders of the machine it was made on are not)."""
+    from preftune.data.sources import SHIPPED
+    from preftune.hubids import looks_local
+
+    return spec if spec in SHIPPED or not looks_local(spec) else (Path(spec).name or spec)
+
+
+# The data settings that decide which validation pairs a run is scored on (with --max-eval-pairs);
+# --max-length is the run's (it trims prompts), not the data's.
+SPLIT_SETTINGS = (("fraction", "fraction"), ("eval_fraction", "validation"), ("test_fraction", "test"), ("seed", "seed"))
+SOURCE_SETTINGS = (("format", "auto"), ("hub_config", None), ("split", "train"), ("column_map", None))
+
+
+def eval_data(run: Run, evaluation: dict) -> str:
+    """What a run's validation metrics were computed on, e.g. "tldr-sample (fraction 0.05, validation
+    0.1, test 0.1, seed 42)": runs with different labels were scored on different pairs, so they are
+    ranked apart, never against each other."""
+    data = run.config["data"]
+    settings = [f"{name} {data.get(key, 0.0 if key == 'test_fraction' else '?')}" for key, name in SPLIT_SETTINGS]
+    settings += [f"{key} {data[key]}" for key, default in SOURCE_SETTINGS if data.get(key, default) != default]
+    if run.train.get("max_eval_pairs") is not None:
+        settings.append(f"at most {run.train['max_eval_pairs']} pairs")
+    return f"{dataset_label(str(evaluation.get('dataset') or run.dataset))} ({', '.join(settings)})"
 
 
 def _finite(value) -> bool:
@@ -157,7 +191,11 @@ def rankable(row: dict, rank_by: str) -> bool:
 
 def rank_rows(rows: list[dict], rank_by: str = DEFAULT_RANK) -> list[dict]:
     """Best `rank_by` first (ties: length-balanced accuracy, accuracy, margin, name); runs without a
-    valid ranking (not evaluated, older eval.json without the metric, NaN) last, with no rank."""
+    valid ranking (not evaluated, older eval.json without the metric, NaN) last, with no rank.
+
+    Runs scored on different validation data (`eval_data`) are never ranked against each other: each
+    data group is ranked on its own (ranks restart at 1, `runs_compared` counts the group), groups
+    ordered by how many runs they rank, and `data_group` numbers them."""
     if rank_by not in RANKINGS:
         raise PreftuneError(f"unknown --rank-by '{rank_by}'; choose one of: {', '.join(RANKINGS)}")
 
@@ -166,12 +204,35 @@ def rank_rows(rows: list[dict], rank_by: str = DEFAULT_RANK) -> list[dict]:
                  for k in (rank_by, "length_balanced_accuracy", "accuracy", "mean_margin")]
         return (not rankable(r, rank_by), *(-v for v in order), r["run"])
 
-    ranked = sorted(rows, key=key)
-    compared = sum(rankable(r, rank_by) for r in ranked)
-    for i, r in enumerate(ranked, 1):
-        r["rank"] = i if i <= compared else None
-        r["rank_by"], r["runs_compared"] = rank_by, compared
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("eval_data")), []).append(r)
+    ordered = sorted(groups.items(), key=lambda g: (-sum(rankable(r, rank_by) for r in g[1]), -len(g[1]), g[0]))
+    ranked = []
+    for number, (_, members) in enumerate(ordered, 1):
+        members = sorted(members, key=key)
+        compared = sum(rankable(r, rank_by) for r in members)
+        for i, r in enumerate(members, 1):
+            r["rank"] = i if i <= compared else None
+            r["rank_by"], r["runs_compared"], r["data_group"] = rank_by, compared, number
+        ranked += members
     return ranked
+
+
+def data_groups(rows: list[dict]) -> list[list[dict]]:
+    """The rows of each data group, in order (one group when every run was scored on the same data)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get("data_group"), []).append(r)
+    return list(groups.values())
+
+
+def mixed_data(rows: list[dict]) -> bool:
+    return len({r.get("data_group") for r in rows}) > 1
+
+
+MIXED_NOTE = ("these runs were scored on different validation data ({n} groups): each group is ranked on its own "
+              "(# restarts at 1 in each); never compare ranks or numbers across groups")
 
 
 def load_runs(root: Path) -> tuple[list[Run], list[Path]]:
@@ -214,8 +275,9 @@ def chosen_test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
 
 
 def score_chosen(runs: dict[str, Run], rows: list[dict], n: int) -> list[dict]:
-    """Fill in test metrics for the n best-ranked runs (and only those). Returns the chosen rows."""
-    chosen = [r for r in rows if r["rank"] is not None][:n]
+    """Fill in test metrics for the n best-ranked runs of each data group (and only those). Returns the
+    chosen rows."""
+    chosen = [r for group in data_groups(rows) for r in [r for r in group if r["rank"] is not None][:n]]
     for r in chosen:
         selection = {"rank_by": r["rank_by"], "rank": r["rank"], "runs_compared": r["runs_compared"]}
         result, r["test_status"] = chosen_test_result(runs[r["run"]], selection)
@@ -315,9 +377,22 @@ def format_table(rows: list[dict], cols: list[tuple[str, Callable[[dict], str]]]
     return "\n".join(text)
 
 
+def group_heading(group: list[dict]) -> str:
+    first = group[0]
+    return (f"[group {first['data_group']}] validation data: {first['eval_data']}: {len(group)} "
+            f"run{'s' if len(group) != 1 else ''}, {first['runs_compared']} ranked")
+
+
 def format_leaderboard(rows: list[dict]) -> str:
-    """The leaderboard (validation) as a fixed-width text table."""
-    return format_table(rows, COLUMNS)
+    """The leaderboard (validation) as a fixed-width text table; one table per data group, under a
+    warning, when the runs were scored on different validation data."""
+    if not mixed_data(rows):
+        return format_table(rows, COLUMNS)
+    groups = data_groups(rows)
+    parts = [f"warning: {MIXED_NOTE.format(n=len(groups))}"]
+    for group in groups:
+        parts += ["", group_heading(group), format_table(group, COLUMNS)]
+    return "\n".join(parts)
 
 
 def selection_note(rows: list[dict]) -> str:
@@ -328,14 +403,17 @@ def selection_note(rows: list[dict]) -> str:
 
 
 def format_test(chosen: list[dict]) -> str:
-    """The test block: the chosen runs' test metrics, or why a run has none."""
+    """The test block: the chosen runs' test metrics, or why a run has none (per data group)."""
     if not chosen:
         return "test: no run has a valid validation ranking, so none was chosen and none was tested"
-    lines = [f"test ({selection_note(chosen)}; test metrics are never used for choosing):"]
-    measured = [r for r in chosen if r["test_accuracy"] is not None]
-    if measured:
-        lines.append(format_table(measured, TEST_COLUMNS))
-    lines += [f"  #{r['rank']} {fit_cell(r['run'])}: test: {r['test_status']}" for r in chosen if r not in measured]
+    lines = []
+    for group in data_groups(chosen):
+        data = f"; validation data: {group[0]['eval_data']}" if mixed_data(chosen) else ""
+        lines.append(f"test ({selection_note(group)}{data}; test metrics are never used for choosing):")
+        measured = [r for r in group if r["test_accuracy"] is not None]
+        if measured:
+            lines.append(format_table(measured, TEST_COLUMNS))
+        lines += [f"  #{r['rank']} {fit_cell(r['run'])}: test: {r['test_status']}" for r in group if r not in measured]
     return "\n".join(lines)
 
 
@@ -362,26 +440,54 @@ def _value(row: dict, key: str) -> float:
     return row[key] if _finite(row.get(key)) else math.nan
 
 
-def _label(row: dict) -> str:
-    return f"{'#' + str(row['rank']) if row['rank'] else '–'} {fit_cell(row['run'], 40)}"
+def _label(row: dict, mixed: bool = False) -> str:
+    """A run's name on a plot axis with its rank ("[g2] #1 …" when runs were scored on different data)."""
+    group = f"[g{row.get('data_group')}] " if mixed else ""
+    return f"{group}{'#' + str(row['rank']) if row['rank'] else '–'} {fit_cell(row['run'], 40)}"
+
+
+def smoothing_span(n: int) -> int:
+    """The EMA span for a curve of n logged points: a fifth of them, between 1 (no smoothing) and
+    SMOOTH_MAX_SPAN, so a short run is not flattened and a long one not lagged."""
+    return max(1, min(SMOOTH_MAX_SPAN, round(n / 5)))
+
+
+def smooth(values: Sequence[float], span: int | None = None) -> list[float]:
+    """Exponential moving average with α = 2/(span + 1), bias-corrected as Adam's moments are (the
+    first points are not pulled towards 0): out_t = m_t / (1 − (1−α)^t), m_t = (1−α)·m_{t−1} + α·x_t."""
+    span = smoothing_span(len(values)) if span is None else span
+    alpha, mean, out = 2 / (span + 1), 0.0, []
+    for t, x in enumerate(values, 1):
+        mean = (1 - alpha) * mean + alpha * x
+        out.append(mean / (1 - (1 - alpha) ** t))
+    return out
+
+
+def plot_smoothed(ax, log: list[dict], key: str, name: str) -> None:
+    """One run's per-batch values of key, faint, under their EMA (solid, labelled with the run)."""
+    steps, values = _series(log, key)
+    raw, = ax.plot(steps, values, marker="o" if len(steps) <= 30 else None, ms=2.5, lw=0.8, alpha=0.3)
+    ax.plot(steps, smooth(values), color=raw.get_color(), lw=1.8, label=fit_cell(name, 40))
 
 
 def plot_curves(logs: dict[str, list[dict]], path: Path) -> None:
-    """Loss and reward accuracy (both from the per-step training log) against step, one line per run."""
+    """Loss and reward accuracy (both from the per-step training log) against step, one colour per run:
+    the per-batch values faint, their moving average solid (see CURVES_NOTE)."""
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.2 + 0.2 * math.ceil(len(logs) / 3)),
                                           layout="constrained")
     for name, log in logs.items():
-        marker = "o" if len(log) <= 30 else None
-        ax_loss.plot(*_series(log, "loss"), marker=marker, ms=3, lw=1.4, label=fit_cell(name, 40))
-        ax_acc.plot(*_series(log, "rewards/accuracies"), marker=marker, ms=3, lw=1.4, label=fit_cell(name, 40))
+        plot_smoothed(ax_loss, log, "loss", name)
+        plot_smoothed(ax_acc, log, "rewards/accuracies", name)
     _legend_below(fig, ax_loss, len(logs))
     log2 = ax_loss.axhline(math.log(2), color="grey", ls=":", lw=1)
     ax_loss.legend([log2], ["log 2: the loss before any update"], fontsize=8, loc="best")
-    ax_loss.set(title="DPO loss (training batches)", xlabel="optimizer step", ylabel="loss")
-    ax_acc.set(title="reward accuracy (training batches)", xlabel="optimizer step",
-               ylabel="fraction of pairs ranked right", ylim=(-0.05, 1.05))
+    ax_loss.set(title="DPO loss (training batches; faint: per batch, solid: smoothed)", xlabel="optimizer step",
+                ylabel="loss")
+    ax_acc.set(title="reward accuracy (training batches; faint: per batch, solid: smoothed)",
+               xlabel="optimizer step", ylabel="fraction of pairs ranked right", ylim=(-0.05, 1.05))
     for ax in (ax_loss, ax_acc):
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
         _integer_steps(ax)
     _save(fig, path)
@@ -392,7 +498,9 @@ def plot_accuracy_grid(rows: list[dict], path: Path, rank_by: str = DEFAULT_RANK
     beta, loss) combination; an empty cell is a run not finished, not evaluated, or without the metric."""
     plt = _pyplot()
     rows = [r for r in rows if _finite(r["lr"]) and _finite(r["batch_size"])]
-    groups = sorted({(r["epochs"], r["beta"], r["loss"]) for r in rows}, key=str)
+    mixed = mixed_data(rows)  # runs scored on different data: one panel per data group too
+    panel = (lambda r: (r.get("data_group") if mixed else None, r["epochs"], r["beta"], r["loss"]))
+    groups = sorted({panel(r) for r in rows}, key=str)
     lrs = sorted({r["lr"] for r in rows})
     sizes = sorted({r["batch_size"] for r in rows})
     values = [_value(r, rank_by) for r in rows if _finite(r.get(rank_by))]
@@ -405,7 +513,7 @@ def plot_accuracy_grid(rows: list[dict], path: Path, rank_by: str = DEFAULT_RANK
     for ax, group in zip(axes[0], groups or [None]):
         grid = [[math.nan] * len(sizes) for _ in lrs]
         for r in rows:
-            if (r["epochs"], r["beta"], r["loss"]) == group:
+            if panel(r) == group:
                 grid[lrs.index(r["lr"])][sizes.index(r["batch_size"])] = _value(r, rank_by)
         image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         for i, line in enumerate(grid):
@@ -418,7 +526,8 @@ def plot_accuracy_grid(rows: list[dict], path: Path, rank_by: str = DEFAULT_RANK
         ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
         ax.set(xlabel="batch size", ylabel="learning rate")
         if group:
-            ax.set_title(fit_cell(f"epochs {group[0]}, beta {group[1]}, {group[2]}", 60), fontsize=10)
+            data = f"data group {group[0]}: " if mixed else ""
+            ax.set_title(fit_cell(f"{data}epochs {group[1]}, beta {group[2]}, {group[3]}", 60), fontsize=10)
     fig.colorbar(image, ax=list(axes[0]), label=f"validation {RANKINGS[rank_by]}", shrink=0.9)
     fig.suptitle(f"validation {RANKINGS[rank_by]} by learning rate × batch size", fontsize=11)
     _save(fig, path)
@@ -447,7 +556,7 @@ def plot_length_strata(rows: list[dict], path: Path) -> None:
     ax.scatter([_value(r, "longer_wins_baseline") for r in rows], y, marker="|", s=300, color="tab:red", zorder=3,
                label="'longer wins' baseline")
     ax.axvline(0.5, color="grey", ls=":", lw=1)
-    ax.set_yticks(y, [_label(r) for r in rows], fontsize=8)
+    ax.set_yticks(y, [_label(r, mixed_data(rows)) for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set(xlim=(0, 1), xlabel="validation accuracy", title="accuracy by length stratum (lengths in tokens)")
     ax.grid(alpha=0.3, axis="x")
@@ -461,10 +570,11 @@ def plot_margins(rows: list[dict], logs: dict[str, list[dict]], path: Path) -> N
     plt = _pyplot()
     fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(13, max(4.2, 1.6 + 0.45 * len(rows))), layout="constrained")
     for name, log in logs.items():
-        ax_train.plot(*_series(log, "rewards/margins"), marker="o" if len(log) <= 30 else None, ms=3, lw=1.4,
-                      label=fit_cell(name, 40))
+        plot_smoothed(ax_train, log, "rewards/margins", name)
     ax_train.axhline(0, color="grey", lw=0.8)
-    ax_train.set(title="reward margin (training batches)", xlabel="optimizer step", ylabel="chosen − rejected")
+    ax_train.set(title="reward margin (training batches; faint: per batch, solid: smoothed)", xlabel="optimizer step",
+                 ylabel="chosen − rejected")
+    ax_train.title.set_fontsize(10)
     ax_train.grid(alpha=0.3)
     _integer_steps(ax_train)
     evaluated = [r for r in rows if _finite(r.get("mean_margin"))]
@@ -474,7 +584,7 @@ def plot_margins(rows: list[dict], logs: dict[str, list[dict]], path: Path) -> N
                                       (0.25, "mean_margin", "tab:blue", "margin")):
         ax_eval.barh([i + offset for i in y], [_value(r, key) for r in evaluated], height=0.25, color=color,
                      label=label)
-    ax_eval.set_yticks(y, [_label(r) for r in evaluated], fontsize=8)
+    ax_eval.set_yticks(y, [_label(r, mixed_data(rows)) for r in evaluated], fontsize=8)
     ax_eval.invert_yaxis()
     ax_eval.axvline(0, color="grey", lw=0.8)
     ax_eval.set(title="validation mean reward (β·log π/π_ref)", xlabel="reward")
@@ -518,14 +628,23 @@ def render_html(root: Path, rows: list[dict], chosen: list[dict], images: dict[s
     env = Environment(loader=PackageLoader("preftune", "templates"), autoescape=select_autoescape(["html", "j2"]))
     embedded = [{"name": name, "caption": PLOTS[name],
                  "data": base64.b64encode(path.read_bytes()).decode("ascii")} for name, path in images.items()]
-    measured = [r for r in chosen if r["test_accuracy"] is not None]
+    def table(group: list[dict], cols) -> list[list[str]]:
+        return [[cell(r) for _, cell in cols] for r in group]
+
+    mixed = mixed_data(rows)
+    groups = [{"heading": group_heading(g) if mixed else "", "table": table(g, COLUMNS), "best": g[0]["rank"] is not None}
+              for g in data_groups(rows)]
+    tests = []
+    for g in data_groups(chosen):
+        measured = [r for r in g if r["test_accuracy"] is not None]
+        tests.append({"selection": selection_note(g) + (f"; validation data: {g[0]['eval_data']}" if mixed else ""),
+                      "table": table(measured, TEST_COLUMNS), "untested": [r for r in g if r not in measured]})
     return env.get_template("report.html.j2").render(
-        root=root.name, headers=[h for h, _ in COLUMNS], table=[[cell(r) for _, cell in COLUMNS] for r in rows],
-        rows=rows, images=embedded, unfinished=[p.name for p in unfinished], sweep=sweep,
-        hyperparameters=HYPERPARAMETERS, ranking=RANKINGS[rows[0]["rank_by"]] if rows else "",
-        compared=rows[0]["runs_compared"] if rows else 0, chosen=chosen, selection=selection_note(chosen or rows),
-        test_headers=[h for h, _ in TEST_COLUMNS], test_table=[[cell(r) for _, cell in TEST_COLUMNS] for r in measured],
-        untested=[r for r in chosen if r not in measured],
+        root=root.name, headers=[h for h, _ in COLUMNS], groups=groups, mixed=MIXED_NOTE.format(n=len(groups))
+        if mixed else "", eval_data=rows[0]["eval_data"] if rows else "", rows=rows, images=embedded,
+        unfinished=[p.name for p in unfinished], sweep=sweep, hyperparameters=HYPERPARAMETERS,
+        ranking=RANKINGS[rows[0]["rank_by"]] if rows else "", compared=sum(r["rank"] is not None for r in rows),
+        chosen=chosen, test_headers=[h for h, _ in TEST_COLUMNS], tests=tests,
     )
 
 
@@ -553,8 +672,10 @@ def report(root: Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
     plot_margins(rows, logs, images["margins.png"])
     sweep = _gap_on_damage(lambda: run_folder.read_json(root / "sweep.json", missing_ok=True), "sweep details") or None
     run_folder.atomic_write_text(root / "report.html", render_html(root, rows, chosen, images, unfinished, sweep))
-    logger.info(f"validation ranking by {RANKINGS[cfg.rank_by]} ({rows[0]['runs_compared']} of {len(rows)} runs "
-                "have it; runs without it are listed last, unranked):")
+    ranked = sum(r["rank"] is not None for r in rows)
+    data = "" if mixed_data(rows) else f"; validation data: {rows[0]['eval_data']}"
+    logger.info(f"validation ranking by {RANKINGS[cfg.rank_by]} ({ranked} of {len(rows)} runs have it; runs without "
+                f"it are listed last, unranked){data}:")
     logger.info(format_leaderboard(rows))
     if cfg.select:
         logger.info(format_test(chosen))

@@ -255,6 +255,39 @@ def prompt_chosen_rejected(row: dict) -> PairFields:
     return PairFields(prompt, chosen, rejected, row_id(row, prompt), (0, len(prompt)), cut="start")
 
 
+# ---- preftune's own pairs, as `preftune data push` publishes them --------------------------------
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "post_id", "body_span", "cut", "turns", "meta")
+CUTS = ("end", "start", "turns")
+
+
+def preftune_pairs(row: dict) -> PairFields:
+    """A row of a dataset pushed by `preftune data push`: the pair exactly as prepared, with the trimmable
+    span and cut rule it had (so a TL;DR post is still trimmed at its end, its header kept) and its meta
+    (JSON text) restored."""
+    fields = prompt_chosen_rejected({k: row[k] for k in ("prompt", "chosen", "rejected", "post_id") if k in row})
+    span, cut, turns, meta = row.get("body_span"), row.get("cut") or "end", row.get("turns") or [], row.get("meta")
+    if span is not None and not (isinstance(span, (list, tuple)) and len(span) == 2
+                                 and all(isinstance(x, int) and 0 <= x <= len(fields.prompt) for x in span)):
+        raise RowError("body_span", f"expected [start, end] offsets into the prompt or null, got {preview(span)}")
+    if cut not in CUTS:
+        raise RowError("cut", f"expected one of {', '.join(CUTS)}, got {preview(cut)}")
+    if not isinstance(turns, (list, tuple)) or not all(isinstance(t, int) for t in turns):
+        raise RowError("turns", f"expected a list of offsets, got {preview(turns)}")
+    try:
+        meta = json.loads(meta) if isinstance(meta, str) else (meta or {})
+    except ValueError:
+        raise RowError("meta", f"expected JSON text of an object, got {preview(meta)}") from None
+    if not isinstance(meta, dict):
+        raise RowError("meta", f"expected JSON text of an object, got {preview(meta)}")
+    return PairFields(fields.prompt, fields.chosen, fields.rejected, fields.post_id,
+                      tuple(span) if span is not None else None, meta, cut=cut, turns=tuple(turns))
+
+
+def _is_preftune_pairs(row: dict) -> bool:
+    return set(PAIR_COLUMNS) <= row.keys()
+
+
 # ---- Anthropic HH-RLHF: whole dialogues, implicit prompt ----------------------------------------
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -410,6 +443,12 @@ ADAPTERS: dict[str, Adapter] = {
         columns=("info", "summaries", "choice"),
         label=_choice_label,
     ),
+    "preftune_pairs": Adapter(  # before prompt_chosen_rejected: its columns are a superset
+        "preftune_pairs", preftune_pairs, _is_preftune_pairs,
+        "pairs published by `preftune data push` (prompt, chosen, rejected, post_id, body_span, cut, turns, "
+        "meta): read back exactly as prepared",
+        columns=PAIR_COLUMNS,
+    ),
     "prompt_chosen_rejected": Adapter(
         "prompt_chosen_rejected", prompt_chosen_rejected, _is_text_triple,
         "prompt, chosen, rejected as text (optional post_id/prompt_id groups rows for the split)",
@@ -507,7 +546,9 @@ def missing_columns(row: dict) -> str:
         return name in row or guess_column(name, unused, 0) != "COLUMN"
 
     closest = [a for a in ADAPTERS.values() if any(c not in row for c in a.columns)]
-    best = max(closest, key=lambda a: sum(present(c) for c in a.columns))  # ties: the first registered
+    # the largest share of its columns present (a share, so a format with many columns does not win on count);
+    # ties: the first registered
+    best = max(closest, key=lambda a: sum(present(c) for c in a.columns) / len(a.columns))
     if not any(present(c) for c in best.columns):
         best = ADAPTERS["prompt_chosen_rejected"]
     missing = [c for c in best.columns if c not in row]

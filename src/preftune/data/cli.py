@@ -1,11 +1,11 @@
-"""The `preftune data` verbs: prepare, inspect, formats. Registered in `preftune.cli` as
+"""The `preftune data` verbs: prepare, inspect, formats, push. Registered in `preftune.cli` as
 "preftune.data.cli:add_cli"; heavy imports stay inside the handlers so `preftune --help` stays fast."""
 
 from __future__ import annotations
 
 import argparse
 
-from preftune.config import DEFAULT_MODEL, DataConfig, InspectConfig, add_arguments, from_args
+from preftune.config import DEFAULT_MODEL, DataConfig, DataPushConfig, InspectConfig, add_arguments, from_args
 
 
 def cmd_data_prepare(ns: argparse.Namespace) -> None:
@@ -44,9 +44,15 @@ def cmd_data_formats(ns: argparse.Namespace) -> None:
         print(f"{adapter.name:<24} {adapter.description}")
 
 
+def cmd_data_push(ns: argparse.Namespace) -> None:
+    from preftune.hub_data import push_dataset
+
+    push_dataset(ns.dir, from_args(DataPushConfig, ns))
+
+
 def add_cli(verbs) -> None:
     """The `data` verb group: `verbs` is the subparsers object of the `preftune` parser."""
-    data = verbs.add_parser("data", help="inspect, prepare and list preference data")
+    data = verbs.add_parser("data", help="inspect, prepare, list and push preference data")
     data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
 
     def verb(name: str, about: str) -> argparse.ArgumentParser:
@@ -64,3 +70,9 @@ def add_cli(verbs) -> None:
     add_arguments(insp, InspectConfig)
     insp.set_defaults(func=cmd_data_inspect)
     verb("formats", "list the registered row adapters").set_defaults(func=cmd_data_formats)
+    push = verb("push", "push a prepared folder (its splits) or the demo's preferences.jsonl to the Hugging Face Hub as "
+                "a dataset repo: Parquet per split and a dataset card")
+    push.add_argument("dir", metavar="DIR", help="a folder written by `preftune data prepare`, or the demo's "
+                      "preferences.jsonl (or the run folder holding it)")
+    add_arguments(push, DataPushConfig, title="push")
+    push.set_defaults(func=cmd_data_push)
