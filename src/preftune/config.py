@@ -189,6 +189,12 @@ class RewardConfig:
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, slower.")
     logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.")
     overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
+    debias: str = _opt("odin", "Length debiasing: 'odin' (two heads, quality and length, on one backbone; the length "
+                       "head absorbs what length explains and only the quality head scores; Chen et al. 2024) or "
+                       "'none' (one head, which on TL;DR mostly learns to count length).", choices=("odin", "none"))
+    length_weight: float = _opt(1.0, "ODIN: weight of the correlation terms (length head ↔ length → 1, quality head "
+                                "↔ length → 0, Pearson over each batch's summaries).", ge=0)
+    ortho_weight: float = _opt(1.0, "ODIN: weight of the orthogonality of the two heads' weights.", ge=0)
 
     def __post_init__(self) -> None:
         positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs,
