@@ -143,3 +143,15 @@ def test_finish_cuts_at_eos_then_first_line(tiny_tokenizer):
     assert g.text == " a summary" and g.ended == "newline"
     g = _finish(tok, two_lines, Decoding(stop_at_newline=False))
     assert g.text == " a summary\nTITLE: again" and g.ended == "length" and g.tokens == len(two_lines)
+
+
+def test_decodings_sharing_the_prompts_cache_write_what_each_writes_alone(chatty_model, tiny_tokenizer):
+    """generate_many reads each batch's prompts once for all decodings: same texts as separate calls."""
+    from preftune.generate import generate_many
+
+    decodings = [Decoding(max_new_tokens=20), Decoding(temperature=0.9, max_new_tokens=20, seed=4),
+                 Decoding(temperature=0.5, top_p=0.8, max_new_tokens=12, seed=4, stop_at_newline=False)]
+    shared = generate_many(chatty_model, tiny_tokenizer, PROMPTS, decodings, batch_size=3)
+    assert list(shared) == ["greedy", "T=0.9", "T=0.5"]
+    for d in decodings:
+        assert shared[d.name] == generate(chatty_model, tiny_tokenizer, PROMPTS, d, batch_size=3)

@@ -83,8 +83,8 @@ def test_length_controlled_win_rate_has_a_bootstrap_interval_over_posts():
 
 def copier(texts: dict[str, str]):
     """A 'policy' whose summary of a prompt is texts[prompt], whatever the decoding."""
-    def generate(prompts, decoding):
-        return [Generation(texts[p], len(texts[p].split()), "eos") for p in prompts]
+    def generate(prompts, decodings):
+        return {d.name: [Generation(texts[p], len(texts[p].split()), "eos") for p in prompts] for d in decodings}
     return generate
 
 
@@ -168,7 +168,7 @@ def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
     from preftune.reward import evaluate_rm, score_pairs
 
     rm = ReferenceRM(tiny_run.parent / "reward_model", batch_size=4)
-    assert rm.folder.heads == ("quality", "length")  # the default RM is debiased: the judge reads its quality head
+    assert rm.folder.config["debias"] == "posthoc"  # the default RM is debiased: the judge reads its corrected score
     pairs, seen = [], set()
     for p in read_jsonl(tiny_run / "eval_pairs.jsonl"):  # the first pair of each post, without meta (no refs)
         if p.post_id not in seen:
@@ -193,8 +193,9 @@ def test_judge_command_end_to_end(tiny_run, capsys):
     assert main(["judge", str(tiny_run), "--n", "3", "--max-new-tokens", "6", "--examples", "1"]) == 0
     report = json.loads((tiny_run / "judge.json").read_text())
     assert report["posts"] == 3 and report["posts_from"] == "eval_pairs.jsonl"
-    assert report["rm_scoring_head"] == "quality" and report["length_unit"] == "tokens of the policy's tokenizer"
-    rm_eval = json.loads((tiny_run.parent / "reward_model" / "rm_eval.json").read_text())
+    assert report["rm_debias"] == "posthoc" and report["length_unit"] == "tokens of the policy's tokenizer"
+    assert report["rm_length_correction_per_token"] == rm_eval_of(tiny_run)["length_correction_per_token"]
+    rm_eval = rm_eval_of(tiny_run)
     assert report["rm_length_balanced_accuracy"] == rm_eval["length_balanced_accuracy"]
     # a tiny RM trained on 8 pairs, measured on a handful: its balanced interval reaches 0.5
     assert rm_eval["length_balanced_ci95"] is None or rm_eval["length_balanced_ci95"][0] <= 0.5
@@ -209,6 +210,10 @@ def test_judge_command_end_to_end(tiny_run, capsys):
     printed = capsys.readouterr().out
     assert "tuned win rate over base" in printed and "length-controlled win rate" in printed
     assert "length-balanced win rate" in printed and "where tuned is shorter" in printed
+
+
+def rm_eval_of(run):
+    return json.loads((run.parent / "reward_model" / "rm_eval.json").read_text())
 
 
 def test_judge_refuses_an_rm_trained_on_the_judged_posts(tiny_run, tmp_path):

@@ -22,6 +22,7 @@ from preftune.data.truncate import sequence_length
 from preftune.errors import PreftuneError
 from preftune.reward import (
     DEBIAS,
+    LENGTH_CORRECTION,
     RM_CONFIG_FILE,
     RM_EVAL_FILE,
     RM_LOG_FILE,
@@ -32,6 +33,7 @@ from preftune.reward import (
     evaluate_rm,
     fallback_folder,
     format_rm_table,
+    length_slope,
     load_reward_model,
     load_rm_tokenizer,
     odin_loss,
@@ -106,6 +108,17 @@ def test_odin_loss_by_hand():
     # the plain loss reads the first column only: chosen [1, 0] vs rejected [0, 1]
     plain, _ = plain_loss(logits[:, :1], lengths, head[:1], cfg)
     assert plain.item() == pytest.approx((math.log1p(math.exp(-1)) + math.log1p(math.exp(1))) / 2, abs=1e-6)
+
+
+def test_length_slope_by_hand():
+    """Rewards 1, 2, 4 at lengths 10, 20, 30: mean length 20, mean reward 7/3; Σ(x−x̄)(y−ȳ) =
+    (−10)(−4/3) + 0 + 10(5/3) = 30; Σ(x−x̄)² = 200 → slope 0.15 per token. After subtracting it the
+    rewards (−0.5, −1, −0.5) have zero Pearson correlation with length."""
+    from preftune.stats import pearson
+
+    assert length_slope([1, 2, 4], [10, 20, 30]) == pytest.approx(0.15)
+    assert pearson([r - 0.15 * n for r, n in zip([1, 2, 4], [10, 20, 30])], [10, 20, 30]) == pytest.approx(0.0, abs=1e-12)
+    assert length_slope([1, 2], [5, 5]) == 0.0 and length_slope([1], [3]) == 0.0
 
 
 def test_batch_pearson_is_zero_for_a_constant_side():
@@ -194,11 +207,12 @@ def test_a_pure_length_counter_scores_exactly_half_balanced():
         assert m["length_balanced_accuracy"] == 0.5 and abs(m["reward_length_spearman"]) == 1.0
 
 
-def test_odin_quality_head_stops_correlating_with_length():
+def test_debiased_rewards_stop_correlating_with_length():
     """A constructed case: each summary has a length and a hidden quality; humans prefer higher quality
     + 2·(length in units of 25 tokens), so "longer wins" is a strong cue. On the same small network, the
-    plain RM's reward correlates with length; ODIN's quality head does not, and ranks better than chance
-    where length misleads (balanced accuracy), while its two heads together still fit the labels."""
+    plain RM's reward correlates with length; ODIN's quality head does not, nor does the plain reward
+    minus its length slope (posthoc); both rank well where length misleads (balanced accuracy), and
+    ODIN's two heads together still fit the labels."""
     torch.manual_seed(0)
     n = 1024
     length = torch.randint(10, 60, (2, n)).float()
@@ -228,10 +242,13 @@ def test_odin_quality_head_stops_correlating_with_length():
     lens = ([int(x) for x in length[0]], [int(x) for x in length[1]])
     plain_c, plain_r = train(1, plain_loss)
     odin_c, odin_r = train(2, odin_loss)
+    slope = length_slope(plain_c[:, 0].tolist() + plain_r[:, 0].tolist(), lens[0] + lens[1])
     plain = pairwise_metrics(plain_c[:, 0], plain_r[:, 0], [pair("b")] * n, *lens)
     odin = pairwise_metrics(odin_c[:, 0], odin_r[:, 0], [pair("b")] * n, *lens)
-    assert plain["reward_length_spearman"] > 0.5 and abs(odin["reward_length_spearman"]) < 0.1
-    assert odin["length_balanced_accuracy"] > 0.75
+    post = pairwise_metrics(plain_c[:, 0] - slope * length[0], plain_r[:, 0] - slope * length[1], [pair("b")] * n, *lens)
+    assert plain["reward_length_spearman"] > 0.5
+    assert abs(odin["reward_length_spearman"]) < 0.1 and abs(post["reward_length_spearman"]) < 0.1
+    assert odin["length_balanced_accuracy"] > 0.75 and post["length_balanced_accuracy"] > 0.75
     assert ((odin_c.sum(1) > odin_r.sum(1)).float().mean() > 0.85)  # r_Q + r_L still fits the humans
 
 
@@ -244,6 +261,23 @@ def test_summary_tokens_and_encode_measure_what_truncation_measures(tiny_tokeniz
     ids = encode(tokenizer, "post", " summary")  # BERT: [CLS] … [SEP], no EOS to add
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert summary_tokens(tokenizer, [" a short summary", ""]) == [3, 0] and summary_tokens(tokenizer, []) == []
+
+
+def test_length_balanced_pairs_by_hand():
+    """Δ (tokens): +3, +5, −4 (band 0: two longer, one shorter → keep one of the two longer and the
+    shorter), +12 (band 1, no mirror → dropped), −25, +21 (band 2: one each → both), 0 (kept). After it
+    "longer wins" is exactly 50% of the unequal pairs."""
+    from preftune.reward import length_balanced
+
+    deltas = [3, 5, -4, 12, -25, 21, 0]
+    pairs = [Pair("P", " c", " r", f"p{i}", "x") for i in range(len(deltas))]
+    kept = length_balanced(pairs, [30 + d for d in deltas], [30] * len(deltas), seed=0)
+    ids = [p.post_id for p in kept]
+    assert len(ids) == 5 and {"p2", "p4", "p5", "p6"} <= set(ids) and len({"p0", "p1"} & set(ids)) == 1
+    assert ids == sorted(ids)  # original order
+    assert ids == [p.post_id for p in length_balanced(pairs, [30 + d for d in deltas], [30] * 7, seed=0)]
+    longer = [deltas[int(i[1:])] > 0 for i in ids if deltas[int(i[1:])] != 0]
+    assert sum(longer) * 2 == len(longer)
 
 
 def test_pair_batches_cover_every_pair_once_per_epoch():
@@ -287,20 +321,25 @@ def rm_run(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def odin_rm(tiny_model, tmp_path_factory):
+    return train_reward_model(DATA, tiny_rm_cfg(tiny_model, tmp_path_factory.mktemp("rm-odin"), debias="odin"))
+
+
+@pytest.fixture(scope="module")
 def plain_rm(tiny_model, tmp_path_factory):
     return train_reward_model(DATA, tiny_rm_cfg(tiny_model, tmp_path_factory.mktemp("rm-plain"), debias="none"))
 
 
-def test_odin_is_the_default_and_its_names_match_the_config():
+def test_the_debias_names_match_the_config():
     field = RewardConfig.__dataclass_fields__["debias"]
-    assert RewardConfig().debias == "odin" and set(field.metadata["choices"]) == set(DEBIAS)
+    assert RewardConfig().debias == "posthoc" and set(field.metadata["choices"]) == set(DEBIAS)
     with pytest.raises(PreftuneError, match="unknown --debias 'lengthless'"):
         check_fields(RewardConfig(debias="lengthless"))
     with pytest.raises(PreftuneError, match="--length-weight must be ≥ 0"):
         check_fields(RewardConfig(length_weight=-1.0))
 
 
-@pytest.mark.parametrize(("fixture", "heads"), [("rm_run", 2), ("plain_rm", 1)])
+@pytest.mark.parametrize(("fixture", "heads"), [("rm_run", 1), ("odin_rm", 2), ("plain_rm", 1)])
 def test_every_parameter_moved(fixture, heads, tiny_model, request):
     """Backbone weights moved from the causal LM's; the score head(s) moved from the seeded initialisation."""
     from transformers import AutoModelForSequenceClassification, set_seed
@@ -317,26 +356,55 @@ def test_every_parameter_moved(fixture, heads, tiny_model, request):
 
 
 def test_folder_eval_and_reload(rm_run):
+    """The default (posthoc) folder: a plain one-head classifier whose config.json carries the length
+    correction; preftune's scoring subtracts it, the bare transformers model does not."""
     from preftune.data.fit import fit, subsample
     from preftune.data.prepare import prepare
+    from transformers import AutoModelForSequenceClassification
 
     config = json.loads((rm_run / RM_CONFIG_FILE).read_text())
     m = json.loads((rm_run / RM_EVAL_FILE).read_text())
     assert config["steps"] == 2 and config["train_pairs"] == 8 and config["max_length"] == 192
-    assert config["debias"] == "odin" and config["heads"] == ["quality", "length"]
+    assert config["debias"] == "posthoc" and config["heads"] == ["reward"]
+    slope = config["length_correction"]["per_token"]
+    assert config["length_correction"]["summaries"] == 16 and slope != 0
     assert m["n"] == config["eval_pairs"] == config["fit"]["eval"]["kept"] > 0
-    assert {"length_balanced_accuracy", "chosen_longer", "reward_length_spearman", "length_head"} <= set(m)
+    assert {"length_balanced_accuracy", "chosen_longer", "reward_length_spearman"} <= set(m)
+    assert m["length_correction_per_token"] == slope and "length_balanced_accuracy" in m["before_length_correction"]
     assert not rm_run.with_name(rm_run.name + ".partial").exists()
-    log = [json.loads(line) for line in (rm_run / RM_LOG_FILE).read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2] and {"rho_quality_head", "rho_length_head", "ortho"} <= set(log[0])
-    # the reloaded folder ranks the same held-out pairs with the same accuracy, by its quality head
+    assert [json.loads(line)["step"] for line in (rm_run / RM_LOG_FILE).read_text().splitlines()] == [1, 2]
+    # the reloaded folder ranks the same held-out pairs with the same accuracy
     model, tokenizer = load_reward_model(str(rm_run))
-    assert open_reward_model(rm_run).heads == ("quality", "length") and model.config.num_labels == 2
+    assert getattr(model.config, LENGTH_CORRECTION) == slope
     held = prepare(DATA).eval
     assert not {p.post_id for p in held} & set(config["train_post_ids"])
     held, _ = fit(tokenizer, subsample(held, 6, DATA.seed), 192, "t")
     again = evaluate_rm(model, tokenizer, held)
     assert again["accuracy"] == m["accuracy"] and again["bt_loss"] == pytest.approx(m["bt_loss"], abs=1e-5)
+    # score = the network's output − slope × summary tokens
+    bare = AutoModelForSequenceClassification.from_pretrained(str(rm_run)).eval()
+    p = held[0]
+    with torch.no_grad():
+        raw = bare(**tokenizer(p.prompt + p.chosen + tokenizer.eos_token, return_tensors="pt")).logits[0, 0]
+    expected = raw.item() - slope * summary_tokens(tokenizer, [p.chosen])[0]
+    assert score(model, tokenizer, [p.prompt], [p.chosen])[0].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_odin_folder(odin_rm):
+    """Two heads saved as one classifier with two labels; the quality head scores."""
+    config = json.loads((odin_rm / RM_CONFIG_FILE).read_text())
+    m = json.loads((odin_rm / RM_EVAL_FILE).read_text())
+    assert config["debias"] == "odin" and config["heads"] == ["quality", "length"] and "length_correction" not in config
+    assert {"pearson", "accuracy_of_sum"} <= set(m["length_head"])
+    log = [json.loads(line) for line in (odin_rm / RM_LOG_FILE).read_text().splitlines()]
+    assert {"rho_quality_head", "rho_length_head", "ortho", "bt_loss"} <= set(log[0])
+    model, tokenizer = load_reward_model(str(odin_rm))
+    assert open_reward_model(odin_rm).heads == ("quality", "length") and model.config.num_labels == 2
+    assert model.config.id2label == {0: "quality", 1: "length"}
+    texts = ["SUBREDDIT: r/x\nPOST: I went out.\nTL;DR:"], [" Went out."]
+    with torch.no_grad():
+        both = model(**tokenizer(texts[0][0] + texts[1][0] + tokenizer.eos_token, return_tensors="pt")).logits[0]
+    assert score(model, tokenizer, *texts)[0].item() == pytest.approx(both[0].item(), abs=1e-4)
 
 
 def test_an_old_single_head_folder_still_loads_and_scores(plain_rm, tmp_path):

@@ -189,9 +189,12 @@ class RewardConfig:
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, slower.")
     logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.")
     overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
-    debias: str = _opt("odin", "Length debiasing: 'odin' (two heads, quality and length, on one backbone; the length "
-                       "head absorbs what length explains and only the quality head scores; Chen et al. 2024) or "
-                       "'none' (one head, which on TL;DR mostly learns to count length).", choices=("odin", "none"))
+    debias: str = _opt("posthoc", "Length debiasing. 'posthoc': one head trained as usual, then the slope of its reward on "
+                       "summary length (fit on the training summaries) is subtracted when it scores (arXiv:2409.17407). "
+                       "'odin': two heads, quality and length, on one backbone; only the quality head scores (Chen et "
+                       "al. 2024). 'balance': one head trained on pairs subsampled so that the longer summary wins "
+                       "half the time (Singhal et al. 2023). 'none': one head, which on TL;DR learns to count length. "
+                       "docs/reward-and-judge.md compares them.", choices=("posthoc", "odin", "balance", "none"))
     length_weight: float = _opt(1.0, "ODIN: weight of the correlation terms (length head ↔ length → 1, quality head "
                                 "↔ length → 0, Pearson over each batch's summaries).", ge=0)
     ortho_weight: float = _opt(1.0, "ODIN: weight of the orthogonality of the two heads' weights.", ge=0)

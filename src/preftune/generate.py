@@ -22,6 +22,7 @@ left-padded so every row's continuation starts at the same column. How each ende
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,33 +151,54 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def prefill(model, ids: torch.Tensor, attn: torch.Tensor):
+    """The KV cache of left-padded prompts (B, T), positions counted as `generate` counts them (from the
+    attention mask), so `generate` continuing from it computes what it would compute from scratch."""
+    positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return out["cache"] if "cache" in out else out["past_key_values"]  # 5.24 names it `cache`
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], decoding: Decoding = Decoding(), batch_size: int = 8,
-             desc: str = "generate") -> list[Generation]:
-    """One completion per prompt, in the prompts' order. Seeded per prompt: the same prompt, model and
-    decoding give the same text, in any batch, and the same text `stream_texts` gives."""
+def generate_many(model, tokenizer, prompts: list[str], decodings: list[Decoding], batch_size: int = 8,
+                  desc: str = "generate") -> dict[str, list[Generation]]:
+    """One completion per prompt under each decoding ({decoding.name: generations in the prompts' order}).
+    Each batch's prompts are read once (the KV cache of all but their last token is shared by the
+    decodings): the prompt is most of the cost of a TL;DR."""
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer needs a pad token (preftune.models.load_tokenizer sets EOS as pad)")
     lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
     eos = eos_ids(model, tokenizer)
-    out: list[Generation | None] = [None] * len(prompts)
+    out: dict[str, list] = {d.name: [None] * len(prompts) for d in decodings}
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model.eval()
     device = next(model.parameters()).device
     try:
         for idx in tqdm(length_batches(lengths, batch_size), desc=desc, unit="batch", leave=False):
             batch = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
-            width = batch["input_ids"].shape[1]
-            stops = StoppingCriteriaList([LineEnd(tokenizer, width)] if decoding.stop_at_newline else [])
-            ids = model.generate(**batch, max_new_tokens=decoding.max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                                 logits_processor=LogitsProcessorList([SeededChoice(decoding)]),
-                                 stopping_criteria=stops)  # (B, width + new)
-            for row, i in enumerate(idx):
-                out[i] = _finish(tokenizer, ids[row, width:].tolist(), decoding, eos)
+            ids, attn = batch["input_ids"], batch["attention_mask"]  # (B, T)
+            width = ids.shape[1]
+            shared = prefill(model, ids[:, :-1], attn[:, :-1]) if len(decodings) > 1 and width > 1 else None
+            for d in decodings:
+                stops = StoppingCriteriaList([LineEnd(tokenizer, width)] if d.stop_at_newline else [])
+                cache = {} if shared is None else {"cache": copy.deepcopy(shared)}
+                new = model.generate(input_ids=ids, attention_mask=attn, **cache, max_new_tokens=d.max_new_tokens,
+                                     do_sample=False, temperature=None, top_p=None, top_k=None,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                                     logits_processor=LogitsProcessorList([SeededChoice(d)]),
+                                     stopping_criteria=stops)  # (B, T + new)
+                for row, i in enumerate(idx):
+                    out[d.name][i] = _finish(tokenizer, new[row, width:].tolist(), d, eos)
     finally:
         tokenizer.padding_side = side
     return out
+
+
+def generate(model, tokenizer, prompts: list[str], decoding: Decoding = Decoding(), batch_size: int = 8,
+             desc: str = "generate") -> list[Generation]:
+    """One completion per prompt, in the prompts' order. Seeded per prompt: the same prompt, model and
+    decoding give the same text, in any batch, and the same text `stream_texts` gives."""
+    return generate_many(model, tokenizer, prompts, [decoding], batch_size, desc)[decoding.name]
 
 
 # ---- streamed (the demo) -------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Held-out preference accuracy says the policy *ranks* human pairs; only generatio
 better summaries. For N held-out posts (never trained on, by the policy or by the reward model) the
 tuned model and its base each write a TL;DR (greedy, and sampled at T=0.7) with preftune.generate's
 decoder (batched by prompt length, stopping at the end of the summary's line), a reward model
-(`preftune rm train`; its quality head when it has one) scores both, and the judge reports:
+(`preftune rm train`: its quality head when it has one, its length-corrected score when it has a
+length correction) scores both, and the judge reports:
 - the tuned model's win rate over the base (ties count half) with a 95% Wilson interval;
 - mean reward and mean length of each side; lengths in tokens of the policy's tokenizer;
 - what length does to it: the win rate where the tuned summary is longer / shorter / as long, the
@@ -142,9 +143,10 @@ class RewardScorer(Protocol):
 
 
 class Generator(Protocol):
-    """A model writing one summary per prompt under a decoding (model_generator below; copies in the tests)."""
+    """A model writing one summary per prompt under each decoding, {decoding.name: [Generation]}
+    (model_generator below; copies in the tests)."""
 
-    def __call__(self, prompts: list[str], decoding: Decoding) -> list[Generation]: ...
+    def __call__(self, prompts: list[str], decodings: list[Decoding]) -> dict[str, list[Generation]]: ...
 
 
 REF = ("reference", "")  # key of the human reference summary among a post's scored texts
@@ -155,8 +157,9 @@ def judge_posts(posts: list[Post], tuned: Generator, base: Generator, rm: Reward
     """Generate with both sides under each decoding, score everything with `rm`, compare. `count_tokens`
     measures every summary (generated and human) in the same tokens."""
     prompts = [p.prompt for p in posts]
-    gens = {(side, d.name): generator(prompts, d)  # one model at a time, every decoding
-            for side, generator in (("tuned", tuned), ("base", base)) for d in decodings}
+    gens = {(side, name): texts  # one model at a time, every decoding (the prompts read once per model)
+            for side, generator in (("tuned", tuned), ("base", base))
+            for name, texts in generator(prompts, decodings).items()}
     keep, reward = _score_all(posts, gens, rm)
     length = {key: count_tokens([g.text for g in gs]) for key, gs in gens.items()}
     refs = [i for i in keep if posts[i].reference]
@@ -287,16 +290,13 @@ class ReferenceRM:
 
 
 def model_generator(path: str, batch_size: int, label: str) -> Generator:
-    """A Generator over a causal LM folder, loaded on first use and kept for later decodings."""
-    from preftune.generate import generate
+    """A Generator over a causal LM folder, loaded when called and released after."""
+    from preftune.generate import generate_many
     from preftune.models import load_model, load_tokenizer
 
-    loaded: list = []
-
-    def run(prompts: list[str], decoding) -> list:
-        if not loaded:
-            loaded.extend([load_model(path), load_tokenizer(path)])
-        return generate(loaded[0], loaded[1], prompts, decoding, batch_size, f"generate {label} {decoding.name}")
+    def run(prompts: list[str], decodings: list[Decoding]) -> dict[str, list[Generation]]:
+        return generate_many(load_model(path), load_tokenizer(path), prompts, decodings, batch_size,
+                             f"generate {label}")
 
     return run
 
@@ -327,8 +327,10 @@ def rm_summary(rm: RewardModelFolder) -> dict:
     return {
         "reward_model": str(rm.path),
         "reward_model_base": rm.config["base_model"],
+        "rm_debias": rm.config.get("debias", "none"),  # folders from before debiasing were plain
         "rm_heads": list(rm.heads),
         "rm_scoring_head": rm.heads[0],
+        "rm_length_correction_per_token": ev.get("length_correction_per_token"),
         "rm_accuracy": ev["accuracy"],
         "rm_accuracy_ci95": ev["accuracy_ci95"],
         "rm_length_balanced_accuracy": ev.get("length_balanced_accuracy"),
@@ -350,7 +352,7 @@ def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
     base_spec = cfg.base or run.reference_model
     base = resolve_model(base_spec)
     logger.info(f"judge: {run.name} vs base {base_spec} ← {base.source}; reward model {rm.path} "
-                f"(scoring head: {rm.heads[0]})")
+                f"(debias {rm.config.get('debias', 'none')}, scoring head: {rm.heads[0]})")
 
     posts, source = load_posts(run, cfg)
     seen = rm.train_post_ids & {p.post_id for p in posts}
@@ -389,7 +391,7 @@ def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
 def format_report(r: dict) -> str:
     lines = [f"judged: {r['run']} vs {r['base_model']} on {r['posts']} held-out posts "
              f"({r['posts_with_reference']} with a human reference); reward model {r['reward_model_base']} "
-             f"({r['rm_scoring_head']} head); lengths in {r['length_unit']}", ""]
+             f"(debias {r['rm_debias']}, {r['rm_scoring_head']} head); lengths in {r['length_unit']}", ""]
     lines += [f"  {v}" for v in r["verdict"]] + [""]
     for name, res in r["decodings"].items():
         tb, t, b = res["tuned_vs_base"], res["tuned"], res["base"]

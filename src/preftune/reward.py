@@ -61,7 +61,11 @@ FALLBACK_ID = "sentence-transformers/all-MiniLM-L6-v2"
 RM_CONFIG_FILE = "rm_config.json"
 RM_EVAL_FILE = "rm_eval.json"
 RM_LOG_FILE = "rm_train_log.jsonl"
-HEADS = {"none": ("reward",), "odin": ("quality", "length")}  # logits[:, 0] always scores
+HEADS = {"posthoc": ("reward",), "odin": ("quality", "length"), "balance": ("reward",),
+         "none": ("reward",)}  # logits[:, i] is heads[i]; logits[:, 0] scores
+LENGTH_CORRECTION = "preftune_length_correction"  # config.json attribute: reward per summary token to subtract
+POSTHOC_PAIRS = 500  # training pairs (seeded sample) whose summaries the length correction is fit on
+BALANCE_BIN = 10  # tokens: Singhal et al. 2023 balance Δlength in bins of 10
 MAX_GRAD_NORM = 1.0  # as TRL's RewardTrainer (transformers' Trainer default)
 GROUP_WINDOW = 16  # batches whose pairs are sorted by length together: little padding, still shuffled
 
@@ -117,7 +121,40 @@ def odin_loss(logits: torch.Tensor, lengths: torch.Tensor, head: torch.Tensor, c
                   "ortho": ortho.item()}
 
 
-DEBIAS = {"none": plain_loss, "odin": odin_loss}  # --debias names (config.py lists the same names)
+# --debias names (config.py lists the same names). "posthoc" and "balance" train the plain BT loss: the
+# first corrects the trained reward for length (`length_slope`), the second trains on balanced pairs.
+DEBIAS = {"posthoc": plain_loss, "odin": odin_loss, "balance": plain_loss, "none": plain_loss}
+
+
+def length_slope(rewards: list[float], lengths: list[int]) -> float:
+    """The least-squares slope of reward on length (reward per token): subtracting slope·length leaves a
+    reward with zero Pearson correlation with length on these summaries (arXiv:2409.17407 subtracts a
+    smoothed fit; a line is what the small held-out sets here can check). 0 when lengths are constant."""
+    n = len(rewards)
+    if n < 2:
+        return 0.0
+    mx, my = sum(lengths) / n, sum(rewards) / n
+    var = sum((x - mx) ** 2 for x in lengths)
+    return sum((x - mx) * (y - my) for x, y in zip(lengths, rewards, strict=True)) / var if var else 0.0
+
+
+def length_balanced(pairs: list[Pair], chosen_len: list[int], rejected_len: list[int], seed: int) -> list[Pair]:
+    """The pairs subsampled so that "the longer summary wins" is exactly 50% in every band of length
+    difference (Singhal et al. 2023, arXiv:2310.03716): Δ = len(chosen) − len(rejected) in tokens, binned by
+    |Δ| in BALANCE_BIN-token bands; each band keeps as many Δ > 0 pairs as Δ < 0 pairs (a seeded sample of
+    the larger side); Δ = 0 pairs are kept. Original order kept."""
+    bands: dict[tuple[int, bool], list[int]] = {}
+    for i, (a, b) in enumerate(zip(chosen_len, rejected_len, strict=True)):
+        if a != b:
+            bands.setdefault((abs(a - b) // BALANCE_BIN, a > b), []).append(i)
+    keep = {i for i, (a, b) in enumerate(zip(chosen_len, rejected_len)) if a == b}
+    rng = random.Random(seed)
+    for (band, longer), idx in sorted(bands.items()):
+        if longer:
+            mirror = bands.get((band, False), [])
+            n = min(len(idx), len(mirror))
+            keep |= set(rng.sample(idx, n)) | set(rng.sample(mirror, n))
+    return [p for i, p in enumerate(pairs) if i in keep]
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -294,9 +331,10 @@ def pad_batch(seqs: list[list[int]], pad_id: int):
     return ids, attn
 
 
-def score_heads(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16,
-                desc: str = "reward") -> torch.Tensor:
-    """Every head's output for each (prompt, completion), shape (N, heads). Batches sorted by length."""
+def raw_heads(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16,
+              desc: str = "reward") -> torch.Tensor:
+    """Every head's output for each (prompt, completion), shape (N, heads), as the network computes it
+    (no length correction). Batches sorted by length."""
     import torch
     from tqdm.auto import tqdm
 
@@ -313,9 +351,32 @@ def score_heads(model, tokenizer, prompts: list[str], completions: list[str], ba
     return out
 
 
+def length_correction(model) -> float:
+    """Reward per summary token that `score` subtracts (`--debias posthoc`; 0 for other reward models)."""
+    return float(getattr(model.config, LENGTH_CORRECTION, None) or 0.0)
+
+
+def corrected(model, tokenizer, heads: torch.Tensor, completions: list[str]) -> torch.Tensor:
+    """heads (N, H) with the score column made length-corrected: r − c·tokens(summary)."""
+    c = length_correction(model)
+    if c:
+        import torch
+
+        heads = heads.clone()
+        heads[:, 0] -= c * torch.tensor(summary_tokens(tokenizer, completions), dtype=heads.dtype)
+    return heads
+
+
+def score_heads(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16,
+                desc: str = "reward") -> torch.Tensor:
+    """Every head's output, shape (N, heads); column 0 is the score, length-corrected where the RM is."""
+    return corrected(model, tokenizer, raw_heads(model, tokenizer, prompts, completions, batch_size, desc), completions)
+
+
 def score(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16,
           desc: str = "reward") -> torch.Tensor:
-    """r(x, y) for each (prompt, completion), shape (N,): the first head (ODIN's quality head)."""
+    """r(x, y) for each (prompt, completion), shape (N,): the first head (ODIN's quality head), minus the
+    length correction of a `--debias posthoc` RM."""
     return score_heads(model, tokenizer, prompts, completions, batch_size, desc)[:, 0]
 
 
@@ -325,12 +386,29 @@ def score_pairs(model, tokenizer, pairs: list[Pair], batch_size: int = 16) -> tu
     return both[0][:, 0], both[1][:, 0]
 
 
-def score_pair_heads(model, tokenizer, pairs: list[Pair], batch_size: int = 16):
-    """(heads of the chosen summaries, heads of the rejected), each (N, heads)."""
-    prompts = [p.prompt for p in pairs]
-    both = score_heads(model, tokenizer, prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs],
-                       batch_size, "rm eval")
+def score_pair_heads(model, tokenizer, pairs: list[Pair], batch_size: int = 16, raw: bool = False):
+    """(heads of the chosen summaries, heads of the rejected), each (N, heads); `raw`: no length correction."""
+    prompts, texts = [p.prompt for p in pairs], [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    both = raw_heads(model, tokenizer, prompts + prompts, texts, batch_size, "rm eval")
+    both = both if raw else corrected(model, tokenizer, both, texts)
     return both[: len(pairs)], both[len(pairs):]
+
+
+def fit_length_correction(model, tokenizer, pairs: list[Pair], seed: int) -> dict:
+    """`--debias posthoc`: the slope of the trained reward on summary length over both summaries of (a
+    seeded sample of) the TRAINING pairs, stored in the model's config so that `score` subtracts it.
+    Returns what rm_config.json records."""
+    from preftune.data.fit import subsample
+
+    sample = subsample(pairs, POSTHOC_PAIRS, seed)
+    chosen, rejected = score_pair_heads(model, tokenizer, sample, raw=True)
+    lengths = summary_tokens(tokenizer, [p.chosen for p in sample]) + summary_tokens(tokenizer, [p.rejected for p in sample])
+    rewards = chosen[:, 0].tolist() + rejected[:, 0].tolist()
+    slope = length_slope(rewards, lengths)
+    setattr(model.config, LENGTH_CORRECTION, slope)
+    logger.info(f"rm train: length correction fit on {len(rewards):,} training summaries: the reward rises "
+                f"{slope:+.4f} per token (Pearson {_f(pearson(rewards, lengths), '+.3f')}); the score subtracts it")
+    return {"per_token": slope, "summaries": len(rewards), "pearson_before": pearson(rewards, lengths)}
 
 
 # ---- held-out metrics ----------------------------------------------------------------------------
@@ -524,13 +602,27 @@ def train_steps(model, tokenizer, pairs: list[Pair], cfg: RewardConfig, seed: in
     return step
 
 
+LENGTH_KEYS = ("accuracy", "accuracy_ci95", "length_balanced_accuracy", "length_balanced_ci95", "chosen_longer",
+               "chosen_shorter", "rm_picks_longer", "reward_length_pearson", "reward_length_spearman")
+
+
 def evaluate_rm(model, tokenizer, pairs: list[Pair], batch_size: int = 16) -> dict:
-    """rm_eval.json's metrics for `pairs`; for an ODIN model also the length head's correlation and the
-    accuracy of the two heads summed (what the BT term was fit to)."""
-    chosen, rejected = score_pair_heads(model, tokenizer, pairs, batch_size)  # (N, heads) each
+    """rm_eval.json's metrics for `pairs`, of the score. For an ODIN model also the length head's
+    correlation and the accuracy of the two heads summed (what the BT term was fit to); for a
+    length-corrected one the same length metrics before the correction."""
+    import torch
+
+    raw = score_pair_heads(model, tokenizer, pairs, batch_size, raw=True)  # (N, heads) each
+    texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    both = corrected(model, tokenizer, torch.cat(raw), texts)
+    chosen, rejected = both[: len(pairs)], both[len(pairs):]
     chosen_len = summary_tokens(tokenizer, [p.chosen for p in pairs])
     rejected_len = summary_tokens(tokenizer, [p.rejected for p in pairs])
     metrics = pairwise_metrics(chosen[:, 0], rejected[:, 0], pairs, chosen_len, rejected_len)
+    if length_correction(model):
+        before = pairwise_metrics(raw[0][:, 0], raw[1][:, 0], pairs, chosen_len, rejected_len)
+        metrics["length_correction_per_token"] = length_correction(model)
+        metrics["before_length_correction"] = {k: before[k] for k in LENGTH_KEYS}
     if chosen.shape[1] == 2:
         length_r = chosen[:, 1].tolist() + rejected[:, 1].tolist()
         metrics["length_head"] = {
@@ -574,6 +666,12 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
         raise PreftuneError("no held-out pairs: the reward model's held-out accuracy is what says whether its "
                             "verdicts mean anything; use --eval-fraction > 0")
 
+    if cfg.debias == "balance":
+        before = len(train_pairs)
+        train_pairs = length_balanced(train_pairs, summary_tokens(tokenizer, [p.chosen for p in train_pairs]),
+                                      summary_tokens(tokenizer, [p.rejected for p in train_pairs]), data_cfg.seed)
+        logger.info(f"rm train: length-balanced: kept {len(train_pairs):,} of {before:,} pairs (as many where the "
+                    "chosen summary is longer as where it is shorter, per 10-token band of length difference)")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     heads = HEADS[cfg.debias]
@@ -584,6 +682,7 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     start = time.perf_counter()
     steps = train_steps(model, tokenizer, train_pairs, cfg, data_cfg.seed, partial / RM_LOG_FILE)
     runtime = time.perf_counter() - start
+    correction = fit_length_correction(model, tokenizer, train_pairs, data_cfg.seed) if cfg.debias == "posthoc" else None
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
 
@@ -598,6 +697,7 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
         "max_length": cfg.max_length,
         "debias": cfg.debias,
         "heads": list(heads),  # logits[:, i] is heads[i]; logits[:, 0] scores
+        **({"length_correction": correction} if correction else {}),
         "steps": steps,
         "train_runtime_s": round(runtime, 2),
         "train_pairs": len(train_pairs),
