@@ -168,7 +168,7 @@ def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
     from preftune.reward import evaluate_rm, score_pairs
 
     rm = ReferenceRM(tiny_run.parent / "reward_model", batch_size=4)
-    assert rm.folder.config["debias"] == "posthoc"  # the default RM is debiased: the judge reads its corrected score
+    assert rm.folder.config["debias"] == "balance"  # the default RM is length-debiased
     pairs, seen = [], set()
     for p in read_jsonl(tiny_run / "eval_pairs.jsonl"):  # the first pair of each post, without meta (no refs)
         if p.post_id not in seen:
@@ -193,8 +193,7 @@ def test_judge_command_end_to_end(tiny_run, capsys):
     assert main(["judge", str(tiny_run), "--n", "3", "--max-new-tokens", "6", "--examples", "1"]) == 0
     report = json.loads((tiny_run / "judge.json").read_text())
     assert report["posts"] == 3 and report["posts_from"] == "eval_pairs.jsonl"
-    assert report["rm_debias"] == "posthoc" and report["length_unit"] == "tokens of the policy's tokenizer"
-    assert report["rm_length_correction_per_token"] == rm_eval_of(tiny_run)["length_correction_per_token"]
+    assert report["rm_debias"] == "balance" and report["length_unit"] == "tokens of the policy's tokenizer"
     rm_eval = rm_eval_of(tiny_run)
     assert report["rm_length_balanced_accuracy"] == rm_eval["length_balanced_accuracy"]
     # a tiny RM trained on 8 pairs, measured on a handful: its balanced interval reaches 0.5

@@ -23,6 +23,7 @@ from preftune.errors import PreftuneError
 from preftune.reward import (
     DEBIAS,
     LENGTH_CORRECTION,
+    length_balanced,
     RM_CONFIG_FILE,
     RM_EVAL_FILE,
     RM_LOG_FILE,
@@ -267,8 +268,6 @@ def test_length_balanced_pairs_by_hand():
     """Δ (tokens): +3, +5, −4 (band 0: two longer, one shorter → keep one of the two longer and the
     shorter), +12 (band 1, no mirror → dropped), −25, +21 (band 2: one each → both), 0 (kept). After it
     "longer wins" is exactly 50% of the unequal pairs."""
-    from preftune.reward import length_balanced
-
     deltas = [3, 5, -4, 12, -25, 21, 0]
     pairs = [Pair("P", " c", " r", f"p{i}", "x") for i in range(len(deltas))]
     kept = length_balanced(pairs, [30 + d for d in deltas], [30] * len(deltas), seed=0)
@@ -321,6 +320,11 @@ def rm_run(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def posthoc_rm(tiny_model, tmp_path_factory):
+    return train_reward_model(DATA, tiny_rm_cfg(tiny_model, tmp_path_factory.mktemp("rm-posthoc"), debias="posthoc"))
+
+
+@pytest.fixture(scope="module")
 def odin_rm(tiny_model, tmp_path_factory):
     return train_reward_model(DATA, tiny_rm_cfg(tiny_model, tmp_path_factory.mktemp("rm-odin"), debias="odin"))
 
@@ -332,14 +336,14 @@ def plain_rm(tiny_model, tmp_path_factory):
 
 def test_the_debias_names_match_the_config():
     field = RewardConfig.__dataclass_fields__["debias"]
-    assert RewardConfig().debias == "posthoc" and set(field.metadata["choices"]) == set(DEBIAS)
+    assert RewardConfig().debias == "balance" and set(field.metadata["choices"]) == set(DEBIAS)
     with pytest.raises(PreftuneError, match="unknown --debias 'lengthless'"):
         check_fields(RewardConfig(debias="lengthless"))
     with pytest.raises(PreftuneError, match="--length-weight must be ≥ 0"):
         check_fields(RewardConfig(length_weight=-1.0))
 
 
-@pytest.mark.parametrize(("fixture", "heads"), [("rm_run", 1), ("odin_rm", 2), ("plain_rm", 1)])
+@pytest.mark.parametrize(("fixture", "heads"), [("rm_run", 1), ("posthoc_rm", 1), ("odin_rm", 2), ("plain_rm", 1)])
 def test_every_parameter_moved(fixture, heads, tiny_model, request):
     """Backbone weights moved from the causal LM's; the score head(s) moved from the seeded initialisation."""
     from transformers import AutoModelForSequenceClassification, set_seed
@@ -355,9 +359,25 @@ def test_every_parameter_moved(fixture, heads, tiny_model, request):
     assert init.shape == after["score.weight"].shape == (heads, 32) and not torch.equal(init, after["score.weight"])
 
 
-def test_folder_eval_and_reload(rm_run):
-    """The default (posthoc) folder: a plain one-head classifier whose config.json carries the length
-    correction; preftune's scoring subtracts it, the bare transformers model does not."""
+def test_default_folder_trains_on_length_balanced_pairs(rm_run, capsys):
+    """The default (balance): of the 8 sampled training pairs, those kept are balanced by length."""
+    from preftune.data.fit import fit, subsample
+    from preftune.data.prepare import prepare
+
+    config = json.loads((rm_run / RM_CONFIG_FILE).read_text())
+    assert config["debias"] == "balance" and config["heads"] == ["reward"] and "length_correction" not in config
+    tokenizer = load_rm_tokenizer(str(rm_run))
+    sampled, _ = fit(tokenizer, subsample(prepare(DATA).train, 8, DATA.seed), 192, "t")
+    lens = summary_tokens(tokenizer, [p.chosen for p in sampled]), summary_tokens(tokenizer, [p.rejected for p in sampled])
+    kept = length_balanced(sampled, *lens, DATA.seed)
+    assert config["train_pairs"] == len(kept) < 8 and config["steps"] == math.ceil(len(kept) / 4)
+    assert set(config["train_post_ids"]) == {p.post_id for p in kept}
+
+
+def test_folder_eval_and_reload(posthoc_rm):
+    """A posthoc folder: a plain one-head classifier whose config.json carries the length correction;
+    preftune's scoring subtracts it, the bare transformers model does not."""
+    rm_run = posthoc_rm
     from preftune.data.fit import fit, subsample
     from preftune.data.prepare import prepare
     from transformers import AutoModelForSequenceClassification

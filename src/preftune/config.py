@@ -189,12 +189,13 @@ class RewardConfig:
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, slower.")
     logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.")
     overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
-    debias: str = _opt("posthoc", "Length debiasing. 'posthoc': one head trained as usual, then the slope of its reward on "
-                       "summary length (fit on the training summaries) is subtracted when it scores (arXiv:2409.17407). "
-                       "'odin': two heads, quality and length, on one backbone; only the quality head scores (Chen et "
-                       "al. 2024). 'balance': one head trained on pairs subsampled so that the longer summary wins "
-                       "half the time (Singhal et al. 2023). 'none': one head, which on TL;DR learns to count length. "
-                       "docs/reward-and-judge.md compares them.", choices=("posthoc", "odin", "balance", "none"))
+    debias: str = _opt("balance", "Length debiasing. 'balance': train on the pairs subsampled so that the longer summary "
+                       "wins half the time in every band of length difference (Singhal et al. 2023), so length is no "
+                       "cue to learn. 'posthoc': train on all pairs, then subtract the slope of the reward on summary "
+                       "length (fit on the training summaries) when scoring (arXiv:2409.17407). 'odin': two heads, "
+                       "quality and length, on one backbone; only the quality head scores (Chen et al. 2024). 'none': "
+                       "one head on all pairs, which on TL;DR learns to count length. docs/reward-and-judge.md "
+                       "compares them.", choices=("balance", "posthoc", "odin", "none"))
     length_weight: float = _opt(1.0, "ODIN: weight of the correlation terms (length head ↔ length → 1, quality head "
                                 "↔ length → 0, Pearson over each batch's summaries).", ge=0)
     ortho_weight: float = _opt(1.0, "ODIN: weight of the orthogonality of the two heads' weights.", ge=0)

@@ -61,7 +61,7 @@ FALLBACK_ID = "sentence-transformers/all-MiniLM-L6-v2"
 RM_CONFIG_FILE = "rm_config.json"
 RM_EVAL_FILE = "rm_eval.json"
 RM_LOG_FILE = "rm_train_log.jsonl"
-HEADS = {"posthoc": ("reward",), "odin": ("quality", "length"), "balance": ("reward",),
+HEADS = {"balance": ("reward",), "posthoc": ("reward",), "odin": ("quality", "length"),
          "none": ("reward",)}  # logits[:, i] is heads[i]; logits[:, 0] scores
 LENGTH_CORRECTION = "preftune_length_correction"  # config.json attribute: reward per summary token to subtract
 POSTHOC_PAIRS = 500  # training pairs (seeded sample) whose summaries the length correction is fit on
@@ -123,7 +123,7 @@ def odin_loss(logits: torch.Tensor, lengths: torch.Tensor, head: torch.Tensor, c
 
 # --debias names (config.py lists the same names). "posthoc" and "balance" train the plain BT loss: the
 # first corrects the trained reward for length (`length_slope`), the second trains on balanced pairs.
-DEBIAS = {"posthoc": plain_loss, "odin": odin_loss, "balance": plain_loss, "none": plain_loss}
+DEBIAS = {"balance": plain_loss, "posthoc": plain_loss, "odin": odin_loss, "none": plain_loss}
 
 
 def length_slope(rewards: list[float], lengths: list[int]) -> float:
@@ -672,6 +672,9 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
                                       summary_tokens(tokenizer, [p.rejected for p in train_pairs]), data_cfg.seed)
         logger.info(f"rm train: length-balanced: kept {len(train_pairs):,} of {before:,} pairs (as many where the "
                     "chosen summary is longer as where it is shorter, per 10-token band of length difference)")
+        if not train_pairs:
+            raise PreftuneError(f"length balancing kept none of the {before:,} training pairs (no band holds both a "
+                                "chosen-longer and a chosen-shorter pair): use more data, or --debias posthoc")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     heads = HEADS[cfg.debias]
