@@ -6,20 +6,25 @@ pairs as DPO, it models P(chosen ≻ rejected) = σ(r(x, y_w) − r(x, y_l)) and
 summary-keeping truncation are DPO's, with the reward model's tokenizer.
 
 On TL;DR, length explains most of the labels ("the longer summary wins" matches 65% of them), so a
-plain reward model learns to count length. The default is therefore length-debiased, ODIN-style
-(Chen et al. 2024, arXiv:2402.07319; `--debias odin`): two linear heads on one backbone, a quality
-head r_Q and a length head r_L, trained with
+plain reward model learns to count length. `--debias` chooses how it is kept from doing so:
 
-    L = BT(r_Q + r_L) + λ_len·[(1 − ρ(r_L, len)) + |ρ(r_Q, len)|] + λ_orth·|cos(w_Q, w_L)|     (ODIN Eq. 5–7)
-
-where ρ is the Pearson correlation over the batch's summaries and len their token count: the length
-head soaks up what length explains, the quality head is kept uncorrelated with length, and only
-r_Q scores. `--debias none` trains the single-head model of before.
+- balance (default): train on the pairs subsampled so that the longer summary wins exactly half the
+  time in every band of length difference (Singhal et al. 2023, arXiv:2310.03716): length is no cue;
+- posthoc: train on all pairs, then subtract the reward's slope on summary length, fit on the
+  training summaries, whenever it scores (arXiv:2409.17407; stored in config.json);
+- odin: two linear heads on one backbone, quality r_Q and length r_L (Chen et al. 2024,
+  arXiv:2402.07319), trained with
+      L = BT(r_Q + r_L) + λ_len·[(1 − ρ(r_L, len)) + |ρ(r_Q, len)|] + λ_orth·|cos(w_Q, w_L)|
+  (ρ: Pearson over the batch's summaries, len: their tokens); only r_Q scores;
+- none: the plain model.
+docs/reward-and-judge.md has the measurements behind the default (on ~1.4k pairs ODIN's length head
+absorbs the quality signal too, and its quality head ranks at chance).
 
 The folder written is a `save_pretrained` folder (`AutoModelForSequenceClassification.from_pretrained(dir)`;
-its logits[:, 0] is the score: the only head of a plain RM, the quality head of an ODIN RM, whose
-logits[:, 1] is the length head) plus rm_config.json (what it was trained on, the heads, train post
-ids), rm_eval.json (held-out metrics) and rm_train_log.jsonl.
+its logits[:, 0] is the score's head: the only head, or ODIN's quality head, logits[:, 1] being its
+length head; a posthoc RM's config.json holds the correction `score` subtracts) plus rm_config.json
+(what it was trained on, the heads, train post ids), rm_eval.json (held-out metrics, by length
+stratum and length-balanced, and the reward's correlation with length) and rm_train_log.jsonl.
 
 The held-out accuracy is the judge's credibility: OpenAI's TL;DR reward models reach ~63–69%
 (1.3B–6.7B parameters, ~90k comparisons) and human labellers agree with each other 73–77% of the
