@@ -503,3 +503,12 @@ def test_strata_agree_with_stats():
     m = pairwise_metrics(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0]), [pair("b")] * 3, a, b)
     s = length_strata(correct, a, b)
     assert {k: m[k] for k in s} == s
+
+
+def test_learning_rate_warms_up_then_decays():
+    """10 steps, 20% warmup: steps 0, 1 at 1/2, 2/2; then (10 − s)/8 down to 1/8 at step 9."""
+    from preftune.reward import lr_schedule
+
+    f = lr_schedule(10, 0.2)
+    assert [f(s) for s in range(10)] == [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    assert [lr_schedule(4, 0.0)(s) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]  # transformers' linear schedule

@@ -199,6 +199,9 @@ class RewardConfig:
     length_weight: float = _opt(1.0, "ODIN: weight of the correlation terms (length head ↔ length → 1, quality head "
                                 "↔ length → 0, Pearson over each batch's summaries).", ge=0)
     ortho_weight: float = _opt(1.0, "ODIN: weight of the orthogonality of the two heads' weights.", ge=0)
+    warmup_ratio: float = _opt(0.1, "Fraction of the steps over which the learning rate rises linearly from 0 before it "
+                               "decays linearly to 0: without it a BERT-style encoder at lr 1e-4 can collapse to one "
+                               "score for every summary.", ge=0, lt=1)
 
     def __post_init__(self) -> None:
         positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs,

@@ -562,10 +562,21 @@ class Encoded:
         return ids, attn, lengths
 
 
+def lr_schedule(total: int, warmup_ratio: float):
+    """The learning-rate multiplier at step s: rises linearly to 1 over the warmup steps, then falls
+    linearly to 0 at `total` (BERT's schedule, Devlin et al. 2019; without warmup, transformers' default)."""
+    warm = math.ceil(total * warmup_ratio)
+
+    def factor(s: int) -> float:
+        return (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
+
+    return factor
+
+
 def train_steps(model, tokenizer, pairs: list[Pair], cfg: RewardConfig, seed: int, log_path: Path) -> int:
-    """Train in place with the `cfg.debias` loss: AdamW (no weight decay), linear decay to 0, gradients
-    clipped at 1 (transformers' Trainer defaults, which TRL's RewardTrainer used here before); every
-    `logging_steps` a line in log_path. Returns the number of optimizer steps."""
+    """Train in place with the `cfg.debias` loss: AdamW (no weight decay), linear warmup over
+    `cfg.warmup_ratio` of the steps then linear decay to 0, gradients clipped at 1; every `logging_steps`
+    a line in log_path. Returns the number of optimizer steps."""
     import torch
     from tqdm.auto import tqdm
 
@@ -578,7 +589,7 @@ def train_steps(model, tokenizer, pairs: list[Pair], cfg: RewardConfig, seed: in
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(total, cfg.warmup_ratio))
     loss_fn, head = DEBIAS[cfg.debias], output_head(model)
     step = 0
     with open(log_path, "a", encoding="utf-8") as log, tqdm(total=total, desc="rm train", unit="step") as bar:
@@ -695,6 +706,10 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     tokenizer.save_pretrained(partial)
 
     metrics = evaluate_rm(model, tokenizer, eval_pairs)
+    if metrics["ties"] > metrics["n"] / 2:
+        logger.warning(f"rm train: the reward model gives {metrics['ties']} of {metrics['n']} held-out pairs the same "
+                       "score for both summaries: training collapsed to a constant; retrain with a lower --lr or a "
+                       "longer --warmup-ratio")
     atomic_write_json(partial / RM_EVAL_FILE, metrics)
     atomic_write_json(partial / RM_CONFIG_FILE, {
         "preftune_version": preftune.__version__,
