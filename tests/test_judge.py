@@ -1,6 +1,8 @@
-"""The judge: win rates by hand (ties half), length control, the verdict's strength; a policy that copies
-the preferred summaries is judged correctly (by a known scorer, and by a trained RM, where the win rate
-must equal the RM's pairwise accuracy); `preftune judge` end to end on tiny models."""
+"""The judge: win rates by hand (ties half), by length stratum and length-balanced, length control with
+its bootstrap interval; a policy that copies the preferred summaries is judged correctly (by a known
+scorer, and by a trained RM, where the win rate must equal the RM's pairwise accuracy); the verdict
+follows the RM's length-balanced accuracy; `preftune judge` end to end on tiny models, reading the run
+and the RM through their owners."""
 
 import json
 import shutil
@@ -11,12 +13,12 @@ from preftune.config import DataConfig, JudgeConfig, RewardConfig, TrainConfig
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
 from preftune.generate import Decoding, Generation
-from preftune.judge import ReferenceRM, compare, held_out_posts, judge_posts, rm_strength
+from preftune.judge import ReferenceRM, by_length, compare, held_out_posts, judge_posts
 from preftune.stats import length_controlled_win_rate, win_stats
 
 DATA = DataConfig(fraction=0.03, seed=3)
-QUIET = lambda *a, **k: None  # noqa: E731
 DECODINGS = [Decoding(0.0), Decoding(0.7)]
+WORDS = lambda texts: [len(t.split()) for t in texts]  # noqa: E731 - a stand-in tokenizer: one token per word
 
 
 def test_win_stats_ties_count_half():
@@ -42,21 +44,38 @@ def test_compare_length_matched_and_longer_won():
     c = compare([2.0, 1.0, 0.0, 1.0], [1.0, 2.0, 1.0, 1.0], [100, 50, 100, 10], [95, 100, 40, 10])
     assert c["win_rate"] == 1.5 / 4 and c["a_longer"] == 2  # win, loss, loss, tie
     assert c["length_matched"]["n"] == 2 and c["length_matched"]["win_rate"] == 0.75  # posts 0 and 3
+    assert c["length_matched"]["ci95"] == win_stats([1.0, 0.5])["ci95"]  # Wilson, as every win rate
     assert c["longer_won"] == pytest.approx(2 / 3)  # posts 0 (longer a won), 1 (longer b won), 2 (longer a lost)
+    # a longer in posts 0 and 2 (won 1 of 2), shorter in post 1 (lost), as long in post 3 (tie)
+    bl = c["by_length"]
+    assert (bl["a_longer"]["n"], bl["a_longer"]["accuracy"]) == (2, 0.5)
+    assert (bl["a_shorter"]["n"], bl["a_shorter"]["accuracy"]) == (1, 0.0)
+    assert (bl["equal_length"]["n"], bl["equal_length"]["accuracy"]) == (1, 0.5)
+    assert bl["length_balanced_win_rate"] == 0.25
 
 
-def test_verdict_strength_follows_rm_accuracy():
-    def rm(acc, lo, hi, longer=0.5, picks=0.5):
-        return {"accuracy": acc, "accuracy_ci95": [lo, hi], "n": 150, "longer_wins_baseline": longer,
-                "rm_picks_longer": picks}
+def test_a_length_counting_judge_has_a_balanced_win_rate_of_exactly_half():
+    """Tuned wins exactly where its summary is the longer one: raw win rate 70%, balanced 50%."""
+    len_a = [60] * 7 + [40] * 3
+    len_b = [40] * 7 + [60] * 3
+    results = by_length([1.0] * 7 + [0.0] * 3, len_a, len_b)
+    assert results["length_balanced_win_rate"] == 0.5
+    c = compare([2.0] * 7 + [0.0] * 3, [1.0] * 10, len_a, len_b)
+    assert c["win_rate"] == 0.7 and c["by_length"]["length_balanced_win_rate"] == 0.5
 
-    weak, text = rm_strength(rm(0.53, 0.45, 0.61))
-    assert weak == "weak" and text.startswith("WEAK VERDICT") and "63–69%" in text and "chance" in text
-    assert rm_strength(rm(0.60, 0.55, 0.65))[0] == "moderate"
-    assert rm_strength(rm(0.66, 0.63, 0.69))[0] == "ok"
-    # as accurate as the published RMs, but not distinguishable from "longer wins" on the same pairs
-    weak, text = rm_strength(rm(0.69, 0.61, 0.76, longer=0.66, picks=0.91))
-    assert weak == "weak" and "length counter" in text and "91.0%" in text
+
+def test_length_controlled_win_rate_has_a_bootstrap_interval_over_posts():
+    """Resampling posts: the interval holds the estimate, is seeded (same call, same interval), and
+    widens when fewer posts carry the same outcomes."""
+    results_a = [2.0, 0.0, 2.0, 2.0, 0.0, 2.0, 2.0, 0.0] * 5
+    len_a, len_b = [30, 50, 40, 35, 60, 20, 45, 25] * 5, [40] * 40
+    c = compare(results_a, [1.0] * 40, len_a, len_b, [f"p{i}" for i in range(40)], reps=400)
+    lo, hi = c["length_controlled_ci95"]
+    assert lo < c["length_controlled_win_rate"] < hi and 0 <= lo and hi <= 1
+    again = compare(results_a, [1.0] * 40, len_a, len_b, [f"p{i}" for i in range(40)], reps=400)
+    assert again["length_controlled_ci95"] == (lo, hi)
+    few = compare(results_a[:8], [1.0] * 8, len_a[:8], len_b[:8], [f"p{i}" for i in range(8)], reps=400)
+    assert few["length_controlled_ci95"][1] - few["length_controlled_ci95"][0] > hi - lo
 
 
 # ---- a policy that copies the preferred summaries ------------------------------------------------
@@ -64,8 +83,8 @@ def test_verdict_strength_follows_rm_accuracy():
 
 def copier(texts: dict[str, str]):
     """A 'policy' whose summary of a prompt is texts[prompt], whatever the decoding."""
-    def generate(prompts, decoding):
-        return [Generation(texts[p], len(texts[p].split()), "eos") for p in prompts]
+    def generate(prompts, decodings):
+        return {d.name: [Generation(texts[p], len(texts[p].split()), "eos") for p in prompts] for d in decodings}
     return generate
 
 
@@ -104,14 +123,15 @@ def test_copying_the_preferred_summary_by_hand():
     base = copier({f"post {i} TL;DR:": f" bad {i}" for i in range(6)})
     rm = TableRM(rewards)
 
-    out = judge_posts(posts, tuned, base, rm, DECODINGS, examples=2, log=QUIET)
+    out = judge_posts(posts, tuned, base, rm, DECODINGS, WORDS, examples=2)
     assert out["posts"] == 6 and out["posts_with_reference"] == 2 and set(out["decodings"]) == {"greedy", "T=0.7"}
     for res in out["decodings"].values():
         tb = res["tuned_vs_base"]
         assert (tb["wins"], tb["ties"], tb["losses"]) == (3, 1, 2) and tb["win_rate"] == pytest.approx(3.5 / 6)
         assert res["tuned"]["mean_reward"] == pytest.approx((1 + 2 + 1 + 0.5 + 0 - 1) / 6)
         assert res["base"]["mean_reward"] == pytest.approx((0 + 1 - 1 + 0.5 + 1 + 3) / 6)
-        assert res["tuned"]["mean_chars"] == len("good 0")
+        assert res["tuned"]["mean_chars"] == len("good 0") and res["tuned"]["mean_tokens"] == 2
+        assert res["tuned_vs_base"]["by_length"]["equal_length"]["n"] == 6  # 2 words each side
         assert res["tuned_vs_reference"]["win_rate"] == 0.5 and res["base_vs_reference"]["win_rate"] == 0.5
         assert res["tuned_vs_reference"]["n"] == 2
     assert ("post 0 TL;DR:", " human 0") in rm.seen
@@ -132,9 +152,9 @@ def tiny_run(tiny_model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("judge")
     run = train(DATA, TrainConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4, max_pairs=4,
-                                  max_eval_pairs=8, max_length=192, gradient_checkpointing=False), log=QUIET)
+                                  max_eval_pairs=8, max_length=192, gradient_checkpointing=False))
     train_reward_model(DATA, RewardConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4,
-                                          max_pairs=8, max_length=192), log=QUIET)
+                                          max_pairs=8, max_length=192))
     return run
 
 
@@ -143,11 +163,12 @@ def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
     the rejected, wins exactly where the RM ranks the pair right: win rate = RM pairwise accuracy."""
     import torch
 
-    from preftune.data.prepare import read_jsonl
-    from preftune.reward import pairwise_metrics, score_pairs
     from preftune.data.fit import fit
+    from preftune.data.prepare import read_jsonl
+    from preftune.reward import evaluate_rm, score_pairs
 
     rm = ReferenceRM(tiny_run.parent / "reward_model", batch_size=4)
+    assert rm.folder.config["debias"] == "balance"  # the default RM is length-debiased
     pairs, seen = [], set()
     for p in read_jsonl(tiny_run / "eval_pairs.jsonl"):  # the first pair of each post, without meta (no refs)
         if p.post_id not in seen:
@@ -155,10 +176,10 @@ def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
             pairs.append(Pair(p.prompt, p.chosen, p.rejected, p.post_id, p.source, p.body_span))
     posts = held_out_posts(pairs)
     out = judge_posts(posts, copier({p.prompt: p.chosen for p in pairs}), copier({p.prompt: p.rejected for p in pairs}),
-                      rm, [Decoding()], log=QUIET)
+                      rm, [Decoding()], WORDS)
     fitted, _ = fit(rm.tokenizer, pairs, rm.max_length, "t")
     chosen_r, rejected_r = score_pairs(rm.model, rm.tokenizer, fitted)
-    accuracy = pairwise_metrics(chosen_r, rejected_r, fitted)["accuracy"]
+    accuracy = evaluate_rm(rm.model, rm.tokenizer, fitted)["accuracy"]
     tb = out["decodings"]["greedy"]["tuned_vs_base"]
     assert tb["n"] == len(pairs) >= 3 and tb["ties"] == 0
     assert tb["win_rate"] == pytest.approx(accuracy)
@@ -172,15 +193,26 @@ def test_judge_command_end_to_end(tiny_run, capsys):
     assert main(["judge", str(tiny_run), "--n", "3", "--max-new-tokens", "6", "--examples", "1"]) == 0
     report = json.loads((tiny_run / "judge.json").read_text())
     assert report["posts"] == 3 and report["posts_from"] == "eval_pairs.jsonl"
-    assert set(report["decodings"]) == {"greedy", "T=0.7"} and report["verdict_strength"] in ("weak", "moderate", "ok")
+    assert report["rm_debias"] == "balance" and report["length_unit"] == "tokens of the policy's tokenizer"
+    rm_eval = rm_eval_of(tiny_run)
+    assert report["rm_length_balanced_accuracy"] == rm_eval["length_balanced_accuracy"]
+    # a tiny RM trained on 8 pairs, measured on a handful: its balanced interval reaches 0.5
+    assert rm_eval["length_balanced_ci95"] is None or rm_eval["length_balanced_ci95"][0] <= 0.5
+    assert set(report["decodings"]) == {"greedy", "T=0.7"} and report["verdict_strength"] == "weak"
+    assert report["verdict"][0].startswith("WEAK VERDICT")
     for name, res in report["decodings"].items():
         rows = [s for s in report["samples"] if s["decoding"] == name]
         recomputed = sum(1.0 if s["reward_tuned"] > s["reward_base"] else 0.5 if s["reward_tuned"] == s["reward_base"]
                          else 0.0 for s in rows) / len(rows)
         assert res["tuned_vs_base"]["win_rate"] == pytest.approx(recomputed)
-        assert res["tuned"]["mean_tokens"] <= 6
+        assert res["tuned"]["mean_generated_tokens"] <= 6 and "length_controlled_ci95" in res["tuned_vs_base"]
     printed = capsys.readouterr().out
     assert "tuned win rate over base" in printed and "length-controlled win rate" in printed
+    assert "length-balanced win rate" in printed and "where tuned is shorter" in printed
+
+
+def rm_eval_of(run):
+    return json.loads((run.parent / "reward_model" / "rm_eval.json").read_text())
 
 
 def test_judge_refuses_an_rm_trained_on_the_judged_posts(tiny_run, tmp_path):
@@ -192,6 +224,30 @@ def test_judge_refuses_an_rm_trained_on_the_judged_posts(tiny_run, tmp_path):
     config["train_post_ids"].append(read_jsonl(tiny_run / "eval_pairs.jsonl")[0].post_id)
     (rm / "rm_config.json").write_text(json.dumps(config))
     with pytest.raises(PreftuneError, match="was trained on 1 of the posts to judge"):
-        judge_run(tiny_run, JudgeConfig(rm=str(rm), n=2), log=QUIET)
+        judge_run(tiny_run, JudgeConfig(rm=str(rm), n=2))
     with pytest.raises(PreftuneError, match="no reward model at"):
-        judge_run(tiny_run, JudgeConfig(rm=str(tmp_path / "missing")), log=QUIET)
+        judge_run(tiny_run, JudgeConfig(rm=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp, run: tmp / "missing", "no such run folder"),
+    (lambda tmp, run: (tmp / "file.txt", (tmp / "file.txt").write_text("x"))[0], "is a file, not a run folder"),
+    (lambda tmp, run: (tmp / "empty", (tmp / "empty").mkdir())[0], "not a preftune run folder"),
+    (lambda tmp, run: _damaged(tmp, run, lambda c: c["train"].update(beta="0.1")), "key 'train.beta' must be"),
+    (lambda tmp, run: _damaged(tmp, run, lambda c: c.pop("train")), "key 'train' missing"),
+])
+def test_judge_reads_the_run_through_run_folder(tiny_run, tmp_path, make, message, capsys):
+    """A path that is not a finished run is one line and exit 2 (preftune.run_folder.open_run's checks)."""
+    from preftune.cli import main
+
+    assert main(["judge", str(make(tmp_path, tiny_run)), "--rm", str(tiny_run.parent / "reward_model")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def _damaged(tmp, run, edit):
+    copy = shutil.copytree(run, tmp / run.name, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = json.loads((copy / "preftune_config.json").read_text())
+    edit(config)
+    (copy / "preftune_config.json").write_text(json.dumps(config))
+    return copy

@@ -1,25 +1,27 @@
-"""The demo without a browser: decoding, request checks, implicit rewards, votes as preference data
-(read back by `data prepare`, no row lost on concurrent clicks), and the API through gradio_client."""
+"""The demo without a browser: its decoding is the judge's, request checks, implicit rewards, votes as
+preference data (read back by `data prepare`, no row lost on concurrent clicks, the file lock from
+filelock), the run read through preftune.run_folder, and the API through gradio_client."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import multiprocessing
 import os
+import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import Timeout
 
 from preftune.config import DataConfig, ServeConfig, TrainConfig
 from preftune.data.adapters import tldr_prompt
 from preftune.errors import PreftuneError
+from preftune.generate import Decoding, generate
+from preftune.run_folder import open_run
 from preftune.serve.demo import Demo, DemoSpec, InputError, Limits, prompt, read_examples, spec_from_run
-from preftune.serve.feedback import append_jsonl, comparison_row
-from preftune.serve.sampling import Sampling, decode_steps, first_line, stream_pair
+from preftune.serve.feedback import append_jsonl, comparison_row, lock_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 POST = "I went to the shop and bought bread, then I forgot it on the bus home."
@@ -35,7 +37,7 @@ def tiny_run(model: Path, tmp_path_factory) -> Path:
                       max_eval_pairs=6, evaluate=False)
     if (root / cfg.run_name).is_dir():
         return root / cfg.run_name
-    return train(DataConfig(fraction=0.03, seed=3), cfg, log=lambda *a: None)
+    return train(DataConfig(fraction=0.03, seed=3), cfg)
 
 
 @pytest.fixture(scope="module")
@@ -51,40 +53,23 @@ def demo(run_dir) -> Demo:
     return demo
 
 
-# ---- decoding ------------------------------------------------------------------------------------
+# ---- decoding (preftune.generate's, tested there; here: the demo uses it) -------------------------
 
 
-def test_greedy_decoding_matches_generate(demo):
-    """The KV-cached step loop is what model.generate does (a cache or position bug would diverge)."""
+def test_the_demo_writes_what_the_judge_would_for_the_same_seed(demo):
+    """The page's stream and `preftune judge`'s batched generation share one decoder."""
+    loaded = demo.load()
+    p = prompt("test", "Bread", POST)
+    for d in (Decoding(0.0, 1.0, 20, 0), Decoding(1.0, 0.9, 20, 5)):
+        streamed = list(demo.stream(loaded.tokenizer(p)["input_ids"], d))[-1]
+        judged = [generate(m, loaded.tokenizer, [p], d)[0].text for m in (loaded.base, loaded.policy)]
+        assert streamed == judged
+
+
+def test_stream_yields_growing_texts_for_both_models(demo):
     loaded = demo.load()
     ids = loaded.tokenizer(prompt("test", "Bread", POST))["input_ids"]
-    mine = list(decode_steps(loaded.policy, ids, Sampling(temperature=0, max_new_tokens=30), eos_ids=set()))
-    ref = loaded.policy.generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False, eos_token_id=None)
-    assert mine == ref[0, len(ids):].tolist()
-
-
-def test_sampling_is_reproducible_by_seed(demo):
-    loaded = demo.load()
-    ids = loaded.tokenizer(prompt("test", "Bread", POST))["input_ids"]
-
-    def sample(seed):
-        s = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=20, seed=seed)
-        return list(decode_steps(loaded.policy, ids, s, set()))
-
-    assert sample(5) == sample(5)
-    assert sample(5) != sample(6)
-
-
-def test_a_tldr_ends_at_its_first_line():
-    assert first_line(" Bought bread.\nThen more") == (" Bought bread.", True)
-    assert first_line("\n Bought bread.") == ("\n Bought bread.", False)  # leading newlines are not an end
-    assert first_line(" Bought") == (" Bought", False)
-
-
-def test_stream_pair_yields_growing_texts_for_both_models(demo):
-    loaded = demo.load()
-    ids = loaded.tokenizer(prompt("test", "Bread", POST))["input_ids"]
-    steps = list(stream_pair([loaded.base, loaded.policy], loaded.tokenizer, ids, Sampling(max_new_tokens=25)))
+    steps = list(demo.stream(ids, Decoding(0.7, 0.95, 25)))
     assert 1 < len(steps) <= 25
     for side in (0, 1):
         lengths = [len(step[side]) for step in steps]
@@ -106,7 +91,7 @@ def test_stream_pair_yields_growing_texts_for_both_models(demo):
 ])
 def test_check_refuses_bad_requests_with_a_clear_message(demo, post, settings, message):
     with pytest.raises(InputError) as e:
-        demo.check("test", "A title", post, Sampling(**{"max_new_tokens": 20, **settings}))
+        demo.check("test", "A title", post, Decoding(**{"max_new_tokens": 20, **settings}))
     assert message in str(e.value)
 
 
@@ -139,13 +124,31 @@ def test_spec_from_run_reads_beta_base_and_held_out_posts(run_dir, tiny_model):
     assert len(read_examples(run_dir, limit=2)) == 2
 
 
-def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+def _damaged(tmp: Path, run: Path, edit) -> Path:
+    copy = shutil.copytree(run, tmp / run.name, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = json.loads((copy / "preftune_config.json").read_text())
+    edit(config)
+    (copy / "preftune_config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp, run: tmp, "is not a preftune run folder (no preftune_config.json)"),
+    (lambda tmp, run: tmp / "missing", "no such run folder"),
+    (lambda tmp, run: (tmp / "f.txt", (tmp / "f.txt").write_text("x"))[0], "is a file, not a run folder"),
+    (lambda tmp, run: _damaged(tmp, run, lambda c: c["train"].update(beta=None)), "key 'train.beta' must be"),
+    (lambda tmp, run: _damaged(tmp, run, lambda c: c.update(reference_model=3)), "key 'reference_model' must be str"),
+])
+def test_serve_refuses_what_is_not_a_run(run_dir, tmp_path, capsys, make, message):
+    """One line and exit 2, from preftune.run_folder.open_run (the demo has no checks of its own)."""
     from preftune.cli import main
 
-    assert main(["serve", str(tmp_path)]) == 2
-    assert "has no preftune_config.json: not a run folder" in capsys.readouterr().err
-    with pytest.raises(PreftuneError, match="no such run folder"):
-        spec_from_run(tmp_path / "missing")
+    path = make(tmp_path, run_dir)
+    assert main(["serve", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    with pytest.raises(PreftuneError, match="preftune_config|no such|a file"):
+        spec_from_run(path)
 
 
 # ---- votes ---------------------------------------------------------------------------------------
@@ -173,17 +176,24 @@ def test_votes_are_read_back_by_data_prepare(tmp_path):
 
 
 def test_append_waits_for_the_file_lock(tmp_path):
+    """While another writer holds the lock, nothing is written (a bounded wait times out, no sleeps
+    involved); once it is released the row lands."""
     path = tmp_path / "votes.jsonl"
-    path.touch()
-    with open(path) as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        writer = threading.Thread(target=append_jsonl, args=(path, vote_row(0)))
-        writer.start()
-        time.sleep(0.3)
-        assert path.read_text() == ""  # blocked while another writer holds the lock
-        fcntl.flock(held, fcntl.LOCK_UN)
-    writer.join(5)
+    with lock_for(path):
+        with pytest.raises(Timeout):
+            append_jsonl(path, vote_row(0), timeout=0.05)
+        assert not path.exists() or path.read_text() == ""
+    append_jsonl(path, vote_row(0), timeout=0.05)
     assert json.loads(path.read_text())["info"]["id"] == "post0"
+
+
+def test_no_module_of_the_demo_or_judge_imports_fcntl():
+    """preftune must import on Windows: file locks come from filelock."""
+    import preftune
+
+    root = Path(preftune.__file__).parent
+    mine = [*root.glob("serve/*.py"), root / "judge.py", root / "reward.py", root / "generate.py"]
+    assert [p.name for p in mine if "import fcntl" in p.read_text()] == []
 
 
 def _append_many(path: str, writer: int, n: int) -> None:

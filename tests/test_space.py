@@ -99,6 +99,40 @@ def test_space_needs_hub_ids(run_dir, tmp_path, capsys):
     assert "--repo-id must look like OWNER/NAME" in capsys.readouterr().err
 
 
+def _read_only(tmp: Path) -> Path:
+    folder = tmp / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp: "", "--out is empty"),
+    (lambda tmp: "   ", "--out is empty"),
+    (lambda tmp: (tmp / "a.txt", (tmp / "a.txt").write_text("x"))[0], "is a file, not a folder"),
+    (lambda tmp: "/dev/null", "/dev/null is a file, not a folder"),
+    (lambda tmp: (tmp / "a.txt", (tmp / "a.txt").write_text("x"))[0] / "space", "a.txt is a file, so no folder"),
+    pytest.param(_read_only, "is not writable", marks=pytest.mark.skipif(
+        os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")),
+    pytest.param(lambda tmp: _read_only(tmp) / "space", "is not writable", marks=pytest.mark.skipif(
+        os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")),
+    pytest.param(lambda tmp: "/sys/preftune-space", "/sys is not writable", marks=pytest.mark.skipif(
+        not Path("/sys/kernel").is_dir(), reason="Linux sysfs (read-only even for root)")),
+])
+def test_space_refuses_an_unusable_out_before_any_work(tmp_path, capsys, monkeypatch, make, message):
+    """--out that is empty, a file, /dev/null, under a file or not writable: one line, exit 2, nothing read
+    (not even the run folder, which does not exist here) and nothing written."""
+    import preftune.serve.space as space
+
+    monkeypatch.setattr(space, "open_run", lambda *a: pytest.fail("read the run before checking --out"))
+    out = make(tmp_path)
+    made = sorted(tmp_path.rglob("*"))
+    assert main(["space", str(tmp_path / "no-run"), "--out", str(out), "--repo-id", "alice/x", "--base", BASE]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(tmp_path.rglob("*")) == made
+
+
 def test_space_never_writes_into_a_foreign_folder(run_dir, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["space", str(run_dir), "--out", str(tmp_path), "--repo-id", "alice/x", "--base", BASE]) == 2
@@ -123,8 +157,8 @@ from huggingface_hub import snapshot_download
 snapshot_download(sys.argv[1], repo_type="space", local_dir=".")
 import app
 from preftune.serve.demo import prompt
-from preftune.serve.sampling import Sampling
-s = Sampling(temperature=0, max_new_tokens=12)
+from preftune.generate import Decoding
+s = Decoding(temperature=0, max_new_tokens=12)
 ids = app.DEMO.check("test", "Bread", "I went to the shop and bought bread, then lost it on the bus.", s)
 texts = list(app.DEMO.stream(ids, s))[-1]
 rewards = [x.reward for x in app.DEMO.score(prompt("test", "Bread", "I went to the shop."), texts)]

@@ -55,6 +55,7 @@ VERB_MODULES: list[str] = [
     "preftune.report:add_cli",
     "preftune.sweep:add_cli",
     "preftune.hub:add_cli",
+    "preftune.reward:add_cli",
     "preftune.judge:add_cli",
 ]
 

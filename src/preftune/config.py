@@ -249,6 +249,19 @@ class RewardConfig(Config):
     tracker_project: str | None = _opt(
         None, "Tracker project the reward model is logged under, by its --name (default: the --output-dir "
         "folder's name).", nonempty=True)
+    debias: str = _opt("balance", "Length debiasing. 'balance': train on the pairs subsampled so that the longer summary "
+                       "wins half the time in every band of length difference (Singhal et al. 2023), so length is no "
+                       "cue to learn. 'posthoc': train on all pairs, then subtract the slope of the reward on summary "
+                       "length (fit on the training summaries) when scoring (arXiv:2409.17407). 'odin': two heads, "
+                       "quality and length, on one backbone; only the quality head scores (Chen et al. 2024). 'none': "
+                       "one head on all pairs, which on TL;DR learns to count length. docs/reward-and-judge.md "
+                       "compares them.", choices=("balance", "posthoc", "odin", "none"))
+    length_weight: float = _opt(1.0, "ODIN: weight of the correlation terms (length head ↔ length → 1, quality head "
+                                "↔ length → 0, Pearson over each batch's summaries).", ge=0)
+    ortho_weight: float = _opt(1.0, "ODIN: weight of the orthogonality of the two heads' weights.", ge=0)
+    warmup_ratio: float = _opt(0.1, "Fraction of the steps over which the learning rate rises linearly from 0 before it "
+                               "decays linearly to 0: without it a BERT-style encoder at lr 1e-4 can collapse to one "
+                               "score for every summary.", ge=0, lt=1)
 
 
 @dataclass

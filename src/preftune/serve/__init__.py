@@ -2,7 +2,7 @@
 (the same demo as a Hugging Face Space folder, optionally pushed).
 
     demo.py      what is served: model specs, request checks, the side-by-side stream, implicit rewards
-    sampling.py  seeded token-by-token decoding of two models in lockstep
+    (decoding is preftune.generate's: the judge's decoder, streamed)
     feedback.py  votes → summarize_from_feedback rows, appended under a file lock
     app.py       the Gradio page and `serve`
     space.py     the Space folder and its push
@@ -27,7 +27,7 @@ def cmd_serve(ns: argparse.Namespace) -> None:
 def cmd_space(ns: argparse.Namespace) -> None:
     from preftune.serve.space import space
 
-    space(Path(ns.run_dir), Path(ns.out), from_args(SpaceConfig, ns))
+    space(Path(ns.run_dir), ns.out, from_args(SpaceConfig, ns))  # the raw --out: Path("") would be "."
 
 
 def add_cli(verbs) -> None:

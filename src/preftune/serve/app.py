@@ -8,6 +8,7 @@ callable with gradio_client; see docs/serve.md.
 
 from __future__ import annotations
 
+import logging
 import os
 
 # read by gradio and huggingface_hub at import time: set before importing them
@@ -19,12 +20,13 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from preftune.config import ServeConfig  # noqa: E402
+from preftune.generate import Decoding  # noqa: E402
 from preftune.serve.demo import Demo, InputError, Limits, fields, post_id, prompt, spec_from_run  # noqa: E402
 from preftune.serve.feedback import append_jsonl, comparison_row  # noqa: E402
-from preftune.serve.sampling import Sampling  # noqa: E402
 
+logger = logging.getLogger(__name__)
 SIDES = ("base", "DPO-tuned")
-SAMPLING = Sampling()  # the page's initial knob values
+SAMPLING = Decoding(temperature=0.7, top_p=0.95, max_new_tokens=64, seed=0)  # the page's initial knob values
 
 INTRO = """## {name}: base vs DPO-tuned TL;DRs
 Paste a Reddit post (or pick a held-out one the run never trained on), then **Summarize**: both models
@@ -48,8 +50,9 @@ def _number(value, name: str, kind=float):
     return number
 
 
-def sampling_from(temperature, top_p, max_new_tokens, seed) -> Sampling:
-    return Sampling(_number(temperature, "Temperature"), _number(top_p, "Top-p"),
+def sampling_from(temperature, top_p, max_new_tokens, seed) -> Decoding:
+    """The page's knobs as preftune.generate's Decoding (one line per summary, as the judge writes them)."""
+    return Decoding(_number(temperature, "Temperature"), _number(top_p, "Top-p"),
                     _number(max_new_tokens, "Max new tokens", int), _number(seed, "Seed", int))
 
 
@@ -73,8 +76,9 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
             yield texts[0].lstrip(), texts[1].lstrip(), "*writing…*", "*writing…*", None
         summaries = demo.score(prompt(subreddit, title, post), texts)
         subreddit, title, post = fields(subreddit, title, post)
-        last = {"post": post, "title": title, "subreddit": subreddit, "texts": texts,
-                "sampling": vars(s), "rewards": [x.reward for x in summaries], "voted": False}
+        knobs = {k: getattr(s, k) for k in ("temperature", "top_p", "max_new_tokens", "seed")}  # saved with the vote
+        last = {"post": post, "title": title, "subreddit": subreddit, "texts": texts, "sampling": knobs,
+                "rewards": [x.reward for x in summaries], "voted": False}
         yield texts[0].lstrip(), texts[1].lstrip(), summaries[0].describe(), summaries[1].describe(), last
 
     def vote(choice: int, last: dict | None):
@@ -145,15 +149,15 @@ def launch(blocks: gr.Blocks, cfg: ServeConfig, **kwargs):
                          theme=gr.themes.Default(), **kwargs)
 
 
-def serve(run_dir: Path, cfg: ServeConfig, log=print) -> None:
+def serve(run_dir: Path, cfg: ServeConfig) -> None:
     """`preftune serve`: load the run and its base model, then serve until interrupted."""
     limits = Limits(cfg.max_post_chars, cfg.max_prompt_tokens, cfg.max_new_tokens_cap)
     demo = Demo(spec_from_run(run_dir, cfg.base, limits))
     loaded = demo.load()
     feedback = Path(cfg.feedback) if cfg.feedback else Path(run_dir) / "preferences.jsonl"
-    log(f"serve: tuned {demo.spec.name} ← {loaded.sources[0]}")
-    log(f"serve: base {demo.spec.base} ← {loaded.sources[1]}")
-    log(f"serve: β={demo.spec.beta}, {len(demo.spec.examples)} held-out posts, votes → {feedback}")
+    logger.info(f"serve: tuned {demo.spec.name} ← {loaded.sources[0]}")
+    logger.info(f"serve: base {demo.spec.base} ← {loaded.sources[1]}")
+    logger.info(f"serve: β={demo.spec.beta}, {len(demo.spec.examples)} held-out posts, votes → {feedback}")
     if cfg.port == 0:
         cfg.port = free_port(cfg.host)
     launch(build_app(demo, feedback), cfg)

@@ -8,19 +8,19 @@ Space's app object can be built (and imported by a test) without loading anythin
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from preftune.data.adapters import text_id, tldr_prompt
 from preftune.errors import PreftuneError
-from preftune.serve.sampling import Sampling
+from preftune.run_folder import EVAL_PAIRS_FILE, open_run, read_pairs
 
-CONFIG_FILE = "preftune_config.json"  # as preftune.evaluate names them (not imported: it pulls in torch)
-EVAL_PAIRS_FILE = "eval_pairs.jsonl"
+if TYPE_CHECKING:
+    from preftune.generate import Decoding
 
 
 class InputError(PreftuneError):
@@ -64,21 +64,6 @@ class DemoSpec:
         return cls(d["policy"], d["base"], float(d["beta"]), d["name"], examples, Limits(**d.get("limits", {})))
 
 
-def read_run(run_dir: Path) -> dict:
-    """The run's preftune_config.json, with a clear error when RUN_DIR is not a run folder."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not Path(run_dir).is_dir():
-        raise PreftuneError(f"{run_dir}: no such run folder")
-    if not path.is_file():
-        raise PreftuneError(f"{run_dir} has no {CONFIG_FILE}: not a run folder written by `preftune train`")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        config["train"]["beta"], config["reference_model"]  # noqa: B018 - the fields the demo needs
-    except (ValueError, KeyError, TypeError) as e:
-        raise PreftuneError(f"{path}: not a preftune run config ({type(e).__name__}: {e})") from e
-    return config
-
-
 _TLDR = re.compile(r"SUBREDDIT: r/(?P<subreddit>[^\n]*)\nTITLE: (?P<title>[^\n]*)\nPOST: (?P<post>.*)\nTL;DR:\Z", re.S)
 
 
@@ -86,27 +71,26 @@ def read_examples(run_dir: Path, limit: int | None = None) -> tuple[Example, ...
     """Held-out TL;DR posts of the run (one per post), parsed back from eval_pairs.jsonl's prompts.
 
     The posts are as the run evaluated them: --max-length may have trimmed them. Prompts of other
-    formats (CNN/DM articles) are not offered."""
+    formats (CNN/DM articles) are not offered; a run without eval_pairs.jsonl offers none."""
     path = Path(run_dir) / EVAL_PAIRS_FILE
     if not path.is_file():
         return ()
     examples: dict[str, Example] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            m = _TLDR.match(row["prompt"])
-            if m and row["post_id"] not in examples:
-                examples[row["post_id"]] = Example(row["post_id"], m["subreddit"], m["title"], m["post"])
-            if limit is not None and len(examples) >= limit:
-                break
+    for pair in read_pairs(path):
+        m = _TLDR.match(pair.prompt)
+        if m and pair.post_id not in examples:
+            examples[pair.post_id] = Example(pair.post_id, m["subreddit"], m["title"], m["post"])
+        if limit is not None and len(examples) >= limit:
+            break
     return tuple(examples.values())
 
 
 def spec_from_run(run_dir: Path, base: str | None = None, limits: Limits = Limits(),
                   examples: int | None = None) -> DemoSpec:
-    config = read_run(run_dir)
-    return DemoSpec(str(run_dir), base or config["reference_model"], float(config["train"]["beta"]),
-                    config.get("run_name") or Path(run_dir).name, read_examples(run_dir, examples), limits)
+    """The demo of a run folder (checked by preftune.run_folder.open_run): its model, base, β and posts."""
+    run = open_run(run_dir)
+    name = run.config.get("run_name") if isinstance(run.config.get("run_name"), str) else run.name
+    return DemoSpec(str(run_dir), base or run.reference_model, run.beta, name, read_examples(run.path, examples), limits)
 
 
 @dataclass
@@ -143,7 +127,7 @@ class Demo:
                 self._loaded = _load(self.spec)
             return self._loaded
 
-    def check(self, subreddit: str, title: str, post: str, s: Sampling) -> list[int]:
+    def check(self, subreddit: str, title: str, post: str, s: Decoding) -> list[int]:
         """The prompt's token ids, or InputError with what to change."""
         lim = self.spec.limits
         if not (post or "").strip():
@@ -171,12 +155,13 @@ class Demo:
                              f"model's context of {context:,} tokens.")
         return ids
 
-    def stream(self, prompt_ids: list[int], s: Sampling) -> Iterator[list[str]]:
-        """[base text, tuned text] after each decoding step."""
-        from preftune.serve.sampling import stream_pair
+    def stream(self, prompt_ids: list[int], s: Decoding) -> Iterator[list[str]]:
+        """[base text, tuned text] after each decoding step: preftune.generate's decoder, so a seed gives
+        the summaries `preftune judge` would write with it."""
+        from preftune.generate import stream_texts
 
         loaded = self.load()
-        yield from stream_pair([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
+        yield from stream_texts([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
 
     def score(self, prompt_text: str, texts: list[str]) -> list[Summary]:
         """Each text's implicit DPO reward β·(log π − log π_ref), scored as a whole summary (+ EOS),

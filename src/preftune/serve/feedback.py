@@ -2,17 +2,18 @@
 `preftune data prepare --dataset preferences.jsonl` reads them back like OpenAI's own files.
 
 Several clicks can arrive at once (gradio runs handlers in a thread pool; several servers may share
-a file): each row is one write of one line under an exclusive lock on the file, so rows never
-interleave and none is lost.
+a file): each row is one write of one line while holding an exclusive lock (`filelock`, on
+FILE.lock beside the file, on every platform), so rows never interleave and none is lost.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+
+from filelock import FileLock
 
 WORKER = "preftune-demo"
 
@@ -33,15 +34,22 @@ def comparison_row(post_id: str, subreddit: str, title: str, post: str, texts: l
     }
 
 
-def append_jsonl(path: Path, row: dict) -> None:
-    """Append one JSON line under an exclusive lock (threads and processes alike)."""
+def lock_for(path: Path) -> FileLock:
+    """The lock every writer of `path` takes (threads and processes alike): FILE.lock beside it."""
+    return FileLock(str(path) + ".lock")
+
+
+def append_jsonl(path: Path, row: dict, timeout: float = -1) -> None:
+    """Append one JSON line under the file's lock; wait for it at most `timeout` seconds (−1: as long as
+    it takes; filelock.Timeout when it runs out)."""
     line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file description: excludes other threads' opens too
-        view = memoryview(line)
-        while view:  # os.write may write less than asked
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)  # releases the lock
+    with lock_for(path).acquire(timeout=timeout):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(line)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import preftune
 from preftune.config import ServeConfig, SpaceConfig
 from preftune.errors import PreftuneError
-from preftune.serve.demo import Limits, read_run, spec_from_run
+from preftune.hubids import check_repo_id, is_hub_id
+from preftune.run_folder import Run, open_run
+from preftune.serve.demo import Limits, spec_from_run
+
+logger = logging.getLogger(__name__)
 
 SHORT_DESCRIPTION = "Base vs DPO-tuned TL;DR summaries, side by side"  # the Hub allows 60 characters
 TLDR_DATASET = "openai/summarize_from_feedback"
@@ -108,26 +114,53 @@ def default_ids(run_name: str, cfg: SpaceConfig, owner: str | None) -> tuple[str
     return cfg.repo_id or f"{owner}/{run_name}-demo", cfg.model_repo or f"{owner}/{run_name}"
 
 
-def hub_base(run_config: dict, base: str | None) -> str:
+def hub_base(run: Run, base: str | None) -> str:
     """The base model as a hub id: a Space cannot read a local folder of this machine."""
-    spec = base or run_config["reference_model"]
-    if Path(spec).exists() or spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+    spec = base or run.reference_model
+    if not is_hub_id(spec):
         raise PreftuneError(f"the run's base model '{spec}' is not a hub id (a local folder?), which a Space "
                             "cannot load: pass --base OWNER/NAME, its hub id")
     return spec
 
 
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (tried, then removed: permission bits do not tell, e.g.
+    for root or on read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_out(out: str | Path) -> Path:
+    """--out as a folder the Space can be written into, refused before any work when it cannot be: empty,
+    a file (or /dev/null), under a file, or not writable."""
+    text = str(out)
+    if not text.strip():
+        raise PreftuneError("--out is empty: give the folder to write the Space into, e.g. --out space/")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PreftuneError(f"--out {path} is a file, not a folder: give a folder to write the Space into")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise PreftuneError(f"--out {path}: {existing} is a file, so no folder can be made under it")
+    if not _writable(existing):
+        raise PreftuneError(f"--out {path}: {existing} is not writable; choose a folder you can write to")
+    return path
+
+
 def write_space(run_dir: Path, out: Path, cfg: SpaceConfig, owner: str | None = None) -> str:
     """Write the Space folder; returns the Space id."""
-    run_config = read_run(run_dir)
-    base = hub_base(run_config, cfg.base)
+    run = open_run(run_dir)
+    base = hub_base(run, cfg.base)
     # the folder's name, as `preftune push` names the model repo by default (sweeps may suffix it)
     space_id, model_repo = default_ids(Path(run_dir).resolve().name, cfg, owner)
     serve = ServeConfig()
     limits = Limits(serve.max_post_chars, serve.max_prompt_tokens, serve.max_new_tokens_cap)
     spec = spec_from_run(run_dir, base, limits, cfg.examples).to_json()
     spec["policy"] = model_repo
-    dataset = str(run_config.get("data", {}).get("dataset", ""))
+    dataset = str(run.config["data"].get("dataset", ""))
     datasets = [TLDR_DATASET] if dataset in ("tldr-sample", TLDR_DATASET) else []
 
     if out.exists() and any(out.iterdir()) and not (out / "demo.json").is_file():
@@ -176,14 +209,24 @@ def whoami() -> str:
         return HfApi(token=_token()).whoami()["name"]
 
 
-def space(run_dir: Path, out: Path, cfg: SpaceConfig, log=print) -> str:
-    """`preftune space`: write the folder, then push it with --push."""
+def check_ids(cfg: SpaceConfig) -> None:
+    """--repo-id, --model-repo and --base, where given, are hub ids (preftune.hubids' one rule)."""
+    for flag, value in (("--repo-id", cfg.repo_id), ("--model-repo", cfg.model_repo), ("--base", cfg.base)):
+        if value is not None:
+            check_repo_id(value, flag)
+
+
+def space(run_dir: Path, out: str | Path, cfg: SpaceConfig) -> str:
+    """`preftune space`: check --out and the ids, write the folder, then push it with --push."""
+    out = check_out(out)
+    check_ids(cfg)
+    open_run(run_dir)
     owner = whoami() if cfg.push and not cfg.repo_id else None
     space_id = write_space(run_dir, out, cfg, owner)
-    log(f"space: wrote {out}/ (README.md, app.py, requirements.txt, demo.json, preftune/) for {space_id}")
+    logger.info(f"space: wrote {out}/ (README.md, app.py, requirements.txt, demo.json, preftune/) for {space_id}")
     if cfg.push:
         url = push_space(out, space_id, cfg.private)
-        log(f"space: pushed to {url}")
+        logger.info(f"space: pushed to {url}")
     else:
-        log(f"space: to publish it, run again with --push (or: hf upload {space_id} {out} --repo-type space)")
+        logger.info(f"space: to publish it, run again with --push (or: hf upload {space_id} {out} --repo-type space)")
     return space_id
