@@ -54,7 +54,7 @@ VERB_MODULES: list[str] = [
     "preftune.serve:add_cli",
     "preftune.report:add_cli",
     "preftune.sweep:add_cli",
-    "preftune.hub:add_cli",
+    "preftune.push:add_cli",
     "preftune.reward:add_cli",
     "preftune.judge:add_cli",
 ]

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preftune import run_folder
-from preftune.config import DEFAULT_MODEL, PushConfig, add_arguments, from_args
+from preftune.config import DEFAULT_MODEL, PushConfig
 from preftune.errors import PreftuneError
 from preftune.hubids import is_hub_id
 from preftune.report import CURVES_NOTE, RANKINGS, data_groups, dataset_label, leaderboard, plot_curves
@@ -613,12 +613,8 @@ def runs_to_push(path: Path, cfg: PushConfig) -> list[Path]:
 
 
 def push(path: Path, cfg: PushConfig) -> list[Upload]:
-    """Stage and upload (or, with --dry-run, only stage) each run, or a reward model folder; checks
-    everything first."""
-    from preftune.hub_rm import is_reward_model_dir, push_reward_model
-
-    if cfg.best is None and is_reward_model_dir(path):
-        return [push_reward_model(path, cfg)]
+    """Stage and upload (or, with --dry-run, only stage) each run; checks everything first. (`preftune
+    push` sends a reward model folder to preftune.hub_rm instead: see preftune.push.)"""
     runs = [check_run(r).path for r in runs_to_push(path, cfg)]
     if cfg.dry_run:
         stage_root = claim_stage(cfg.stage_dir, runs[0].parent / DEFAULT_STAGE, runs, [r.name for r in runs])
@@ -637,12 +633,3 @@ def push(path: Path, cfg: PushConfig) -> list[Upload]:
             publish(plan, cfg, token, note=unknown)
             uploads.append(plan)
     return uploads
-
-
-def add_cli(verbs) -> None:
-    parser = verbs.add_parser("push", help="push a run (or a sweep's best runs, or a reward model) to the Hugging "
-                              "Face Hub with a model card")
-    parser.add_argument("path", metavar="RUN_DIR|ROOT|RM_DIR", help="a run folder; with --best N, a folder of runs; "
-                        "or a reward model folder from `preftune rm train` (it holds rm_config.json)")
-    add_arguments(parser, PushConfig)
-    parser.set_defaults(func=lambda ns: push(Path(ns.path), from_args(PushConfig, ns)))

@@ -216,8 +216,10 @@ def require_key(obj: dict, key: str, kind: type | tuple[type, ...], path: Path, 
         raise PreftuneError(f"{path}: key '{name}' missing; the file is damaged or not preftune's")
     value = obj[key]
     if isinstance(value, bool) and kind in (int, float, (int, float)) or not isinstance(value, kind):
-        want = " or ".join(_json_kind(k()) for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise PreftuneError(f"{path}: key '{name}' must be {want}, got {_json_kind(value)} {str(value)[:40]!r}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        want = "a number" if set(kinds) == {int, float} else " or ".join(_json_kind(k()) for k in kinds)
+        got = "null" if value is None else f"{_json_kind(value)} {str(value)[:40]!r}"
+        raise PreftuneError(f"{path}: key '{name}' must be {want}, got {got}")
     return value
 
 
