@@ -20,7 +20,8 @@ from preftune.data.adapters import tldr_prompt
 from preftune.errors import PreftuneError
 from preftune.generate import Decoding, generate
 from preftune.run_folder import open_run
-from preftune.serve.demo import Demo, DemoSpec, InputError, Limits, prompt, read_examples, spec_from_run
+from preftune.serve.demo import (Demo, DemoSpec, InputError, Limits, limit_text, models_text, prompt, read_examples,
+                                 spec_from_run)
 from preftune.serve.feedback import append_jsonl, comparison_row, lock_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -95,6 +96,49 @@ def test_check_refuses_bad_requests_with_a_clear_message(demo, post, settings, m
     assert message in str(e.value)
 
 
+def test_token_counts_are_the_tokens_produced_never_max_plus_one(demo):
+    """A summary cut off at max new tokens shows exactly max tokens, and says it was cut off."""
+    loaded = demo.load()
+    p = prompt("test", "Bread", POST)
+    d = Decoding(1.5, 1.0, 6, 3, stop_at_newline=False)  # hot and short: cut off at 6
+    *_, final = demo.stream_sides(loaded.tokenizer(p)["input_ids"], d)
+    assert [g.ended for g in final] == ["length", "length"] and [g.tokens for g in final] == [6, 6]
+    summaries = demo.score(p, [g.text for g in final], final)
+    assert [s.tokens for s in summaries] == [6, 6]
+    assert all("6 tokens (cut off at max new tokens)" in s.describe() for s in summaries)
+    ended = Decoding(0.0, 1.0, 40, 0)
+    *_, final = demo.stream_sides(loaded.tokenizer(p)["input_ids"], ended)
+    assert all(g.ended in ("eos", "newline", "length") and 0 < g.tokens <= 40 for g in final)
+    assert [g.text for g in final] == list(demo.stream(loaded.tokenizer(p)["input_ids"], ended))[-1]
+
+
+@pytest.mark.parametrize(("limits", "chars_per_token", "expected"), [
+    (Limits(8000, 1024), 3.42, "Up to 1,024 tokens (about 3,500 characters of English) and 8,000 characters"),
+    (Limits(2000, 1024), 3.42, "Up to 1,024 tokens (about 2,000 characters of English) and 2,000 characters"),
+    (Limits(8000, 1024), None, "Up to 1,024 tokens and 8,000 characters"),
+])
+def test_the_post_box_states_the_limit_that_applies(limits, chars_per_token, expected):
+    assert limit_text(limits, chars_per_token).startswith(expected)
+
+
+def test_the_page_says_which_model_each_side_is_and_where_it_came_from(demo, run_dir, tiny_model):
+    assert demo.chars_per_token() > 1
+    text = models_text(demo.spec, demo.sources)
+    assert f"**Base**: `{tiny_model}` — local folder {tiny_model}" in text
+    assert f"**DPO-tuned**: `{run_dir.name}` (`{run_dir}`) — local folder {run_dir}" in text
+    assert "loads on the first request" in models_text(demo.spec, None)
+
+
+def test_new_seed_and_refusal_notice():
+    import random
+
+    from preftune.serve.app import SEED_MAX, new_seed, refusal
+
+    seeds = {new_seed(random.Random(i)) for i in range(20)}
+    assert len(seeds) == 20 and all(0 <= s <= SEED_MAX for s in seeds)
+    assert refusal("The post is empty.") == "**Cannot summarize this:** The post is empty."
+
+
 def test_implicit_reward_is_beta_times_the_logp_difference(demo):
     """Recomputed here from full-sequence logits, independently of preftune.logps."""
     loaded, text = demo.load(), " Forgot the bread on the bus."
@@ -108,7 +152,7 @@ def test_implicit_reward_is_beta_times_the_logp_difference(demo):
             logps = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)  # (T-1, V)
         return logps[torch.arange(start - 1, len(ids) - 1), torch.tensor(ids[start:])].sum().item()
 
-    assert summary.tokens == len(ids) - start
+    assert summary.tokens == len(ids) - start - 1  # the summary's own tokens: the EOS it is scored with is not one
     assert summary.reward == pytest.approx(demo.spec.beta * (logp(loaded.policy) - logp(loaded.base)), abs=1e-4)
     assert summary.reward != 0  # the run moved the model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
 sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright not installed (pip install playwright)")
 
 from test_serve import POST, tiny_run  # noqa: E402
+
+expect = sync_api.expect
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -92,14 +95,38 @@ def test_summarize_streams_both_sides_and_records_a_vote(server, browser, tmp_pa
     page = open_page(browser, url, hosts)
     fill_post(page, POST * 4)
     # sample both summaries' lengths every 5 ms while they are written
+    # sample both summaries' lengths every 5 ms while they are written, and whether one could vote then
     page.evaluate("""() => { window.lengths = [];
         const text = id => document.querySelector(`#${id} textarea`).value;
+        const info = id => document.querySelector(`#${id}`).innerText;
         window.sampler = setInterval(() => window.lengths.push([text('base-summary').length,
-                                                                text('tuned-summary').length]), 5); }""")
+            text('tuned-summary').length, !document.querySelector('#prefer-tuned').disabled,
+            info('base-info') + info('tuned-info'),
+            !!document.querySelector('#base-summary .generating, #tuned-summary .generating'),
+            document.querySelector('#summarize').disabled]), 5); }""")
+    # the page says which model each side is and where it came from, and the limit that applies
+    models = page.locator("#models").inner_text()
+    assert "Base: " in models and f"DPO-tuned: {server[2].name} ({server[2]}) — local folder" in models
+    box = page.locator("#post").inner_text()
+    assert "Up to 1,024 tokens (about" in box and "and 4,000 characters" in box
+    assert page.locator("#prefer-base").is_disabled() and page.locator("#prefer-tuned").is_disabled()
     page.locator("#summarize").click()
     page.locator("#tuned-info").get_by_text(REWARD).wait_for(timeout=60_000)
     page.locator("#base-info").get_by_text(REWARD).wait_for(timeout=5_000)
+    expect(page.locator("#prefer-tuned")).to_be_enabled(timeout=5_000)
+    expect(page.locator("#summarize")).to_be_enabled(timeout=5_000)
+    for info in ("#base-info", "#tuned-info"):  # produced tokens: never more than max new tokens (120)
+        tokens = int(re.search(r"(\d+) tokens?", page.locator(info).inner_text())[1])
+        assert 0 < tokens <= 120
     lengths = page.evaluate("() => { clearInterval(window.sampler); return window.lengths; }")
+    early = [infos for *_, votable, infos, _, _ in lengths if votable and infos.count(REWARD) < 2]
+    running = [disabled for *_, infos, _, disabled in lengths if "writing" in infos]  # no second run while one goes
+    assert running and all(running), "Summarize was clickable while the summaries were being written"
+    assert not early, f"a vote was possible before both summaries were complete and scored: {early[:3]}"
+    # "generating" ends with the last token: while the two finished summaries are scored, it is off
+    scoring = [busy for *_, infos, busy, _ in lengths if infos.count("scoring") == 2]
+    assert scoring and not any(scoring), f"summaries still marked generating while scored: {scoring[:5]}"
+    assert any(busy for *_, infos, busy, _ in lengths if "writing" in infos)  # (the marker seen while writing)
     for side, name in enumerate(("base", "tuned")):
         seen = sorted({pair[side] for pair in lengths} - {0})
         assert len(seen) >= 3, f"{name} summary did not grow in steps: lengths seen {seen}"
@@ -109,7 +136,10 @@ def test_summarize_streams_both_sides_and_records_a_vote(server, browser, tmp_pa
 
     page.locator("#prefer-tuned").click()
     page.locator("#vote-status").get_by_text("Saved").wait_for(timeout=10_000)
-    shot = tmp_path_factory.mktemp("screenshots") / "demo.png"
+    seed = page.locator("#seed input").input_value()
+    page.locator("#new-seed").click()
+    expect(page.locator("#seed input")).not_to_have_value(seed, timeout=5_000)
+    shot = Path(os.environ.get("PREFTUNE_DEMO_SCREENSHOT") or tmp_path_factory.mktemp("screenshots") / "demo.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
@@ -124,8 +154,11 @@ def test_oversized_post_shows_a_message_and_the_server_keeps_serving(server, bro
     page = open_page(browser, server[0])
     fill_post(page, "x" * 4100, max_new_tokens="20")
     page.locator("#summarize").click()
-    page.get_by_text("The post is too long").first.wait_for(timeout=20_000)
-    assert page.get_by_text("characters; this demo takes at most 4,000").count() >= 1
+    # inline, beside the inputs (not only a toast), and no "Error" badge on the summaries
+    expect(page.locator("#notice")).to_contain_text("characters; this demo takes at most 4,000", timeout=20_000)
+    expect(page.locator("#summarize")).to_be_enabled(timeout=5_000)  # re-enabled after the refusal
+    assert "Error" not in page.locator("#base-summary").inner_text() + page.locator("#tuned-summary").inner_text()
+    assert page.locator("#prefer-base").is_disabled()
     # next: a held-out post of the run, picked from the list
     page.locator("#example input").click()
     page.get_by_role("option").first.click()
@@ -134,6 +167,7 @@ def test_oversized_post_shows_a_message_and_the_server_keeps_serving(server, bro
     assert any(page.locator("#post textarea").input_value() in e["prompt"] for e in examples)
     page.locator("#summarize").click()
     page.locator("#tuned-info").get_by_text(REWARD).wait_for(timeout=60_000)
+    expect(page.locator("#notice")).to_have_text("", timeout=5_000)  # the refusal is gone with the next run
     page.context.close()
 
 

@@ -5,6 +5,7 @@ and the demo (streamed token by token), so the same seed gives the same summary 
     outs = generate(model, tokenizer, prompts, Decoding(temperature=0.7, seed=1))
     outs[0].text, outs[0].tokens, outs[0].ended      # " my summary", 12, "eos"
     for texts in stream_texts([base, tuned], tokenizer, prompt_ids, Decoding(0.7, 0.95, 64, seed=1)): ...
+    for sides in stream_sides(...): sides[0].text, sides[0].tokens, sides[0].ended   # ended "" while writing
 
 Token choice (`next_tokens`): greedy is the argmax; sampling applies transformers' temperature and
 top-p warpers (exactly as `generate(do_sample=True)` would) and draws each row from its OWN
@@ -230,28 +231,40 @@ def shown(tokenizer, ids: list[int], d: Decoding, final: bool) -> str:
     return first_line(text) if d.stop_at_newline else text
 
 
-def stream_texts(models: list, tokenizer, prompt_ids: list[int], d: Decoding) -> Iterator[list[str]]:
-    """Decode every model in lockstep, each seeded with d.seed; yield every side's text after each step.
+def stream_sides(models: list, tokenizer, prompt_ids: list[int], d: Decoding) -> Iterator[list[Generation]]:
+    """Decode every model in lockstep, each seeded with d.seed; yield every side's Generation after each
+    step: its text so far, the tokens it PRODUCED (EOS, never yielded, not counted) and how it ended
+    ("" while it is still being written, then "eos", "newline" or "length").
 
     A side stops at EOS, at max_new_tokens, or (d.stop_at_newline) at the end of its first line, the
     newline dropped: the last texts yielded are those `generate` returns for the same prompt and decoding."""
     steps = [stream_tokens(m, prompt_ids, d, set(eos_ids(m, tokenizer))) for m in models]
     ids: list[list[int]] = [[] for _ in models]
-    texts = [""] * len(models)
-    live = [True] * len(models)
+    sides = [Generation("", 0, "") for _ in models]
     last = None
-    while any(live):
+    while any(not s.ended for s in sides):
         for i, step in enumerate(steps):
-            if not live[i]:
+            if sides[i].ended:
                 continue
             token = next(step, None)
             if token is not None:
                 ids[i].append(token)
-            ended = token is None or (d.stop_at_newline and line_ended(tokenizer.decode(ids[i], skip_special_tokens=True)))
-            texts[i] = shown(tokenizer, ids[i], d, final=ended)
+            newline = d.stop_at_newline and line_ended(tokenizer.decode(ids[i], skip_special_tokens=True))
+            ended = "newline" if newline else "eos" if token is None and len(ids[i]) < d.max_new_tokens else \
+                "length" if token is None else ""
+            sides[i] = Generation(shown(tokenizer, ids[i], d, final=bool(ended)), len(ids[i]), ended)
             if ended:
-                live[i] = False
                 step.close()
-        if texts != last:  # a step that only found the ends changes nothing (or drops a trailing \ufffd)
-            last = list(texts)
+        if sides != last:  # a step that changes nothing is not yielded
+            last = list(sides)
             yield last
+
+
+def stream_texts(models: list, tokenizer, prompt_ids: list[int], d: Decoding) -> Iterator[list[str]]:
+    """`stream_sides`' texts only: every side's text after each step that changed one."""
+    last = None
+    for sides in stream_sides(models, tokenizer, prompt_ids, d):
+        texts = [s.text for s in sides]
+        if texts != last:  # a step that only found the ends changes nothing (or drops a trailing \ufffd)
+            last = texts
+            yield texts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 
 # read by gradio and huggingface_hub at import time: set before importing them
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -21,7 +22,8 @@ import gradio as gr  # noqa: E402
 
 from preftune.config import ServeConfig  # noqa: E402
 from preftune.generate import Decoding  # noqa: E402
-from preftune.serve.demo import Demo, InputError, Limits, fields, post_id, prompt, spec_from_run  # noqa: E402
+from preftune.serve.demo import (Demo, InputError, Limits, fields, limit_text, models_text, post_id,  # noqa: E402
+                                 prompt, spec_from_run)
 from preftune.serve.feedback import append_jsonl, comparison_row  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -33,9 +35,10 @@ Paste a Reddit post (or pick a held-out one the run never trained on), then **Su
 write a one-line TL;DR from the same prompt, seed and settings. Under each summary, its length and its
 **implicit DPO reward** β·(log π − log π_ref) with β = {beta}: how much more likely the tuned model
 finds that summary than the base model does. Then say which summary is better: your vote is saved as
-a new preference pair.
-
-Tuned: `{policy}` · Base: `{base}`"""
+a new preference pair."""
+WRITING = "*writing…*"
+SCORING = "*done · scoring…*"
+SEED_MAX = 2**31 - 1
 
 
 def _number(value, name: str, kind=float):
@@ -56,6 +59,16 @@ def sampling_from(temperature, top_p, max_new_tokens, seed) -> Decoding:
                     _number(max_new_tokens, "Max new tokens", int), _number(seed, "Seed", int))
 
 
+def new_seed(rng: random.Random | None = None) -> int:
+    """A fresh seed for the one-click button (the Number field accepts 0 … SEED_MAX)."""
+    return (rng or random).randint(0, SEED_MAX)
+
+
+def refusal(message: str) -> str:
+    """A refused request as the notice beside the inputs shows it (it stays until the next run)."""
+    return f"**Cannot summarize this:** {message}"
+
+
 def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
     spec = demo.spec
     examples = {ex.label: ex for ex in spec.examples}
@@ -65,21 +78,59 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
         ex = examples.get(label)
         return (ex.subreddit, ex.title, ex.post) if ex else (gr.skip(), gr.skip(), gr.skip())
 
-    def summarize(subreddit, title, post, temperature, top_p, max_new_tokens, seed):
-        try:
-            s = sampling_from(temperature, top_p, max_new_tokens, seed)
-            ids = demo.check(subreddit, title, post, s)
-        except InputError as e:
-            raise gr.Error(str(e), title="Cannot summarize this", print_exception=False) from None
-        texts = ["", ""]
-        for texts in demo.stream(ids, s):  # shown without leading whitespace; scored and saved as generated
-            yield texts[0].lstrip(), texts[1].lstrip(), "*writing…*", "*writing…*", None
-        summaries = demo.score(prompt(subreddit, title, post), texts)
+    def checked(subreddit, title, post, temperature, top_p, max_new_tokens, seed):
+        """(Decoding, prompt ids) of a request, or InputError."""
+        s = sampling_from(temperature, top_p, max_new_tokens, seed)
+        return s, demo.check(subreddit, title, post, s)
+
+    def saved_state(subreddit, title, post, s, texts, summaries) -> dict:
         subreddit, title, post = fields(subreddit, title, post)
         knobs = {k: getattr(s, k) for k in ("temperature", "top_p", "max_new_tokens", "seed")}  # saved with the vote
-        last = {"post": post, "title": title, "subreddit": subreddit, "texts": texts, "sampling": knobs,
+        return {"post": post, "title": title, "subreddit": subreddit, "texts": texts, "sampling": knobs,
                 "rewards": [x.reward for x in summaries], "voted": False}
+
+    def summarize(subreddit, title, post, temperature, top_p, max_new_tokens, seed):
+        """The /summarize API (unchanged): streams both texts, then their infos; refusals are gr.Error."""
+        try:
+            s, ids = checked(subreddit, title, post, temperature, top_p, max_new_tokens, seed)
+        except InputError as e:
+            raise gr.Error(str(e), title="Cannot summarize this", print_exception=False) from None
+        sides = []
+        for sides in demo.stream_sides(ids, s):  # shown without leading whitespace; scored and saved as generated
+            yield sides[0].text.lstrip(), sides[1].text.lstrip(), WRITING, WRITING, None
+        texts = [g.text for g in sides] or ["", ""]
+        summaries = demo.score(prompt(subreddit, title, post), texts, sides or None)
+        last = saved_state(subreddit, title, post, s, texts, summaries)
         yield texts[0].lstrip(), texts[1].lstrip(), summaries[0].describe(), summaries[1].describe(), last
+
+    def begin():
+        """At the click, before the queue: no second run, no vote on summaries about to be replaced."""
+        return gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), ""
+
+    def write(subreddit, title, post, temperature, top_p, max_new_tokens, seed):
+        """The page's run, part 1: the two texts, streamed. A refusal goes to the notice beside the inputs.
+        Ends with the last token (scoring is part 2), handing (request, generations) on in `pending`."""
+        try:
+            s, ids = checked(subreddit, title, post, temperature, top_p, max_new_tokens, seed)
+        except InputError as e:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), refusal(str(e)), None
+            return
+        sides = []
+        for sides in demo.stream_sides(ids, s):
+            infos = [SCORING if g.ended else WRITING for g in sides]
+            yield sides[0].text.lstrip(), sides[1].text.lstrip(), *infos, "", None
+        yield gr.skip(), gr.skip(), SCORING, SCORING, "", ((subreddit, title, post), s, sides)
+
+    def scored(pending):
+        """Part 2: the implicit rewards; the votes open once both summaries are complete and scored."""
+        if not pending:
+            return gr.skip(), gr.skip(), gr.skip(), gr.update(interactive=False), gr.update(interactive=False)
+        (subreddit, title, post), s, sides = pending
+        texts = [g.text for g in sides]
+        summaries = demo.score(prompt(subreddit, title, post), texts, sides)
+        last = saved_state(subreddit, title, post, s, texts, summaries)
+        votable = gr.update(interactive=True)
+        return summaries[0].describe(), summaries[1].describe(), last, votable, votable
 
     def vote(choice: int, last: dict | None):
         if not last:
@@ -96,7 +147,8 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
         return saved, {**last, "voted": True}
 
     with gr.Blocks(title=f"preftune · {spec.name}") as blocks:
-        gr.Markdown(INTRO.format(name=spec.name, beta=spec.beta, policy=spec.policy, base=spec.base))
+        gr.Markdown(INTRO.format(name=spec.name, beta=spec.beta))
+        models = gr.Markdown(models_text(spec, demo.sources), elem_id="models")
         with gr.Row():
             with gr.Column(scale=3):
                 example = gr.Dropdown(list(examples), value=None, label=f"Held-out posts ({len(examples)})",
@@ -106,8 +158,8 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
                     subreddit = gr.Textbox(label="Subreddit", placeholder="relationships", scale=1,
                                            elem_id="subreddit")
                     title = gr.Textbox(label="Title", scale=3, elem_id="title")
-                post = gr.Textbox(label="Post", lines=8, max_lines=16, elem_id="post",
-                                  placeholder=f"Up to {spec.limits.max_post_chars:,} characters")
+                limit = limit_text(spec.limits, demo.chars_per_token())
+                post = gr.Textbox(label="Post", lines=8, max_lines=16, elem_id="post", info=limit, placeholder=limit)
             with gr.Column(scale=1):
                 temperature = gr.Slider(0, 2, value=SAMPLING.temperature, step=0.05, elem_id="temperature",
                                         label="Temperature", info="0 = greedy")
@@ -115,8 +167,12 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
                 max_new = gr.Slider(1, spec.limits.max_new_tokens_cap, step=1, elem_id="max-new-tokens",
                                     value=min(SAMPLING.max_new_tokens, spec.limits.max_new_tokens_cap),
                                     label="Max new tokens")
-                seed = gr.Number(value=SAMPLING.seed, precision=0, minimum=0, label="Seed", elem_id="seed")
+                with gr.Row(equal_height=True):
+                    seed = gr.Number(value=SAMPLING.seed, precision=0, minimum=0, maximum=SEED_MAX, label="Seed",
+                                     elem_id="seed", scale=3)
+                    reseed = gr.Button("New seed", elem_id="new-seed", scale=1, min_width=80)
                 go = gr.Button("Summarize", variant="primary", elem_id="summarize")
+                notice = gr.Markdown(elem_id="notice")
         with gr.Row(equal_height=True):
             with gr.Column():
                 base_text = gr.Textbox(label=f"Base · {spec.base}", lines=3, interactive=False, elem_id="base-summary")
@@ -126,14 +182,27 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
                                         elem_id="tuned-summary")
                 tuned_info = gr.Markdown(elem_id="tuned-info")
         with gr.Row():
-            prefer_base = gr.Button("◀ Base is better", elem_id="prefer-base")
-            prefer_tuned = gr.Button("DPO-tuned is better ▶", elem_id="prefer-tuned")
+            prefer_base = gr.Button("◀ Base is better", elem_id="prefer-base", interactive=False)
+            prefer_tuned = gr.Button("DPO-tuned is better ▶", elem_id="prefer-tuned", interactive=False)
         status = gr.Markdown(elem_id="vote-status")
-        last = gr.State(None)
+        last, pending = gr.State(None), gr.State(None)
+        api = gr.Button(visible=False)  # carries the /summarize API event (the page runs `write` + `scored`)
 
         example.change(fill, example, [subreddit, title, post], api_visibility="private")
-        go.click(summarize, [subreddit, title, post, temperature, top_p, max_new, seed],
-                 [base_text, tuned_text, base_info, tuned_info, last], api_name="summarize")
+        request = [subreddit, title, post, temperature, top_p, max_new, seed]
+        api.click(summarize, request, [base_text, tuned_text, base_info, tuned_info, last], api_name="summarize")
+        private = {"api_visibility": "private"}
+        (go.click(begin, None, [go, prefer_base, prefer_tuned, notice], queue=False, **private)
+         .then(write, request, [base_text, tuned_text, base_info, tuned_info, notice, pending], **private)
+         .then(scored, pending, [base_info, tuned_info, last, prefer_base, prefer_tuned], show_progress="hidden",
+               concurrency_id="score", concurrency_limit=1, **private)  # not queued behind other generations
+         .then(lambda: gr.update(interactive=True), None, go, queue=False, **private))  # also after an error
+        reseed.click(lambda: new_seed(), None, seed, queue=False, **private)
+        def loaded():  # a Space builds the page before loading the models: say what loaded, once it has
+            limit = limit_text(spec.limits, demo.chars_per_token())
+            return models_text(spec, demo.sources), gr.update(info=limit, placeholder=limit)
+
+        blocks.load(loaded, None, [models, post], queue=False, show_progress="hidden", **private)
         # votes are instant: not queued behind generations (concurrent votes are what the file lock is for)
         prefer_base.click(lambda last: vote(0, last), last, [status, last], api_name="prefer_base",
                           concurrency_limit=None)

@@ -20,7 +20,7 @@ from preftune.errors import PreftuneError
 from preftune.run_folder import EVAL_PAIRS_FILE, open_run, read_pairs
 
 if TYPE_CHECKING:
-    from preftune.generate import Decoding
+    from preftune.generate import Decoding, Generation
 
 
 class InputError(PreftuneError):
@@ -104,13 +104,32 @@ class Loaded:
 @dataclass(frozen=True)
 class Summary:
     text: str
-    tokens: int  # completion tokens as DPO scores them (text + EOS)
-    reward: float  # β·(log π − log π_ref) of the text under the tuned model
+    tokens: int  # tokens the model produced for it (the EOS that DPO scores after it is not counted)
+    reward: float  # β·(log π − log π_ref) of the text (+ EOS) under the tuned model
+    ended: str = ""  # "eos" | "newline" | "length" (cut off at max new tokens) when known
 
     def describe(self) -> str:
         words = len(self.text.split())
-        return (f"{words} word{'s' * (words != 1)} · {self.tokens} token{'s' * (self.tokens != 1)} · "
+        cut = " (cut off at max new tokens)" if self.ended == "length" else ""
+        return (f"{words} word{'s' * (words != 1)} · {self.tokens} token{'s' * (self.tokens != 1)}{cut} · "
                 f"implicit reward {self.reward:+.3f}")
+
+
+def limit_text(limits: Limits, chars_per_token: float | None = None) -> str:
+    """What the post box accepts, both limits stated: the token limit usually binds first, so its size in
+    characters (estimated from the tokenizer on real posts) is given when known."""
+    tokens = f"{limits.max_prompt_tokens:,} tokens"
+    if chars_per_token:
+        approx = min(limits.max_post_chars, int(limits.max_prompt_tokens * chars_per_token) // 100 * 100)
+        tokens += f" (about {approx:,} characters of English)"
+    return f"Up to {tokens} and {limits.max_post_chars:,} characters (subreddit + title + post)."
+
+
+def models_text(spec: DemoSpec, sources: tuple[str, str] | None) -> str:
+    """Which model each side is and where it was loaded from (sources: (tuned, base), once loaded)."""
+    where = sources or ("loads on the first request", "loads on the first request")
+    return (f"**Base**: `{spec.base}` — {where[1]}  \n"
+            f"**DPO-tuned**: `{spec.name}` (`{spec.policy}`) — {where[0]}")
 
 
 class Demo:
@@ -155,6 +174,26 @@ class Demo:
                              f"model's context of {context:,} tokens.")
         return ids
 
+    @property
+    def sources(self) -> tuple[str, str] | None:
+        """Where (tuned, base) came from, in words, once loaded."""
+        return self._loaded.sources if self._loaded else None
+
+    def chars_per_token(self) -> float | None:
+        """Characters per prompt token on the held-out posts (None before loading or without posts)."""
+        if self._loaded is None or not self.spec.examples:
+            return None
+        texts = [prompt(e.subreddit, e.title, e.post) for e in self.spec.examples]
+        tokens = sum(len(ids) for ids in self._loaded.tokenizer(texts)["input_ids"])
+        return sum(len(t) for t in texts) / tokens
+
+    def stream_sides(self, prompt_ids: list[int], s: Decoding) -> Iterator[list[Generation]]:
+        """[base, tuned] Generations (text, produced tokens, how it ended) after each decoding step."""
+        from preftune.generate import stream_sides
+
+        loaded = self.load()
+        yield from stream_sides([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
+
     def stream(self, prompt_ids: list[int], s: Decoding) -> Iterator[list[str]]:
         """[base text, tuned text] after each decoding step: preftune.generate's decoder, so a seed gives
         the summaries `preftune judge` would write with it."""
@@ -163,9 +202,10 @@ class Demo:
         loaded = self.load()
         yield from stream_texts([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
 
-    def score(self, prompt_text: str, texts: list[str]) -> list[Summary]:
+    def score(self, prompt_text: str, texts: list[str], sides: list[Generation] | None = None) -> list[Summary]:
         """Each text's implicit DPO reward β·(log π − log π_ref), scored as a whole summary (+ EOS),
-        exactly as training and evaluation score completions."""
+        exactly as training and evaluation score completions. Token counts: what each side produced
+        (`sides`, from `stream_sides`), else the text's tokens as scored, without the EOS."""
         from preftune.logps import completion_logps, tokenize_completion
 
         loaded = self.load()
@@ -174,7 +214,8 @@ class Demo:
         policy, counts = completion_logps(loaded.policy, batch, pad)  # (N,), (N,)
         reference, _ = completion_logps(loaded.base, batch, pad)
         rewards = self.spec.beta * (policy - reference)
-        return [Summary(t, int(n), float(r)) for t, n, r in zip(texts, counts, rewards, strict=True)]
+        made = [(g.tokens, g.ended) for g in sides] if sides else [(int(n) - 1, "") for n in counts]
+        return [Summary(t, n, float(r), ended) for t, (n, ended), r in zip(texts, made, rewards, strict=True)]
 
 
 def fields(subreddit: str | None, title: str | None, post: str | None) -> tuple[str, str, str]:
