@@ -161,8 +161,7 @@ def test_the_train_log_leaves_damaged_lines_out_and_says_so(tmp_path, capsys):
     ({"data": {}}, "preftune_config.json: key 'train' missing"),
     ({"data": {}, "train": None}, "preftune_config.json: key 'train' must be an object, got null"),
     ({"data": [], "train": {}}, "preftune_config.json: key 'data' must be an object, got a list"),
-    ({"data": {}, "train": {"beta": "0.1", "max_length": 8, "model": "m"}}, "key 'train.beta' must be an integer or "
-                                                                           "a number, got text"),
+    ({"data": {}, "train": {"beta": "0.1", "max_length": 8, "model": "m"}}, "key 'train.beta' must be a number, got text"),
     ('{"data": {}, "train": {"beta": NaN, "max_length": 8, "model": "m"}}', "key 'train.beta' must be a number > 0"),
     ({"data": {}, "train": {"beta": 0.1, "max_length": 8.5, "model": "m"}}, "key 'train.max_length' must be an integer"),
 ])

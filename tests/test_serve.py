@@ -181,7 +181,7 @@ def _damaged(tmp: Path, run: Path, edit) -> Path:
     (lambda tmp, run: tmp / "missing", "no such run folder"),
     (lambda tmp, run: (tmp / "f.txt", (tmp / "f.txt").write_text("x"))[0], "is a file, not a run folder"),
     (lambda tmp, run: _damaged(tmp, run, lambda c: c["train"].update(beta=None)), "key 'train.beta' must be"),
-    (lambda tmp, run: _damaged(tmp, run, lambda c: c.update(reference_model=3)), "key 'reference_model' must be str"),
+    (lambda tmp, run: _damaged(tmp, run, lambda c: c.update(reference_model=3)), "key 'reference_model' must be text, got an integer"),
 ])
 def test_serve_refuses_what_is_not_a_run(run_dir, tmp_path, capsys, make, message):
     """One line and exit 2, from preftune.run_folder.open_run (the demo has no checks of its own)."""
@@ -210,7 +210,7 @@ def test_votes_are_read_back_by_data_prepare(tmp_path):
     votes = tmp_path / "preferences.jsonl"
     for i in range(6):
         append_jsonl(votes, vote_row(i, choice=i % 2, post=f"Post number {i}: I lost my keys."))
-    assert main(["data", "prepare", "--dataset", str(votes), "--eval-fraction", "0", "--out", str(tmp_path / "p")]) == 0
+    assert main(["data", "prepare", "--dataset", str(votes), "--eval-fraction", "0", "--test-fraction", "0", "--out", str(tmp_path / "p")]) == 0
     pairs = [json.loads(line) for line in (tmp_path / "p" / "train.jsonl").open()]
     assert len(pairs) == 6
     by_post = {p["post_id"]: p for p in pairs}
