@@ -191,7 +191,7 @@ class TrainConfig(Config):
     fsdp: bool = _opt(
         False, "Shard weights, gradients and optimizer state across the processes of a torchrun launch "
         "(FSDP2: torch's fully_shard per decoder layer, as transformers loads it), both engines; CPU (gloo) and GPU. "
-        "Not with --lora.")
+        "Not with --lora or --save-steps.")
     logging_steps: int = _opt(1, "Log metrics every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
     save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
@@ -209,6 +209,9 @@ class TrainConfig(Config):
         if self.pack_tokens is not None and self.engine != "fast":
             raise PreftuneError(f"--pack-tokens applies to the fast engine only (TRL pads its own batches), "
                                 f"got --engine {self.engine}")
+        if self.fsdp and self.save_steps:
+            raise PreftuneError("--save-steps with --fsdp: checkpoints of a sharded model are not supported yet; "
+                                "drop --save-steps (the finished model is saved whole) or --fsdp")
         if self.fsdp and self.lora:
             raise PreftuneError("--fsdp shards full weights; with --lora the trainable adapters are small: "
                                 "drop --fsdp (plain data parallel) or --lora")

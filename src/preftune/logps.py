@@ -273,8 +273,8 @@ class PairLogpsModule(torch.nn.Module):
     """Summed log π(chosen|prompt) and log π(rejected|prompt) of each pair of a packed row, (n, 2).
 
     A module (not a function) so `accelerate`/DDP/FSDP wrap the whole computation: its forward runs
-    the decoder once over the row and the LM head over completion positions only, and takes log-probs
-    as logit[target] − logsumexp(logits) without a (T, V) log-softmax.
+    the model once over the row with the LM head over completion positions only (`logits_to_keep`),
+    and takes log-probs as logit[target] − logsumexp(logits) without a (T, V) log-softmax.
 
     attention: "pairs" (per-pair attention through transformers' registry; the default where the
     model supports it) or "mask" (a block-diagonal additive mask in `dtype`, for any model). With
@@ -300,11 +300,11 @@ class PairLogpsModule(torch.nn.Module):
 
     def forward(self, ids, positions, rows, targets, slots, n_pairs: int, spans: tuple[PairSpan, ...],
                 mask=None):
-        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
         extra = {"pair_spans": spans} if mask is None else {"attention_mask": mask}
         with torch.autocast(ids.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            hidden = decoder(input_ids=ids, position_ids=positions, **extra).last_hidden_state[0]  # (T, H)
-            logits = head(hidden[rows]).float()  # (N, V): completion positions only
+            # the root forward (FSDP needs it), with the LM head on the completion positions only
+            out = self.model(input_ids=ids, position_ids=positions, logits_to_keep=rows, use_cache=False, **extra)
+            logits = out.logits[0].float()  # (N, V)
         token_logps = logits.gather(-1, ids[0, targets][:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
         sums = torch.zeros(2 * n_pairs, dtype=token_logps.dtype, device=token_logps.device)
         return sums.index_add(0, slots, token_logps).view(n_pairs, 2)

@@ -185,7 +185,14 @@ def load_model(path: str, fsdp: bool = False):
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             raise PreftuneError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node N")
         kwargs["distributed_config"] = DistributedConfig(fsdp_size=dist.get_world_size())
-    return _load(AutoModelForCausalLM.from_pretrained, path, "causal LM", **kwargs)
+    model = _load(AutoModelForCausalLM.from_pretrained, path, "causal LM", **kwargs)
+    if fsdp:  # checked, not assumed: a launcher or library that silently skips sharding is an error here
+        sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
+        if not sharded:
+            raise PreftuneError(f"--fsdp: the model from {path} was loaded unsharded (no DTensor parameters)")
+        logger.info(f"fsdp: {type(model).__name__} sharded across {dist.get_world_size()} processes "
+                    f"({sharded} DTensor parameters, torch fully_shard)")
+    return model
 
 
 def _load(from_pretrained, path: str, what: str, **kwargs):
