@@ -230,3 +230,28 @@ def test_the_step_log_is_strict_json(tmp_path):
     line = (tmp_path / "log.jsonl").read_text()
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {"step": 1, "loss": None,
                                                                                    "grad_norm": None}
+
+
+def test_a_reference_free_loss_skips_the_reference_pass(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
+    """A registry entry marked `reference_free` (SimPO-style; none ships yet) trains without the pass."""
+    import torch.nn.functional as F
+
+    from preftune import losses
+    from preftune.engines import ENGINES, TrainJob
+
+    def length_normalised(pc, pr, rc, rr, beta, nc, nr):  # SimPO without its margin: no π_ref anywhere
+        return -F.logsigmoid(beta * (pc / nc - pr / nr)), (beta * pc).detach(), (beta * pr).detach()
+
+    length_normalised.reference_free = True
+    monkeypatch.setitem(losses.LOSSES, "reference_free_test", length_normalised)
+    monkeypatch.setattr("preftune.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
+    cfg = tiny_cfg(tiny_model, tmp_path, evaluate=False)
+    cfg.loss = "reference_free_test"  # not a CLI name: set after the config's own checks
+    result = ENGINES["fast"](TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))
+    packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    pol = pairs_logps(PairLogpsModule(load_model(str(tiny_model))).eval(), packed, 0)  # the initial policy
+    n = torch.tensor([[p.chosen_len, p.rejected_len] for p in packed])
+    expected = length_normalised(pol[:, 0], pol[:, 1], None, None, 0.1, n[:, 0], n[:, 1])[0].mean().item()
+    assert result.steps == 1 and result.log[0]["loss"] == pytest.approx(expected, abs=1e-5)
+    assert result.log[0]["rewards/chosen"] == pytest.approx(0.1 * result.log[0]["logps/chosen"], rel=1e-5)
+    assert not losses.is_reference_free("sigmoid")

@@ -33,6 +33,7 @@ from preftune.evaluate import evaluate_pairs, format_table
 from preftune.launch import check_launch
 from preftune.logps import tokenize_completion
 from preftune.models import ResolvedModel, load_tokenizer, resolve_model
+from preftune.precision import resolve as resolve_precision
 from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, METRICS_FILE, TEST_PAIRS_FILE, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
     `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
     interrupted run of the same settings is resumed from its last complete checkpoint."""
     rank, world_size = check_launch()  # the processes form one group, or a one-line error before any work
+    resolve_precision(cfg.precision)  # a precision this machine cannot run, likewise
     if cfg.fsdp and world_size < 2:
         raise PreftuneError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node N")
     per_device = per_device_batch(cfg, world_size)
