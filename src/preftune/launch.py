@@ -1,10 +1,10 @@
 """Is this process one rank of a real process group? Checked before any training work.
 
 A launcher says how many processes it started through the environment (torchrun and `accelerate
-launch` set RANK / WORLD_SIZE / MASTER_ADDR). Measured (../shared/docs/distributed-on-cpu.md): some
-launches start processes that do not form one group — each then believes it is the only one and would
-train, evaluate and write the run folder alone, silently. And on CPU an accelerate FSDP or DeepSpeed
-config file is silently not applied (accelerate trains with DDP instead). Every training command calls
+launch` set RANK / WORLD_SIZE / MASTER_ADDR). Measured with accelerate 1.15 on CPU: an FSDP config file
+starts processes that, seen through `Accelerator()`, each believe they are the only one (they would
+train, evaluate and write the run folder alone, silently), and seen through `Accelerator(cpu=True)`
+train with DDP, unsharded — the config is silently not applied either way (tests/test_fsdp.py runs it). Every training command calls
 `check_launch()` first and stops with one line instead.
 """
 

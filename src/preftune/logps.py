@@ -249,7 +249,7 @@ def pair_attention(module, query, key, value, attention_mask, dropout: float = 0
 def _register_pair_attention() -> bool:
     try:
         from transformers import AttentionInterface
-    except ImportError:  # transformers < 4.48: the additive-mask path only
+    except ImportError:  # an older transformers: the additive-mask path only
         return False
     AttentionInterface.register(PAIR_ATTENTION, pair_attention)
     return True
@@ -288,14 +288,14 @@ class PairLogpsModule(torch.nn.Module):
             raise ValueError(f"attention must be 'pairs' or 'mask', got {attention!r}")
         self.model, self.dtype = model, dtype
         self.attention = attention or ("pairs" if supports_pair_attention(model) else "mask")
-        self._original_attention = model.config._attn_implementation
-        if self.attention == "pairs":
+        if self.attention == "pairs" and model.config._attn_implementation != PAIR_ATTENTION:
+            model._preftune_attention = model.config._attn_implementation  # on the model: never saved
             model.config._attn_implementation = PAIR_ATTENTION
 
     def release(self):
         """The model, with its own attention implementation back."""
-        if self.attention == "pairs":
-            self.model.config._attn_implementation = self._original_attention
+        if self.model.config._attn_implementation == PAIR_ATTENTION:
+            self.model.config._attn_implementation = self.model._preftune_attention
         return self.model
 
     def forward(self, ids, positions, rows, targets, slots, n_pairs: int, spans: tuple[PairSpan, ...],

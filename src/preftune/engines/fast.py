@@ -29,8 +29,8 @@ instead:
 
 Precision (`--precision`, preftune.precision) is accelerate's mixed precision; with `--fsdp` the model
 is sharded as it loads (transformers' FSDP2 plan) and gradients are reduced by FSDP instead of DDP.
-Everything else — losses (`preftune.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), AdamW
-with linear decay and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the
+Everything else — losses (`preftune.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), fused
+AdamW with linear decay and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the
 TRL engine, so train, sweep, report and push cannot tell the engines apart.
 """
 
@@ -133,7 +133,9 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     _disable_dropout(model)
     module = PairLogpsModule(model, dtype=DTYPES[precision]).train()
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # fused: one kernel per step instead of several full-size temporaries (measured 0.3 s vs 0.7-0.9 s a step
+    # on SmolLM2-135M, 1 thread), and what the TRL engine's Trainer uses (adamw_torch_fused)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=True)
     plan = batches(len(packed), cfg.batch_size, cfg.epochs, job.seed)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(plan))
     if cfg.fsdp:  # sharded at load: FSDP reduces the gradients, accelerate adds autocast only (no DDP)
