@@ -105,10 +105,14 @@ def reference(job: TrainJob, packed: list[PackedPair], precision: str) -> torch.
 
 def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from transformers import get_linear_schedule_with_warmup, set_seed
 
     cfg = job.cfg
     precision = resolve(cfg.precision)
+    # each run sets its own mixed precision (a sweep, or tests, run several in one process; the Trainer
+    # resets this state too); the process group, in PartialState, stays
+    AcceleratorState._reset_state()
     # the tracker, if any, through accelerate's tracking API: started here, logged each step, ended below
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=ACCELERATE_NAMES[precision],
                               **(tracking.accelerator_args() if tracking else {}))
