@@ -103,3 +103,10 @@ def test_the_trl_engine_gets_the_precision(tiny_model, tiny_tokenizer, pairs, tm
     cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), engine="trl", precision=precision)
     args = dpo_config(TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))
     assert (args.bf16, args.fp16, args.use_cpu) == (bf16, fp16, True)
+
+
+def test_the_flag_names_match_the_dtypes():
+    from preftune.config import PRECISION_NAMES
+    from preftune.precision import DTYPES
+
+    assert PRECISION_NAMES == ("auto", *DTYPES)
