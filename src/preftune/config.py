@@ -190,8 +190,8 @@ class TrainConfig(Config):
         "~10x slower than fp32; fp16 needs a CUDA GPU.", choices=PRECISION_NAMES)
     fsdp: bool = _opt(
         False, "Shard weights, gradients and optimizer state across the processes of a torchrun launch "
-        "(FSDP2: torch's fully_shard per decoder layer, as transformers loads it), both engines; CPU (gloo) and GPU. "
-        "Not with --lora or --save-steps.")
+        "(FSDP2: torch's fully_shard per decoder layer, as transformers loads it), both engines; tested on CPU "
+        "(gloo). Not with --lora or --save-steps.")
     logging_steps: int = _opt(1, "Log metrics every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
     save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
