@@ -134,7 +134,7 @@ def child(args) -> None:
         model = load_model(args.model_path)  # loaded before the clock, as the other configs' models are
         weights_hash(args.model_path)  # hashing the weight files: once per model version, not per pair
         t0 = time.perf_counter()  # cold cache (fresh PREFTUNE_CACHE): this is the once-per-sweep cost
-        reference_logps(packed, args.model_path, lambda: model, pack_tokens=cfg.tokens_per_forward)
+        reference_logps(packed, args.model_path, lambda: model)  # packed as the engine packs (its default)
         precompute_s = time.perf_counter() - t0
         del model
         result = ENGINES["fast"](job)  # finds every reference log-prob in the cache
@@ -356,7 +356,8 @@ def main() -> None:
 
     import torch
 
-    from preftune.config import DEFAULT_MODEL, DEFAULT_PACK_TOKENS
+    from preftune.config import DEFAULT_MODEL
+    from preftune.logps import default_pack_tokens
     from preftune.models import resolve_model
 
     model_path = resolve_model(DEFAULT_MODEL).path
@@ -383,7 +384,7 @@ def main() -> None:
             "machine": {"threads": args.threads, "matmul_peak_gflops": peak, "cpus": os.cpu_count(),
                         "device": torch.cuda.get_device_name(0) if cuda else "cpu"},
             "setup": {"model": DEFAULT_MODEL, "pairs": len(lengths), "batch_size": args.batch_size,
-                      "max_length": args.max_length, "precision": "fp32", "pack_tokens": DEFAULT_PACK_TOKENS,
+                      "max_length": args.max_length, "precision": "fp32", "pack_tokens": default_pack_tokens(),
                       "real_tokens": real_tokens, "quick": args.quick,
                       "mean_prompt_tokens": sum(p for p, _, _ in lengths) / len(lengths),
                       "mean_pair_tokens": sum(p + c + r for p, c, r in lengths) / len(lengths)},

@@ -44,10 +44,10 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(args.threads)
-    from preftune.config import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_PACK_TOKENS, DataConfig
+    from preftune.config import DEFAULT_DATASET, DEFAULT_MODEL, DataConfig
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare
-    from preftune.logps import PairLogpsModule, pack_pair, pack_row, plan_rows, row_logps
+    from preftune.logps import PairLogpsModule, default_pack_tokens, pack_pair, pack_row, plan_rows, row_logps
     from preftune.losses import LOSSES
     from preftune.models import load_model, load_tokenizer, resolve_model
 
@@ -55,7 +55,7 @@ def main() -> None:
     tokenizer = load_tokenizer(path)
     pairs = fit(tokenizer, prepare(DataConfig(dataset=DEFAULT_DATASET)).train[: args.pairs], args.max_length, "bench")[0]
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-    budget = DEFAULT_PACK_TOKENS if args.pack_tokens is None else args.pack_tokens
+    budget = default_pack_tokens(args.pack_tokens)
     rows = plan_rows([len(p) for p in packed], budget)
     model = load_model(path)
     module = PairLogpsModule(model).train()

@@ -32,15 +32,16 @@ def curve(run: Path) -> list[tuple[float, float]]:
     return [(r["loss"], r["grad_norm"]) for r in map(json.loads, (run / "train_log.jsonl").open())]
 
 
-@pytest.mark.parametrize("engine", ["fast", "trl"])
-def test_fsdp_on_two_processes_follows_one_process(tiny_model, tmp_path, engine):
+@pytest.mark.parametrize("engine,extra", [("fast", ["--pack-tokens", "450"]), ("trl", [])])
+def test_fsdp_on_two_processes_follows_one_process(tiny_model, tmp_path, engine, extra):
+    """The fast engine packs pairs into rows here: ranks with fewer rows join every FSDP forward."""
     from transformers import AutoModelForCausalLM
 
     torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--standalone"]
-    sharded = preftune_train(torchrun, tiny_model, tmp_path / "fsdp", "--engine", engine, "--fsdp")
+    sharded = preftune_train(torchrun, tiny_model, tmp_path / "fsdp", "--engine", engine, "--fsdp", *extra)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "sharded across 2 processes" in sharded.stdout  # DTensor parameters seen, not assumed
-    single = preftune_train([sys.executable], tiny_model, tmp_path / "single", "--engine", engine)
+    single = preftune_train([sys.executable], tiny_model, tmp_path / "single", "--engine", engine, *extra)
     assert single.returncode == 0, single.stderr[-3000:]
 
     run, alone = tmp_path / "fsdp" / RUN, tmp_path / "single" / RUN

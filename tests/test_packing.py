@@ -130,3 +130,11 @@ def test_every_rank_knows_how_many_forwards_the_busiest_rank_runs(packed):
     assert plans[0][1] == plans[1][1] == max(len(rows) for rows, _ in plans)
     assert sorted(i for rows, _ in plans for row in rows for i in row) == batch
     assert all(sum(len(packed[i]) for i in row) <= budget for rows, _ in plans for row in rows)
+
+
+def test_one_pair_per_forward_is_the_cpu_default():
+    """Measured on CPU (bench/README.md): rows of several pairs are no faster and hold more activations."""
+    from preftune.logps import default_pack_tokens
+
+    assert default_pack_tokens() == (8192 if torch.cuda.is_available() else 0)
+    assert default_pack_tokens(1500) == 1500 and default_pack_tokens(0) == 0

@@ -36,7 +36,10 @@ COLUMN_NAMES = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_c
                 "summaries", "choice")  # preftune.data.adapters.COLUMNS (--column-map NAMEs)
 TRACKER_NAMES = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # 'none' + preftune.trackers.PACKAGES
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # 'auto' + preftune.precision.DTYPES
-DEFAULT_PACK_TOKENS = 1024  # the fast engine's tokens per forward (bench/README.md: how it was chosen)
+# The fast engine's tokens per forward when --pack-tokens is not given, by device (bench/README.md): on CPU
+# one pair per forward (measured: rows of 2-8 pairs are no faster and hold more activations); on a GPU
+# rows of several pairs, which one pair cannot fill (not measured here: no GPU was available).
+DEFAULT_PACK_TOKENS = {"cpu": 0, "cuda": 8192}
 SEED_LIMIT = 2**32  # numpy's seeds (transformers.set_seed seeds numpy too) are in [0, 2**32)
 
 
@@ -180,10 +183,11 @@ class TrainConfig(Config):
         "fast", "Training engine: 'fast' (preftune's: each prompt once, LM head on completions only, cached "
         "reference log-probs) or 'trl' (TRL's DPOTrainer, the reference implementation).", choices=ENGINE_NAMES)
     pack_tokens: int | None = _opt(
-        None, f"Fast engine: pairs are packed into forwards of at most this many tokens (each pair keeps its own "
-        f"attention and positions; a longer pair gets a forward of its own); 0: one pair per forward. More per "
-        f"forward: larger matmuls (what a GPU needs), more activation memory. Does not change the result "
-        f"(default: {DEFAULT_PACK_TOKENS}).", ge=0)
+        None, "Fast engine: pairs are packed into forwards of at most this many tokens (each pair keeps its own "
+        "attention and positions; a longer pair gets a forward of its own); 0: one pair per forward. More per "
+        "forward: larger matmuls (what a GPU needs), more activation memory. Does not change the result "
+        f"(default: {DEFAULT_PACK_TOKENS['cpu']} on CPU, where packing measured no faster; "
+        f"{DEFAULT_PACK_TOKENS['cuda']} on a GPU).", ge=0)
     precision: str = _opt(
         "auto", "Compute precision: fp32, or bf16/fp16 mixed precision (weights and optimizer stay fp32). 'auto': "
         "bf16 on a CUDA GPU that supports it, else fp32. On CPUs without bf16 units (AVX512-BF16/AMX) bf16 is "
@@ -219,11 +223,6 @@ class TrainConfig(Config):
     @property
     def run_name(self) -> str:
         return run_name(self.lr, self.batch_size, self.epochs)
-
-    @property
-    def tokens_per_forward(self) -> int:
-        """--pack-tokens, with the fast engine's default when unset."""
-        return DEFAULT_PACK_TOKENS if self.pack_tokens is None else self.pack_tokens
 
 
 # Validation metrics a leaderboard can be ranked by (higher is better); report.RANKINGS implements them.

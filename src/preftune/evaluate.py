@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 
 from preftune import run_folder
-from preftune.config import DEFAULT_PACK_TOKENS
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
-from preftune.logps import PairLogpsModule, pack_pair, pairs_logps
+from preftune.logps import PairLogpsModule, default_pack_tokens, pack_pair, pairs_logps
 from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, Run, open_run  # noqa: F401 - names judge.py reads
 from preftune.stats import by_group, length_strata
 
@@ -49,11 +48,12 @@ class PairLogps:
 def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 2) summed log-probs of (chosen, rejected) and (N, 2) completion token counts.
 
-    Each pair's prompt computed once (logps.PackedPair), several pairs per forward, no padding."""
+    Each pair's prompt computed once (logps.PackedPair), pairs packed into forwards as training packs
+    them (logps.default_pack_tokens), no padding."""
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
     module = PairLogpsModule(model).eval()
     try:
-        logps = pairs_logps(module, packed, DEFAULT_PACK_TOKENS, desc=desc)  # several pairs per forward
+        logps = pairs_logps(module, packed, default_pack_tokens(), desc=desc)  # packed as training packs
     finally:
         module.release()
     return logps.float(), torch.tensor([[p.chosen_len, p.rejected_len] for p in packed])

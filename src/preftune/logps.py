@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from preftune.config import DEFAULT_PACK_TOKENS
 from preftune.data.sequence import sequence_text
 
 
@@ -185,6 +186,13 @@ def pack_row(pairs: Sequence[PackedPair]) -> PackedRow:
     ids = torch.tensor([i for p in pairs for i in p.ids], dtype=torch.long)[None]
     positions = torch.cat([pair_positions(p.prompt_len, p.chosen_len, p.rejected_len) for p in pairs])[None]
     return PackedRow(ids, positions, tuple(spans), torch.cat(rows), torch.cat(targets), torch.cat(slots))
+
+
+def default_pack_tokens(pack_tokens: int | None = None) -> int:
+    """--pack-tokens, or this device's default (config.DEFAULT_PACK_TOKENS) when it is None."""
+    if pack_tokens is not None:
+        return pack_tokens
+    return DEFAULT_PACK_TOKENS["cuda" if torch.cuda.is_available() else "cpu"]
 
 
 def plan_rows(lengths: Sequence[int], pack_tokens: int) -> list[list[int]]:

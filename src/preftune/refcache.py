@@ -22,9 +22,8 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from preftune.config import DEFAULT_PACK_TOKENS
 from preftune.errors import PreftuneError
-from preftune.logps import PackedPair, PairLogpsModule, pairs_logps
+from preftune.logps import PackedPair, PairLogpsModule, default_pack_tokens, pairs_logps
 from preftune.models import cache_dir
 from preftune.precision import DTYPES
 
@@ -126,7 +125,7 @@ def _share_known(cache: RefLogpCache, pairs: Sequence[PackedPair], rank: int, wo
 
 
 def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable[[], torch.nn.Module], *,
-                    pack_tokens: int = DEFAULT_PACK_TOKENS, precision: str = "fp32", flush_every: int = 32,
+                    pack_tokens: int | None = None, precision: str = "fp32", flush_every: int = 32,
                     shared: bool = False) -> torch.Tensor:
     """(N, 2) reference log-probs: read from the cache, computing only what is missing.
 
@@ -155,7 +154,7 @@ def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable
     with tqdm(total=len(todo), desc="reference log-probs", unit="pair", leave=False, disable=rank != 0) as bar:
         for start in range(0, -(-len(todo) // world), flush_every):  # the same number of rounds on every rank
             part = mine[start : start + flush_every]
-            values = pairs_logps(module, part, pack_tokens).tolist() if part else []
+            values = pairs_logps(module, part, default_pack_tokens(pack_tokens)).tolist() if part else []
             done = _gather([(p.key, c, r) for p, (c, r) in zip(part, values)], world)
             cache.add(done, write=rank == 0)
             bar.update(len(done))

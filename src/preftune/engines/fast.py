@@ -46,7 +46,7 @@ from preftune import trackers
 from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, TrainJob, TrainResult, append_log,
                                    read_checkpoint_marker, write_checkpoint_marker)
 from preftune.errors import PreftuneError
-from preftune.logps import PackedPair, PairLogpsModule, pack_pair, pack_row, plan_rows, row_logps
+from preftune.logps import PackedPair, PairLogpsModule, default_pack_tokens, pack_pair, pack_row, plan_rows, row_logps
 from preftune.losses import LOSSES, is_reference_free
 from preftune.models import load_model
 from preftune.precision import ACCELERATE_NAMES, DTYPES, resolve
@@ -100,7 +100,7 @@ def reference(job: TrainJob, packed: list[PackedPair], precision: str) -> torch.
     if is_reference_free(job.cfg.loss):
         return torch.zeros(len(packed), 2)
     return reference_logps(packed, job.model_path, lambda: load_model(job.model_path),
-                           pack_tokens=job.cfg.tokens_per_forward, precision=precision, shared=True)
+                           pack_tokens=default_pack_tokens(job.cfg.pack_tokens), precision=precision, shared=True)
 
 
 def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
@@ -148,6 +148,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     else:
         module, optimizer = accelerator.prepare(module, optimizer)
     loss_fn = LOSSES[cfg.loss]
+    pack_tokens = default_pack_tokens(cfg.pack_tokens)
     done, elapsed_before = 0, 0.0
     if job.resume_from:
         done, elapsed_before = load_checkpoint(job.resume_from, accelerator.unwrap_model(module), optimizer, scheduler)
@@ -160,7 +161,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     for step, batch in enumerate(plan, start=1):
         if step <= done:  # resumed: the plan is a pure function of the seed, so skipping replays it exactly
             continue
-        rows, most = rank_rows(batch, packed, cfg.tokens_per_forward, rank, world)
+        rows, most = rank_rows(batch, packed, pack_tokens, rank, world)
         # FSDP gathers weights in every forward, so every rank runs as many as the busiest; DDP syncs only
         # in the last backward, so a rank needs one forward at least (a dummy when it has no pairs)
         forwards = most if cfg.fsdp else max(len(rows), 1)
