@@ -30,3 +30,43 @@ def test_two_processes_write_one_correct_run(tiny_model, tmp_path, engine):
     assert abs(log[0]["loss"] - 0.693147) < 1e-4
     assert json.loads((run / "eval.json").read_text())["n"] == 4
     assert done.stdout.count("evaluation on the validation split") == 1  # rank 0 alone evaluates and prints
+
+
+NO_SHARED_DISK = """
+import os, sys
+os.environ["PREFTUNE_CACHE"] = sys.argv[1] + "-rank" + os.environ["RANK"]  # each rank its own disk
+from preftune.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def test_the_reference_pass_is_shared_by_ranks_without_a_shared_disk(tiny_model, tmp_path):
+    """Two ranks, each with its own cache folder (as on two machines): they split the reference pass,
+    every rank gets every value through the process group, rank 0 alone writes them, and a second run
+    finds them all — rank 1 from rank 0's cache, through the group."""
+    wrapper = tmp_path / "no_shared_disk.py"
+    wrapper.write_text(NO_SHARED_DISK)
+    cache = tmp_path / "cache"
+
+    def run(lr: str) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone", str(wrapper),
+               str(cache), "train", "--model", str(tiny_model), "--output-dir", str(tmp_path / "runs"), "--lr", lr,
+               "--batch-size", "4", "--max-pairs", "8", "--max-eval-pairs", "4", "--max-length", "256",
+               "--fraction", "0.03", "--pack-tokens", "400", "--no-gradient-checkpointing"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    first = run("1e-2")
+    assert "reference: computing log-probs of 8 pairs once, shared by 2 processes" in first.stdout
+    written = list((tmp_path / "cache-rank0" / "ref_logps").glob("*.jsonl"))
+    lines = written[0].read_text().splitlines()
+    assert len(written) == 1 and len(lines) == 8 + 4 == len(set(lines))  # once each, by rank 0: train + eval pairs
+    assert not (tmp_path / "cache-rank1" / "ref_logps").exists()
+    log = [json.loads(line) for line in (tmp_path / "runs" / "dpo_model_lr0.01_bs4_epoch1" / "train_log.jsonl").open()]
+    # π = π_ref at step 0 on every rank's pairs: each rank got the right value for each of its pairs
+    assert log[0]["loss"] == pytest.approx(0.693147, abs=1e-5) and abs(log[0]["rewards/margins"]) < 1e-5
+
+    second = run("5e-3")
+    assert "reference: all 8 pairs' log-probs found" in second.stdout and "computing" not in second.stdout
+    assert not (tmp_path / "cache-rank1" / "ref_logps").exists()

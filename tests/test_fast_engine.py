@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import prepare
-from preftune.logps import PairLogpsModule, pack_pair, packed_pair_logps
+from preftune.logps import PairLogpsModule, pack_pair, pack_row, pairs_logps, plan_rows, row_logps
 from preftune.losses import LOSSES
 from preftune.models import load_model, load_tokenizer
 from preftune.refcache import RefLogpCache, reference_logps
@@ -66,13 +66,14 @@ def trl_side(tiny_model, ref_path, tokenizer, pairs, loss_type, tmp_path):
     return torch.stack([chosen, rejected], 1), loss.detach(), grads
 
 
-def fast_side(tiny_model, ref_path, tokenizer, pairs, loss_type):
+def fast_side(tiny_model, ref_path, tokenizer, pairs, loss_type, pack_tokens):
+    """The fast engine's numbers, its pairs packed into rows of at most `pack_tokens` (0: one per row)."""
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-    ref_module = PairLogpsModule(load_model(str(ref_path))).eval()
-    with torch.no_grad():
-        ref = torch.stack([packed_pair_logps(ref_module, p) for p in packed])
+    ref = pairs_logps(PairLogpsModule(load_model(str(ref_path))).eval(), packed, pack_tokens)
     module = PairLogpsModule(load_model(str(tiny_model))).train()
-    pol = torch.stack([packed_pair_logps(module, p) for p in packed])  # (N, 2)
+    pol = torch.zeros(len(packed), 2)
+    for row in plan_rows([len(p) for p in packed], pack_tokens):
+        pol = pol.index_put((torch.tensor(row),), row_logps(module, pack_row([packed[i] for i in row])))  # (N, 2)
     nc = torch.tensor([p.chosen_len for p in packed])
     nr = torch.tensor([p.rejected_len for p in packed])
     losses, _, _ = LOSSES[loss_type](pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1, nc, nr)
@@ -84,14 +85,16 @@ def fast_side(tiny_model, ref_path, tokenizer, pairs, loss_type):
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
 def test_parity_with_trl(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path):
     trl_logps, trl_loss, trl_grads = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path)
-    fast_logps, fast_loss, fast_grads = fast_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type)
-    assert torch.allclose(fast_logps, trl_logps, atol=1e-4, rtol=0), (fast_logps - trl_logps).abs().max()
-    assert abs(fast_loss.item() - trl_loss.item()) < 1e-4
     assert abs(trl_loss.item() - 0.6931) > 1e-3  # the perturbed reference makes this a real comparison
-    assert fast_grads.keys() == trl_grads.keys()
-    for name, g in trl_grads.items():
-        rel = (fast_grads[name] - g).norm() / g.norm().clamp(min=1e-12)
-        assert rel < 1e-3, f"{name}: relative gradient difference {rel:.2e}"
+    for pack_tokens in (0, 500, 10_000):  # one pair per forward, two, all four
+        fast_logps, fast_loss, fast_grads = fast_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type,
+                                                      pack_tokens)
+        assert torch.allclose(fast_logps, trl_logps, atol=1e-4, rtol=0), (fast_logps - trl_logps).abs().max()
+        assert abs(fast_loss.item() - trl_loss.item()) < 1e-4
+        assert fast_grads.keys() == trl_grads.keys()
+        for name, g in trl_grads.items():
+            rel = (fast_grads[name] - g).norm() / g.norm().clamp(min=1e-12)
+            assert rel < 1e-3, f"pack_tokens={pack_tokens}, {name}: relative gradient difference {rel:.2e}"
 
 
 def tiny_cfg(model, out, **kw) -> TrainConfig:
@@ -227,3 +230,28 @@ def test_the_step_log_is_strict_json(tmp_path):
     line = (tmp_path / "log.jsonl").read_text()
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {"step": 1, "loss": None,
                                                                                    "grad_norm": None}
+
+
+def test_a_reference_free_loss_skips_the_reference_pass(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
+    """A registry entry marked `reference_free` (SimPO-style; none ships yet) trains without the pass."""
+    import torch.nn.functional as F
+
+    from preftune import losses
+    from preftune.engines import ENGINES, TrainJob
+
+    def length_normalised(pc, pr, rc, rr, beta, nc, nr):  # SimPO without its margin: no π_ref anywhere
+        return -F.logsigmoid(beta * (pc / nc - pr / nr)), (beta * pc).detach(), (beta * pr).detach()
+
+    length_normalised.reference_free = True
+    monkeypatch.setitem(losses.LOSSES, "reference_free_test", length_normalised)
+    monkeypatch.setattr("preftune.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
+    cfg = tiny_cfg(tiny_model, tmp_path, evaluate=False)
+    cfg.loss = "reference_free_test"  # not a CLI name: set after the config's own checks
+    result = ENGINES["fast"](TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))
+    packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    pol = pairs_logps(PairLogpsModule(load_model(str(tiny_model))).eval(), packed, 0)  # the initial policy
+    n = torch.tensor([[p.chosen_len, p.rejected_len] for p in packed])
+    expected = length_normalised(pol[:, 0], pol[:, 1], None, None, 0.1, n[:, 0], n[:, 1])[0].mean().item()
+    assert result.steps == 1 and result.log[0]["loss"] == pytest.approx(expected, abs=1e-5)
+    assert result.log[0]["rewards/chosen"] == pytest.approx(0.1 * result.log[0]["logps/chosen"], rel=1e-5)
+    assert not losses.is_reference_free("sigmoid")

@@ -35,6 +35,11 @@ FORMAT_NAMES = ("auto", "summarize_from_feedback", "preftune_pairs", "prompt_cho
 COLUMN_NAMES = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected", "info",
                 "summaries", "choice")  # preftune.data.adapters.COLUMNS (--column-map NAMEs)
 TRACKER_NAMES = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # 'none' + preftune.trackers.PACKAGES
+PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # 'auto' + preftune.precision.DTYPES
+# The fast engine's tokens per forward when --pack-tokens is not given, by device (bench/README.md): on CPU
+# one pair per forward (measured: rows of 2-8 pairs are no faster and hold more activations); on a GPU
+# rows of several pairs, which one pair cannot fill (not measured here: no GPU was available).
+DEFAULT_PACK_TOKENS = {"cpu": 0, "cuda": 8192}
 SEED_LIMIT = 2**32  # numpy's seeds (transformers.set_seed seeds numpy too) are in [0, 2**32)
 
 
@@ -177,6 +182,20 @@ class TrainConfig(Config):
     engine: str = _opt(
         "fast", "Training engine: 'fast' (preftune's: each prompt once, LM head on completions only, cached "
         "reference log-probs) or 'trl' (TRL's DPOTrainer, the reference implementation).", choices=ENGINE_NAMES)
+    pack_tokens: int | None = _opt(
+        None, "Fast engine: pairs are packed into forwards of at most this many tokens (each pair keeps its own "
+        "attention and positions; a longer pair gets a forward of its own); 0: one pair per forward. More per "
+        "forward: larger matmuls (what a GPU needs), more activation memory. Does not change the result "
+        f"(default: {DEFAULT_PACK_TOKENS['cpu']} on CPU, where packing measured no faster; "
+        f"{DEFAULT_PACK_TOKENS['cuda']} on a GPU).", ge=0)
+    precision: str = _opt(
+        "auto", "Compute precision: fp32, or bf16/fp16 mixed precision (weights and optimizer stay fp32). 'auto': "
+        "bf16 on a CUDA GPU that supports it, else fp32. On CPUs without bf16 units (AVX512-BF16/AMX) bf16 is "
+        "~10x slower than fp32; fp16 needs a CUDA GPU.", choices=PRECISION_NAMES)
+    fsdp: bool = _opt(
+        False, "Shard weights, gradients and optimizer state across the processes of a torchrun launch "
+        "(FSDP2: torch's fully_shard per decoder layer, as transformers loads it), both engines; tested on CPU "
+        "(gloo). Not with --lora or --save-steps.")
     logging_steps: int = _opt(1, "Log metrics every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
     save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
@@ -191,6 +210,15 @@ class TrainConfig(Config):
         if not [m for m in self.lora_targets.split(",") if m.strip()]:
             raise PreftuneError(f"--lora-targets names no module, got '{self.lora_targets}' "
                                 "(e.g. q_proj,k_proj,v_proj,o_proj)")
+        if self.pack_tokens is not None and self.engine != "fast":
+            raise PreftuneError(f"--pack-tokens applies to the fast engine only (TRL pads its own batches), "
+                                f"got --engine {self.engine}")
+        if self.fsdp and self.save_steps:
+            raise PreftuneError("--save-steps with --fsdp: checkpoints of a sharded model are not supported yet; "
+                                "drop --save-steps (the finished model is saved whole) or --fsdp")
+        if self.fsdp and self.lora:
+            raise PreftuneError("--fsdp shards full weights; with --lora the trainable adapters are small: "
+                                "drop --fsdp (plain data parallel) or --lora")
 
     @property
     def run_name(self) -> str:

@@ -22,12 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from preftune import run_folder
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
-from preftune.logps import PairLogpsModule, pack_pair, packed_pair_logps
+from preftune.logps import PairLogpsModule, default_pack_tokens, pack_pair, pairs_logps
 from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, Run, open_run  # noqa: F401 - names judge.py reads
 from preftune.stats import by_group, length_strata
 
@@ -49,11 +48,14 @@ class PairLogps:
 def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 2) summed log-probs of (chosen, rejected) and (N, 2) completion token counts.
 
-    One packed row per pair (the prompt computed once, see logps.PackedPair), no padding."""
+    Each pair's prompt computed once (logps.PackedPair), pairs packed into forwards as training packs
+    them (logps.default_pack_tokens), no padding."""
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
     module = PairLogpsModule(model).eval()
-    with torch.no_grad():
-        logps = torch.stack([packed_pair_logps(module, p) for p in tqdm(packed, desc=desc, unit="pair", leave=False)])
+    try:
+        logps = pairs_logps(module, packed, default_pack_tokens(), desc=desc)  # packed as training packs
+    finally:
+        module.release()
     return logps.float(), torch.tensor([[p.chosen_len, p.rejected_len] for p in packed])
 
 

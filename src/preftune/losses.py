@@ -52,9 +52,16 @@ def ipo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Te
 
 
 # name → loss. A sweep's `loss` axis and --loss are validated against this registry, and the TRL
-# engine passes the same name to TRL's `loss_type` (all three names mean the same thing there).
+# engine passes the same name to TRL's `loss_type` (all three names mean the same thing there). A loss
+# that ignores the reference (SimPO-style) says so with a `reference_free = True` attribute: the fast
+# engine then skips the reference pass (`is_reference_free`).
 LOSSES: dict[str, LossFn] = {
     "sigmoid": sigmoid_loss,
     "hinge": hinge_loss,
     "ipo": ipo_loss,
 }
+
+
+def is_reference_free(name: str) -> bool:
+    """Whether the registered loss `name` ignores π_ref, so no reference log-probs need computing."""
+    return bool(getattr(LOSSES[name], "reference_free", False))

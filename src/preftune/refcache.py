@@ -6,8 +6,8 @@ truncation). The cache is keyed by exactly those: a hash of the weight files, an
 `PackedPair.key`. Every run of a sweep, every re-run, and evaluation share it; any change to an
 input changes a key, so a stale value is never read.
 
-Layout: $PREFTUNE_CACHE/ref_logps/<weights hash>.jsonl, one {"key", "chosen", "rejected"} per line,
-appended under a file lock (several processes may fill it).
+Layout: $PREFTUNE_CACHE/ref_logps/<weights hash>[-<precision>].jsonl, one {"key", "chosen", "rejected"}
+per line, appended under a file lock (several runs may fill it at once).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from preftune.errors import PreftuneError
-from preftune.logps import PackedPair, PairLogpsModule, packed_pair_logps
+from preftune.logps import PackedPair, PairLogpsModule, default_pack_tokens, pairs_logps
 from preftune.models import cache_dir
+from preftune.precision import DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,12 @@ def _entry(line: str) -> tuple[str, tuple[float, float]] | None:
 
 
 class RefLogpCache:
-    def __init__(self, model_path: str, root: Path | None = None):
-        self.path = (root or cache_dir() / "ref_logps") / f"{weights_hash(model_path)[:32]}.jsonl"
+    """One reference's cached log-probs. fp32 values live in <weights hash>.jsonl (the name earlier
+    versions used); other precisions in <weights hash>-<precision>.jsonl, never mixed with them."""
+
+    def __init__(self, model_path: str, root: Path | None = None, precision: str = "fp32"):
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        self.path = (root or cache_dir() / "ref_logps") / f"{weights_hash(model_path)[:32]}{suffix}.jsonl"
         self.values: dict[str, tuple[float, float]] = {}
         if self.path.is_file():
             with open(self.path, encoding="utf-8", errors="replace") as fh:
@@ -85,36 +90,74 @@ class RefLogpCache:
                 todo.append(p)
         return todo
 
-    def add(self, items: list[tuple[str, float, float]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.path.with_suffix(".lock")), open(self.path, "a", encoding="utf-8") as fh:
-            for key, c, r in items:
-                fh.write(json.dumps({"key": key, "chosen": c, "rejected": r}) + "\n")
-                self.values[key] = (c, r)
+    def add(self, items: list[tuple[str, float, float]], write: bool = True) -> None:
+        """Remember values; `write`: also append them to the file (one writer per process group)."""
+        if write and items:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(self.path.with_suffix(".lock")), open(self.path, "a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({"key": key, "chosen": c, "rejected": r}) + "\n" for key, c, r in items)
+        for key, c, r in items:
+            self.values[key] = (c, r)
 
     def get(self, pairs: Sequence[PackedPair]) -> torch.Tensor:
         """(N, 2) log π_ref of (chosen, rejected) for pairs already in the cache."""
         return torch.tensor([self.values[p.key] for p in pairs], dtype=torch.float32)
 
 
-def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable[[], torch.nn.Module],
-                    flush_every: int = 32) -> torch.Tensor:
-    """(N, 2) reference log-probs: read from the cache, computing (and saving) only what is missing.
-    `load` is called only when something is missing, so a warm cache never loads the reference."""
-    cache = RefLogpCache(model_path)
-    todo = cache.missing(pairs)
-    if todo:
-        logger.info(f"reference: computing log-probs of {len(todo):,} pairs once (cached in {cache.path})")
-        module = PairLogpsModule(load()).eval()
-        batch: list[tuple[str, float, float]] = []
-        with torch.no_grad():
-            for p in tqdm(todo, desc="reference log-probs", unit="pair", leave=False):
-                c, r = packed_pair_logps(module, p).tolist()
-                batch.append((p.key, c, r))
-                if len(batch) >= flush_every:  # saved as it goes: an interrupted precompute is not lost
-                    cache.add(batch)
-                    batch = []
-        cache.add(batch)
-    else:
+def _gather(items: list, world: int) -> list:
+    """Every rank's list, concatenated, on every rank."""
+    if world == 1:
+        return list(items)
+    import torch.distributed as dist
+
+    lists: list = [None] * world
+    dist.all_gather_object(lists, items)
+    return [item for part in lists for item in part]
+
+
+def _share_known(cache: RefLogpCache, pairs: Sequence[PackedPair], rank: int, world: int) -> None:
+    """Values one rank has cached and another lacks travel through the process group (ranks on
+    machines without a shared filesystem read different caches); after this every rank misses the
+    same pairs. Rank 0 appends what it lacked to its file."""
+    wanted = set(_gather([p.key for p in cache.missing(pairs)], world))
+    offered = _gather([(k, *cache.values[k]) for k in sorted(wanted) if k in cache.values], world)
+    cache.add(list({k: (k, c, r) for k, c, r in offered if k not in cache.values}.values()), write=rank == 0)
+
+
+def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable[[], torch.nn.Module], *,
+                    pack_tokens: int | None = None, precision: str = "fp32", flush_every: int = 32,
+                    shared: bool = False) -> torch.Tensor:
+    """(N, 2) reference log-probs: read from the cache, computing only what is missing.
+
+    `load` is called only when this process has something to compute, so a warm cache never loads the
+    reference. `shared`: every rank of the process group calls this together (the engines' pass;
+    evaluation runs on rank 0 alone). Then what some rank has cached reaches the others through the group;
+    every rank computes its share of what none has (`pack_tokens` per forward, as training does); the
+    values are gathered to every rank after each round of `flush_every` pairs per rank; and rank 0
+    alone appends them to its cache file. An interrupted pass keeps its finished rounds, and no rank
+    needs another machine's disk."""
+    from preftune.launch import group_world
+
+    rank, world = group_world() if shared else (0, 1)
+    cache = RefLogpCache(model_path, precision=precision)
+    if world > 1:
+        _share_known(cache, pairs, rank, world)
+    todo = cache.missing(pairs)  # the same list on every rank
+    if not todo:
         logger.info(f"reference: all {len(pairs):,} pairs' log-probs found in {cache.path}")
+        return cache.get(pairs)
+    logger.info(f"reference: computing log-probs of {len(todo):,} pairs once"
+                + (f", shared by {world} processes" if world > 1 else "") + f" (cached in {cache.path})")
+    todo.sort(key=len, reverse=True)  # strided shares of a length-sorted list: every rank gets a similar load
+    mine = todo[rank::world]
+    module = PairLogpsModule(load(), dtype=DTYPES[precision]).eval() if mine else None
+    with tqdm(total=len(todo), desc="reference log-probs", unit="pair", leave=False, disable=rank != 0) as bar:
+        for start in range(0, -(-len(todo) // world), flush_every):  # the same number of rounds on every rank
+            part = mine[start : start + flush_every]
+            values = pairs_logps(module, part, default_pack_tokens(pack_tokens)).tolist() if part else []
+            done = _gather([(p.key, c, r) for p, (c, r) in zip(part, values)], world)
+            cache.add(done, write=rank == 0)
+            bar.update(len(done))
+    if module is not None:
+        module.release()
     return cache.get(pairs)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,16 +30,13 @@ from preftune.data.prepare import Pair, prepare
 from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoint, read_checkpoint_marker
 from preftune.errors import PreftuneError
 from preftune.evaluate import evaluate_pairs, format_table
+from preftune.launch import check_launch
 from preftune.logps import tokenize_completion
 from preftune.models import ResolvedModel, load_tokenizer, resolve_model
+from preftune.precision import resolve as resolve_precision
 from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, METRICS_FILE, TEST_PAIRS_FILE, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) from the launcher's environment (torchrun and accelerate set these)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def per_device_batch(cfg: TrainConfig, world_size: int) -> int:
@@ -98,10 +94,10 @@ def train(data_cfg: DataConfig, cfg: TrainConfig) -> Path:
     return run(prepare_run_data(data_cfg, cfg), cfg)
 
 
-# Settings that change neither the result of training (gradient checkpointing: only its memory and time)
+# Settings that change neither the result of training (gradient checkpointing, packing: only its memory and time)
 # nor the evaluation of a run.
 NOT_IN_SPEC = ("output_dir", "overwrite", "logging_steps", "save_steps", "gradient_checkpointing", "report_to",
-               "tracker_project")
+               "tracker_project", "pack_tokens")
 # ... and those that change only the evaluation, which a resumed run redoes anyway.
 EVAL_ONLY = ("evaluate", "max_eval_pairs")
 
@@ -169,7 +165,10 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
 
     `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
     interrupted run of the same settings is resumed from its last complete checkpoint."""
-    rank, world_size = world()
+    rank, world_size = check_launch()  # the processes form one group, or a one-line error before any work
+    resolve_precision(cfg.precision)  # a precision this machine cannot run, likewise
+    if cfg.fsdp and world_size < 2:
+        raise PreftuneError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node N")
     per_device = per_device_batch(cfg, world_size)
     name = name or cfg.run_name
     root = Path(cfg.output_dir)

@@ -4,28 +4,34 @@ Where TRL's time goes on CPU (measured in bench/results/dpo_throughput.md), and 
 instead:
 
 1. **Each prompt once.** TRL runs prompt+chosen and prompt+rejected as two sequences, so the prompt
-   (~93% of TL;DR tokens) is computed twice. Here a pair is ONE packed row
-   `[prompt | chosen | rejected]` with position ids `0..P+C-1, P..P+R-1` and an attention mask in
-   which rejected tokens see the prompt but not the chosen tokens (`logps.packed_inputs`). Every
-   token then sees exactly the context it has in TRL's layout, so log-probs are the same up to
-   float rounding, and gradients from both completions flow into the one copy of the prompt's
-   activations. We chose a packed row over KV-cache reuse because it is one ordinary forward and
-   backward — DDP/FSDP, LoRA and activation checkpointing work unchanged, and nothing depends on
-   cache internals that move between transformers releases.
-2. **LM head only where it counts.** The decoder's hidden states go through the 49k-vocab head at
+   (~93% of TL;DR tokens) is computed twice. Here a pair is ONE segment `[prompt | chosen | rejected]`
+   with position ids `0..P+C-1, P..P+R-1` in which rejected tokens see the prompt but not the chosen
+   tokens (`logps.pair_allowed`). Every token then sees exactly the context it has in TRL's layout, so
+   log-probs are the same up to float rounding, and gradients from both completions flow into the one
+   copy of the prompt's activations. We chose this over KV-cache reuse because it is one ordinary
+   forward and backward — DDP/FSDP, LoRA and activation checkpointing work unchanged, and nothing
+   depends on cache internals that move between transformers releases.
+2. **Several pairs per forward, no padding.** Pairs are packed into rows of at most `--pack-tokens`
+   tokens (`logps.plan_rows`; by default one pair per row on CPU, where larger rows measured no
+   faster, and 8192 tokens on a GPU); positions restart per pair and each pair gets its own attention
+   (`logps.pair_attention`: a causal SDPA over prompt + chosen, a small masked one for the rejected
+   tokens), so nothing is computed across pairs or on padding. Gradients accumulate over the rows of a
+   batch, so the loss (the mean over the batch's pairs) and the update equal a batched step's.
+3. **LM head only where it counts.** The decoder's hidden states go through the 49k-vocab head at
    the C+R completion positions only, and log-probs are `logit[target] − logsumexp(logits)` with
    no (T, V) log-softmax: TRL's head over every prompt and pad position dominated its step time
    and set its peak memory.
-3. **No padding.** Each pair is its own row, one pair per forward; gradients accumulate over the
-   pairs of a batch, so the loss and the update equal a batched step's exactly and no FLOP is spent on
-   padding. At ~470 tokens a row, the matmuls stay large enough to run near the machine's peak.
 4. **Reference once per sweep.** log π_ref of every pair is read from the on-disk cache
-   (`refcache.py`) or computed once, before training, with the reference freed afterwards: the
-   reference never occupies memory during training, and other runs and re-runs reuse the values.
-   With LoRA the reference is the base model, whose weights are the same files.
+   (`refcache.py`) or computed once before training — every rank its share, packed like training,
+   the values gathered to all ranks — with the reference freed afterwards: the reference never
+   occupies memory during training, and other runs and re-runs reuse the values. With LoRA the
+   reference is the base model, whose weights are the same files. Reference-free losses (a registry
+   entry with `reference_free = True`) skip the pass.
 
-Everything else — losses (`preftune.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), AdamW
-with linear decay and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the
+Precision (`--precision`, preftune.precision) is accelerate's mixed precision; with `--fsdp` the model
+is sharded as it loads (transformers' FSDP2 plan) and gradients are reduced by FSDP instead of DDP.
+Everything else — losses (`preftune.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), fused
+AdamW with linear decay and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the
 TRL engine, so train, sweep, report and push cannot tell the engines apart.
 """
 
@@ -41,9 +47,10 @@ from preftune import trackers
 from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, TrainJob, TrainResult, append_log,
                                    read_checkpoint_marker, write_checkpoint_marker)
 from preftune.errors import PreftuneError
-from preftune.logps import PackedPair, PairLogpsModule, pack_pair, packed_pair_logps
-from preftune.losses import LOSSES
+from preftune.logps import PackedPair, PairLogpsModule, default_pack_tokens, pack_pair, pack_row, plan_rows, row_logps
+from preftune.losses import LOSSES, is_reference_free
 from preftune.models import load_model
+from preftune.precision import ACCELERATE_NAMES, DTYPES, resolve
 from preftune.refcache import reference_logps
 
 MAX_GRAD_NORM = 1.0  # HF Trainer's default, which the TRL engine uses
@@ -57,6 +64,17 @@ def batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
         order = torch.randperm(n, generator=gen).tolist()
         steps += [order[i : i + batch_size] for i in range(0, n, batch_size)]
     return steps
+
+
+def rank_rows(batch: list[int], packed: list[PackedPair], pack_tokens: int, rank: int, world: int
+              ) -> tuple[list[list[int]], int]:
+    """This rank's rows of the step (lists of pair indices) and the most rows any rank has: a pure
+    function of the batch, so every rank knows every rank's count without communicating."""
+    def rows_of(r: int) -> list[list[int]]:
+        share = batch[r::world]
+        return [[share[i] for i in row] for row in plan_rows([len(packed[i]) for i in share], pack_tokens)]
+
+    return rows_of(rank), max(len(rows_of(r)) for r in range(world))
 
 
 def step_metrics(pol: torch.Tensor, ref: torch.Tensor, losses: torch.Tensor, beta: float) -> dict:
@@ -78,24 +96,37 @@ def train(job: TrainJob) -> TrainResult:
         return _train(job, tracking)
 
 
+def reference(job: TrainJob, packed: list[PackedPair], precision: str) -> torch.Tensor:
+    """(N, 2) log π_ref of the training pairs, shared by all ranks; zeros for a reference-free loss."""
+    if is_reference_free(job.cfg.loss):
+        return torch.zeros(len(packed), 2)
+    return reference_logps(packed, job.model_path, lambda: load_model(job.model_path),
+                           pack_tokens=default_pack_tokens(job.cfg.pack_tokens), precision=precision, shared=True)
+
+
 def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from transformers import get_linear_schedule_with_warmup, set_seed
 
     cfg = job.cfg
+    precision = resolve(cfg.precision)
+    # each run sets its own mixed precision (a sweep, or tests, run several in one process; the Trainer
+    # resets this state too); the process group, in PartialState, stays
+    AcceleratorState._reset_state()
     # the tracker, if any, through accelerate's tracking API: started here, logged each step, ended below
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **(tracking.accelerator_args() if tracking else {}))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=ACCELERATE_NAMES[precision],
+                              **(tracking.accelerator_args() if tracking else {}))
     if tracking:
         accelerator.init_trackers(**tracking.init_trackers_args())
     rank, world = accelerator.process_index, accelerator.num_processes
     packed = [pack_pair(job.tokenizer, p.prompt, p.chosen, p.rejected) for p in job.pairs]
 
     # 1. reference log-probs first (from the cache when warm), so the reference is gone before training
-    with accelerator.main_process_first():  # rank 0 fills the cache; the others then read it
-        ref = reference_logps(packed, job.model_path, lambda: load_model(job.model_path))
+    ref = reference(job, packed, precision)
 
     set_seed(job.seed)
-    model = load_model(job.model_path)
+    model = load_model(job.model_path, fsdp=cfg.fsdp)
     if cfg.lora:
         from peft import get_peft_model
 
@@ -105,13 +136,20 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     _disable_dropout(model)
-    module = PairLogpsModule(model).train()
+    module = PairLogpsModule(model, dtype=DTYPES[precision]).train()
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # fused: one kernel per step instead of several full-size temporaries (measured 0.3 s vs 0.7-0.9 s a step
+    # on SmolLM2-135M, 1 thread), and what the TRL engine's Trainer uses (adamw_torch_fused)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=True)
     plan = batches(len(packed), cfg.batch_size, cfg.epochs, job.seed)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(plan))
-    module, optimizer = accelerator.prepare(module, optimizer)
+    if cfg.fsdp:  # sharded at load: FSDP reduces the gradients, accelerate adds autocast only (no DDP)
+        module = accelerator.prepare_model(module, device_placement=False, evaluation_mode=True)
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(module, optimizer)
     loss_fn = LOSSES[cfg.loss]
+    pack_tokens = default_pack_tokens(cfg.pack_tokens)
     done, elapsed_before = 0, 0.0
     if job.resume_from:
         done, elapsed_before = load_checkpoint(job.resume_from, accelerator.unwrap_model(module), optimizer, scheduler)
@@ -124,27 +162,30 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     for step, batch in enumerate(plan, start=1):
         if step <= done:  # resumed: the plan is a pure function of the seed, so skipping replays it exactly
             continue
-        mine = batch[rank::world]  # this process's share of the global batch
-        pol_rows, losses = [], []
-        for i, idx in enumerate(mine):
-            sync = i == len(mine) - 1
-            with accelerator.no_sync(module) if not sync else contextlib.nullcontext():  # all-reduce once a step
-                pol = packed_pair_logps(module, packed[idx])  # (2,)
-                loss = _pair_loss(loss_fn, pol, ref[idx], cfg.beta, packed[idx])
-                accelerator.backward(loss * world / len(batch))  # DDP averages over ranks → mean over the batch
-            pol_rows.append(pol.detach())
-            losses.append(loss.detach())
-        if not mine:  # a short last batch can leave a rank without pairs: it still joins the gradient
-            pol = packed_pair_logps(module, packed[batch[0]])  # all-reduce, contributing zeros
-            accelerator.backward(pol.sum() * 0.0)
+        rows, most = rank_rows(batch, packed, pack_tokens, rank, world)
+        # FSDP gathers weights in every forward, so every rank runs as many as the busiest; DDP syncs only
+        # in the last backward, so a rank needs one forward at least (a dummy when it has no pairs)
+        forwards = most if cfg.fsdp else max(len(rows), 1)
+        pol_rows, loss_rows, mine = [], [], []
+        for i in range(forwards):
+            with _sync(accelerator, module, model, cfg.fsdp, sync=i == forwards - 1):  # reduce grads once a step
+                if i < len(rows):
+                    pol = row_logps(module, pack_row([packed[j] for j in rows[i]]))  # (k, 2)
+                    losses = _losses(loss_fn, pol, ref[rows[i]].to(pol.device), cfg.beta, [packed[j] for j in rows[i]])
+                    accelerator.backward(losses.sum() * world / len(batch))  # ranks averaged → mean over the batch
+                    pol_rows.append(pol.detach().float().cpu())
+                    loss_rows.append(losses.detach().float().cpu())
+                    mine += rows[i]
+                else:  # no pairs left here: join the collectives, contributing zero gradients
+                    accelerator.backward(row_logps(module, pack_row([packed[batch[0]]])).sum() * 0.0)
         grad_norm = accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        pol_t = torch.stack(pol_rows) if pol_rows else torch.zeros(0, 2)
-        sums = step_metrics(pol_t, ref[mine], torch.stack(losses) if losses else torch.zeros(0), cfg.beta)
+        pol_t = torch.cat(pol_rows) if pol_rows else torch.zeros(0, 2)
+        sums = step_metrics(pol_t, ref[mine], torch.cat(loss_rows) if loss_rows else torch.zeros(0), cfg.beta)
         for k, v in sums.items():
             window[k] = window.get(k, torch.tensor(0.0)) + v
         counted += len(batch)
@@ -152,7 +193,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         if step % cfg.logging_steps == 0 or step == len(plan):
             reduced = {k: accelerator.reduce(v.to(accelerator.device), "sum").item() / counted for k, v in window.items()}
             record = {"step": step, "epoch": step / len(plan) * cfg.epochs, **reduced,
-                      "grad_norm": float(grad_norm), "learning_rate": lr}
+                      "grad_norm": _scalar(grad_norm), "learning_rate": lr}
             window, counted = {}, 0
             if accelerator.is_main_process:
                 records.append(record)
@@ -170,13 +211,36 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         tracker.finish()                  # also destroy the process group train.run still needs
 
     accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(module).model
-    if accelerator.is_main_process:
+    trained = accelerator.unwrap_model(module).release()
+    return TrainResult(_save(trained, job, accelerator.is_main_process), len(plan), runtime, records)
+
+
+def _save(trained, job: TrainJob, main: bool):
+    """Write the trained model into the run folder; returns the model rank 0 evaluates. A sharded model
+    is gathered by save_pretrained on every rank, and rank 0 reloads the saved copy whole."""
+    cfg = job.cfg
+    if cfg.fsdp:
+        trained.save_pretrained(job.out_dir, is_main_process=main)
+        return load_model(str(job.out_dir)) if main else None
+    if main:
         if cfg.lora:
             trained.save_pretrained(job.out_dir / "adapter")
             trained = trained.merge_and_unload()
         trained.save_pretrained(job.out_dir)
-    return TrainResult(trained, len(plan), runtime, records)
+    return trained
+
+
+def _sync(accelerator, module, model, fsdp: bool, sync: bool):
+    """Gradient reduction on this backward or not: DDP's no_sync, FSDP2's requires_gradient_sync."""
+    if fsdp:
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if sync else accelerator.no_sync(module)
+
+
+def _scalar(x) -> float:
+    """A float from a tensor, a DTensor (FSDP's gradient norm) or a number."""
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
 
 def save_checkpoint(out_dir, step: int, elapsed_s: float, module, optimizer, scheduler, keep: int = 2) -> None:
@@ -218,10 +282,12 @@ def load_checkpoint(folder, module, optimizer, scheduler) -> tuple[int, float]:
     return marker["step"], marker["elapsed_s"]
 
 
-def _pair_loss(loss_fn, pol: torch.Tensor, ref: torch.Tensor, beta: float, p: PackedPair) -> torch.Tensor:
-    losses, _, _ = loss_fn(pol[0:1], pol[1:2], ref[0:1], ref[1:2], beta,
-                           torch.tensor([p.chosen_len]), torch.tensor([p.rejected_len]))
-    return losses[0]
+def _losses(loss_fn, pol: torch.Tensor, ref: torch.Tensor, beta: float, pairs: list[PackedPair]) -> torch.Tensor:
+    """(k,) per-pair losses of a row's pairs."""
+    nc = torch.tensor([p.chosen_len for p in pairs], device=pol.device)
+    nr = torch.tensor([p.rejected_len for p in pairs], device=pol.device)
+    losses, _, _ = loss_fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], beta, nc, nr)
+    return losses
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -229,5 +295,3 @@ def _disable_dropout(model: torch.nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-
-

@@ -1,7 +1,7 @@
 """The reference engine: TRL's DPOTrainer behind preftune's `train(job)` interface.
 
 Traps handled here (measured, see docs): DPOConfig defaults to bf16, which runs ~10× slower on CPUs
-without AMX, so bf16 is off on CPU; pairs arrive already fitted to max_length (TRL would cut the
+without bf16 units, so bf16/fp16 follow --precision (fp32 on CPU by default); pairs arrive already fitted to max_length (TRL would cut the
 summary's end or drop the pair); the prompt column is always passed; the reference is the initial
 policy (TRL reloads it from the same folder, or disables the LoRA adapter). Checkpoints are the
 Trainer's own (model, optimizer, scheduler, RNG states, trainer_state.json), marked complete by
@@ -21,6 +21,7 @@ from preftune import trackers
 from preftune.engines.base import (CHECKPOINTS_DIR, TrainJob, TrainResult, append_log, read_checkpoint_marker,
                                    write_checkpoint_marker)
 from preftune.models import load_model
+from preftune.precision import resolve
 
 
 class JsonlLogger(TrainerCallback):
@@ -67,6 +68,7 @@ def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
 
     cfg = job.cfg
     on_gpu = torch.cuda.is_available()
+    precision = resolve(cfg.precision)  # never DPOConfig's bf16 default: ~10x slower on CPUs without bf16 units
     return DPOConfig(
         output_dir=str(job.out_dir / CHECKPOINTS_DIR),
         learning_rate=cfg.lr,
@@ -77,7 +79,8 @@ def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
         loss_type=[cfg.loss],
         max_length=cfg.max_length,
         activation_checkpointing=cfg.gradient_checkpointing is not False,  # None: on (TRL's memory default)
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=not on_gpu,
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no",
@@ -110,7 +113,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     from trl import DPOTrainer
 
     set_seed(job.seed)  # before the model and the LoRA init
-    model = load_model(job.model_path)
+    model = load_model(job.model_path, fsdp=job.cfg.fsdp)  # sharded as it loads: the Trainer adds no DDP then
     rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in job.pairs]
     step_log = JsonlLogger(job.log_path)
     before = read_checkpoint_marker(job.resume_from)["elapsed_s"] if job.resume_from else 0.0
@@ -138,4 +141,6 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
             trained.save_pretrained(job.out_dir)
     else:
         trainer.save_model(str(job.out_dir))  # every rank calls it (FSDP/DeepSpeed gather); rank 0 writes
+        if job.cfg.fsdp:  # rank 0 evaluates alone: the saved model, whole, not its shard
+            trained = load_model(str(job.out_dir)) if trainer.is_world_process_zero() else None
     return TrainResult(trained, output.global_step, runtime, step_log.records)

@@ -1,0 +1,46 @@
+"""--precision: what the engines compute in, checked against what this machine can run.
+
+Weights and optimizer state stay fp32 in every mode; bf16/fp16 are mixed precision (autocast), as
+accelerate (fast engine) and the HF Trainer (TRL engine, `bf16=`/`fp16=`) implement them. Masks
+built by preftune are in the compute dtype (`DTYPES`), so no kernel meets a float32 mask next to
+bf16 queries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from preftune.errors import PreftuneError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ACCELERATE_NAMES = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # accelerate's `mixed_precision`
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 units (AVX512-BF16 or AMX); without them bf16 is emulated, ~10× slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve(precision: str, cuda: bool | None = None) -> str:
+    """'auto' → bf16 on a CUDA GPU that has it, else fp32. A precision this machine cannot run is a
+    PreftuneError; bf16 on a CPU without bf16 units runs, with a warning."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    bf16_gpu = cuda and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if bf16_gpu else "fp32"
+    if precision not in DTYPES:
+        raise PreftuneError(f"unknown --precision '{precision}'; choose one of: auto, {', '.join(DTYPES)}")
+    if precision == "fp16" and not cuda:
+        raise PreftuneError("--precision fp16 needs a CUDA GPU: on CPU accelerate and the Trainer do not run fp16 "
+                            "mixed precision (they would silently train in fp32); use --precision bf16 or fp32")
+    if precision == "bf16" and cuda and not bf16_gpu:
+        raise PreftuneError("--precision bf16: this GPU has no bf16 support; use --precision fp16 or fp32")
+    if precision == "bf16" and not cuda and not cpu_has_bf16():
+        logger.warning("warning: --precision bf16 on a CPU without bf16 units (AVX512-BF16/AMX) runs ~10x slower "
+                       "than fp32")
+    return precision

@@ -1,0 +1,112 @@
+"""--precision on CPU: how it resolves, what is refused and why, masks and attention in the compute dtype,
+a bf16 run that trains, and what the TRL engine is handed."""
+
+import json
+
+import pytest
+import torch
+
+from preftune.config import DataConfig, TrainConfig
+from preftune.data.fit import fit
+from preftune.data.prepare import prepare
+from preftune.engines import ENGINES, TrainJob
+from preftune.errors import PreftuneError
+from preftune.logps import PAIR_ATTENTION, PairLogpsModule, additive_mask, pack_pair, pack_row, row_logps
+from preftune.models import load_model
+from preftune.precision import resolve
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_tokenizer):
+    return fit(tiny_tokenizer, prepare(DataConfig(fraction=0.03, seed=3)).train[:4], 256, "train")[0]
+
+
+@pytest.mark.parametrize("precision,expected", [("auto", "fp32"), ("fp32", "fp32"), ("bf16", "bf16")])
+def test_precision_on_cpu(precision, expected):
+    assert resolve(precision, cuda=False) == expected
+
+
+def test_fp16_on_cpu_is_refused_with_the_reason():
+    with pytest.raises(PreftuneError, match="--precision fp16 needs a CUDA GPU: on CPU accelerate and the Trainer "
+                                            "do not run fp16 mixed precision"):
+        resolve("fp16", cuda=False)
+
+
+def test_fp16_on_cpu_stops_train_before_any_work(tiny_model, tmp_path, capsys):
+    from preftune.cli import main
+
+    code = main(["train", "--model", str(tiny_model), "--output-dir", str(tmp_path / "runs"), "--max-pairs", "4",
+                 "--fraction", "0.03", "--precision", "fp16"])
+    assert code == 2 and "preftune: error: --precision fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").glob("*"))
+
+
+def test_help_says_what_bf16_costs_on_cpu():
+    help_text = TrainConfig.__dataclass_fields__["precision"].metadata["help"]
+    assert "~10x slower" in help_text and "fp16 needs a CUDA GPU" in help_text
+
+
+def bf16_step(tiny_model, tokenizer, pairs, out):
+    cfg = TrainConfig(output_dir=str(out), model=str(tiny_model), lr=1e-2, batch_size=4, max_length=256,
+                      precision="bf16")
+    out.mkdir(parents=True)
+    return ENGINES["fast"](TrainJob(str(tiny_model), tokenizer, pairs, cfg, 0, out, 4, out / "log.jsonl"))
+
+
+def test_a_bf16_run_trains_and_its_masks_are_bf16(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
+    """The block-diagonal mask path (models without transformers' attention registry) builds its masks in
+    the compute dtype: a float32 mask beside bf16 queries is what SDPA rejects."""
+    import preftune.logps as logps
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(logps, "supports_pair_attention", lambda model: False)
+    dtypes = []
+    monkeypatch.setattr(logps, "additive_mask", lambda allowed, dtype: dtypes.append(dtype) or additive_mask(allowed, dtype))
+    result = bf16_step(tiny_model, tiny_tokenizer, pairs, tmp_path / "run")
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert result.log[0]["loss"] == pytest.approx(0.693147, abs=1e-3)  # π = π_ref, both in bf16
+    assert json.loads(json.dumps(result.log[0]))["grad_norm"] > 0
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert all(after[k].dtype == torch.float32 for k in after)  # mixed precision: fp32 weights
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert list((tmp_path / "cache" / "ref_logps").glob("*-bf16.jsonl"))  # never mixed with fp32 values
+
+
+def test_the_per_pair_attention_runs_in_bf16(tiny_model, tiny_tokenizer, pairs):
+    from transformers import AttentionInterface
+
+    import preftune.logps as logps
+
+    seen = []
+
+    def spy(module, query, key, value, mask, **kwargs):
+        out, weights = logps.pair_attention(module, query, key, value, mask, **kwargs)
+        seen.append((value.dtype, out.dtype))  # q and k come out of RoPE in fp32; SDPA's autocast runs them in bf16
+        return out, weights
+
+    AttentionInterface.register(PAIR_ATTENTION, spy)
+    try:
+        module = PairLogpsModule(load_model(str(tiny_model)), dtype=torch.bfloat16)
+        packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+        out = row_logps(module, pack_row(packed))
+    finally:
+        AttentionInterface.register(PAIR_ATTENTION, logps.pair_attention)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    assert out.dtype == torch.float32 and out.isfinite().all()  # log-probs summed in fp32
+
+
+@pytest.mark.parametrize("precision,bf16,fp16", [("auto", False, False), ("fp32", False, False), ("bf16", True, False)])
+def test_the_trl_engine_gets_the_precision(tiny_model, tiny_tokenizer, pairs, tmp_path, precision, bf16, fp16):
+    from preftune.engines.trl import dpo_config
+
+    cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), engine="trl", precision=precision)
+    args = dpo_config(TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))
+    assert (args.bf16, args.fp16, args.use_cpu) == (bf16, fp16, True)
+
+
+def test_the_flag_names_match_the_dtypes():
+    from preftune.config import PRECISION_NAMES
+    from preftune.precision import DTYPES
+
+    assert PRECISION_NAMES == ("auto", *DTYPES)
