@@ -653,6 +653,9 @@ def check_model(cfg: RewardConfig, resolved: ResolvedModel) -> None:
 
 def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     """`preftune rm train`: prepare + split + fit the data, train, measure held-out accuracy, write the folder."""
+    from preftune.launch import check_launch
+
+    check_launch()  # a launch whose processes do not form one group stops here, before any work
     from preftune.data.fit import fit, subsample
     from preftune.data.prepare import prepare
 
