@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from preftune.config import DEFAULT_RM, DataConfig, RewardConfig, add_arguments,
 from preftune.data.prepare import Pair
 from preftune.data.sequence import sequence_text
 from preftune.errors import PreftuneError
-from preftune import trackers
+from preftune import run_folder, trackers
 from preftune.models import ResolvedModel, installed_wheel_path, resolve_model
 from preftune.run_folder import atomic_write_json, read_json, require_key
 from preftune.stats import by_group, length_strata, pearson, spearman
@@ -660,9 +659,7 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     from preftune.data.prepare import prepare
 
     final = Path(cfg.output_dir) / cfg.name
-    partial = final.with_name(final.name + ".partial")
-    if final.exists() and not cfg.overwrite:
-        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
+    run_folder.check_destination(final, cfg.overwrite)  # before any work
     resolved = resolve_reward_model(cfg.model)
     logger.info(f"rm: {cfg.model} ← {resolved.source}")
     check_model(cfg, resolved)
@@ -689,8 +686,7 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
         if not train_pairs:
             raise PreftuneError(f"length balancing kept none of the {before:,} training pairs (no band holds both a "
                                 "chosen-longer and a chosen-shorter pair): use more data, or --debias posthoc")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = run_folder.begin_partial(Path(cfg.output_dir), cfg.name, cfg.overwrite)  # NAME.partial, renamed when complete
     heads = HEADS[cfg.debias]
     model = build_model(resolved.path, heads, tokenizer, data_cfg.seed)
     logger.info(f"rm train: {len(train_pairs):,} pairs × {cfg.epochs} epoch(s), batch {cfg.batch_size}, lr {cfg.lr}, "
@@ -734,9 +730,7 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     logger.info(f"rm train: {steps} steps in {runtime:.1f} s ({len(train_pairs) * cfg.epochs / runtime:.2f} pairs/s)")
     logger.info(format_rm_table(metrics))
     logger.info("  as a judge: " + " ".join(rm_strength(metrics)))
-    if final.exists():  # --overwrite
-        shutil.rmtree(final)
-    partial.rename(final)
+    final = run_folder.finish_partial(partial)
     logger.info(f"rm: {final}")
     return final
 
