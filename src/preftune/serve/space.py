@@ -83,7 +83,7 @@ def requirements() -> str:
     written with, below their next major."""
     lines = ["# written by `preftune space`; gradio itself is installed from README.md's sdk_version"]
     lines.append("torch>=2.4,<3")
-    for dist in ("transformers", "huggingface_hub", "safetensors"):
+    for dist in ("transformers", "huggingface_hub", "safetensors", "filelock"):  # filelock: the votes' lock
         version = importlib.metadata.version(dist)
         lines.append(f"{dist}>={version},<{int(version.split('.')[0]) + 1}")
     return "\n".join(lines) + "\n"
