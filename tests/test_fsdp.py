@@ -70,7 +70,8 @@ def test_an_accelerate_fsdp_config_on_cpu_stops_before_any_work(tiny_model, tmp_
     launcher = [str(BIN / "accelerate"), "launch", "--config_file", str(config)]
     done = preftune_train(launcher, tiny_model, tmp_path / "runs")
     assert done.returncode != 0
-    assert done.stderr.count("preftune: error: this launch asks accelerate for FSDP (ACCELERATE_USE_FSDP)") == 2
+    # Each process refuses on its own; torchrun may kill the second before it prints, so at least one line.
+    assert "preftune: error: this launch asks accelerate for FSDP (ACCELERATE_USE_FSDP)" in done.stderr
     assert not (tmp_path / "runs").exists()  # no process wrote anything
 
 
