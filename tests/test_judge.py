@@ -211,6 +211,23 @@ def test_judge_command_end_to_end(tiny_run, capsys):
     assert "length-balanced win rate" in printed and "where tuned is shorter" in printed
 
 
+def test_judge_on_the_test_split_writes_its_own_file(tiny_run):
+    """--split test judges the run's test posts (test_pairs.jsonl) into judge_test.json; judge.json, what runs
+    are compared on, is left as it was."""
+    from preftune.cli import main
+    from preftune.data.prepare import read_jsonl
+
+    before = (tiny_run / "judge.json").read_bytes() if (tiny_run / "judge.json").exists() else None
+    assert main(["judge", str(tiny_run), "--split", "test", "--n", "2", "--max-new-tokens", "4", "--examples", "0",
+                 "--no-greedy"]) == 0
+    report = json.loads((tiny_run / "judge_test.json").read_text())
+    test_posts = {p.post_id for p in read_jsonl(tiny_run / "test_pairs.jsonl")}
+    assert report["posts_from"] == "test_pairs.jsonl" and report["posts"] == 2
+    assert {s["post_id"] for s in report["samples"]} <= test_posts
+    assert not test_posts & {p.post_id for p in read_jsonl(tiny_run / "eval_pairs.jsonl")}
+    assert ((tiny_run / "judge.json").read_bytes() if (tiny_run / "judge.json").exists() else None) == before
+
+
 def rm_eval_of(run):
     return json.loads((run.parent / "reward_model" / "rm_eval.json").read_text())
 

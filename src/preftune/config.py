@@ -306,6 +306,8 @@ class JudgeConfig(Config):
     batch_size: int = _opt(8, "Prompts per generation / scoring batch.", gt=0)
     seed: int = _opt(0, "Seed for choosing posts and for sampling: same seed, same summaries.", ge=0, lt=SEED_LIMIT)
     examples: int = _opt(3, "Example summary pairs to print and keep in judge.json.", ge=0)
+    split: str = _opt("validation", "Which held-out posts: 'validation' (writes judge.json) or 'test' (for a chosen "
+                      "run, once: the run's test posts; writes judge_test.json).", choices=("validation", "test"))
 
     def check(self) -> None:
         if self.temperature == 0 and not self.greedy:

@@ -39,7 +39,7 @@ from preftune.data.prepare import Pair
 from preftune.data.truncate import fit_pair, sequence_length
 from preftune.errors import PreftuneError
 from preftune.reward import LITERATURE, RewardModelFolder, measuring_long_texts, open_reward_model, rm_strength
-from preftune.run_folder import EVAL_PAIRS_FILE, JUDGE_FILE, Run, atomic_write_json, open_run
+from preftune.run_folder import JUDGE_FILE, JUDGE_TEST_FILE, Run, atomic_write_json, open_run, pairs_file
 from preftune.stats import bootstrap_interval, length_controlled_win_rate, length_strata, outcomes, win_stats
 
 if TYPE_CHECKING:
@@ -302,16 +302,22 @@ def model_generator(path: str, batch_size: int, label: str) -> Generator:
 
 
 def load_posts(run: Run, cfg: JudgeConfig) -> tuple[list[Post], str]:
+    """The held-out posts of cfg.split: the run's saved pairs file, or (--full-split) the whole split
+    re-prepared from the run's data config."""
     if not cfg.full_split:
-        return held_out_posts(run.eval_pairs()), EVAL_PAIRS_FILE
+        pairs = run.eval_pairs() if cfg.split == "validation" else run.test_pairs()
+        return held_out_posts(pairs), pairs_file(cfg.split)
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare
     from preftune.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(run.path))  # also renders chat formats, as the run's data was
-    held = prepare(run.data_config(), tokenizer=tokenizer).eval
+    prepared = prepare(run.data_config(), tokenizer=tokenizer)
+    held = prepared.eval if cfg.split == "validation" else prepared.test
+    if not held:
+        raise PreftuneError(f"{run.path}: its data config has no {cfg.split} split (trained with --test-fraction 0?)")
     held, _ = fit(tokenizer, held, run.max_length, "judge")
-    return held_out_posts(held), "held-out split"
+    return held_out_posts(held), f"{cfg.split} split"
 
 
 def decodings_of(cfg: JudgeConfig) -> list[Decoding]:
@@ -382,9 +388,10 @@ def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
         "config": asdict(cfg),
         **result,
     }
-    atomic_write_json(run.file(JUDGE_FILE), report)
+    out = run.file(JUDGE_FILE if cfg.split == "validation" else JUDGE_TEST_FILE)
+    atomic_write_json(out, report)
     logger.info(format_report(report))
-    logger.info(f"judge: wrote {run.file(JUDGE_FILE)}")
+    logger.info(f"judge: wrote {out}")
     return report
 
 
@@ -435,7 +442,7 @@ def cmd_judge(ns: argparse.Namespace) -> None:
 def add_cli(verbs) -> None:
     """`preftune judge` (`preftune rm train` lives with the reward model: preftune.reward.add_cli)."""
     jd = verbs.add_parser("judge", help="generate summaries of held-out posts with the tuned and the base model, "
-                                        "score them with the reward model, report win rates → RUN_DIR/judge.json")
+                                        "score them with the reward model, report win rates → RUN_DIR/judge.json (--split test: judge_test.json)")
     jd.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")
     add_arguments(jd, JudgeConfig)
     jd.set_defaults(func=cmd_judge)

@@ -12,7 +12,8 @@ A run folder (written by `preftune train`, or a sweep) holds:
     test_pairs.jsonl, test.json                   the test pairs (saved at training time, not evaluated)
                                                   and their metrics (only for runs chosen on validation)
     eval_<slug>.json, test_<slug>.json            metrics on another dataset (`preftune eval --dataset`)
-    judge.json                                    `preftune judge`'s result
+    judge.json                                    `preftune judge`'s result (validation posts)
+    judge_test.json                               `preftune judge --split test`'s result (test posts)
 Light on purpose: no torch, no transformers.
 """
 
@@ -43,6 +44,7 @@ EVAL_PAIRS_FILE = "eval_pairs.jsonl"
 TEST_FILE = "test.json"
 TEST_PAIRS_FILE = "test_pairs.jsonl"
 JUDGE_FILE = "judge.json"
+JUDGE_TEST_FILE = "judge_test.json"
 CHECKPOINTS_DIR = "checkpoints"  # = engines.CHECKPOINTS_DIR (not imported: engines import torch)
 PARTIAL_SUFFIX = ".partial"
 SPLITS = ("validation", "test")
