@@ -180,3 +180,21 @@ def test_a_run_records_the_option_statistics(tiny_model, tmp_path, caplog):
     assert options["removed"]["total"] == options["pairs_before"] and options["removed"]["kept"] == options["pairs_after"]
     assert options["pairs_after"] < options["pairs_before"]
     assert "--length-balance: kept" in caplog.text and "--min-confidence 2: kept" in caplog.text
+
+
+def test_rm_train_balances_once(tiny_model, tmp_path, caplog):
+    """`rm train --length-balance` with the default --debias balance: balanced once, before --max-pairs, in
+    the RM tokenizer's tokens; rm_config.json records the counts."""
+    from preftune.config import RewardConfig
+    from preftune.reward import RM_CONFIG_FILE, train_reward_model
+
+    rm_cfg = RewardConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=1e-2, batch_size=4, max_length=512,
+                          max_pairs=4, max_eval_pairs=4, logging_steps=1)
+    with caplog.at_level(logging.INFO):
+        folder = train_reward_model(cfg(length_balance=True), rm_cfg)
+    config = json.loads((folder / RM_CONFIG_FILE).read_text())
+    options = config["train_options"]
+    assert config["debias"] == "balance" and config["train_pairs"] == 4 < options["pairs_after"]
+    assert options["length_balance"]["after"]["chosen_longer"] == options["length_balance"]["after"]["chosen_shorter"]
+    assert "were length-balanced by --length-balance; not again" in caplog.text
+    assert "rm train: length-balanced: kept" not in caplog.text
