@@ -107,6 +107,10 @@ class Config:
         """Rules between fields (a single field's rule belongs in its metadata)."""
 
 
+# DataConfig fields that choose training pairs after the split (preftune.data.options), not the preparation
+TRAIN_OPTIONS = ("min_confidence", "length_balance")
+
+
 @dataclass
 class DataConfig(Config):
     dataset: str = _opt(
@@ -141,6 +145,16 @@ class DataConfig(Config):
         "Your column names, as NAME=COLUMN pairs: e.g. 'prompt=question,chosen=good,rejected=bad'. NAMEs: "
         f"{', '.join(COLUMN_NAMES)}.",
     )
+    # Training-pair options: applied to the train split only (validation/test untouched), after the split and
+    # before --max-pairs (preftune.data.options); not by `data prepare`/`data inspect`, which write/read all splits.
+    min_confidence: int | None = _opt(
+        None, "Train only on pairs whose labeller was at least this sure: confidence strength |extra.confidence − 5| "
+        "(1 barely … 4 sure; summarize_from_feedback rows only). Training pairs without a confidence are a counted "
+        "skip; data with none is an error. Default: all pairs.", ge=1, le=4)
+    length_balance: bool = _opt(
+        False, "Subsample the training pairs so the chosen completion is longer exactly as often as shorter in every "
+        "10-token band of length difference (Singhal et al. 2023; equal-length pairs kept). Lengths in the model's "
+        "tokens. For `rm train` this is --debias balance applied before --max-pairs (done once).")
 
     def check(self) -> None:
         if self.eval_fraction + self.test_fraction >= 1:

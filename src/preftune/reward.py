@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import preftune
 from preftune.config import DEFAULT_RM, DataConfig, RewardConfig, add_arguments, from_args
+from preftune.data.balance import BALANCE_BIN, length_balanced, token_lengths
 from preftune.data.prepare import Pair
 from preftune.data.sequence import sequence_text
 from preftune.errors import PreftuneError
@@ -71,7 +72,6 @@ HEADS = {"balance": ("reward",), "posthoc": ("reward",), "odin": ("quality", "le
          "none": ("reward",)}  # logits[:, i] is heads[i]; logits[:, 0] scores
 LENGTH_CORRECTION = "preftune_length_correction"  # config.json attribute: reward per summary token to subtract
 POSTHOC_PAIRS = 500  # training pairs (seeded sample) whose summaries the length correction is fit on
-BALANCE_BIN = 10  # tokens: Singhal et al. 2023 balance Δlength in bins of 10
 MAX_GRAD_NORM = 1.0  # as TRL's RewardTrainer (transformers' Trainer default)
 GROUP_WINDOW = 16  # batches whose pairs are sorted by length together: little padding, still shuffled
 
@@ -142,25 +142,6 @@ def length_slope(rewards: list[float], lengths: list[int]) -> float:
     mx, my = sum(lengths) / n, sum(rewards) / n
     var = sum((x - mx) ** 2 for x in lengths)
     return sum((x - mx) * (y - my) for x, y in zip(lengths, rewards, strict=True)) / var if var else 0.0
-
-
-def length_balanced(pairs: list[Pair], chosen_len: list[int], rejected_len: list[int], seed: int) -> list[Pair]:
-    """The pairs subsampled so that "the longer summary wins" is exactly 50% in every band of length
-    difference (Singhal et al. 2023, arXiv:2310.03716): Δ = len(chosen) − len(rejected) in tokens, binned by
-    |Δ| in BALANCE_BIN-token bands; each band keeps as many Δ > 0 pairs as Δ < 0 pairs (a seeded sample of
-    the larger side); Δ = 0 pairs are kept. Original order kept."""
-    bands: dict[tuple[int, bool], list[int]] = {}
-    for i, (a, b) in enumerate(zip(chosen_len, rejected_len, strict=True)):
-        if a != b:
-            bands.setdefault((abs(a - b) // BALANCE_BIN, a > b), []).append(i)
-    keep = {i for i, (a, b) in enumerate(zip(chosen_len, rejected_len)) if a == b}
-    rng = random.Random(seed)
-    for (band, longer), idx in sorted(bands.items()):
-        if longer:
-            mirror = bands.get((band, False), [])
-            n = min(len(idx), len(mirror))
-            keep |= set(rng.sample(idx, n)) | set(rng.sample(mirror, n))
-    return [p for i, p in enumerate(pairs) if i in keep]
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -312,9 +293,7 @@ def encode(tokenizer, prompt: str, completion: str) -> list[int]:
 def summary_tokens(tokenizer, texts: list[str]) -> list[int]:
     """Each summary's length in the tokenizer's tokens (no special tokens): the length the RM is
     debiased against and its metrics are stratified by."""
-    if not texts:
-        return []
-    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return token_lengths(tokenizer, texts)
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int):
@@ -656,6 +635,7 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
 
     check_launch()  # a launch whose processes do not form one group stops here, before any work
     from preftune.data.fit import fit, subsample
+    from preftune.data.options import select_train_pairs
     from preftune.data.prepare import prepare
 
     final = Path(cfg.output_dir) / cfg.name
@@ -666,7 +646,10 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     tokenizer = load_rm_tokenizer(resolved.path)
 
     prepared = prepare(data_cfg)
-    train_pairs = subsample(prepared.train, cfg.max_pairs, data_cfg.seed)
+    with measuring_long_texts(tokenizer):
+        # --min-confidence / --length-balance (train split only, before --max-pairs), in the RM's tokens
+        train_pool, options = select_train_pairs(prepared.train, data_cfg, tokenizer)
+    train_pairs = subsample(train_pool, cfg.max_pairs, data_cfg.seed)
     eval_pairs = subsample(prepared.eval, cfg.max_eval_pairs, data_cfg.seed)
     with measuring_long_texts(tokenizer):
         train_pairs, train_fit = fit(tokenizer, train_pairs, cfg.max_length, "rm train")
@@ -677,12 +660,15 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
         raise PreftuneError("no held-out pairs: the reward model's held-out accuracy is what says whether its "
                             "verdicts mean anything; use --eval-fraction > 0")
 
-    if cfg.debias == "balance":
+    if cfg.debias == "balance" and data_cfg.length_balance:
+        # the same operation: done once, by --length-balance before --max-pairs (balanced in expectation after it)
+        logger.info("rm train: --debias balance: the pairs were length-balanced by --length-balance; not again")
+    elif cfg.debias == "balance":
         before = len(train_pairs)
         train_pairs = length_balanced(train_pairs, summary_tokens(tokenizer, [p.chosen for p in train_pairs]),
                                       summary_tokens(tokenizer, [p.rejected for p in train_pairs]), data_cfg.seed)
         logger.info(f"rm train: length-balanced: kept {len(train_pairs):,} of {before:,} pairs (as many where the "
-                    "chosen summary is longer as where it is shorter, per 10-token band of length difference)")
+                    f"chosen summary is longer as where it is shorter, per {BALANCE_BIN}-token band of length difference)")
         if not train_pairs:
             raise PreftuneError(f"length balancing kept none of the {before:,} training pairs (no band holds both a "
                                 "chosen-longer and a chosen-shorter pair): use more data, or --debias posthoc")
@@ -724,6 +710,7 @@ def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
         "fit": {"train": train_fit, "eval": eval_fit},
+        "train_options": options,  # --min-confidence / --length-balance counts (preftune.data.options)
         # the judge checks that the posts it judges are not among these
         "train_post_ids": sorted({p.post_id for p in train_pairs}),
     })

@@ -26,6 +26,7 @@ import preftune
 from preftune import run_folder, trackers
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.fit import fit, subsample
+from preftune.data.options import select_train_pairs
 from preftune.data.prepare import Pair, prepare
 from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoint, read_checkpoint_marker
 from preftune.errors import PreftuneError
@@ -78,14 +79,17 @@ def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig) -> RunData:
     logger.info(f"model: {cfg.model} ← {resolved.source}")
     tokenizer = load_tokenizer(resolved.path)
     prepared = prepare(data_cfg, tokenizer=tokenizer)  # message lists use this model's chat template
+    # --min-confidence / --length-balance: train split only, before --max-pairs (see preftune.data.options)
+    train_pool, options = select_train_pairs(prepared.train, data_cfg, tokenizer)
+    stats = {**prepared.stats, "train_options": options}
     fitted, fits = {}, {}  # "eval" is the validation split (the run folder's historical name for it)
-    splits = (("train", prepared.train, cfg.max_pairs), ("eval", prepared.validation, cfg.max_eval_pairs),
+    splits = (("train", train_pool, cfg.max_pairs), ("eval", prepared.validation, cfg.max_eval_pairs),
               ("test", prepared.test, cfg.max_eval_pairs))
     for key, pairs, most in splits:
         fitted[key], fits[key] = fit(tokenizer, subsample(pairs, most, data_cfg.seed), cfg.max_length, key)
     if not fitted["train"]:
         raise PreftuneError("no training pairs left after preparation")
-    return RunData(resolved, tokenizer, data_cfg, prepared.stats, fitted["train"], fitted["eval"], fits, fitted["test"])
+    return RunData(resolved, tokenizer, data_cfg, stats, fitted["train"], fitted["eval"], fits, fitted["test"])
 
 
 def train(data_cfg: DataConfig, cfg: TrainConfig) -> Path:

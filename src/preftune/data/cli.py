@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from preftune.config import DEFAULT_MODEL, DataConfig, DataPushConfig, InspectConfig, add_arguments, from_args
+from preftune.config import (DEFAULT_MODEL, TRAIN_OPTIONS, DataConfig, DataPushConfig, InspectConfig, add_arguments,
+                             from_args)
 
 
 def cmd_data_prepare(ns: argparse.Namespace) -> None:
@@ -59,14 +60,14 @@ def add_cli(verbs) -> None:
         return data_verbs.add_parser(name, help=about, description=about)
 
     prep = verb("prepare", "clean, sample and split a dataset by post into train/validation/test JSONL")
-    add_arguments(prep, DataConfig)
+    add_arguments(prep, DataConfig, skip=TRAIN_OPTIONS)  # they choose training pairs at train time, from all splits
     prep.add_argument("--model", default=DEFAULT_MODEL, help="model whose chat template renders message-list "
                       "formats (conversational, ultrafeedback); not loaded for other formats (default: %(default)s)")
     prep.add_argument("--out", required=True, help="output folder for train.jsonl, eval.jsonl (validation), "
                       "test.jsonl, stats.json")
     prep.set_defaults(func=cmd_data_prepare)
     insp = verb("inspect", "rows, skips, duplicates, labels and token lengths of a dataset or a prepared folder")
-    add_arguments(insp, DataConfig, skip=("fraction", "eval_fraction", "test_fraction"))
+    add_arguments(insp, DataConfig, skip=("fraction", "eval_fraction", "test_fraction", *TRAIN_OPTIONS))
     add_arguments(insp, InspectConfig)
     insp.set_defaults(func=cmd_data_inspect)
     verb("formats", "list the registered row adapters").set_defaults(func=cmd_data_formats)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from preftune.config import DataConfig
+from preftune.config import TRAIN_OPTIONS, DataConfig
 from preftune.data.adapters import (Adapter, ChatFields, RowError, RowSkip, apply_column_map, detect_format,
                                     get_adapter, parse_column_map, source_field)
 from preftune.data.folder import (PREPARED_MARKER, Prepared, describe_splits, is_prepared_dir, load_prepared,
@@ -120,7 +120,7 @@ def iter_pairs(cfg: DataConfig, reading: Reading, tokenizer=None) -> Iterator[Pa
 def _load_prepared(cfg: DataConfig) -> Prepared:
     """A prepared folder as SRC: used as is, so flags that shape a preparation are said not to apply."""
     ignored = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cfg)
-               if f.name not in ("dataset", "seed") and getattr(cfg, f.name) != f.default]
+               if f.name not in ("dataset", "seed", *TRAIN_OPTIONS) and getattr(cfg, f.name) != f.default]
     if ignored:
         logger.warning(f"data: {cfg.dataset} is a prepared folder: its split is used as is; {', '.join(ignored)} "
                        "do not apply (prepare the source again to change them)")
