@@ -57,6 +57,7 @@ VERB_MODULES: list[str] = [
     "preftune.push:add_cli",
     "preftune.reward:add_cli",
     "preftune.judge:add_cli",
+    "preftune.recipe:add_cli",
 ]
 
 
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     for entry in VERB_MODULES:
         module, function = entry.split(":")
         getattr(importlib.import_module(module), function)(verbs)
-    add_config_file_options(parser, skip=("preftune env",))  # --config FILE.yaml on every other command
+    add_config_file_options(parser, skip=("preftune env", "preftune recipe"))  # --config on every other command
     return parser
 
 

@@ -1,0 +1,389 @@
+"""`preftune recipe FILE.yaml`: a whole training recipe from one file, resumable.
+
+Steps, each a preftune command run in its own process (so each frees its memory), in this order:
+  1. rm      `preftune rm train`  → ROOT/reward_model        (the judge's length-debiased reward model)
+  2. sft     `preftune sft`       → ROOT/sft/<run>           (optional; the DPO runs then start from it)
+  3. runs    `preftune sweep`     → ROOT/runs/<objective>/<run>, one sweep per entry of `runs`
+  4. select  the run with the best validation `select.rank_by` (eval.json) among every run of step 3
+  5. test    `preftune eval RUN --split test`                → test.json of the selected run only
+  6. judge   `preftune judge RUN --split test`               → judge_test.json of the selected run only
+and ROOT/recipe.json: the wall time of every step, every run's validation numbers, the selection, and the
+selected run's test and judge numbers. Test numbers are computed for the selected run alone, after the
+choice, so nothing is tuned on them.
+
+The file's sections: `output_dir` (ROOT); `data` (data settings shared by every step, so every step sees
+the same post-disjoint train / validation / test split); `rm`, `sft`, `judge` (that command's settings);
+`dpo` (settings shared by every DPO run) and `runs` (objective name → its own settings, e.g. `loss`,
+`beta`); `select` (`rank_by`). Keys are the commands' flag names with underscores, checked before any
+step runs: a wrong key or value names the file, line and key.
+
+Resumable: a step whose output is complete is skipped (its recorded wall time kept); a DPO step that was
+killed resumes through its sweep (checkpoints with `save_steps`). ROOT/recipe_state.json holds the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from preftune.config import DataConfig, check_value
+from preftune.errors import DataError, PreftuneError
+from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, atomic_write_json, is_run_dir, read_eval, read_json,
+                                 run_dirs)
+
+logger = logging.getLogger(__name__)
+
+# section → the command whose flags it holds. `data` and `dpo` are merged into the steps that use them.
+SECTION_VERBS: dict[str, tuple[str, ...]] = {
+    "data": ("sweep",), "rm": ("rm", "train"), "sft": ("sft",), "dpo": ("sweep",), "judge": ("judge",),
+}
+TOP_KEYS = ("output_dir", "data", "rm", "sft", "dpo", "runs", "select", "judge")
+SET_BY_RECIPE = {"rm": ("output_dir", "name"), "sft": ("output_dir",), "dpo": ("output_dir",),
+                 "judge": ("split", "rm")}  # where each step writes and what it reads: the recipe decides
+STATE_FILE = "recipe_state.json"
+SUMMARY_FILE = "recipe.json"
+RM_NAME = "reward_model"
+RANK_KEYS_ALLOWED = ("length_balanced_accuracy", "accuracy", "chosen_shorter_accuracy", "mean_margin")
+
+
+# ---- the file ------------------------------------------------------------------------------------
+
+
+def _lines(path: Path, text: str) -> dict[tuple[str, ...], int]:
+    """(section, key) → line number, for messages."""
+    import yaml
+
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*prefix, str(k.value))
+                out[key] = k.start_mark.line + 1
+                if len(key) < 3:
+                    walk(v, key)
+
+    walk(yaml.compose(text), ())
+    return out
+
+
+def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tuple]]:
+    from preftune.cli import build_parser
+    from preftune.config_files import parser_hints
+
+    parser = build_parser()
+    for word in verb:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    if verb == ("sweep",):  # the sweep reads its own file: its grid keys take lists
+        from preftune.sweep import _settable
+        return _settable(), parser_hints(parser)[1]
+    return parser_hints(parser)
+
+
+def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
+    """A section's settings, each checked against the command's flags: the same rules as --config."""
+    import difflib
+
+    from preftune.config_files import coerce
+
+    line = lines.get(where)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise DataError(str(path), line, ".".join(where), "expected a mapping of settings (key: value)")
+    hints, choices = _command_hints(verb)
+    skip = SET_BY_RECIPE.get(where[0], ())
+    out = {}
+    for key, value in values.items():
+        at = lines.get((*where, str(key)), line)
+        name = ".".join((*where, str(key)))
+        if key in skip:
+            raise DataError(str(path), at, name, "set by the recipe (each step's output goes under output_dir)")
+        if key not in hints:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), hints, n=1)
+            raise DataError(str(path), at, name, f"unknown setting for `preftune {' '.join(verb)}`"
+                            + (f"; did you mean '{close[0]}'?" if close else ""))
+        try:
+            out[key] = coerce(value, hints[key], "value")
+        except PreftuneError as e:
+            raise DataError(str(path), at, name, str(e).removeprefix("value: ")) from None
+        allowed, meta = choices.get(key), _field_meta(key)
+        for value in out[key] if isinstance(out[key], tuple) else (out[key],):
+            if allowed and value not in allowed:
+                raise DataError(str(path), at, name, f"unknown value {value!r}; choose one of: "
+                                f"{', '.join(map(str, allowed))}")
+            try:
+                if meta is not None and value is not None:
+                    check_value(value, meta, "value")
+            except PreftuneError as e:
+                raise DataError(str(path), at, name, str(e).replace("value ", "", 1)) from None
+    return values
+
+
+def _field_meta(key: str) -> dict | None:
+    """The metadata (choices, range) of the config field named `key`: a sweep's grid flags take free
+    lists, and ranges are checked only when a config is built; the recipe checks them before any step."""
+    import preftune.config as config
+
+    for cls in (config.SweepConfig, config.TrainConfig, DataConfig, config.RewardConfig, config.JudgeConfig,
+                getattr(config, "SFTConfig", None)):
+        field = {f.name: f for f in dataclasses.fields(cls)}.get(key) if cls else None
+        if field is not None:
+            return {k: v for k, v in field.metadata.items() if v is not None}
+    return None
+
+
+def load_recipe(path: Path) -> dict:
+    """The recipe file, every section checked against its command's flags before anything runs."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PreftuneError(f"recipe {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        recipe, lines = yaml.safe_load(text), _lines(path, text)
+    except yaml.YAMLError as e:
+        raise PreftuneError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(recipe, dict):
+        raise DataError(str(path), 1, None, "expected a mapping with sections: " + ", ".join(TOP_KEYS))
+    for key in recipe:
+        if key not in TOP_KEYS:
+            raise DataError(str(path), lines.get((str(key),)), str(key),
+                            f"unknown section; the sections are: {', '.join(TOP_KEYS)}")
+    if not recipe.get("output_dir"):
+        raise DataError(str(path), 1, "output_dir", "missing: the folder every step writes under")
+    for section, verb in SECTION_VERBS.items():
+        recipe[section] = _check_section(path, lines, (section,), recipe.get(section), verb) if section in recipe \
+            else ({} if section != "sft" else None)
+    data_keys = {f.name for f in dataclasses.fields(DataConfig)}
+    for key in recipe["data"]:
+        if key not in data_keys:
+            raise DataError(str(path), lines.get(("data", str(key))), f"data.{key}",
+                            "not a data setting (put run settings under `dpo`, or a step's own section)")
+    runs = recipe.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise DataError(str(path), lines.get(("runs",)), "runs", "needs one entry per DPO objective, e.g. "
+                        "`dpo: {loss: sigmoid}`")
+    for name, settings in runs.items():
+        if not str(name).replace("-", "_").isidentifier():
+            raise DataError(str(path), lines.get(("runs", str(name))), f"runs.{name}",
+                            "a run group's name is a folder name: letters, digits, '-' and '_'")
+        runs[name] = _check_section(path, lines, ("runs", str(name)), settings or {}, ("sweep",))
+        if "output_dir" in runs[name]:
+            raise DataError(str(path), lines.get(("runs", str(name), "output_dir")), f"runs.{name}.output_dir",
+                            "set by the recipe (ROOT/runs/<name>)")
+    select = recipe.get("select") or {}
+    rank_by = select.get("rank_by", "length_balanced_accuracy")
+    if set(select) - {"rank_by"} or rank_by not in RANK_KEYS_ALLOWED:
+        raise DataError(str(path), lines.get(("select",)), "select",
+                        f"takes rank_by: one of {', '.join(RANK_KEYS_ALLOWED)} (validation metrics)")
+    recipe["select"] = {"rank_by": rank_by}
+    recipe["path"] = str(path)
+    return recipe
+
+
+# ---- running it ----------------------------------------------------------------------------------
+
+
+class State:
+    """ROOT/recipe_state.json: per step, whether it finished and how long it took."""
+
+    def __init__(self, root: Path):
+        self.path = root / STATE_FILE
+        self.data = read_json(self.path, missing_ok=True) or {"steps": {}}
+
+    def done(self, step: str) -> bool:
+        return self.data["steps"].get(step, {}).get("done", False)
+
+    def record(self, step: str, wall_s: float, **extra) -> None:
+        self.data["steps"][step] = {"done": True, "wall_s": round(wall_s, 1), **extra}
+        atomic_write_json(self.path, self.data)
+
+
+def _write_settings(root: Path, step: str, settings: dict) -> Path:
+    """A step's settings as a --config file the command reads (kept for the record under ROOT/.recipe/)."""
+    import yaml
+
+    folder = root / ".recipe"
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    path = folder / f"{step}.yaml"
+    path.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _run(verb: list[str], args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "preftune", *verb, *args]
+    logger.info("recipe: $ preftune " + " ".join([*verb, *args]))
+    done = subprocess.run(cmd, env=os.environ.copy())
+    if done.returncode != 0:
+        raise PreftuneError(f"recipe: `preftune {' '.join(verb)}` failed (exit {done.returncode}); fix the cause and "
+                            "run the same recipe command again: finished steps are kept")
+
+
+def _step(state: State, name: str, complete, action) -> None:
+    if state.done(name) and complete():
+        logger.info(f"recipe: {name}: done before, skipped")
+        return
+    start = time.monotonic()
+    action()
+    if not complete():
+        raise PreftuneError(f"recipe: {name} ended without its output")
+    state.record(name, time.monotonic() - start)
+
+
+def _only_run(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    finished, _ = run_dirs(folder)
+    if len(finished) > 1:
+        raise PreftuneError(f"{folder} holds {len(finished)} finished runs ({', '.join(p.name for p in finished)}); "
+                            "the recipe expects one: move the others away")
+    return finished[0] if finished else None
+
+
+def rank_value(ev: dict, key: str) -> float:
+    value = ev.get(key)
+    return float("-inf") if value is None else float(value)
+
+
+def select_run(runs: list[Path], rank_by: str) -> tuple[Path, list[dict]]:
+    """The run with the highest validation `rank_by` (ties: accuracy, then name), and every run's row."""
+    rows = []
+    for run in runs:
+        ev = read_eval(run / "eval.json")
+        if ev is None:
+            raise PreftuneError(f"{run}: no eval.json (validation): the recipe selects on it")
+        rows.append({"run": f"{run.parent.name}/{run.name}", "path": str(run), **_validation_row(ev)})
+    best = max(range(len(runs)), key=lambda i: (rank_value(rows[i], rank_by), rank_value(rows[i], "accuracy"),
+                                                 rows[i]["run"]))
+    return runs[best], rows
+
+
+def _validation_row(ev: dict) -> dict:
+    keys = ("n", "accuracy", "accuracy_ci95", "length_balanced_accuracy", "length_balanced_ci95",
+            "longer_wins_baseline", "mean_margin")
+    row = {k: ev.get(k) for k in keys}
+    for stratum in ("chosen_shorter", "chosen_longer"):
+        s = ev.get(stratum) or {}
+        row[f"{stratum}_accuracy"], row[f"{stratum}_n"] = s.get("accuracy"), s.get("n")
+    return row
+
+
+def run_recipe(path: Path, root_override: str | None = None) -> dict:
+    recipe = load_recipe(path)
+    root = Path(root_override or recipe["output_dir"])
+    root.mkdir(parents=True, exist_ok=True)
+    state = State(root)
+    data = recipe["data"]
+    total_start = time.monotonic()
+
+    # 1. the judge's reward model, on the same split
+    rm_dir = root / RM_NAME
+    _step(state, "rm", lambda: (rm_dir / "rm_eval.json").is_file(),
+          lambda: _run(["rm", "train"], ["--config", str(_write_settings(
+              root, "rm", {**data, **recipe["rm"], "output_dir": str(root), "name": RM_NAME}))]))
+
+    # 2. SFT (optional)
+    model = recipe["dpo"].get("model")
+    sft_root = root / "sft"
+    if recipe["sft"] is not None:
+        _step(state, "sft", lambda: _only_run(sft_root) is not None,
+              lambda: _run(["sft"], ["--config", str(_write_settings(
+                  root, "sft", {**data, **recipe["sft"], "output_dir": str(sft_root)}))]))
+        model = str(_only_run(sft_root))
+    base = recipe["sft"].get("model") if recipe["sft"] else None
+    base = base or recipe["dpo"].get("model")
+
+    # 3. one sweep per objective, every run from the same starting model and data
+    runs = []
+    for name, settings in recipe["runs"].items():
+        group = root / "runs" / name
+        merged = {**data, **recipe["dpo"], **settings, "output_dir": str(group)}
+        if model is not None:
+            merged["model"] = model
+        _step(state, f"dpo/{name}", lambda g=group: g.is_dir() and bool(run_dirs(g)[0]) and not run_dirs(g)[1],
+              lambda n=name, m=merged: _run(["sweep"], ["--config", str(_write_settings(root, f"dpo-{n}", m))]))
+        runs += run_dirs(group)[0]
+
+    # 4. select on validation
+    selected, rows = select_run(runs, recipe["select"]["rank_by"])
+    for row in rows:
+        row["wall_s"] = state.data["steps"].get(f"dpo/{Path(row['path']).parent.name}", {}).get("wall_s")
+    logger.info(f"recipe: selected {selected.parent.name}/{selected.name} by validation "
+                f"{recipe['select']['rank_by']} among {len(runs)} runs")
+
+    # 5. the selected run once on test; 6. the judge on the test posts
+    _step(state, "test", lambda: (selected / "test.json").is_file(),
+          lambda: _run(["eval"], [str(selected), "--split", "test"]))
+    judge_args = [str(selected), "--split", "test", "--rm", str(rm_dir)]
+    if base and "base" not in recipe["judge"]:
+        judge_args += ["--base", base]
+    _step(state, "judge", lambda: (selected / JUDGE_TEST_FILE).is_file(),
+          lambda: _run(["judge"], judge_args + ["--config", str(_write_settings(root, "judge", recipe["judge"]))]))
+
+    summary = {
+        "recipe": recipe["path"],
+        "root": str(root),
+        "steps": state.data["steps"],
+        "wall_s_total": round(sum(s.get("wall_s", 0) for s in state.data["steps"].values()), 1),
+        "wall_s_this_invocation": round(time.monotonic() - total_start, 1),
+        "rank_by": recipe["select"]["rank_by"],
+        "runs_compared": len(runs),
+        "runs": rows,
+        "selected_run": f"{selected.parent.name}/{selected.name}",
+        "selected_path": str(selected),
+        "selected_config": read_json(selected / CONFIG_FILE),
+        "test": read_eval(selected / "test.json"),
+        "judge_test": read_json(selected / JUDGE_TEST_FILE, missing_ok=True),
+        "rm_eval": read_json(rm_dir / "rm_eval.json", missing_ok=True),
+    }
+    atomic_write_json(root / SUMMARY_FILE, summary)
+    logger.info(format_summary(summary))
+    logger.info(f"recipe: wrote {root / SUMMARY_FILE}")
+    return summary
+
+
+def _f(x, spec=".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"recipe {s['recipe']}: {s['runs_compared']} runs compared on validation by {s['rank_by']}", "",
+             f"  {'run':<52}{'acc':>7}{'bal':>7}{'shorter':>9}{'longer':>8}{'longer-wins':>12}{'wall s':>8}"]
+    for r in s["runs"]:
+        mark = "*" if r["path"] == s["selected_path"] else " "
+        lines.append(f"{mark} {r['run']:<52}{_f(r['accuracy']):>7}{_f(r['length_balanced_accuracy']):>7}"
+                     f"{_f(r['chosen_shorter_accuracy']):>9}{_f(r['chosen_longer_accuracy']):>8}"
+                     f"{_f(r['longer_wins_baseline']):>12}{_f(r['wall_s'], '.0f'):>8}")
+    t = s["test"] or {}
+    lines += ["", f"selected {s['selected_run']}, on test (n={t.get('n')}): accuracy {_f(t.get('accuracy'))}, "
+              f"length-balanced {_f(t.get('length_balanced_accuracy'))} {t.get('length_balanced_ci95')}, "
+              f"longer wins {_f(t.get('longer_wins_baseline'))}",
+              f"total wall time of all steps: {s['wall_s_total']:.0f} s"]
+    return "\n".join(lines)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+
+def cmd_recipe(ns: argparse.Namespace) -> None:
+    run_recipe(Path(ns.recipe), ns.output_dir)
+
+
+def add_cli(verbs) -> None:
+    p = verbs.add_parser("recipe", help="run a whole recipe from one YAML file: reward model, SFT, one DPO sweep per "
+                                        "objective, selection on validation, the selected run on test, the judge "
+                                        "(resumable; see examples/tldr-cpu.yaml)")
+    p.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe file (sections: " + ", ".join(TOP_KEYS) + ")")
+    p.add_argument("--output-dir", default=None, help="write under this folder instead of the file's output_dir")
+    p.set_defaults(func=cmd_recipe)

@@ -1,0 +1,99 @@
+"""`preftune recipe`: the file is checked before any step runs (file, line and key named); a whole recipe on
+tiny models trains the reward model and one sweep per objective, selects on validation, computes test.json
+and judge_test.json for the selected run only, and a second invocation redoes nothing."""
+
+import json
+import textwrap
+
+import pytest
+
+from preftune.errors import PreftuneError
+from preftune.recipe import load_recipe, run_recipe, select_run
+
+DATA = "data:\n  fraction: 0.03\n  seed: 3\n"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("output_dir: r\nrunz: {}\n", r"recipe.yaml:2: field 'runz'.*unknown section"),
+    ("output_dir: r\nruns:\n  dpo:\n    lr: [1e-5]\n    los: sigmoid\n", r"recipe.yaml:5: field 'runs.dpo.los'.*did you mean 'loss'"),
+    ("output_dir: r\nruns:\n  dpo:\n    loss: sigmoidx\n", r"recipe.yaml:4: field 'runs.dpo.loss'.*choose one of"),
+    ("output_dir: r\ndata:\n  lr: 1e-5\nruns:\n  dpo: {}\n", r"recipe.yaml:3: field 'data.lr'.*not a data setting"),
+    ("output_dir: r\nrm:\n  output_dir: x\nruns:\n  dpo: {}\n", r"recipe.yaml:3: field 'rm.output_dir'.*set by the recipe"),
+    ("output_dir: r\nruns:\n  dpo:\n    lr: [1e-5, -1.0]\n", r"recipe.yaml:4: field 'runs.dpo.lr'.*must be > 0"),
+    ("output_dir: r\njudge:\n  n: 0\nruns:\n  dpo: {}\n", r"recipe.yaml:3: field 'judge.n'.*must be > 0"),
+    ("output_dir: r\nruns: {}\n", r"field 'runs'.*one entry per DPO objective"),
+    ("runs:\n  dpo: {}\n", r"field 'output_dir'.*missing"),
+    ("output_dir: r\nruns:\n  dpo: {}\nselect:\n  rank_by: loss\n", r"field 'select'.*takes rank_by"),
+])
+def test_a_bad_recipe_is_refused_before_any_step(tmp_path, text, message):
+    with pytest.raises(PreftuneError, match=message):
+        load_recipe(write(tmp_path, text))
+    assert not (tmp_path / "r").exists()
+
+
+def test_selection_uses_validation_and_breaks_ties_by_accuracy(tmp_path):
+    runs = []
+    for name, bal, acc in [("a", 0.6, 0.7), ("b", 0.62, 0.6), ("c", 0.62, 0.65)]:
+        run = tmp_path / name / "dpo_model_lr1e-05_bs8_epoch1"
+        run.mkdir(parents=True)
+        (run / "eval.json").write_text(json.dumps({"n": 10, "accuracy": acc, "length_balanced_accuracy": bal}))
+        (run / "test.json").write_text(json.dumps({"n": 10, "accuracy": 1.0, "length_balanced_accuracy": 1.0}))
+        runs.append(run)
+    best, rows = select_run(runs, "length_balanced_accuracy")
+    assert best == runs[2] and [r["accuracy"] for r in rows] == [0.7, 0.6, 0.65]
+    assert select_run(runs, "accuracy")[0] == runs[0]
+
+
+def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    recipe = write(tmp_path, f"""\
+        output_dir: {tmp_path / "out"}
+        {DATA.replace(chr(10), chr(10) + "        ")}
+        rm:
+          model: {tiny_model}
+          lr: 1.0e-2
+          batch_size: 4
+          max_pairs: 8
+          max_length: 192
+        dpo:
+          model: {tiny_model}
+          lr: 1.0e-2
+          batch_size: 4
+          max_pairs: 4
+          max_eval_pairs: 8
+          max_length: 192
+          gradient_checkpointing: false
+        runs:
+          dpo: {{loss: sigmoid}}
+          hinge: {{loss: hinge, beta: 0.5}}
+        judge:
+          n: 2
+          max_new_tokens: 4
+          temperature: 0
+          examples: 0
+        """)
+    summary = run_recipe(recipe)
+    root = tmp_path / "out"
+    assert summary["runs_compared"] == 2 and {r["run"].split("/")[0] for r in summary["runs"]} == {"dpo", "hinge"}
+    selected = root / "runs" / summary["selected_run"]
+    others = [p for p in (root / "runs").glob("*/dpo_model_*") if p != selected]
+    assert (selected / "test.json").is_file() and (selected / "judge_test.json").is_file()
+    assert others and not any((p / "test.json").exists() or (p / "judge_test.json").exists() for p in others)
+    assert json.loads((selected / "preftune_config.json").read_text())["train"]["loss"] == \
+        {"dpo": "sigmoid", "hinge": "hinge"}[summary["selected_run"].split("/")[0]]
+    assert summary["test"]["n"] > 0 and summary["judge_test"]["posts"] == 2
+    assert set(summary["steps"]) == {"rm", "dpo/dpo", "dpo/hinge", "test", "judge"}
+    on_disk = json.loads((root / "recipe.json").read_text())
+    assert on_disk["selected_run"] == summary["selected_run"]
+
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.suffix != ".yaml"
+              and p.name not in ("recipe.json", "recipe_state.json")}
+    again = run_recipe(recipe)  # resumed: every step is complete, nothing is redone
+    assert again["steps"] == summary["steps"]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
