@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import prepare
-from preftune.logps import PairLogpsModule, pack_pair, pack_row, pairs_logps, plan_rows, row_logps
+from preftune.logps import (PairLogpsModule, ld_token_weights, pack_pair, pack_row, pairs_logps, plan_rows, row_logps,
+                            slot_sums)
 from preftune.engines.fast import _losses, _row_logps
 from preftune.engines.trl import trl_loss_settings
 from preftune.losses import configured, ld_alpha, ld_logps
@@ -257,7 +258,7 @@ def test_the_step_log_is_strict_json(tmp_path):
 
 
 def test_a_reference_free_loss_skips_the_reference_pass(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
-    """A registry entry marked `reference_free` (SimPO-style; none ships yet) trains without the pass."""
+    """Any registry entry marked `reference_free` (as SimPO is) trains without the pass."""
     import torch.nn.functional as F
 
     from preftune import losses
@@ -279,3 +280,50 @@ def test_a_reference_free_loss_skips_the_reference_pass(tiny_model, tiny_tokeniz
     assert result.steps == 1 and result.log[0]["loss"] == pytest.approx(expected, abs=1e-5)
     assert result.log[0]["rewards/chosen"] == pytest.approx(0.1 * result.log[0]["logps/chosen"], rel=1e-5)
     assert not losses.is_reference_free("sigmoid")
+
+
+def test_simpo_run_skips_the_reference_and_is_evaluated_by_its_own_reward(tiny_model, tmp_path, monkeypatch):
+    """A whole fast run of --loss simpo: no reference pass in training; eval.json ranks by β·mean log-prob
+    and says so; the logged rewards are SimPO's (β·mean log-prob: negative, and below β·summed log-prob)."""
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("preftune.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
+    run = train(DATA, tiny_cfg(tiny_model, tmp_path, loss="simpo", beta=2.0, simpo_gamma=1.0, max_pairs=4))
+    result = json.loads((run / "eval.json").read_text())
+    assert result["reward"] == "simpo" and "ld_alpha" not in result
+    log = [json.loads(line) for line in (run / "train_log.jsonl").open()]
+    assert 0 > log[0]["rewards/chosen"] > 2.0 * log[0]["logps/chosen"]
+
+
+def test_ld_reference_log_probs_are_cached_apart_and_weighted(tiny_model, tiny_tokenizer, pairs, tmp_path,
+                                                              monkeypatch):
+    """A plain-DPO cache is never read for LD-DPO (nor one α's for another), and LD values equal the
+    per-token weighted sums; α = 1 reproduces the plain ones."""
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    load = lambda: load_model(str(tiny_model))  # noqa: E731
+    plain = reference_logps(packed, str(tiny_model), load)
+    paths = {RefLogpCache(str(tiny_model), ld_alpha=a).path for a in (None, 0.5, 0.25, 1.0)}
+    assert len(paths) == 4
+    ld = reference_logps(packed, str(tiny_model), load, ld_alpha=0.5)
+    assert (ld >= plain - 1e-5).all() and not torch.allclose(ld, plain)  # tails (log-probs < 0) weigh less
+    module = PairLogpsModule(load()).eval()
+    with torch.no_grad():
+        tokens = row_logps(module, pack_row(packed[:1]), per_token=True)
+    expected = slot_sums(tokens * ld_token_weights(packed[0].chosen_len, packed[0].rejected_len, 0.5),
+                         pack_row(packed[:1]).slots, 1)
+    assert torch.allclose(ld[:1], expected, atol=1e-5)
+    assert torch.allclose(reference_logps(packed, str(tiny_model), load, ld_alpha=1.0), plain, atol=1e-5)
+
+
+def test_trl_engine_refuses_a_loss_it_lacks_before_loading_anything(tiny_model, tiny_tokenizer, pairs, tmp_path,
+                                                                    monkeypatch):
+    """Config refuses --engine trl --loss rdpo first (test_config); should a config get past it, the
+    engine itself stops before the model loads."""
+    from preftune.engines import ENGINES, TrainJob
+    from preftune.errors import PreftuneError
+
+    monkeypatch.setattr("preftune.engines.trl.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    cfg = tiny_cfg(tiny_model, tmp_path, engine="trl")
+    cfg.loss = "rdpo"  # past the config's own check
+    with pytest.raises(PreftuneError, match="--loss rdpo is not in TRL's DPOTrainer; use --engine fast"):
+        ENGINES["trl"](TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))
