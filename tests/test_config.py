@@ -32,6 +32,37 @@ def test_names_match_the_registries():
     assert config.DEFAULT_DATASET in SHIPPED
 
 
+def test_loss_settings_match_the_losses_that_read_them():
+    from preftune.engines.trl import TRL_LOSSES
+    from preftune.losses import LOSS_PARAMS, LOSSES
+
+    assert config.ENGINE_LOSSES == {"fast": tuple(LOSSES), "trl": tuple(TRL_LOSSES)}
+    bound = {field: loss for loss, params in LOSS_PARAMS.items() for field in params.values()}
+    assert config.LOSS_FIELDS == {**bound, "ld_alpha": next(n for n, f in LOSSES.items()
+                                                             if getattr(f, "length_desensitised", False))}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(loss="sigmoid", rdpo_alpha=0.02), "--rdpo-alpha applies to --loss rdpo only, got --loss sigmoid"),
+    (dict(loss="rdpo", simpo_gamma=0.5), "--simpo-gamma applies to --loss simpo only, got --loss rdpo"),
+    (dict(loss="simpo", ld_alpha=0.2), "--ld-alpha applies to --loss ld_dpo only, got --loss simpo"),
+    (dict(engine="trl", loss="rdpo"), "--loss rdpo is not available with --engine trl (TRL's DPOTrainer has no such "
+                                      "loss); use --engine fast"),
+    (dict(engine="trl", loss="simpo"), "--loss simpo is not available with --engine trl"),
+    (dict(nll_weight=-1.0), "--nll-weight must be ≥ 0, got -1.0"),
+])
+def test_a_loss_setting_its_loss_ignores_or_an_engine_lacks_is_refused(kwargs, message):
+    with pytest.raises(PreftuneError) as e:
+        TrainConfig(**kwargs)
+    assert message in str(e.value)
+
+
+def test_loss_settings_with_their_loss_and_engine_are_accepted():
+    TrainConfig(loss="rdpo", rdpo_alpha=0.02, nll_weight=1.0)
+    TrainConfig(engine="trl", loss="ld_dpo", ld_alpha=0.0, nll_weight=0.5)
+    TrainConfig(engine="trl", loss="sigmoid_norm", beta=3.0)
+
+
 def test_config_imports_no_engine_loss_adapter_or_torch():
     code = ("import sys, preftune.config; heavy = [m for m in sys.modules if m == 'torch' or m.startswith("
             "('preftune.engines', 'preftune.losses', 'preftune.data'))]; print(heavy)")

@@ -117,3 +117,22 @@ def test_tokenize_completion_appends_eos_once(tiny_tokenizer):
     a = tokenize_completion(tiny_tokenizer, "P:", " x")
     b = tokenize_completion(tiny_tokenizer, "P:", " x" + tiny_tokenizer.eos_token)
     assert a == b and a.ids[-1] == eos and a.ids[-2] != eos
+
+
+def test_each_loss_is_evaluated_by_its_own_implicit_reward():
+    """One pair, β = 1: policy −6 (3 tokens) vs −4 (1 token), reference −9 vs −5.
+    dpo: +3 vs +1 → right. per_token (sigmoid_norm): +1 vs +1 → tie, wrong. simpo: −2 vs −4 → right,
+    and without the reference: moving it changes nothing."""
+    pairs = pairs_with([None])
+    lp = PairLogps(torch.tensor([-6.0]), torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([-5.0]),
+                   torch.tensor([3]), torch.tensor([1]))
+    assert preference_metrics(lp, 1.0, pairs)["reward"] == "dpo"  # the default: old runs evaluate as before
+    assert preference_metrics(lp, 1.0, pairs, "dpo")["accuracy"] == 1.0
+    m = preference_metrics(lp, 1.0, pairs, "per_token")
+    assert (m["accuracy"], m["ties"], m["reward"]) == (0.0, 1, "per_token")
+    m = preference_metrics(lp, 1.0, pairs, "simpo")
+    assert (m["accuracy"], m["mean_margin"], m["reward"]) == (1.0, 2.0, "simpo")
+    moved = PairLogps(lp.policy_chosen, lp.policy_rejected, torch.tensor([0.0]), torch.tensor([-50.0]),
+                      lp.chosen_tokens, lp.rejected_tokens)
+    assert preference_metrics(moved, 1.0, pairs, "simpo")["mean_margin"] == 2.0
+    assert "implicit reward: simpo" in format_table(m)

@@ -11,8 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import prepare
-from preftune.logps import PairLogpsModule, pack_pair, pack_row, pairs_logps, plan_rows, row_logps
-from preftune.losses import LOSSES
+from preftune.logps import (PairLogpsModule, ld_token_weights, pack_pair, pack_row, pairs_logps, plan_rows, row_logps,
+                            slot_sums)
+from preftune.engines.fast import _losses, _row_logps
+from preftune.engines.trl import trl_loss_settings
+from preftune.losses import configured, ld_alpha, ld_logps
 from preftune.models import load_model, load_tokenizer
 from preftune.refcache import RefLogpCache, reference_logps
 from preftune.data.fit import fit
@@ -41,13 +44,15 @@ def pairs(tiny_tokenizer):
     return fit(tiny_tokenizer, prepared, 256, "train")[0]
 
 
-def trl_side(tiny_model, ref_path, tokenizer, pairs, loss_type, tmp_path):
-    """TRL's own numbers for one batch: per-sequence policy log-probs, the loss, and gradients."""
+def trl_side(tiny_model, ref_path, tokenizer, pairs, cfg: TrainConfig, tmp_path):
+    """TRL's own numbers for one batch: per-sequence policy log-probs (LD-weighted for ld_dpo), the loss,
+    and gradients, with the TRL engine's loss settings (trl_loss_settings)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(pairs), beta=0.1,
-                     loss_type=[loss_type], max_length=256, bf16=False, use_cpu=True, report_to=[])
+    settings = trl_loss_settings(cfg)
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(pairs), beta=cfg.beta,
+                     max_length=256, bf16=False, use_cpu=True, report_to=[], **settings)
     rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
     trainer = DPOTrainer(model=load_model(str(tiny_model)), ref_model=load_model(str(ref_path)), args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -61,33 +66,43 @@ def trl_side(tiny_model, ref_path, tokenizer, pairs, loss_type, tmp_path):
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
         kwargs = {k: v for k, v in batch.items() if k != "completion_mask"}
         out = model(**kwargs, labels=labels, use_cache=False, fused_lm_head=True)
-        logps = out.log_probs[:, -(batch["completion_mask"].size(1) - 1):].sum(1)
+        per_token = out.log_probs[:, -(batch["completion_mask"].size(1) - 1):]
+        lda = settings["ld_alpha"]
+        logps = per_token.sum(1) if lda is None else ld_logps(per_token, batch["completion_mask"][:, 1:], lda)
     chosen, rejected = logps.chunk(2)
     return torch.stack([chosen, rejected], 1), loss.detach(), grads
 
 
-def fast_side(tiny_model, ref_path, tokenizer, pairs, loss_type, pack_tokens):
-    """The fast engine's numbers, its pairs packed into rows of at most `pack_tokens` (0: one per row)."""
+def fast_side(tiny_model, ref_path, tokenizer, pairs, cfg: TrainConfig, pack_tokens):
+    """The fast engine's numbers, its pairs packed into rows of at most `pack_tokens` (0: one per row), with
+    the engine's own per-row helpers (LD weights, the NLL term over the batch's chosen tokens)."""
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-    ref = pairs_logps(PairLogpsModule(load_model(str(ref_path))).eval(), packed, pack_tokens)
+    lda = ld_alpha(cfg)
+    ref = pairs_logps(PairLogpsModule(load_model(str(ref_path))).eval(), packed, pack_tokens, ld_alpha=lda)
     module = PairLogpsModule(load_model(str(tiny_model))).train()
-    pol = torch.zeros(len(packed), 2)
+    pol, total = torch.zeros(len(packed), 2), torch.zeros(())
+    nll_scale = cfg.nll_weight * len(packed) / sum(p.chosen_len for p in packed)  # as the engine's step does
     for row in plan_rows([len(p) for p in packed], pack_tokens):
-        pol = pol.index_put((torch.tensor(row),), row_logps(module, pack_row([packed[i] for i in row])))  # (N, 2)
-    nc = torch.tensor([p.chosen_len for p in packed])
-    nr = torch.tensor([p.rejected_len for p in packed])
-    losses, _, _ = LOSSES[loss_type](pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1, nc, nr)
-    loss = losses.mean()
-    loss.backward()
-    return pol.detach(), loss.detach(), {n.removeprefix("model."): p.grad for n, p in module.named_parameters()}
+        row_pol, nll = _row_logps(module, pack_row([packed[i] for i in row]), lda)  # (k, 2), (k,)
+        losses, _ = _losses(configured(cfg), row_pol, ref[row], cfg.beta, [packed[i] for i in row])
+        total = total + (losses + nll_scale * nll).sum() / len(packed)
+        pol = pol.index_put((torch.tensor(row),), row_pol)  # (N, 2)
+    total.backward()
+    return pol.detach(), total.detach(), {n.removeprefix("model."): p.grad for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
-def test_parity_with_trl(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path):
-    trl_logps, trl_loss, trl_grads = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type, tmp_path)
+PARITY = [dict(loss="sigmoid"), dict(loss="hinge"), dict(loss="ipo"), dict(loss="sigmoid_norm", beta=2.0),
+          dict(loss="ld_dpo", ld_alpha=0.3), dict(loss="sigmoid", nll_weight=0.5),
+          dict(loss="ld_dpo", ld_alpha=0.3, nll_weight=1.0)]  # the NLL term takes unweighted log-probs
+
+
+@pytest.mark.parametrize("settings", PARITY, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_parity_with_trl(tiny_model, perturbed_ref, tiny_tokenizer, pairs, settings, tmp_path):
+    cfg = TrainConfig(**settings)
+    trl_logps, trl_loss, trl_grads = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, cfg, tmp_path)
     assert abs(trl_loss.item() - 0.6931) > 1e-3  # the perturbed reference makes this a real comparison
     for pack_tokens in (0, 500, 10_000):  # one pair per forward, two, all four
-        fast_logps, fast_loss, fast_grads = fast_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_type,
+        fast_logps, fast_loss, fast_grads = fast_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, cfg,
                                                       pack_tokens)
         assert torch.allclose(fast_logps, trl_logps, atol=1e-4, rtol=0), (fast_logps - trl_logps).abs().max()
         assert abs(fast_loss.item() - trl_loss.item()) < 1e-4
@@ -95,6 +110,16 @@ def test_parity_with_trl(tiny_model, perturbed_ref, tiny_tokenizer, pairs, loss_
         for name, g in trl_grads.items():
             rel = (fast_grads[name] - g).norm() / g.norm().clamp(min=1e-12)
             assert rel < 1e-3, f"pack_tokens={pack_tokens}, {name}: relative gradient difference {rel:.2e}"
+
+
+def test_nll_weight_changes_trls_loss_and_ld_changes_its_logps(tiny_model, perturbed_ref, tiny_tokenizer, pairs,
+                                                               tmp_path):
+    """The settings reach TRL: the parity above would also hold if both sides ignored them."""
+    plain = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, TrainConfig(), tmp_path)
+    nll = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, TrainConfig(nll_weight=0.5), tmp_path)
+    ld = trl_side(tiny_model, perturbed_ref, tiny_tokenizer, pairs, TrainConfig(loss="ld_dpo", ld_alpha=0.3), tmp_path)
+    assert nll[1].item() > plain[1].item() + 0.1  # + 0.5 × a per-token NLL of several nats
+    assert not torch.allclose(ld[0], plain[0], atol=1e-3)
 
 
 def tiny_cfg(model, out, **kw) -> TrainConfig:
@@ -233,7 +258,7 @@ def test_the_step_log_is_strict_json(tmp_path):
 
 
 def test_a_reference_free_loss_skips_the_reference_pass(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
-    """A registry entry marked `reference_free` (SimPO-style; none ships yet) trains without the pass."""
+    """Any registry entry marked `reference_free` (as SimPO is) trains without the pass."""
     import torch.nn.functional as F
 
     from preftune import losses
@@ -255,3 +280,50 @@ def test_a_reference_free_loss_skips_the_reference_pass(tiny_model, tiny_tokeniz
     assert result.steps == 1 and result.log[0]["loss"] == pytest.approx(expected, abs=1e-5)
     assert result.log[0]["rewards/chosen"] == pytest.approx(0.1 * result.log[0]["logps/chosen"], rel=1e-5)
     assert not losses.is_reference_free("sigmoid")
+
+
+def test_simpo_run_skips_the_reference_and_is_evaluated_by_its_own_reward(tiny_model, tmp_path, monkeypatch):
+    """A whole fast run of --loss simpo: no reference pass in training; eval.json ranks by β·mean log-prob
+    and says so; the logged rewards are SimPO's (β·mean log-prob: negative, and below β·summed log-prob)."""
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("preftune.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
+    run = train(DATA, tiny_cfg(tiny_model, tmp_path, loss="simpo", beta=2.0, simpo_gamma=1.0, max_pairs=4))
+    result = json.loads((run / "eval.json").read_text())
+    assert result["reward"] == "simpo" and "ld_alpha" not in result
+    log = [json.loads(line) for line in (run / "train_log.jsonl").open()]
+    assert 0 > log[0]["rewards/chosen"] > 2.0 * log[0]["logps/chosen"]
+
+
+def test_ld_reference_log_probs_are_cached_apart_and_weighted(tiny_model, tiny_tokenizer, pairs, tmp_path,
+                                                              monkeypatch):
+    """A plain-DPO cache is never read for LD-DPO (nor one α's for another), and LD values equal the
+    per-token weighted sums; α = 1 reproduces the plain ones."""
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    load = lambda: load_model(str(tiny_model))  # noqa: E731
+    plain = reference_logps(packed, str(tiny_model), load)
+    paths = {RefLogpCache(str(tiny_model), ld_alpha=a).path for a in (None, 0.5, 0.25, 1.0)}
+    assert len(paths) == 4
+    ld = reference_logps(packed, str(tiny_model), load, ld_alpha=0.5)
+    assert (ld >= plain - 1e-5).all() and not torch.allclose(ld, plain)  # tails (log-probs < 0) weigh less
+    module = PairLogpsModule(load()).eval()
+    with torch.no_grad():
+        tokens = row_logps(module, pack_row(packed[:1]), per_token=True)
+    expected = slot_sums(tokens * ld_token_weights(packed[0].chosen_len, packed[0].rejected_len, 0.5),
+                         pack_row(packed[:1]).slots, 1)
+    assert torch.allclose(ld[:1], expected, atol=1e-5)
+    assert torch.allclose(reference_logps(packed, str(tiny_model), load, ld_alpha=1.0), plain, atol=1e-5)
+
+
+def test_trl_engine_refuses_a_loss_it_lacks_before_loading_anything(tiny_model, tiny_tokenizer, pairs, tmp_path,
+                                                                    monkeypatch):
+    """Config refuses --engine trl --loss rdpo first (test_config); should a config get past it, the
+    engine itself stops before the model loads."""
+    from preftune.engines import ENGINES, TrainJob
+    from preftune.errors import PreftuneError
+
+    monkeypatch.setattr("preftune.engines.trl.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    cfg = tiny_cfg(tiny_model, tmp_path, engine="trl")
+    cfg.loss = "rdpo"  # past the config's own check
+    with pytest.raises(PreftuneError, match="--loss rdpo is not in TRL's DPOTrainer; use --engine fast"):
+        ENGINES["trl"](TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))

@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from preftune.losses import LOSSES, hinge_loss, ipo_loss, sigmoid_loss
+from preftune.logps import ld_token_weights
+from preftune.losses import (LOSSES, configured, hinge_loss, ipo_loss, is_reference_free, ld_alpha, ld_dpo_loss,
+                             ld_logps, nll_term, pair_rewards, rdpo_loss, reward_name, sigmoid_loss, sigmoid_norm_loss,
+                             simpo_loss)
 
 
 def logps(*values):
@@ -46,9 +49,154 @@ def test_rewards_are_detached_and_loss_has_gradients():
     assert pc.grad.item() == pytest.approx(-0.1 * 0.5)  # d/dpc −log σ(β h) at h = 0 is −β·σ(0)
 
 
-def test_registry_names_match_trl_loss_types():
+def test_trl_engine_loss_types_are_trl_names():
+    """Every loss the TRL engine maps to TRL is one of DPOConfig's loss types, and config lists the same."""
     from trl import DPOConfig
 
+    from preftune.config import ENGINE_LOSSES
+    from preftune.engines.trl import TRL_LOSSES
+
     help_text = next(f for f in DPOConfig.__dataclass_fields__.values() if f.name == "loss_type").metadata["help"]
-    for name in LOSSES:
-        assert f"'{name}'" in help_text
+    assert all(f"'{trl_name}'" in help_text for trl_name in TRL_LOSSES.values()) and "'sft'" in help_text
+    assert ENGINE_LOSSES["trl"] == tuple(TRL_LOSSES) and set(TRL_LOSSES) <= set(LOSSES)
+
+
+# ---- length-aware losses ----------------------------------------------------------------------------
+
+ARGS = (logps(-8.0), logps(-15.0), logps(-10.0), logps(-14.0))  # h = 3: log-ratios +2 (chosen), −1 (rejected)
+
+
+def test_rdpo_by_hand_and_alpha_zero_is_dpo():
+    """β = 0.5, h = 3 → 1.5; |y_w| = 10, |y_l| = 4, α = 0.1: + 0.1·6 = 0.6 → z = 2.1;
+    loss = log(1 + e^−2.1) = log(1.1224564) = 0.1155186. Rewards are DPO's: 1.0 and −0.5."""
+    losses, cr, rr = rdpo_loss(*ARGS, beta=0.5, nc=logps(10), nr=logps(4), alpha=0.1)
+    assert losses.item() == pytest.approx(0.1155186, abs=1e-6)
+    assert (cr.item(), rr.item()) == (1.0, -0.5)
+    # a longer chosen completion earns its allowance: the loss is lower than DPO's 0.2014133
+    assert losses.item() < sigmoid_loss(*ARGS, beta=0.5)[0].item()
+    for nc, nr in ((10, 4), (3, 9)):
+        assert torch.equal(rdpo_loss(*ARGS, beta=0.5, nc=logps(nc), nr=logps(nr), alpha=0.0)[0],
+                           sigmoid_loss(*ARGS, beta=0.5)[0])
+
+
+def test_sigmoid_norm_by_hand():
+    """Per-token log-ratios: chosen +2 over 2 tokens = +1, rejected −1 over 4 tokens = −0.25, Δ = 1.25;
+    β = 2: loss = log(1 + e^−2.5) = log(1.0820850) = 0.0788897. Logged rewards: summed, β·2 = 4, β·−1 = −2."""
+    losses, cr, rr = sigmoid_norm_loss(*ARGS, beta=2.0, nc=logps(2), nr=logps(4))
+    assert losses.item() == pytest.approx(0.0788897, abs=1e-6)
+    assert (cr.item(), rr.item()) == (4.0, -2.0)
+
+
+def test_simpo_by_hand_and_it_ignores_the_reference():
+    """Mean log-probs: chosen −8/4 = −2, rejected −15/5 = −3; β = 2: rewards −4 and −6, margin 2;
+    γ = 1: loss = −log σ(2 − 1) = log(1 + e^−1) = 0.3132617."""
+    nc, nr = logps(4), logps(5)
+    losses, cr, rr = simpo_loss(logps(-8.0), logps(-15.0), None, None, beta=2.0, nc=nc, nr=nr, gamma=1.0)
+    assert losses.item() == pytest.approx(0.3132617, abs=1e-6)
+    assert (cr.item(), rr.item()) == (-4.0, -6.0)
+    other_ref = simpo_loss(logps(-8.0), logps(-15.0), logps(-1.0), logps(-99.0), beta=2.0, nc=nc, nr=nr, gamma=1.0)
+    assert torch.equal(other_ref[0], losses)
+    assert is_reference_free("simpo") and not is_reference_free("rdpo")
+
+
+def test_simpo_matches_trl_cpo_trainers_simpo_loss():
+    """TRL's CPOTrainer.cpo_loss (loss_type "simpo") on the same mean log-probs, called unbound with just
+    the attributes it reads: building a CPOTrainer needs a model and a dataset, which the formula does not."""
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo import CPOTrainer
+
+    torch.manual_seed(0)
+    pc, pr = -20 * torch.rand(6, dtype=torch.float64), -20 * torch.rand(6, dtype=torch.float64)
+    nc, nr = torch.randint(1, 30, (6,)), torch.randint(1, 30, (6,))
+    for beta, gamma in ((2.0, 1.0), (2.5, 1.375), (0.1, 0.5)):
+        trainer = SimpleNamespace(alpha=0.0, beta=beta, simpo_gamma=gamma, loss_type="simpo", label_smoothing=0.0,
+                                  accelerator=SimpleNamespace(device="cpu"))
+        trl_losses, trl_cr, trl_rr = CPOTrainer.cpo_loss(trainer, pc / nc, pr / nr)  # TRL averages per token first
+        losses, cr, rr = simpo_loss(pc, pr, None, None, beta, nc, nr, gamma=gamma)
+        assert torch.allclose(losses, trl_losses) and torch.allclose(cr, trl_cr) and torch.allclose(rr, trl_rr)
+
+
+def test_ld_logps_by_hand():
+    """Chosen tokens log-probs −1, −2, −3 (3 tokens), rejected five of −1 (5 tokens), after 2 prompt
+    positions and with padding (log-probs 0 outside completions, as TRL's): shared length 3.
+    α = 0.5: chosen −6 (no tail), rejected −3 + 0.5·(−2) = −4; α = 1: −6, −5 (plain sums); α = 0: −6, −3."""
+    per_token = torch.tensor([[0, 0, -1, -2, -3, 0, 0], [0, 0, -1, -1, -1, -1, -1]], dtype=torch.float64)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]])
+    assert ld_logps(per_token, mask, 0.5).tolist() == [-6.0, -4.0]
+    assert ld_logps(per_token, mask, 1.0).tolist() == [-6.0, -5.0]
+    assert ld_logps(per_token, mask, 0.0).tolist() == [-6.0, -3.0]
+    # the packed layout's per-token weights (logps.ld_token_weights) give the same sums
+    w = ld_token_weights(3, 5, 0.5)
+    assert w.tolist() == [1, 1, 1, 1, 1, 1, 0.5, 0.5]
+    tokens = torch.tensor([-1, -2, -3, -1, -1, -1, -1, -1], dtype=torch.float64)
+    assert [(tokens * w)[:3].sum().item(), (tokens * w)[3:].sum().item()] == [-6.0, -4.0]
+
+
+def test_ld_logps_matches_the_packed_weights_on_random_batches():
+    """Two implementations of LD-DPO's masks (TRL's padded batch, preftune's packed rows) agree."""
+    torch.manual_seed(1)
+    for _ in range(5):
+        lens = torch.randint(1, 9, (2, 3))  # (chosen, rejected) × 3 pairs
+        T = 12
+        per_token, mask = torch.zeros(6, T, dtype=torch.float64), torch.zeros(6, T, dtype=torch.long)
+        expected = []
+        for j in range(3):
+            c, r = lens[0, j].item(), lens[1, j].item()
+            tok = -torch.rand(c + r, dtype=torch.float64)
+            per_token[j, 2 : 2 + c], per_token[3 + j, 2 : 2 + r] = tok[:c], tok[c:]
+            mask[j, 2 : 2 + c], mask[3 + j, 2 : 2 + r] = 1, 1
+            weighted = tok * ld_token_weights(c, r, 0.3).double()
+            expected.append((weighted[:c].sum(), weighted[c:].sum()))
+        got = ld_logps(per_token, mask, 0.3)
+        assert torch.allclose(got[:3], torch.stack([e[0] for e in expected]))
+        assert torch.allclose(got[3:], torch.stack([e[1] for e in expected]))
+
+
+def test_ld_dpo_with_alpha_one_is_dpo():
+    per_token = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]], dtype=torch.float64)
+    ref_token = torch.tensor([[-1.5, -1.0, 0.0], [-0.4, -0.6, -0.2]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    pol, ref = ld_logps(per_token, mask, 1.0), ld_logps(ref_token, mask, 1.0)
+    assert torch.allclose(pol, per_token.sum(1)) and torch.allclose(ref, ref_token.sum(1))
+    assert torch.equal(ld_dpo_loss(pol[:1], pol[1:], ref[:1], ref[1:], 0.1)[0],
+                       sigmoid_loss(pol[:1], pol[1:], ref[:1], ref[1:], 0.1)[0])
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "sigmoid_norm", "ld_dpo", "rdpo"])
+def test_dpo_family_is_log2_when_policy_equals_reference(name):
+    """At π = π_ref every log-ratio is 0: log 2 — for R-DPO only where |y_w| = |y_l| (else −log σ(α·Δ|y|))."""
+    lp, n = logps(-12.0, -3.5), logps(7, 7)
+    losses = LOSSES[name](lp, lp - 1, lp, lp - 1, 0.1, n, n)[0]
+    assert torch.allclose(losses, torch.full((2,), math.log(2), dtype=torch.float64))
+    unequal = rdpo_loss(lp, lp - 1, lp, lp - 1, 0.1, logps(9, 9), logps(7, 7), alpha=0.01)[0]
+    assert torch.allclose(unequal, torch.full((2,), -math.log(1 / (1 + math.exp(-0.02))), dtype=torch.float64))
+
+
+def test_nll_term_is_the_token_mean_over_the_batch():
+    """Chosen sums −6 (3 tokens) and −4 (2 tokens): 10 / 5 = 2. With the first over 4 tokens: 10 / 6 = 1.6667,
+    not the mean of per-sequence means ½(6/4 + 4/2) = 1.75."""
+    assert nll_term(logps(-6.0, -4.0), 5).item() == pytest.approx(2.0)
+    assert nll_term(logps(-6.0, -4.0), 6).item() == pytest.approx(10 / 6)
+
+
+def test_configured_binds_each_losss_own_setting():
+    from preftune.config import TrainConfig
+
+    cfg = TrainConfig(loss="rdpo", rdpo_alpha=0.1)
+    assert configured(cfg)(*ARGS, 0.5, logps(10), logps(4))[0].item() == pytest.approx(0.1155186, abs=1e-6)
+    assert configured(TrainConfig(loss="simpo", simpo_gamma=0.0, beta=2.0)).keywords == {"gamma": 0.0}
+    assert configured(TrainConfig()) is sigmoid_loss
+    assert ld_alpha(TrainConfig(loss="ld_dpo", ld_alpha=0.25)) == 0.25 and ld_alpha(TrainConfig()) is None
+
+
+def test_pair_rewards_by_hand():
+    """β = 2; log-ratios +2 over 2 tokens, −1 over 4; policy sums −8 (4 tokens), −15 (5 tokens)."""
+    nc, nr = logps(2), logps(4)
+    assert [t.item() for t in pair_rewards("dpo", *ARGS, 2.0, nc, nr)] == [4.0, -2.0]
+    assert [t.item() for t in pair_rewards("per_token", *ARGS, 2.0, nc, nr)] == [2.0, -0.5]
+    assert [t.item() for t in pair_rewards("simpo", *ARGS, 2.0, logps(4), logps(5))] == [-4.0, -6.0]
+    assert [t.item() for t in pair_rewards("ld_dpo", *ARGS, 2.0, nc, nr)] == [4.0, -2.0]  # on LD log-probs
+    assert {reward_name(n) for n in ("sigmoid", "hinge", "ipo", "rdpo")} == {"dpo"}
+    assert (reward_name("simpo"), reward_name("sigmoid_norm"), reward_name("ld_dpo")) == ("simpo", "per_token",
+                                                                                          "ld_dpo")

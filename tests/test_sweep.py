@@ -62,6 +62,29 @@ def test_suffixes_only_when_beta_or_loss_vary():
     assert {(r.cfg.beta, r.cfg.loss) for r in runs} == {(b, l) for b in (0.1, 0.5) for l in ("sigmoid", "ipo")}
 
 
+def test_loss_setting_axes_multiply_only_their_losss_runs_and_name_them_when_they_vary():
+    base = TrainConfig()
+    runs = expand(SweepConfig(loss=("sigmoid", "rdpo"), rdpo_alpha=(0.01, 0.05)), base)
+    assert [r.name for r in runs] == ["dpo_model_lr5e-06_bs4_epoch1_loss-sigmoid",
+                                      "dpo_model_lr5e-06_bs4_epoch1_loss-rdpo_rdpo-alpha0.01",
+                                      "dpo_model_lr5e-06_bs4_epoch1_loss-rdpo_rdpo-alpha0.05"]
+    assert [(r.cfg.loss, r.cfg.rdpo_alpha) for r in runs] == [("sigmoid", 0.01), ("rdpo", 0.01), ("rdpo", 0.05)]
+    runs = expand(SweepConfig(loss=("ld_dpo",), ld_alpha=(0.5,), nll_weight=(0.0, 1.0)), base)
+    assert [(r.name, r.cfg.loss, r.cfg.ld_alpha, r.cfg.nll_weight) for r in runs] == [
+        ("dpo_model_lr5e-06_bs4_epoch1_nll0.0", "ld_dpo", 0.5, 0.0),
+        ("dpo_model_lr5e-06_bs4_epoch1_nll1.0", "ld_dpo", 0.5, 1.0)]
+    runs = expand(SweepConfig(loss=("simpo",), simpo_gamma=(0.5, 1.0), beta=(2.0, 2.5)), base)
+    assert [r.name for r in runs][:2] == ["dpo_model_lr5e-06_bs4_epoch1_beta2.0_simpo-gamma0.5",
+                                          "dpo_model_lr5e-06_bs4_epoch1_beta2.0_simpo-gamma1.0"]
+    assert len({r.name for r in runs}) == 4
+
+
+def test_a_loss_setting_axis_without_its_loss_is_refused():
+    with pytest.raises(PreftuneError, match="--rdpo-alpha applies to --loss rdpo only, which the grid's --loss "
+                                            r"\(sigmoid, ipo\) does not include"):
+        SweepConfig(loss=("sigmoid", "ipo"), rdpo_alpha=(0.05,))
+
+
 @pytest.mark.parametrize("text, message", [
     ("lrr: [1e-6]\n", "s.yaml:1: field 'lrr': unknown setting; did you mean 'lr'?"),
     ("seed: 1\nmax_pairs: many\n", "s.yaml:2: field 'max_pairs': expected int, got 'many'"),
@@ -71,6 +94,8 @@ def test_suffixes_only_when_beta_or_loss_vary():
     ("lr: [-1e-6]\n", "--lr must be > 0, got -1e-06"),
     ("loss: [sigmoid, nope]\n", "unknown --loss 'nope'; choose one of: sigmoid, hinge, ipo"),
     ("engine: turbo\n", "unknown --engine 'turbo'; choose one of: fast, trl"),
+    ("engine: trl\nloss: [sigmoid, simpo]\n", "--loss simpo is not available with --engine trl"),
+    ("ld_alpha: [0.5, 1.5]\nloss: [ld_dpo]\n", "--ld-alpha must be in [0, 1], got 1.5"),
     ("format: csvish\n", "unknown --format 'csvish'; choose one of: auto, summarize_from_feedback"),
     ("seed: -1\n", "--seed must be in [0, 4294967296), got -1"),
     ("eval_fraction: 0.5\ntest_fraction: 0.5\n", "--eval-fraction + --test-fraction must be < 1"),

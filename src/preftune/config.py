@@ -28,8 +28,14 @@ DEFAULT_DATASET = "tldr-sample"
 DEFAULT_RM = "distilbert/distilbert-base-uncased"
 
 # Names of the registries the flags choose from (tests/test_config.py checks they match):
-LOSS_NAMES = ("sigmoid", "hinge", "ipo")  # preftune.losses.LOSSES
+LOSS_NAMES = ("sigmoid", "hinge", "ipo", "sigmoid_norm", "rdpo", "simpo", "ld_dpo")  # preftune.losses.LOSSES
 ENGINE_NAMES = ("fast", "trl")  # preftune.engines.ENGINES
+# The losses each engine trains (the fast engine: all; TRL's DPOTrainer has no R-DPO or SimPO):
+# preftune.engines.trl.TRL_LOSSES for 'trl'. Checked with the config, before any work.
+ENGINE_LOSSES = {"fast": LOSS_NAMES, "trl": ("sigmoid", "hinge", "ipo", "sigmoid_norm", "ld_dpo")}
+# A loss's own setting → the loss that reads it (preftune.losses.LOSS_PARAMS / ld_alpha); set with any
+# other loss it would be ignored, so it is refused.
+LOSS_FIELDS = {"rdpo_alpha": "rdpo", "simpo_gamma": "simpo", "ld_alpha": "ld_dpo"}
 FORMAT_NAMES = ("auto", "summarize_from_feedback", "preftune_pairs", "prompt_chosen_rejected", "hh_rlhf",
                 "conversational", "ultrafeedback")  # 'auto' + preftune.data.adapters.ADAPTERS
 COLUMN_NAMES = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected", "info",
@@ -52,6 +58,11 @@ def _opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | N
     meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty or None,
             **extra}
     return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def _default(cls: type, name: str) -> Any:
+    """A dataclass field's default value."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def flag_name(name: str) -> str:
@@ -177,7 +188,23 @@ class TrainConfig(Config):
     )
     epochs: int = _opt(1, "Passes over the training pairs.", gt=0)
     beta: float = _opt(0.1, "DPO beta: strength of the pull towards the reference (higher = closer).", gt=0)
-    loss: str = _opt("sigmoid", "DPO loss variant (preftune.losses).", choices=LOSS_NAMES)
+    loss: str = _opt("sigmoid", "DPO loss variant (preftune.losses; docs/losses.md): sigmoid (DPO), hinge, ipo, "
+                     "and the length-aware sigmoid_norm (per-token log-ratios; β 2-5), rdpo (R-DPO; --rdpo-alpha), "
+                     "simpo (SimPO, no reference; β 2-2.5, --simpo-gamma) and ld_dpo (LD-DPO; --ld-alpha). "
+                     "--engine trl: not rdpo or simpo.", choices=LOSS_NAMES)
+    rdpo_alpha: float = _opt(
+        0.01, "R-DPO (--loss rdpo): α of the length allowance α·(|y_w| − |y_l|), in reward units per token, added "
+        "to the margin. 0 is plain DPO; 0.01 is what a TL;DR reimplementation used (LuJunru/SamPO).", ge=0)
+    simpo_gamma: float = _opt(
+        1.0, "SimPO (--loss simpo): the target margin γ (TRL CPOConfig's simpo_gamma: γ itself, not γ/β). 1.0 is "
+        "the paper's γ/β = 0.5 at its β = 2.", ge=0)
+    ld_alpha: float = _opt(
+        0.5, "LD-DPO (--loss ld_dpo): weight of the longer completion's tokens beyond the shorter one's length, "
+        "in policy and reference log-probs (TRL DPOConfig.ld_alpha). 1: plain DPO; 0: the tail is ignored.",
+        ge=0, le=1)
+    nll_weight: float = _opt(
+        0.0, "Add this × the NLL of the chosen completion (mean per token over the batch, TRL's 'sft' term) to "
+        "any --loss: RPO (arXiv:2404.19733) uses 1.0; keeps chosen likelihood from falling. 0: off.", ge=0)
     lora: bool = _opt(False, "Train a LoRA adapter instead of all weights; the saved model is merged.")
     lora_r: int = _opt(16, "LoRA rank.", gt=0)
     lora_alpha: int = _opt(32, "LoRA alpha (scale = alpha / r).", gt=0)
@@ -221,6 +248,12 @@ class TrainConfig(Config):
         "name, so a sweep's runs share one project).", nonempty=True)
 
     def check(self) -> None:
+        for name, loss in LOSS_FIELDS.items():
+            if self.loss != loss and getattr(self, name) != _default(TrainConfig, name):
+                raise PreftuneError(f"{flag_name(name)} applies to --loss {loss} only, got --loss {self.loss}")
+        if self.loss not in ENGINE_LOSSES[self.engine]:
+            raise PreftuneError(f"--loss {self.loss} is not available with --engine {self.engine} (TRL's DPOTrainer "
+                                f"has no such loss); use --engine fast")
         if not [m for m in self.lora_targets.split(",") if m.strip()]:
             raise PreftuneError(f"--lora-targets names no module, got '{self.lora_targets}' "
                                 "(e.g. q_proj,k_proj,v_proj,o_proj)")
@@ -376,6 +409,14 @@ class SweepConfig(Config):
     loss: tuple[str, ...] = _opt((TrainConfig.loss,),
                                  "DPO loss variants to try; run names get _loss-{name} when there are several.",
                                  choices=LOSS_NAMES)
+    rdpo_alpha: tuple[float, ...] = _opt((TrainConfig.rdpo_alpha,), "R-DPO alphas to try (runs of --loss rdpo "
+                                         "only); run names get _rdpo-alpha{a} when there are several.", ge=0)
+    simpo_gamma: tuple[float, ...] = _opt((TrainConfig.simpo_gamma,), "SimPO gammas to try (runs of --loss simpo "
+                                          "only); run names get _simpo-gamma{g} when there are several.", ge=0)
+    ld_alpha: tuple[float, ...] = _opt((TrainConfig.ld_alpha,), "LD-DPO alphas to try (runs of --loss ld_dpo "
+                                       "only); run names get _ld-alpha{a} when there are several.", ge=0, le=1)
+    nll_weight: tuple[float, ...] = _opt((TrainConfig.nll_weight,), "NLL weights to try (every loss); run names "
+                                         "get _nll{w} when there are several.", ge=0)
 
     def check(self) -> None:
         for f in dataclasses.fields(self):
@@ -384,6 +425,10 @@ class SweepConfig(Config):
                 raise PreftuneError(f"sweep: {flag} needs at least one value")
             if len(set(values)) != len(values):
                 raise PreftuneError(f"sweep: {flag} lists a value twice: {', '.join(map(str, values))}")
+        for name, loss in LOSS_FIELDS.items():
+            if loss not in self.loss and getattr(self, name) != (_default(TrainConfig, name),):
+                raise PreftuneError(f"sweep: {flag_name(name)} applies to --loss {loss} only, which the grid's "
+                                    f"--loss ({', '.join(self.loss)}) does not include")
 
 
 @dataclass

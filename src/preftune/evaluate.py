@@ -10,6 +10,12 @@ is shorter, their mean (the length-balanced accuracy: any pure length counter sc
 an Agresti–Caffo interval, and the "longer wins" baseline on the same pairs. Rows that carry the
 labeller's confidence (Pair.meta["confidence"]) are also scored by confidence.
 
+The reward is the run's own (losses.reward_name, recorded in the result as "reward"): "dpo" for the
+DPO family (R-DPO too: its α|y| term is a length allowance, not reward), "per_token" (sigmoid_norm:
+β·log-ratio / tokens), "simpo" (β·mean token log-prob, no reference) and "ld_dpo" (DPO's reward on
+LD-weighted log-probs, policy and reference: every log-prob of that result is LD-weighted). A run
+saved before losses had settings evaluates as before.
+
 Where the metrics go (see run_folder.result_file): the run's own validation pairs → eval.json, its
 test pairs → test.json, another dataset's → eval_<slug>.json / test_<slug>.json. Runs are chosen on
 validation; test is computed for chosen runs only (`preftune report`) or on request (`--split test`).
@@ -27,6 +33,7 @@ from preftune import run_folder
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
 from preftune.logps import PairLogpsModule, default_pack_tokens, pack_pair, pairs_logps
+from preftune.losses import pair_rewards, reward_name
 from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, Run, open_run  # noqa: F401 - names judge.py reads
 from preftune.stats import by_group, length_strata
 
@@ -45,25 +52,28 @@ class PairLogps:
     rejected_tokens: torch.Tensor
 
 
-def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 2) summed log-probs of (chosen, rejected) and (N, 2) completion token counts.
+def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval", ld_alpha: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2) summed log-probs of (chosen, rejected) (LD-weighted with ld_alpha) and (N, 2) completion
+    token counts.
 
     Each pair's prompt computed once (logps.PackedPair), pairs packed into forwards as training packs
     them (logps.default_pack_tokens), no padding."""
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
     module = PairLogpsModule(model).eval()
     try:
-        logps = pairs_logps(module, packed, default_pack_tokens(), desc=desc)  # packed as training packs
+        logps = pairs_logps(module, packed, default_pack_tokens(), desc=desc, ld_alpha=ld_alpha)  # as training packs
     finally:
         module.release()
     return logps.float(), torch.tensor([[p.chosen_len, p.rejected_len] for p in packed])
 
 
-def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair]) -> dict:
+def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair], reward: str = "dpo") -> dict:
     """Accuracy (with its interval), margins, drift, and accuracy by length stratum and by labeller
-    confidence, from log-probs. Pure: no model involved."""
-    chosen_r = beta * (lp.policy_chosen - lp.ref_chosen)  # (N,)
-    rejected_r = beta * (lp.policy_rejected - lp.ref_rejected)
+    confidence, from log-probs, ranked by the implicit `reward` (losses.pair_rewards). Pure: no model
+    involved."""
+    chosen_r, rejected_r = pair_rewards(reward, lp.policy_chosen, lp.policy_rejected, lp.ref_chosen,  # (N,) each
+                                        lp.ref_rejected, beta, lp.chosen_tokens, lp.rejected_tokens)
     margin = chosen_r - rejected_r
     correct = (margin > 0).float().tolist()  # a NaN margin is never > 0: wrong, and counted below
     drift = torch.cat([lp.policy_chosen - lp.ref_chosen, lp.policy_rejected - lp.ref_rejected])
@@ -78,6 +88,7 @@ def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair]) -> dict:
         "n": strata["n"],
         "posts": len({p.post_id for p in pairs}),
         "beta": beta,
+        "reward": reward,
         "length_unit": "tokens",
         "accuracy": strata["accuracy"],
         "accuracy_ci95": strata["accuracy_ci95"],
@@ -105,22 +116,28 @@ def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair]) -> dict:
     }
 
 
-def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float) -> dict:
+def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float, loss: str = "sigmoid",
+                   ld_alpha: float = 0.5) -> dict:
     """`reference` is a model, or a model folder whose log-probs come from the on-disk cache
-    (computed once per pair and reused by every run evaluated against the same reference)."""
+    (computed once per pair and reused by every run evaluated against the same reference). `loss`
+    (and `ld_alpha` for ld_dpo): the run's, which choose its implicit reward. SimPO's reward needs no
+    reference; it is still scored, for the drift metrics."""
     if not pairs:
         raise PreftuneError("no held-out pairs to evaluate (--eval-fraction 0?)")
-    pol, counts = score_pairs(policy, tokenizer, pairs, "eval policy")
+    reward = reward_name(loss)
+    lda = ld_alpha if reward == "ld_dpo" else None
+    pol, counts = score_pairs(policy, tokenizer, pairs, "eval policy", lda)
     if isinstance(reference, (str, Path)):
         from preftune.models import load_model
         from preftune.refcache import reference_logps
 
         packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-        ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)))
+        ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)), ld_alpha=lda)
     else:
-        ref, _ = score_pairs(reference, tokenizer, pairs, "eval reference")
-    return preference_metrics(PairLogps(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], counts[:, 0], counts[:, 1]),
-                              beta, pairs)
+        ref, _ = score_pairs(reference, tokenizer, pairs, "eval reference", lda)
+    metrics = preference_metrics(PairLogps(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], counts[:, 0], counts[:, 1]),
+                                 beta, pairs, reward)
+    return {**metrics, **({"ld_alpha": lda} if lda is not None else {})}
 
 
 # ---- the printed table ---------------------------------------------------------------------------
@@ -161,7 +178,8 @@ def describe(m: dict) -> str:
 def format_table(m: dict) -> str:
     """A result (eval.json and kin) as printed text; keys an older file lacks show as n/a."""
     lines = [f"evaluation on the {describe(m)}: {m.get('n') or 0:,} pairs from {m.get('posts') or 0:,} posts, "
-             f"beta={m.get('beta')}, lengths in {m.get('length_unit', 'characters (older preftune)')}", ""]
+             f"beta={m.get('beta')}, lengths in {m.get('length_unit', 'characters (older preftune)')}, "
+             f"implicit reward: {m.get('reward', 'dpo')}", ""]
     width = max(len(label) for _, label in TABLE_ROWS)
     for key, label in TABLE_ROWS:
         if key in ("chosen_longer", "chosen_shorter", "equal_length"):
@@ -214,7 +232,8 @@ def evaluate_split(run: Run, split: str = "validation", dataset: str | None = No
     reference = resolve_model(run.reference_model)
     logger.info(f"eval: {run.name} on the {split} split of {dataset or run.dataset} ({len(held):,} pairs), against "
                 f"reference {run.reference_model} ← {reference.source}")
-    metrics = evaluate_pairs(load_model(str(run.path)), reference.path, tokenizer, held, run.beta)
+    metrics = evaluate_pairs(load_model(str(run.path)), reference.path, tokenizer, held, run.beta,
+                             run.train.get("loss", "sigmoid"), run.train.get("ld_alpha", 0.5))
     result = {"split": split, "dataset": dataset or run.dataset, **metrics, **(extra or {})}
     if dataset is None and max_pairs is None:  # the run's own pairs, all of them: report can tell when stale
         result["fingerprint"] = run.fingerprint(split)

@@ -188,6 +188,23 @@ def pack_row(pairs: Sequence[PackedPair]) -> PackedRow:
     return PackedRow(ids, positions, tuple(spans), torch.cat(rows), torch.cat(targets), torch.cat(slots))
 
 
+def ld_token_weights(chosen_len: int, rejected_len: int, alpha: float) -> torch.Tensor:
+    """(C + R,) LD-DPO weights of one pair's completion tokens, chosen then rejected (a row's order):
+    1 on the first min(C, R) tokens of each, α on the longer one's tail (losses.ld_logps, per pair)."""
+    shared = min(chosen_len, rejected_len)
+    weights = torch.ones(chosen_len + rejected_len)
+    weights[shared:chosen_len] = alpha
+    weights[chosen_len + shared :] = alpha
+    return weights
+
+
+def row_weights(row: "PackedRow", ld_alpha: float | None) -> torch.Tensor | None:
+    """(N,) LD weights of a row's completion tokens, or None (plain sums) when ld_alpha is None."""
+    if ld_alpha is None:
+        return None
+    return torch.cat([ld_token_weights(s.chosen_len, s.rejected_len, ld_alpha) for s in row.spans])
+
+
 def default_pack_tokens(pack_tokens: int | None = None) -> int:
     """--pack-tokens, or this device's default (config.DEFAULT_PACK_TOKENS) when it is None."""
     if pack_tokens is not None:
@@ -307,25 +324,38 @@ class PairLogpsModule(torch.nn.Module):
         return self.model
 
     def forward(self, ids, positions, rows, targets, slots, n_pairs: int, spans: tuple[PairSpan, ...],
-                mask=None):
+                mask=None, weights=None, per_token: bool = False):
+        """(n, 2) sums of the completion tokens' log-probs, each token times `weights` (N,) when given
+        (LD-DPO); per_token: the (N,) token log-probs themselves, in the row's order."""
         extra = {"pair_spans": spans} if mask is None else {"attention_mask": mask}
         with torch.autocast(ids.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             # the root forward (FSDP needs it), with the LM head on the completion positions only
             out = self.model(input_ids=ids, position_ids=positions, logits_to_keep=rows, use_cache=False, **extra)
             logits = out.logits[0].float()  # (N, V)
         token_logps = logits.gather(-1, ids[0, targets][:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
-        sums = torch.zeros(2 * n_pairs, dtype=token_logps.dtype, device=token_logps.device)
-        return sums.index_add(0, slots, token_logps).view(n_pairs, 2)
+        if per_token:
+            return token_logps
+        return slot_sums(token_logps if weights is None else token_logps * weights, slots, n_pairs)
 
 
-def row_logps(module: torch.nn.Module, row: PackedRow) -> torch.Tensor:
-    """(n, 2) summed log-probs of (chosen, rejected) for the n pairs of a packed row. `module` is a
-    PairLogpsModule, possibly wrapped (DDP, FSDP)."""
+def slot_sums(token_logps: torch.Tensor, slots: torch.Tensor, n_pairs: int) -> torch.Tensor:
+    """(n, 2) per-pair (chosen, rejected) sums of (N,) token values, by their slots (2j, 2j + 1)."""
+    sums = torch.zeros(2 * n_pairs, dtype=token_logps.dtype, device=token_logps.device)
+    return sums.index_add(0, slots, token_logps).view(n_pairs, 2)
+
+
+def row_logps(module: torch.nn.Module, row: PackedRow, ld_alpha: float | None = None,
+              per_token: bool = False) -> torch.Tensor:
+    """(n, 2) summed log-probs of (chosen, rejected) for the n pairs of a packed row, LD-weighted with
+    `ld_alpha` (LD-DPO) when given; per_token: the (N,) token log-probs instead (`slot_sums` sums
+    them). `module` is a PairLogpsModule, possibly wrapped (DDP, FSDP)."""
     inner = getattr(module, "module", module)  # the PairLogpsModule inside a DDP wrapper
     device = next(module.parameters()).device
     mask = additive_mask(row.allowed(), inner.dtype).to(device) if inner.attention == "mask" else None
+    weights = row_weights(row, ld_alpha)
     return module(row.ids.to(device), row.positions.to(device), row.rows.to(device), row.targets.to(device),
-                  row.slots.to(device), len(row), row.spans, mask)
+                  row.slots.to(device), len(row), row.spans, mask,
+                  weights=None if weights is None else weights.to(device), per_token=per_token)
 
 
 def packed_pair_logps(module: torch.nn.Module, p: PackedPair) -> torch.Tensor:
@@ -334,13 +364,14 @@ def packed_pair_logps(module: torch.nn.Module, p: PackedPair) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pairs_logps(module: PairLogpsModule, pairs: Sequence[PackedPair], pack_tokens: int, desc: str | None = None
-                ) -> torch.Tensor:
-    """(N, 2) log-probs of many pairs without gradients (reference pass, evaluation), `pack_tokens` per forward."""
+def pairs_logps(module: PairLogpsModule, pairs: Sequence[PackedPair], pack_tokens: int, desc: str | None = None,
+                ld_alpha: float | None = None) -> torch.Tensor:
+    """(N, 2) log-probs of many pairs without gradients (reference pass, evaluation), `pack_tokens` per
+    forward; LD-weighted with `ld_alpha` when given."""
     out = torch.zeros(len(pairs), 2)
     plan = plan_rows([len(p) for p in pairs], pack_tokens)
     with tqdm(total=len(pairs), desc=desc, unit="pair", leave=False, disable=desc is None) as bar:
         for members in plan:
-            out[members] = row_logps(module, pack_row([pairs[i] for i in members])).float().cpu()
+            out[members] = row_logps(module, pack_row([pairs[i] for i in members]), ld_alpha).float().cpu()
             bar.update(len(members))
     return out

@@ -7,10 +7,17 @@ length-normalised IPO uses them), and returns `(losses, chosen_rewards, rejected
     r(x, y) = β · (log π(y|x) − log π_ref(y|x))                    (DPO paper, Rafailov et al. 2023, Eq. 5)
 The TRL engine trains with TRL's implementation of the same loss; these functions are the
 reference for evaluation, the tests, and the engines preftune owns.
+
+Length-aware variants (docs/losses.md): R-DPO adds a length allowance to the margin, sigmoid_norm and
+SimPO compare per-token averages (SimPO without a reference), LD-DPO down-weights the longer
+completion's excess tokens before the sigmoid loss (`ld_logps`; the engines compute those log-probs).
+A loss's own settings are keyword arguments, filled from TrainConfig by `configured` (`LOSS_PARAMS`).
+Any loss can add an NLL term on the chosen completion (`--nll-weight`, `nll_term`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -51,17 +58,122 @@ def ipo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Te
     return losses, implicit_rewards(pc, rc, beta), implicit_rewards(pr, rr, beta)
 
 
-# name → loss. A sweep's `loss` axis and --loss are validated against this registry, and the TRL
-# engine passes the same name to TRL's `loss_type` (all three names mean the same thing there). A loss
-# that ignores the reference (SimPO-style) says so with a `reference_free = True` attribute: the fast
-# engine then skips the reference pass (`is_reference_free`).
+def rdpo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Tensor, nr: Tensor,
+              alpha: float = 0.01):
+    """R-DPO: −log σ(β·h + α·(|y_w| − |y_l|))   (Park et al. 2024, arXiv:2403.19159, Eq. 9), lengths in
+    tokens. From the objective r − α|y|: the α term grants a longer chosen completion its length, so the
+    policy need not learn length to win the margin. Rewards are DPO's β·log-ratios (the α term is an
+    allowance, not reward)."""
+    losses = -F.logsigmoid(beta * _logits(pc, pr, rc, rr) + alpha * (nc - nr))
+    return losses, implicit_rewards(pc, rc, beta), implicit_rewards(pr, rr, beta)
+
+
+def sigmoid_norm_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Tensor, nr: Tensor):
+    """Length-normalised DPO: −log σ(β·((log π(y_w) − log π_ref(y_w))/|y_w| − (log π(y_l) − log π_ref(y_l))/|y_l|))
+    (arXiv:2407.15229; TRL loss_type "sigmoid_norm"). Per-token log-ratios are ~|y| times smaller than
+    summed ones, so β must be larger (2–5; Tülu 3 uses 5). Rewards stay the summed β·log-ratios, as TRL
+    logs them (evaluation ranks by the per-token ones: `pair_rewards`)."""
+    chosen, rejected = (pc - rc) / nc.clamp(min=1), (pr - rr) / nr.clamp(min=1)
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    return losses, implicit_rewards(pc, rc, beta), implicit_rewards(pr, rr, beta)
+
+
+def simpo_loss(pc: Tensor, pr: Tensor, rc, rr, beta: float, nc: Tensor, nr: Tensor, gamma: float = 1.0):
+    """SimPO: −log σ(β/|y_w|·log π(y_w) − β/|y_l|·log π(y_l) − γ)   (Meng et al. 2024, arXiv:2405.14734,
+    Eq. 6). No reference model (rc, rr are ignored); γ is TRL CPOConfig's `simpo_gamma` (the margin
+    itself, not γ/β). Rewards: β·mean token log-prob, the paper's Eq. 4."""
+    chosen, rejected = beta * pc / nc.clamp(min=1), beta * pr / nr.clamp(min=1)
+    losses = -F.logsigmoid(chosen - rejected - gamma)
+    return losses, chosen.detach(), rejected.detach()
+
+
+simpo_loss.reference_free = True
+
+
+def ld_dpo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc=None, nr=None):
+    """LD-DPO: DPO's −log σ(β·h) on length-desensitised log-probs (arXiv:2409.06411, Eq. 12; TRL's
+    DPOConfig.ld_alpha): pc..rr must come from `ld_logps`, for the policy and the reference alike."""
+    return sigmoid_loss(pc, pr, rc, rr, beta)
+
+
+ld_dpo_loss.length_desensitised = True
+
+
+def ld_logps(per_token_logps: Tensor, completion_mask: Tensor, alpha: float) -> Tensor:
+    """LD-DPO's sequence log-probs, exactly TRL 1.16's masks. per_token_logps, completion_mask: (2B, T),
+    the batch's chosen rows then its rejected rows; returns (2B,). Each pair shares ℓ = min(|y_w|, |y_l|)
+    completion tokens: log p = Σ_{k ≤ ℓ} log p_k + α·Σ_{k > ℓ} log p_k (arXiv:2409.06411, Eq. 11), so only
+    the longer completion's tail is weighted; α = 1 is plain DPO, α = 0 drops the tail. The masks are
+    also ANDed with completion_mask, which changes nothing where log-probs outside the completion are 0
+    (TRL's are: their labels are −100) and keeps padding out where they are not."""
+    position = completion_mask.cumsum(dim=1)  # 1, 2, … along each completion (0 before it)
+    chosen_lens, rejected_lens = completion_mask.sum(dim=1).long().chunk(2)
+    shared = torch.minimum(chosen_lens, rejected_lens).repeat(2)[:, None]  # (2B, 1)
+    shared_mask = (position > 0) & (position <= shared) & completion_mask.bool()
+    tail_mask = (position > shared) & completion_mask.bool()
+    return (per_token_logps * shared_mask).sum(dim=1) + alpha * (per_token_logps * tail_mask).sum(dim=1)
+
+
+def nll_term(chosen_logps: Tensor, chosen_tokens: Tensor | int) -> Tensor:
+    """RPO's NLL term (Pang et al. 2024, arXiv:2404.19733, Eq. 3; TRL loss_type "sft"): the mean NLL per
+    chosen token over the batch, −Σ log π(y_w) / Σ |y_w| (a token mean, not a mean of per-sequence means).
+    chosen_logps: (B,) summed (not LD-weighted) log-probs; chosen_tokens: their total token count."""
+    return -chosen_logps.sum() / chosen_tokens
+
+
+# name → loss. A sweep's `loss` axis and --loss are validated against this registry (the TRL engine
+# maps each name it supports to TRL's settings: engines/trl.py TRL_LOSSES). A loss that ignores the
+# reference (SimPO) says so with a `reference_free = True` attribute: the fast engine then skips the
+# reference pass (`is_reference_free`); one that needs LD-weighted log-probs, `length_desensitised = True`.
 LOSSES: dict[str, LossFn] = {
     "sigmoid": sigmoid_loss,
     "hinge": hinge_loss,
     "ipo": ipo_loss,
+    "sigmoid_norm": sigmoid_norm_loss,
+    "rdpo": rdpo_loss,
+    "simpo": simpo_loss,
+    "ld_dpo": ld_dpo_loss,
 }
+
+# loss → {its keyword argument: the TrainConfig field that sets it} (config.LOSS_FIELDS is the inverse)
+LOSS_PARAMS: dict[str, dict[str, str]] = {"rdpo": {"alpha": "rdpo_alpha"}, "simpo": {"gamma": "simpo_gamma"}}
 
 
 def is_reference_free(name: str) -> bool:
     """Whether the registered loss `name` ignores π_ref, so no reference log-probs need computing."""
     return bool(getattr(LOSSES[name], "reference_free", False))
+
+
+def ld_alpha(cfg) -> float | None:
+    """The LD weight the run's log-probs take (policy and reference): cfg.ld_alpha for an LD loss, else
+    None (plain sums). Runs saved before ld_alpha existed have none."""
+    return getattr(cfg, "ld_alpha", 0.5) if getattr(LOSSES[cfg.loss], "length_desensitised", False) else None
+
+
+def configured(cfg) -> LossFn:
+    """The run's loss with its own settings bound, called as loss(pc, pr, rc, rr, beta, nc, nr)."""
+    fn = LOSSES[cfg.loss]
+    params = {arg: getattr(cfg, name) for arg, name in LOSS_PARAMS.get(cfg.loss, {}).items()}
+    return functools.partial(fn, **params) if params else fn
+
+
+# ---- the implicit reward a run is evaluated with --------------------------------------------------
+
+# loss → the reward its held-out accuracy uses (evaluate.py; recorded in eval.json as "reward")
+REWARDS = {"simpo": "simpo", "sigmoid_norm": "per_token", "ld_dpo": "ld_dpo"}
+
+
+def reward_name(loss: str) -> str:
+    """'dpo' (β·log-ratio; also R-DPO's: its α|y| is an allowance), 'per_token', 'simpo' or 'ld_dpo'."""
+    return REWARDS.get(loss, "dpo")
+
+
+def pair_rewards(reward: str, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Tensor,
+                 nr: Tensor) -> tuple[Tensor, Tensor]:
+    """(chosen, rejected) implicit rewards, each (N,). 'ld_dpo' takes LD-weighted log-probs (its
+    reward is then DPO's on them); 'simpo' ignores rc, rr."""
+    if reward == "simpo":
+        return beta * pc / nc.clamp(min=1), beta * pr / nr.clamp(min=1)
+    if reward == "per_token":
+        return beta * (pc - rc) / nc.clamp(min=1), beta * (pr - rr) / nr.clamp(min=1)
+    return beta * (pc - rc), beta * (pr - rr)

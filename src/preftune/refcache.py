@@ -6,8 +6,9 @@ truncation). The cache is keyed by exactly those: a hash of the weight files, an
 `PackedPair.key`. Every run of a sweep, every re-run, and evaluation share it; any change to an
 input changes a key, so a stale value is never read.
 
-Layout: $PREFTUNE_CACHE/ref_logps/<weights hash>[-<precision>].jsonl, one {"key", "chosen", "rejected"}
-per line, appended under a file lock (several runs may fill it at once).
+Layout: $PREFTUNE_CACHE/ref_logps/<weights hash>[-<precision>][-ld<α>].jsonl, one {"key", "chosen",
+"rejected"} per line, appended under a file lock (several runs may fill it at once). LD-DPO's weighted
+log-probs (`-ld<α>`) live in a file of their own per α: plain sums are never read as LD ones.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ def _entry(line: str) -> tuple[str, tuple[float, float]] | None:
 
 class RefLogpCache:
     """One reference's cached log-probs. fp32 values live in <weights hash>.jsonl (the name earlier
-    versions used); other precisions in <weights hash>-<precision>.jsonl, never mixed with them."""
+    versions used); other precisions in <weights hash>-<precision>.jsonl, never mixed with them; LD-DPO's
+    values (ld_alpha given) with an -ld<α> suffix."""
 
-    def __init__(self, model_path: str, root: Path | None = None, precision: str = "fp32"):
-        suffix = "" if precision == "fp32" else f"-{precision}"
+    def __init__(self, model_path: str, root: Path | None = None, precision: str = "fp32",
+                 ld_alpha: float | None = None):
+        suffix = ("" if precision == "fp32" else f"-{precision}") + ("" if ld_alpha is None else f"-ld{ld_alpha!r}")
         self.path = (root or cache_dir() / "ref_logps") / f"{weights_hash(model_path)[:32]}{suffix}.jsonl"
         self.values: dict[str, tuple[float, float]] = {}
         if self.path.is_file():
@@ -126,7 +129,7 @@ def _share_known(cache: RefLogpCache, pairs: Sequence[PackedPair], rank: int, wo
 
 def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable[[], torch.nn.Module], *,
                     pack_tokens: int | None = None, precision: str = "fp32", flush_every: int = 32,
-                    shared: bool = False) -> torch.Tensor:
+                    shared: bool = False, ld_alpha: float | None = None) -> torch.Tensor:
     """(N, 2) reference log-probs: read from the cache, computing only what is missing.
 
     `load` is called only when this process has something to compute, so a warm cache never loads the
@@ -135,11 +138,12 @@ def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable
     every rank computes its share of what none has (`pack_tokens` per forward, as training does); the
     values are gathered to every rank after each round of `flush_every` pairs per rank; and rank 0
     alone appends them to its cache file. An interrupted pass keeps its finished rounds, and no rank
-    needs another machine's disk."""
+    needs another machine's disk. `ld_alpha`: LD-DPO's weighted log-probs (logps.ld_token_weights),
+    cached apart from plain ones."""
     from preftune.launch import group_world
 
     rank, world = group_world() if shared else (0, 1)
-    cache = RefLogpCache(model_path, precision=precision)
+    cache = RefLogpCache(model_path, precision=precision, ld_alpha=ld_alpha)
     if world > 1:
         _share_known(cache, pairs, rank, world)
     todo = cache.missing(pairs)  # the same list on every rank
@@ -154,7 +158,7 @@ def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable
     with tqdm(total=len(todo), desc="reference log-probs", unit="pair", leave=False, disable=rank != 0) as bar:
         for start in range(0, -(-len(todo) // world), flush_every):  # the same number of rounds on every rank
             part = mine[start : start + flush_every]
-            values = pairs_logps(module, part, default_pack_tokens(pack_tokens)).tolist() if part else []
+            values = pairs_logps(module, part, default_pack_tokens(pack_tokens), ld_alpha=ld_alpha).tolist() if part else []
             done = _gather([(p.key, c, r) for p, (c, r) in zip(part, values)], world)
             cache.add(done, write=rank == 0)
             bar.update(len(done))

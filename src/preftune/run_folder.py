@@ -289,11 +289,11 @@ def _numbers(value: Any, path: Path, key: str) -> dict | None:
 
 
 EVAL_SCHEMA = {
-    **dict.fromkeys(("split", "dataset", "length_unit", "fingerprint"), _text),
+    **dict.fromkeys(("split", "dataset", "length_unit", "fingerprint", "reward"), _text),
     **dict.fromkeys(("n", "posts", "ties", "chosen_shorter_n", "nonfinite_pairs"), _count),
     **dict.fromkeys(("beta", "accuracy", "mean_margin", "mean_chosen_reward", "mean_rejected_reward", "mean_logp_drift",
                      "mean_abs_logp_drift_per_token", "reference_logp_accuracy", "longer_wins_baseline",
-                     "chosen_shorter_accuracy", "length_balanced_accuracy"), _number),
+                     "chosen_shorter_accuracy", "length_balanced_accuracy", "ld_alpha"), _number),
     **dict.fromkeys(("accuracy_ci95", "length_balanced_ci95"), _interval),
     **dict.fromkeys(("chosen_longer", "chosen_shorter", "equal_length"), _stratum),
     "accuracy_by_confidence": _strata,

@@ -1,4 +1,4 @@
-"""`preftune sweep`: one DPO run per point of a grid over lr × batch size × epochs (× beta × loss).
+"""`preftune sweep`: one DPO run per point of a grid over lr × batch size × epochs (× beta × loss × its settings).
 
 The data are prepared and tokenized once for the whole sweep (`train.prepare_run_data`); each run then
 trains and evaluates (`train.run`) into ROOT/<run name>/, and `preftune report ROOT` ends the sweep.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from preftune import log, trackers
-from preftune.config import DataConfig, SweepConfig, TrainConfig, add_arguments, flag_name, run_name
+from preftune.config import LOSS_FIELDS, DataConfig, SweepConfig, TrainConfig, add_arguments, flag_name, run_name
 from preftune.config_files import coerce, load_config_file
 from preftune.errors import PreftuneError
 from preftune.run_folder import atomic_write_json
@@ -47,15 +47,33 @@ class PlannedRun:
     cfg: TrainConfig
 
 
+# loss-setting axes: (field, run-name prefix); a loss-specific one (config.LOSS_FIELDS) varies only on its loss's runs
+SETTING_AXES = (("rdpo_alpha", "rdpo-alpha"), ("simpo_gamma", "simpo-gamma"), ("ld_alpha", "ld-alpha"),
+                ("nll_weight", "nll"))
+
+
+def _loss_settings(grid: SweepConfig, loss: str) -> list[dict]:
+    """The combinations of the loss-setting axes a run of `loss` takes: an axis of another loss stays at
+    its default (one run, not one per value)."""
+    axes = [(name, getattr(grid, name) if LOSS_FIELDS.get(name, loss) == loss else (getattr(TrainConfig, name),))
+            for name, _ in SETTING_AXES]
+    return [dict(zip([n for n, _ in axes], values)) for values in itertools.product(*(v for _, v in axes))]
+
+
 def expand(grid: SweepConfig, base: TrainConfig) -> list[PlannedRun]:
     """Every combination of the grid, named like the original pipeline's runs; `_beta{b}` / `_loss-{l}`
-    are added only when beta / loss take several values, so names stay unique and short."""
+    (and `_rdpo-alpha{a}`, `_simpo-gamma{g}`, `_ld-alpha{a}`, `_nll{w}`) are added only when that axis takes
+    several values, so names stay unique and short. A loss-specific axis multiplies only its loss's runs."""
     runs = []
     for lr, bs, epochs, beta, loss in itertools.product(grid.lr, grid.batch_size, grid.epochs, grid.beta, grid.loss):
         name = run_name(lr, bs, epochs)
         name += f"_beta{beta!r}" if len(grid.beta) > 1 else ""
         name += f"_loss-{loss}" if len(grid.loss) > 1 else ""
-        runs.append(PlannedRun(name, replace(base, lr=lr, batch_size=bs, epochs=epochs, beta=beta, loss=loss)))
+        for settings in _loss_settings(grid, loss):
+            suffix = "".join(f"_{prefix}{settings[field]!r}" for field, prefix in SETTING_AXES
+                             if len(getattr(grid, field)) > 1 and LOSS_FIELDS.get(field, loss) == loss)
+            runs.append(PlannedRun(name + suffix, replace(base, lr=lr, batch_size=bs, epochs=epochs, beta=beta,
+                                                          loss=loss, **settings)))
     return runs
 
 

@@ -229,7 +229,8 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
     if cfg.evaluate and eval_pairs:
         # reference log-probs from the on-disk cache: computed once, shared by every run of a sweep
         metrics = {"split": "validation", "dataset": data_cfg.dataset,
-                   **evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta)}
+                   **evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta, cfg.loss,
+                                   cfg.ld_alpha)}
         run_folder.atomic_write_json(partial / run_folder.EVAL_FILE, metrics)
         logger.info(format_table(metrics))
         trackers.log_final_metrics(cfg, partial, metrics, step=result.steps)  # to the run's tracker, if any

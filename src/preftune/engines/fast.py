@@ -26,7 +26,15 @@ instead:
    the values gathered to all ranks — with the reference freed afterwards: the reference never
    occupies memory during training, and other runs and re-runs reuse the values. With LoRA the
    reference is the base model, whose weights are the same files. Reference-free losses (a registry
-   entry with `reference_free = True`) skip the pass.
+   entry with `reference_free = True`: SimPO) skip the pass.
+
+Length-aware losses: LD-DPO's log-probs (policy and reference, cached apart) weight each token by
+`logps.ld_token_weights`; `--nll-weight` adds the chosen completions' NLL as TRL's "sft" term does, a
+mean per chosen token over the batch: each pair's summed NLL is divided by the chosen tokens of the
+whole step's batch (all ranks and rows: a pure function of the batch, known to every rank), so the
+micro-batched sum equals TRL's token mean for one process without accumulation. With several
+processes or --grad-accum TRL averages per-micro-batch token means instead; here it stays the token
+mean of the whole batch (equal when micro-batches hold equal chosen tokens).
 
 Precision (`--precision`, preftune.precision) is accelerate's mixed precision; with `--fsdp` the model
 is sharded as it loads (transformers' FSDP2 plan) and gradients are reduced by FSDP instead of DDP.
@@ -47,8 +55,9 @@ from preftune import trackers
 from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, TrainJob, TrainResult, append_log,
                                    read_checkpoint_marker, write_checkpoint_marker)
 from preftune.errors import PreftuneError
-from preftune.logps import PackedPair, PairLogpsModule, default_pack_tokens, pack_pair, pack_row, plan_rows, row_logps
-from preftune.losses import LOSSES, is_reference_free
+from preftune.logps import (PackedPair, PairLogpsModule, default_pack_tokens, pack_pair, pack_row, plan_rows,
+                            row_logps, row_weights, slot_sums)
+from preftune.losses import configured, is_reference_free, ld_alpha
 from preftune.models import load_model
 from preftune.precision import ACCELERATE_NAMES, DTYPES, resolve
 from preftune.refcache import reference_logps
@@ -77,9 +86,10 @@ def rank_rows(batch: list[int], packed: list[PackedPair], pack_tokens: int, rank
     return rows_of(rank), max(len(rows_of(r)) for r in range(world))
 
 
-def step_metrics(pol: torch.Tensor, ref: torch.Tensor, losses: torch.Tensor, beta: float) -> dict:
-    """Sums over this process's pairs of what TRL logs (averaged over all pairs after a reduce)."""
-    chosen_r, rejected_r = beta * (pol[:, 0] - ref[:, 0]), beta * (pol[:, 1] - ref[:, 1])
+def step_metrics(pol: torch.Tensor, rewards: torch.Tensor, losses: torch.Tensor) -> dict:
+    """Sums over this process's pairs of what TRL logs (averaged over all pairs after a reduce).
+    rewards: (n, 2) the loss's own implicit rewards (DPO's β·log-ratio; SimPO's β·mean log-prob)."""
+    chosen_r, rejected_r = rewards[:, 0], rewards[:, 1]
     return {
         "loss": losses.sum(),
         "rewards/chosen": chosen_r.sum(),
@@ -101,7 +111,8 @@ def reference(job: TrainJob, packed: list[PackedPair], precision: str) -> torch.
     if is_reference_free(job.cfg.loss):
         return torch.zeros(len(packed), 2)
     return reference_logps(packed, job.model_path, lambda: load_model(job.model_path),
-                           pack_tokens=default_pack_tokens(job.cfg.pack_tokens), precision=precision, shared=True)
+                           pack_tokens=default_pack_tokens(job.cfg.pack_tokens), precision=precision, shared=True,
+                           ld_alpha=ld_alpha(job.cfg))
 
 
 def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
@@ -148,7 +159,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         optimizer = accelerator.prepare(optimizer)
     else:
         module, optimizer = accelerator.prepare(module, optimizer)
-    loss_fn = LOSSES[cfg.loss]
+    loss_fn = configured(cfg)
     pack_tokens = default_pack_tokens(cfg.pack_tokens)
     done, elapsed_before = 0, 0.0
     if job.resume_from:
@@ -166,14 +177,20 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         # FSDP gathers weights in every forward, so every rank runs as many as the busiest; DDP syncs only
         # in the last backward, so a rank needs one forward at least (a dummy when it has no pairs)
         forwards = most if cfg.fsdp else max(len(rows), 1)
-        pol_rows, loss_rows, mine = [], [], []
+        pol_rows, reward_rows, loss_rows, mine = [], [], [], []
+        # the NLL term's denominator: the chosen tokens of the whole batch (every rank's too)
+        nll_scale = cfg.nll_weight * len(batch) / sum(packed[j].chosen_len for j in batch)
         for i in range(forwards):
             with _sync(accelerator, module, model, cfg.fsdp, sync=i == forwards - 1):  # reduce grads once a step
                 if i < len(rows):
-                    pol = row_logps(module, pack_row([packed[j] for j in rows[i]]))  # (k, 2)
-                    losses = _losses(loss_fn, pol, ref[rows[i]].to(pol.device), cfg.beta, [packed[j] for j in rows[i]])
+                    row = pack_row([packed[j] for j in rows[i]])
+                    pol, nll = _row_logps(module, row, ld_alpha(cfg))  # (k, 2), (k,)
+                    losses, rewards = _losses(loss_fn, pol, ref[rows[i]].to(pol.device), cfg.beta,
+                                              [packed[j] for j in rows[i]])
+                    losses = losses + nll_scale * nll  # per pair: their mean is the DPO mean + α·token-mean NLL
                     accelerator.backward(losses.sum() * world / len(batch))  # ranks averaged → mean over the batch
                     pol_rows.append(pol.detach().float().cpu())
+                    reward_rows.append(rewards.float().cpu())
                     loss_rows.append(losses.detach().float().cpu())
                     mine += rows[i]
                 else:  # no pairs left here: join the collectives, contributing zero gradients
@@ -185,7 +202,8 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
 
         pol_t = torch.cat(pol_rows) if pol_rows else torch.zeros(0, 2)
-        sums = step_metrics(pol_t, ref[mine], torch.cat(loss_rows) if loss_rows else torch.zeros(0), cfg.beta)
+        rewards_t = torch.cat(reward_rows) if reward_rows else torch.zeros(0, 2)
+        sums = step_metrics(pol_t, rewards_t, torch.cat(loss_rows) if loss_rows else torch.zeros(0))
         for k, v in sums.items():
             window[k] = window.get(k, torch.tensor(0.0)) + v
         counted += len(batch)
@@ -282,12 +300,23 @@ def load_checkpoint(folder, module, optimizer, scheduler) -> tuple[int, float]:
     return marker["step"], marker["elapsed_s"]
 
 
-def _losses(loss_fn, pol: torch.Tensor, ref: torch.Tensor, beta: float, pairs: list[PackedPair]) -> torch.Tensor:
-    """(k,) per-pair losses of a row's pairs."""
+def _losses(loss_fn, pol: torch.Tensor, ref: torch.Tensor, beta: float, pairs: list[PackedPair]
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k,) per-pair losses of a row's pairs and (k, 2) their (chosen, rejected) rewards, detached."""
     nc = torch.tensor([p.chosen_len for p in pairs], device=pol.device)
     nr = torch.tensor([p.rejected_len for p in pairs], device=pol.device)
-    losses, _, _ = loss_fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], beta, nc, nr)
-    return losses
+    losses, chosen_r, rejected_r = loss_fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], beta, nc, nr)
+    return losses, torch.stack([chosen_r, rejected_r], 1)
+
+
+def _row_logps(module, row, ld_alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, 2) the loss's log-probs of a row's pairs (LD-weighted for LD-DPO) and (k,) each pair's summed
+    chosen NLL, unweighted as TRL's "sft" term takes it: one forward for both."""
+    tokens = row_logps(module, row, per_token=True)  # (N,)
+    raw = slot_sums(tokens, row.slots.to(tokens.device), len(row))
+    weights = row_weights(row, ld_alpha)
+    pol = raw if weights is None else slot_sums(tokens * weights.to(tokens.device), row.slots.to(tokens.device), len(row))
+    return pol, -raw[:, 0]
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:

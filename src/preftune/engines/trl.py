@@ -6,6 +6,10 @@ summary's end or drop the pair); the prompt column is always passed; the referen
 policy (TRL reloads it from the same folder, or disables the LoRA adapter). Checkpoints are the
 Trainer's own (model, optimizer, scheduler, RNG states, trainer_state.json), marked complete by
 `CheckpointMarker` as engines/__init__.py describes.
+
+Losses: `trl_loss_settings` maps preftune's --loss (and --ld-alpha, --nll-weight) to DPOConfig's
+loss_type / loss_weights / ld_alpha; R-DPO and SimPO are not in TRL's DPOTrainer and are refused with
+the config (config.ENGINE_LOSSES), before any work.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from transformers.trainer_callback import ProgressCallback
 from preftune import trackers
 from preftune.engines.base import (CHECKPOINTS_DIR, TrainJob, TrainResult, append_log, read_checkpoint_marker,
                                    write_checkpoint_marker)
+from preftune.errors import PreftuneError
 from preftune.models import load_model
 from preftune.precision import resolve
 
@@ -63,6 +68,23 @@ class CheckpointMarker(TrainerCallback):
             write_checkpoint_marker(folder, state.global_step, self.elapsed())
 
 
+# preftune loss → TRL's loss_type (config.ENGINE_LOSSES["trl"] lists these names); LD-DPO is TRL's sigmoid
+# loss on log-probs weighted by DPOConfig.ld_alpha
+TRL_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo", "sigmoid_norm": "sigmoid_norm",
+              "ld_dpo": "sigmoid"}
+
+
+def trl_loss_settings(cfg) -> dict:
+    """DPOConfig's loss_type, loss_weights and ld_alpha for the run's loss; --nll-weight adds TRL's "sft"
+    term (the chosen tokens' mean NLL) with that weight."""
+    if cfg.loss not in TRL_LOSSES:
+        raise PreftuneError(f"--loss {cfg.loss} is not in TRL's DPOTrainer; use --engine fast")
+    types, weights = [TRL_LOSSES[cfg.loss]], [1.0]
+    if cfg.nll_weight:
+        types, weights = types + ["sft"], weights + [cfg.nll_weight]
+    return {"loss_type": types, "loss_weights": weights, "ld_alpha": cfg.ld_alpha if cfg.loss == "ld_dpo" else None}
+
+
 def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
     from trl import DPOConfig
 
@@ -76,7 +98,7 @@ def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         beta=cfg.beta,
-        loss_type=[cfg.loss],
+        **trl_loss_settings(cfg),
         max_length=cfg.max_length,
         activation_checkpointing=cfg.gradient_checkpointing is not False,  # None: on (TRL's memory default)
         bf16=precision == "bf16",
@@ -112,6 +134,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     from datasets import Dataset
     from trl import DPOTrainer
 
+    trl_loss_settings(job.cfg)  # a loss TRL lacks stops here, before the model loads
     set_seed(job.seed)  # before the model and the LoRA init
     model = load_model(job.model_path, fsdp=job.cfg.fsdp)  # sharded as it loads: the Trainer adds no DDP then
     rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in job.pairs]
