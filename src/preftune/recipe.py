@@ -230,8 +230,12 @@ def _run(verb: list[str], args: list[str]) -> None:
                             "run the same recipe command again: finished steps are kept")
 
 
-def _step(state: State, name: str, complete, action) -> None:
-    if state.done(name) and complete():
+def _step(state: State, name: str, complete, action, measured=None) -> None:
+    """Run `action` unless `complete()`; record its wall time. An output made outside the recipe (the
+    same command run by hand) is adopted, with the time its own files record (`measured()`), if any."""
+    if complete():
+        if not state.done(name):
+            state.record(name, measured() if measured else 0.0, adopted=True)
         logger.info(f"recipe: {name}: done before, skipped")
         return
     start = time.monotonic()
@@ -291,7 +295,8 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
     rm_dir = root / RM_NAME
     _step(state, "rm", lambda: (rm_dir / "rm_eval.json").is_file(),
           lambda: _run(["rm", "train"], ["--config", str(_write_settings(
-              root, "rm", {**data, **recipe["rm"], "output_dir": str(root), "name": RM_NAME}))]))
+              root, "rm", {**data, **recipe["rm"], "output_dir": str(root), "name": RM_NAME}))]),
+          measured=lambda: (read_json(rm_dir / "rm_config.json", missing_ok=True) or {}).get("train_runtime_s", 0.0))
 
     # 2. SFT (optional)
     model = recipe["dpo"].get("model")
