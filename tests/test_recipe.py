@@ -2,15 +2,25 @@
 tiny models trains the reward model and one sweep per objective, selects on validation, computes test.json
 and judge_test.json for the selected run only, and a second invocation redoes nothing."""
 
+import importlib.util
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from preftune.errors import PreftuneError
 from preftune.recipe import load_recipe, run_recipe, select_run
 
+REPO = Path(__file__).resolve().parent.parent
 DATA = "data:\n  fraction: 0.03\n  seed: 3\n"
+
+
+def bench_quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write(tmp_path, text):
@@ -91,6 +101,16 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     assert set(summary["steps"]) == {"rm", "dpo/dpo", "dpo/hinge", "test", "judge"}
     on_disk = json.loads((root / "recipe.json").read_text())
     assert on_disk["selected_run"] == summary["selected_run"]
+
+    q = bench_quality().quality(summary, {})  # bench/quality.py's results file, from this recipe.json
+    required = ("runs_compared", "selected_run", "test_n", "test_accuracy", "test_longer_wins_baseline",
+                "test_length_balanced_accuracy", "test_length_balanced_ci_low", "test_chosen_shorter_accuracy",
+                "judge_lc_win_rate", "judge_lc_win_rate_ci_low", "judge_n", "rm_length_balanced_accuracy",
+                "rm_length_spearman", "wall_s_per_run", "wall_s_total", "command")
+    assert set(required) <= set(q) and q["test_n"] == summary["test"]["n"] and q["judge_n"] == 2
+    assert q["test_accuracy"] == summary["test"]["accuracy"] and q["runs_compared"] == 2
+    assert set(q["wall_s_per_run"]) == {r["run"] for r in summary["runs"]}
+    assert q["targets"]["test_accuracy"]["met"] == (q["test_accuracy"] >= 0.68)
 
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.suffix != ".yaml"
               and p.name not in ("recipe.json", "recipe_state.json")}
