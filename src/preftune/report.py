@@ -66,7 +66,7 @@ def result_keys(prefix: str) -> list[str]:
                    "eval_pairs" if not prefix else "test_pairs", f"{prefix}split", f"{prefix}dataset"]
 
 
-FIELDS = ["rank", "run", *HYPERPARAMETERS, *result_keys(""), "train_pairs", "steps", "train_runtime_s",
+FIELDS = ["rank", "run", "chain", *HYPERPARAMETERS, *result_keys(""), "train_pairs", "steps", "train_runtime_s",
           "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy",
           "judge_win_rate", "judge_length_controlled_win_rate", "judge_n", "judge_verdict_strength",
           "judge_rm_accuracy", "rank_by", "eval_data", "data_group", "runs_compared", "selected", "test_status",
