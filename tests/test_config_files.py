@@ -20,6 +20,7 @@ EXAMPLES = {  # file → the command it is written for
     "judge.yaml": ["judge", RUN],
     "serve.yaml": ["serve", RUN],
     "sweep.yaml": ["sweep"],
+    "sft.yaml": ["sft"],
 }
 
 
@@ -33,6 +34,7 @@ COMMAND_CONFIGS = {
     "rm.yaml": (config.DataConfig, config.RewardConfig),
     "judge.yaml": (config.JudgeConfig,),
     "serve.yaml": (config.ServeConfig,),
+    "sft.yaml": (config.DataConfig, config.SFTConfig),
 }
 
 

@@ -57,6 +57,7 @@ VERB_MODULES: list[str] = [
     "preftune.push:add_cli",
     "preftune.reward:add_cli",
     "preftune.judge:add_cli",
+    "preftune.sft:add_cli",
     "preftune.recipe:add_cli",
 ]
 

@@ -552,3 +552,42 @@ class DataPushConfig(Config):
         if self.repo_id is None:
             raise PreftuneError("--repo-id is required: the dataset repo to push to, OWNER/NAME")
         check_repo_id(self.repo_id, "--repo-id")
+
+
+# ---- supervised fine-tuning (`preftune sft`) -----------------------------------------------------
+
+SFT_CHOSEN = "chosen"  # --sft-data: the chosen summaries of the preference data's train split
+
+
+@dataclass
+class SFTConfig(Config):
+    """`preftune sft`: supervised fine-tuning on reference summaries, the usual step before DPO."""
+
+    output_dir: str = _opt("runs", "ROOT folder; the run goes to ROOT/sft_model_lr{lr}_bs{bs}_epoch{epochs}/.",
+                           nonempty=True)
+    model: str = _opt(DEFAULT_MODEL, "Model to fine-tune: a hub id or a local folder (as `train --model`).",
+                      nonempty=True)
+    sft_data: str = _opt(
+        SFT_CHOSEN, "What to imitate. 'chosen': the preferred summaries of the preference data's train split "
+        "(--dataset, --fraction, --eval-fraction, --test-fraction, --seed: the same train posts `train` uses, never a "
+        "validation or test post; 'Preferred-FT', DPO paper §6). Else a file, folder or hub id of TL;DR SFT rows in "
+        "CarperAI/openai_summarize_tldr's format (columns prompt, label).", nonempty=True)
+    sft_split: str = _opt("train", "Split of a hub dataset or saved `datasets` folder given as --sft-data.",
+                          nonempty=True)
+    lr: float = _opt(
+        1e-5, "Learning rate (AdamW, linear decay). Half TRL's SFT default (2e-5): the instruct model already "
+        "summarizes, and this run becomes DPO's reference, so a gentle warm start.", gt=0)
+    batch_size: int = _opt(8, "Rows per optimizer step (the 'bs' in the run name).", gt=0)
+    epochs: int = _opt(1, "Passes over the rows.", gt=0)
+    max_length: int = _opt(512, "Max tokens of prompt + summary + EOS. Longer rows have their post trimmed (never the "
+                           "summary), as `train` does.", gt=0)
+    max_rows: int | None = _opt(None, "Train on at most this many rows (a seeded sample, by --seed).", gt=0)
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, more time.")
+    precision: str = _opt("auto", "Compute precision, as `train --precision` ('auto': bf16 on a CUDA GPU that "
+                          "supports it, else fp32).", choices=PRECISION_NAMES)
+    logging_steps: int = _opt(1, "Log the loss every N optimizer steps.", gt=0)
+    overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
+
+    @property
+    def run_name(self) -> str:
+        return f"sft_model_lr{self.lr!r}_bs{self.batch_size}_epoch{self.epochs}"

@@ -119,6 +119,8 @@ def _with_ci(value, ci=None, n=None, method: str = "Wilson") -> str:
 def base_model_of(run: Run, override: str | None) -> str | None:
     """The base model's Hub id, when there is one (a local folder has none unless given)."""
     spec = override or run.reference_model
+    if not is_hub_id(spec):  # e.g. an SFT run folder: the chain's base, when that is a hub id
+        spec = str(run.chain[0].get("model", ""))
     return spec if is_hub_id(spec) else None
 
 
@@ -361,7 +363,7 @@ def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
         example_prompt=json.dumps(_example_prompt(run), ensure_ascii=False),
         lora=bool(train.get("lora")), tldr=dataset_id == "openai/summarize_from_feedback",
         judge_verdict=[str(v) for v in judge["verdict"]] if isinstance(judge.get("verdict"), list) else [],
-        has_test=run.has_test_split,
+        has_test=run.has_test_split, chain=run_folder.chain_text(run.chain, settings=True),
     )
 
 

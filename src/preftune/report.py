@@ -66,7 +66,7 @@ def result_keys(prefix: str) -> list[str]:
                    "eval_pairs" if not prefix else "test_pairs", f"{prefix}split", f"{prefix}dataset"]
 
 
-FIELDS = ["rank", "run", *HYPERPARAMETERS, *result_keys(""), "train_pairs", "steps", "train_runtime_s",
+FIELDS = ["rank", "run", "chain", *HYPERPARAMETERS, *result_keys(""), "train_pairs", "steps", "train_runtime_s",
           "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy",
           "judge_win_rate", "judge_length_controlled_win_rate", "judge_n", "judge_verdict_strength",
           "judge_rm_accuracy", "rank_by", "eval_data", "data_group", "runs_compared", "selected", "test_status",
@@ -134,6 +134,7 @@ def run_row(run: Run) -> dict:
     return {
         "rank": None,
         "run": run.name,
+        "chain": run_folder.chain_text(run.chain),  # base → [SFT →] DPO
         **{k: _setting(run.train.get(k)) for k in HYPERPARAMETERS},
         **result_columns(evaluation),
         "train_pairs": metrics.get("train_pairs"),
@@ -342,6 +343,7 @@ COLUMNS = [
     ("train s", lambda r: number(r.get("train_runtime_s"), "{:.1f}")),
     ("tokens/s", lambda r: number(r.get("tokens_per_s"), "{:.0f}")),
     ("final loss", lambda r: number(r.get("final_loss"), "{:.4f}")),
+    ("trained", lambda r: r.get("chain") or "–"),
 ]
 TEST_COLUMNS = [("#", COLUMNS[0][1]), ("run", COLUMNS[1][1]), *columns("test_")]
 NAME_WIDTH = 48  # a longer run name is shortened in the middle in the printed table (the files keep it whole)

@@ -401,9 +401,77 @@ def read_pairs(path: Path) -> list:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A finished run folder: a folder not named NAME.partial, holding preftune_config.json."""
+    """A finished DPO run folder: a folder not named NAME.partial, holding preftune_config.json that is
+    not an SFT run's (`preftune sft` writes its folders beside the DPO runs; they have no eval to rank)."""
     path = Path(path)
-    return path.is_dir() and not path.name.endswith(PARTIAL_SUFFIX) and (path / CONFIG_FILE).is_file()
+    return (path.is_dir() and not path.name.endswith(PARTIAL_SUFFIX) and (path / CONFIG_FILE).is_file()
+            and run_kind(path) != SFT_KIND)
+
+
+# ---- lineage: base → SFT → DPO -------------------------------------------------------------------
+# preftune_config.json's "chain" lists how a run's weights came about, oldest first: {"kind": "base",
+# "model": spec}, then one entry per preftune run ({"kind": "sft"|"dpo", "run": NAME, "path": ..., settings}).
+# Folders written before chains existed have none: `chain_of` rebuilds [base, dpo] from their config.
+
+SFT_KIND = "sft"
+CHAIN_LABELS = {"base": "base", "sft": "SFT", "dpo": "DPO"}
+
+
+def run_kind(path: Path) -> str | None:
+    """The "kind" a folder's preftune_config.json records (None: a DPO run from before kinds, or unreadable)."""
+    try:
+        config = read_json(Path(path) / CONFIG_FILE, missing_ok=True)
+    except PreftuneError:
+        return None  # open_run names the damage when the folder is used
+    kind = (config or {}).get("kind")
+    return kind if isinstance(kind, str) else None
+
+
+def chain_of(config: dict, name: str, path: str | None = None) -> list[dict]:
+    """The chain stored in a run's config, or for an older DPO run [base, dpo] from its settings."""
+    chain = config.get("chain")
+    if isinstance(chain, list) and all(isinstance(e, dict) for e in chain) and chain:
+        return [dict(e) for e in chain]
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    base = config.get("reference_model") or train.get("model") or "?"
+    return [{"kind": "base", "model": str(base)}, {"kind": "dpo", "run": name, **({"path": path} if path else {})}]
+
+
+def model_chain(spec: str) -> list[dict]:
+    """The chain of the model a new run starts from: a preftune run folder's own chain (its last entry's
+    path set to where it is now), else the model itself as the base."""
+    folder = Path(spec).expanduser()
+    config = None
+    if folder.is_dir():
+        try:
+            config = read_json(folder / CONFIG_FILE, missing_ok=True)
+        except PreftuneError:
+            config = None
+    if not config:
+        return [{"kind": "base", "model": spec}]
+    chain = chain_of(config, folder.name)
+    chain[-1]["path"] = str(folder.resolve())
+    return chain
+
+
+def chain_text(chain: list[dict], settings: bool = False) -> str:
+    """'base → SFT → DPO'; with settings, each run's lr/bs/epochs and the base model, e.g.
+    'HuggingFaceTB/SmolLM2-135M-Instruct → SFT (lr 1e-05, bs 8, 1 epoch, 240 rows of chosen) → DPO'."""
+    def one(entry: dict) -> str:
+        kind = str(entry.get("kind", "?"))
+        label = CHAIN_LABELS.get(kind, kind)
+        if not settings:
+            return label
+        if kind == "base":
+            return f"base {entry.get('model', '?')}"
+        parts = [f"{k} {entry[k]}" for k in ("lr", "bs") if entry.get(k) is not None]
+        if entry.get("epochs") is not None:
+            parts.append(f"{entry['epochs']} epoch{'s' if entry['epochs'] != 1 else ''}")
+        if entry.get("rows") is not None:
+            parts.append(f"{entry['rows']} rows of {entry.get('data', '?')}")
+        return label + (f" ({', '.join(parts)})" if parts else "")
+
+    return " → ".join(one(e) for e in chain)
 
 
 def run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
@@ -446,6 +514,11 @@ class Run:
     def reference_model(self) -> str:
         """The model the run was trained from (its DPO reference)."""
         return self.config.get("reference_model") or self.train["model"]
+
+    @property
+    def chain(self) -> list[dict]:
+        """How its weights came about, oldest first (base → [SFT →] DPO; see `chain_of`)."""
+        return chain_of(self.config, self.name)
 
     @property
     def dataset(self) -> str:

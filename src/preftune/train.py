@@ -222,6 +222,8 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
         "per_device_batch_size": per_device,
         "data_stats": data.stats,
         "fit": data.fit,
+        "chain": run_folder.model_chain(cfg.model) + [  # base → [SFT →] DPO
+            {"kind": "dpo", "run": name, "lr": cfg.lr, "bs": cfg.batch_size, "epochs": cfg.epochs}],
     })
     logger.info(f"train: {result.steps} steps in {result.runtime_s:.1f} s ({metrics['pairs_per_s']:.3f} pairs/s, "
                 f"{metrics['tokens_per_s']:.0f} tokens/s)")

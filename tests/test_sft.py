@@ -1,0 +1,124 @@
+"""`preftune sft` on a tiny model: the loss falls, only summary tokens carry loss, the folder loads and
+records its rows' posts (never a validation or test post), a DPO run trained from it records the chain
+base → SFT → DPO (and reports/cards show it), CarperAI TL;DR SFT rows load in preftune's prompt format, and
+bad rows stop with file, row and field."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, needs_shared, write_jsonl
+
+from preftune.config import DataConfig, SFTConfig, TrainConfig
+from preftune.data.prepare import prepare
+from preftune.errors import PreftuneError
+from preftune.models import load_model, load_tokenizer
+from preftune.run_folder import CONFIG_FILE, chain_text, open_run, run_dirs
+from preftune.sft import build_trainer, file_rows, sft, tldr_sft_row
+from preftune.train import train
+
+DATA = DataConfig(fraction=0.03, seed=3)
+MINI = SHARED_DATA / "openai_summarize_tldr_carperai_mini"
+
+
+def sft_cfg(model: Path, out: Path, **kw) -> SFTConfig:
+    base = dict(output_dir=str(out), model=str(model), lr=1e-2, batch_size=4, epochs=2, max_length=192, max_rows=8)
+    return SFTConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_model, tmp_path_factory):
+    return sft(DATA, sft_cfg(tiny_model, tmp_path_factory.mktemp("runs")))
+
+
+def test_loss_falls_and_folder_loads(sft_run):
+    """Four steps at a high lr on 8 rows (2 epochs): the last logged loss is below the first; the folder
+    is a from_pretrained model + tokenizer with kind 'sft' in its config and no .partial left."""
+    log = [json.loads(line) for line in (sft_run / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and log[-1]["loss"] < log[0]["loss"]
+    load_model(str(sft_run)), load_tokenizer(str(sft_run))
+    config = json.loads((sft_run / CONFIG_FILE).read_text())
+    assert config["kind"] == "sft" and config["sft"]["max_rows"] == 8 and config["fit"]["kept"] == 8
+    assert json.loads((sft_run / "metrics.json").read_text())["train_rows"] == 8
+    assert not list(sft_run.parent.glob("*.partial"))
+    assert run_dirs(sft_run.parent)[0] == []  # not a DPO run: `report` does not rank it
+
+
+def test_sft_posts_are_train_posts_only(sft_run):
+    """Every post the SFT run imitated is a train post of the same preparation, none validation or test."""
+    prepared = prepare(DATA)
+    held_out = {p.post_id for p in prepared.validation + prepared.test}
+    posts = set(json.loads((sft_run / CONFIG_FILE).read_text())["post_ids"])
+    assert posts and held_out and not posts & held_out
+    assert posts <= {p.post_id for p in prepared.train}
+
+
+def test_only_summary_tokens_carry_loss(tiny_model, tmp_path):
+    """TRL's collated labels: -100 over the prompt, and exactly the summary + one EOS after it."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    row = tldr_sft_row({"prompt": "SUBREDDIT: r/a\nTITLE: t\nPOST: I went out to buy bread.\nTL;DR: ",
+                        "label": "Bought bread."}, "x:1")
+    trainer = build_trainer(str(tiny_model), tokenizer, [row], sft_cfg(tiny_model, tmp_path), 0, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    labels, ids = batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
+    n_prompt = len(tokenizer(row.prompt)["input_ids"])
+    assert all(x == -100 for x in labels[:n_prompt])
+    kept = [x for x in labels if x != -100]
+    assert kept == ids[n_prompt:]
+    assert tokenizer.decode(kept) == " Bought bread." + tokenizer.eos_token
+
+
+def test_dpo_from_sft_records_the_chain(sft_run, tmp_path):
+    """`train --model SFT_RUN` trains with the SFT weights as policy and reference and records
+    base → SFT → DPO; the card line and report read it; an old run without a chain reports [base, dpo]."""
+    cfg = TrainConfig(output_dir=str(tmp_path), model=str(sft_run), lr=1e-2, batch_size=2, epochs=1, max_length=192,
+                      max_pairs=2, max_eval_pairs=2, gradient_checkpointing=False)
+    run = train(DATA, cfg)
+    config = json.loads((run / CONFIG_FILE).read_text())
+    chain = config["chain"]
+    assert [e["kind"] for e in chain] == ["base", "sft", "dpo"]
+    assert chain[1]["run"] == sft_run.name and chain[1]["path"] == str(sft_run.resolve())
+    assert chain[2]["run"] == run.name and config["reference_model"] == str(sft_run)
+    assert chain_text(open_run(run).chain) == "base → SFT → DPO"
+    assert "SFT (lr 0.01, bs 4, 2 epochs, 8 rows of chosen)" in chain_text(chain, settings=True)
+
+    from preftune.report import run_row
+    assert run_row(open_run(run))["chain"] == "base → SFT → DPO"
+    del config["chain"]
+    (run / CONFIG_FILE).write_text(json.dumps(config))
+    assert chain_text(open_run(run).chain) == "base → DPO"
+
+
+def test_bad_rows_name_file_row_and_field(tmp_path):
+    """A missing label, a prompt without the TL;DR cue: one error naming file:row and field; an empty
+    label is a counted skip."""
+    good = {"prompt": "SUBREDDIT: r/a\nTITLE: t\nPOST: p\nTL;DR: ", "label": "s"}
+    path = write_jsonl(tmp_path / "sft.jsonl", [good, {"prompt": good["prompt"]}])
+    with pytest.raises(PreftuneError, match=r"sft.jsonl:2: field 'label': missing"):
+        file_rows(str(path), "train")
+    write_jsonl(path, [good, {"prompt": "no cue here", "label": "s"}])
+    with pytest.raises(PreftuneError, match=r"sft.jsonl:2: field 'prompt': must end with 'TL;DR:'"):
+        file_rows(str(path), "train")
+    write_jsonl(path, [good, {**good, "label": "  "}])
+    rows, tally = file_rows(str(path), "train")
+    assert len(rows) == 1 and tally.skipped == {"empty summary": 1}
+
+
+@needs_shared(MINI)
+def test_carperai_mini_rows_map_to_preftune_prompts():
+    """The 50 CarperAI train rows load: prompts end '\\nTL;DR:' like preftune's, summaries start with a
+    space, the post is the trimmable span."""
+    rows, tally = file_rows(str(MINI / "train.jsonl"), "train")
+    assert len(rows) == 50 and tally.kept == 50
+    first = rows[0]
+    assert first.prompt.endswith("\nTL;DR:") and first.chosen.startswith(" I still have contact")
+    start, end = first.body_span
+    assert first.prompt[:start].endswith("\nPOST: ") and first.prompt[end:] == "\nTL;DR:"
+
+
+@needs_shared(MINI)
+def test_sft_on_carperai_file(tiny_model, tmp_path):
+    """--sft-data FILE trains from the file's rows and records the source."""
+    run = sft(DATA, sft_cfg(tiny_model, tmp_path, sft_data=str(MINI / "valid.jsonl"), max_rows=4, epochs=1))
+    config = json.loads((run / CONFIG_FILE).read_text())
+    assert config["sft_source"]["source"].endswith("valid.jsonl") and config["chain"][-1]["rows"] == 4
