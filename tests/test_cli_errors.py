@@ -139,7 +139,7 @@ BAD_TRAIN_FLAGS = [
     (["--lr", "0"], "--lr must be > 0, got 0.0"),
     (["--lr", "nan"], "--lr must be a finite number, got nan"),
     (["--beta", "inf"], "--beta must be a finite number, got inf"),
-    (["--loss", "sigmoidd"], "argument --loss: invalid choice: 'sigmoidd' (choose from 'sigmoid', 'hinge', 'ipo')"),
+    (["--loss", "sigmoidd"], "argument --loss: invalid choice: 'sigmoidd' (choose from 'sigmoid', 'hinge', 'ipo', 'sigmoid_norm', 'rdpo', 'simpo', 'ld_dpo')"),
     (["--engine", "turbo"], "argument --engine: invalid choice: 'turbo' (choose from 'fast', 'trl')"),
     (["--lrr", "1"], "unrecognized arguments: --lrr 1"),
     (["--batch-size", "two"], "argument --batch-size: invalid int value: 'two'"),

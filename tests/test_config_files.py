@@ -24,8 +24,19 @@ EXAMPLES = {  # file → the command it is written for
 }
 
 
+RECIPES = ("tldr-cpu.yaml",)  # `preftune recipe` files: a section per command
+
+
 def test_every_example_is_parsed_below():
-    assert sorted(p.name for p in (REPO / "examples").glob("*.yaml")) == sorted(EXAMPLES)
+    assert sorted(p.name for p in (REPO / "examples").glob("*.yaml")) == sorted([*EXAMPLES, *RECIPES])
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_parses_against_its_commands(name):
+    from preftune.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "examples" / name)
+    assert recipe["sft"] and len(recipe["runs"]) >= 2 and recipe["select"]["rank_by"]
 
 
 # the config classes each command builds from its flags (`eval` shares the name `split` with the data's)
@@ -85,8 +96,8 @@ def test_every_command_with_settings_takes_a_config_file():
     leaves = [p for p in commands(build_parser())
               if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)]
     without = [p.prog for p in leaves if not any("--config" in a.option_strings for a in p._actions)]
-    # nothing to set; a report of this machine
-    assert sorted(without) == ["preftune data formats", "preftune env"]
+    # nothing to set; a report of this machine; a recipe is itself a file of settings
+    assert sorted(without) == ["preftune data formats", "preftune env", "preftune recipe"]
     assert {"preftune train", "preftune eval", "preftune rm train", "preftune judge", "preftune serve",
             "preftune sweep", "preftune report"} <= {p.prog for p in leaves}
 
