@@ -71,8 +71,13 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
           batch_size: 4
           max_pairs: 8
           max_length: 192
-        dpo:
+        sft:
           model: {tiny_model}
+          lr: 1.0e-2
+          batch_size: 4
+          max_rows: 4
+          max_length: 192
+        dpo:
           lr: 1.0e-2
           batch_size: 4
           max_pairs: 4
@@ -98,7 +103,11 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     assert json.loads((selected / "preftune_config.json").read_text())["train"]["loss"] == \
         {"dpo": "sigmoid", "hinge": "hinge"}[summary["selected_run"].split("/")[0]]
     assert summary["test"]["n"] > 0 and summary["judge_test"]["posts"] == 2
-    assert set(summary["steps"]) == {"rm", "dpo/dpo", "dpo/hinge", "test", "judge"}
+    assert set(summary["steps"]) == {"rm", "sft", "dpo/dpo", "dpo/hinge", "test", "judge"}
+    sft = next((root / "sft").iterdir())
+    config = json.loads((selected / "preftune_config.json").read_text())
+    assert [c["kind"] for c in config["chain"]] == ["base", "sft", "dpo"]  # every DPO run starts from the SFT model
+    assert config["train"]["model"] == str(sft) and summary["judge_test"]["base_model"] == str(tiny_model)
     on_disk = json.loads((root / "recipe.json").read_text())
     assert on_disk["selected_run"] == summary["selected_run"]
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from preftune.config import DataConfig, check_value
 from preftune.errors import DataError, PreftuneError
-from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, atomic_write_json, is_run_dir, read_eval, read_json,
-                                 run_dirs)
+from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, METRICS_FILE, PARTIAL_SUFFIX, atomic_write_json,
+                                 read_eval, read_json, run_dirs)
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +246,11 @@ def _step(state: State, name: str, complete, action, measured=None) -> None:
 
 
 def _only_run(folder: Path) -> Path | None:
+    """The one finished run folder (DPO or SFT: a finished folder holds preftune_config.json) under folder."""
     if not folder.is_dir():
         return None
-    finished, _ = run_dirs(folder)
+    finished = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)
+                      and (p / CONFIG_FILE).is_file())
     if len(finished) > 1:
         raise PreftuneError(f"{folder} holds {len(finished)} finished runs ({', '.join(p.name for p in finished)}); "
                             "the recipe expects one: move the others away")
@@ -304,7 +306,8 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
     if recipe["sft"] is not None:
         _step(state, "sft", lambda: _only_run(sft_root) is not None,
               lambda: _run(["sft"], ["--config", str(_write_settings(
-                  root, "sft", {**data, **recipe["sft"], "output_dir": str(sft_root)}))]))
+                  root, "sft", {**data, **recipe["sft"], "output_dir": str(sft_root)}))]),
+              measured=lambda: read_json(_only_run(sft_root) / METRICS_FILE).get("train_runtime_s", 0.0))
         model = str(_only_run(sft_root))
     base = recipe["sft"].get("model") if recipe["sft"] else None
     base = base or recipe["dpo"].get("model")
