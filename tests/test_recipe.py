@@ -35,6 +35,7 @@ def write(tmp_path, text):
     ("output_dir: r\nruns:\n  dpo:\n    loss: sigmoidx\n", r"recipe.yaml:4: field 'runs.dpo.loss'.*choose one of"),
     ("output_dir: r\ndata:\n  lr: 1e-5\nruns:\n  dpo: {}\n", r"recipe.yaml:3: field 'data.lr'.*not a data setting"),
     ("output_dir: r\nrm:\n  output_dir: x\nruns:\n  dpo: {}\n", r"recipe.yaml:3: field 'rm.output_dir'.*set by the recipe"),
+    ("output_dir: r\nruns:\n  dpo:\n    select: 2\n", r"recipe.yaml:4: field 'runs.dpo.select'.*set by the recipe"),
     ("output_dir: r\nruns:\n  dpo:\n    lr: [1e-5, -1.0]\n", r"recipe.yaml:4: field 'runs.dpo.lr'.*must be > 0"),
     ("output_dir: r\njudge:\n  n: 0\nruns:\n  dpo: {}\n", r"recipe.yaml:3: field 'judge.n'.*must be > 0"),
     ("output_dir: r\nruns: {}\n", r"field 'runs'.*one entry per DPO objective"),
@@ -119,6 +120,7 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     assert set(required) <= set(q) and q["test_n"] == summary["test"]["n"] and q["judge_n"] == 2
     assert q["test_accuracy"] == summary["test"]["accuracy"] and q["runs_compared"] == 2
     assert set(q["wall_s_per_run"]) == {r["run"] for r in summary["runs"]}
+    assert all(r["wall_s"] > 0 for r in summary["runs"])  # each run's own timer (metrics.json)
     assert q["targets"]["test_accuracy"]["met"] == (q["test_accuracy"] >= 0.68)
 
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.suffix != ".yaml"

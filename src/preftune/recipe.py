@@ -45,7 +45,8 @@ SECTION_VERBS: dict[str, tuple[str, ...]] = {
     "data": ("sweep",), "rm": ("rm", "train"), "sft": ("sft",), "dpo": ("sweep",), "judge": ("judge",),
 }
 TOP_KEYS = ("output_dir", "data", "rm", "sft", "dpo", "runs", "select", "judge")
-SET_BY_RECIPE = {"rm": ("output_dir", "name"), "sft": ("output_dir",), "dpo": ("output_dir",),
+SET_BY_RECIPE = {"rm": ("output_dir", "name"), "sft": ("output_dir",), "dpo": ("output_dir", "select", "rank_by"),
+                 "runs": ("output_dir", "select", "rank_by"),
                  "judge": ("split", "rm")}  # where each step writes and what it reads: the recipe decides
 STATE_FILE = "recipe_state.json"
 SUMMARY_FILE = "recipe.json"
@@ -100,7 +101,7 @@ def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any,
     if not isinstance(values, dict):
         raise DataError(str(path), line, ".".join(where), "expected a mapping of settings (key: value)")
     hints, choices = _command_hints(verb)
-    skip = SET_BY_RECIPE.get(where[0], ())
+    skip = SET_BY_RECIPE.get(where[0], ())  # `runs.NAME` sections: where[0] is "runs"
     out = {}
     for key, value in values.items():
         at = lines.get((*where, str(key)), line)
@@ -178,9 +179,6 @@ def load_recipe(path: Path) -> dict:
             raise DataError(str(path), lines.get(("runs", str(name))), f"runs.{name}",
                             "a run group's name is a folder name: letters, digits, '-' and '_'")
         runs[name] = _check_section(path, lines, ("runs", str(name)), settings or {}, ("sweep",))
-        if "output_dir" in runs[name]:
-            raise DataError(str(path), lines.get(("runs", str(name), "output_dir")), f"runs.{name}.output_dir",
-                            "set by the recipe (ROOT/runs/<name>)")
     select = recipe.get("select") or {}
     rank_by = select.get("rank_by", "length_balanced_accuracy")
     if set(select) - {"rank_by"} or rank_by not in RANK_KEYS_ALLOWED:
@@ -316,7 +314,8 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
     runs = []
     for name, settings in recipe["runs"].items():
         group = root / "runs" / name
-        merged = {**data, **recipe["dpo"], **settings, "output_dir": str(group)}
+        # select 0: the sweep's own report scores no run on test; the recipe chooses across all groups below
+        merged = {**data, **recipe["dpo"], **settings, "output_dir": str(group), "select": 0}
         if model is not None:
             merged["model"] = model
         _step(state, f"dpo/{name}", lambda g=group: g.is_dir() and bool(run_dirs(g)[0]) and not run_dirs(g)[1],
@@ -325,8 +324,8 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
 
     # 4. select on validation
     selected, rows = select_run(runs, recipe["select"]["rank_by"])
-    for row in rows:
-        row["wall_s"] = state.data["steps"].get(f"dpo/{Path(row['path']).parent.name}", {}).get("wall_s")
+    for row in rows:  # the run's own timer: reference pass, training, saving, validation (see train.run)
+        row["wall_s"] = (read_json(Path(row["path"]) / METRICS_FILE, missing_ok=True) or {}).get("wall_s")
     logger.info(f"recipe: selected {selected.parent.name}/{selected.name} by validation "
                 f"{recipe['select']['rank_by']} among {len(runs)} runs")
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from preftune import log, trackers
-from preftune.config import LOSS_FIELDS, DataConfig, SweepConfig, TrainConfig, add_arguments, flag_name, run_name
+from preftune.config import (LOSS_FIELDS, DataConfig, ReportConfig, SweepConfig, TrainConfig, add_arguments, flag_name,
+                             run_name)
 from preftune.config_files import coerce, load_config_file
 from preftune.errors import PreftuneError
 from preftune.run_folder import atomic_write_json
@@ -83,7 +84,7 @@ def expand(grid: SweepConfig, base: TrainConfig) -> list[PlannedRun]:
 def _settable() -> dict[str, Any]:
     """Every setting a sweep takes, name → type hint (the grid's, then the data's, then the train's)."""
     hints = dict(typing.get_type_hints(SweepConfig))
-    for cls in (DataConfig, TrainConfig):
+    for cls in (DataConfig, TrainConfig, ReportConfig):
         hints.update({k: v for k, v in typing.get_type_hints(cls).items()
                       if k not in hints and k not in NOT_SWEPT})
     return hints
@@ -173,7 +174,7 @@ def make_root(root: Path) -> None:
         raise PreftuneError(f"--output-dir {root} is not writable")
 
 
-def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig) -> Path:
+def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, report_cfg: ReportConfig | None = None) -> Path:
     """Train and evaluate every run of the grid not finished yet, then write the report. Returns ROOT.
     Under a launcher every rank trains; rank 0 alone holds the lock and writes the plan and report."""
     from preftune.report import report
@@ -199,7 +200,7 @@ def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig) -> Path:
             run(data, planned.cfg, name=planned.name)
             logger.info(f"sweep: [{i}/{len(todo)}] {planned.name} finished in {time.perf_counter() - start:.1f} s")
     if main_process:
-        report(root)
+        report(root, report_cfg)
     return root
 
 
@@ -223,7 +224,10 @@ def settings_from_args(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> None:
-    sweep(*build_configs(settings_from_args(ns)))
+    settings = settings_from_args(ns)
+    report_names = {f.name for f in dataclasses.fields(ReportConfig)}
+    sweep(*build_configs({k: v for k, v in settings.items() if k not in report_names}),
+          ReportConfig(**{k: v for k, v in settings.items() if k in report_names}))
 
 
 def add_cli(verbs) -> None:
@@ -239,4 +243,5 @@ def add_cli(verbs) -> None:
                   title="grid (comma-separated values; one run per combination)")
     add_arguments(parser, DataConfig, suppress_defaults=True)
     add_arguments(parser, TrainConfig, skip=GRID_KEYS + NOT_SWEPT, suppress_defaults=True)
+    add_arguments(parser, ReportConfig, suppress_defaults=True, title="the report that ends the sweep")
     parser.set_defaults(func=cmd_sweep)

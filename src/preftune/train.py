@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,7 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
 
     `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
     interrupted run of the same settings is resumed from its last complete checkpoint."""
+    started = time.perf_counter()
     rank, world_size = check_launch()  # the processes form one group, or a one-line error before any work
     resolve_precision(cfg.precision)  # a precision this machine cannot run, likewise
     if cfg.fsdp and world_size < 2:
@@ -211,6 +213,7 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
         "final": {k: v for k, v in (log[-1] if log else {}).items() if k != "step"},
     }
     run_folder.atomic_write_json(partial / METRICS_FILE, metrics)
+    run_metrics = metrics
     run_folder.atomic_write_json(partial / CONFIG_FILE, {
         "preftune_version": preftune.__version__,
         "run_name": name,
@@ -237,6 +240,8 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
         logger.info(format_table(metrics))
         trackers.log_final_metrics(cfg, partial, metrics, step=result.steps)  # to the run's tracker, if any
 
+    # the whole run as a user waits for it: reference pass, training, saving, evaluation (this invocation's)
+    run_folder.atomic_write_json(partial / METRICS_FILE, {**run_metrics, "wall_s": round(time.perf_counter() - started, 1)})
     final = run_folder.finish_partial(partial)  # checkpoints kept until now: a kill in eval resumes
     logger.info(f"run: {final}")
     return final
