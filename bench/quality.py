@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default=str(RECIPE))
     parser.add_argument("--out", default=str(HERE / "results" / "quality.json"))
     parser.add_argument("--output-dir", default=None, help="the recipe's ROOT (default: the file's output_dir)")
+    parser.add_argument("--note", action="append", default=[], help="a line kept under 'notes' in the results "
+                        "(e.g. how this run was interrupted); repeatable")
     ns = parser.parse_args(argv)
 
     load_before, start = os.getloadavg(), time.monotonic()
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     load = {"load_avg_1m_before": round(load_before[0], 2), "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "wall_s_this_invocation": round(time.monotonic() - start, 1)}
     q = quality(summary, load)
+    q["notes"] = ns.note
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(q, indent=2) + "\n")

@@ -332,7 +332,8 @@ def rm_summary(rm: RewardModelFolder) -> dict:
     ev = rm.eval
     return {
         "reward_model": str(rm.path),
-        "reward_model_base": rm.config["base_model"],
+        "reward_model_base": rm.config["base_model"],  # as requested; what was loaded is the source below
+        "reward_model_source": rm.config.get("model_source"),
         "rm_debias": rm.config.get("debias", "none"),  # folders from before debiasing were plain
         "rm_heads": list(rm.heads),
         "rm_scoring_head": rm.heads[0],
@@ -397,7 +398,8 @@ def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
 
 def format_report(r: dict) -> str:
     lines = [f"judged: {r['run']} vs {r['base_model']} on {r['posts']} held-out posts "
-             f"({r['posts_with_reference']} with a human reference); reward model {r['reward_model_base']} "
+             f"({r['posts_with_reference']} with a human reference); "
+             f"reward model {r.get('reward_model_source') or r['reward_model_base']} "
              f"(debias {r['rm_debias']}, {r['rm_scoring_head']} head); lengths in {r['length_unit']}", ""]
     lines += [f"  {v}" for v in r["verdict"]] + [""]
     for name, res in r["decodings"].items():
