@@ -1,4 +1,4 @@
-"""Issue 10's measured recipe: does any objective beat "longer wins" on quality, on 2 CPU cores?
+"""Issue 12's measured recipe: does any objective beat "longer wins" on quality, on 2 CPU cores?
 
 One command:   .venv/bin/python bench/quality.py
 It runs `preftune recipe examples/tldr-cpu.yaml` (reward model, SFT, one DPO run per objective, selection
@@ -7,7 +7,7 @@ bench/results/quality.json and bench/results/quality.md from the recipe's recipe
 same command again after an interruption; finished steps are kept (the recipe's own resume).
 
 Everything reported on test is for the one run chosen on validation; the number of runs compared is
-recorded. Targets (issue 10) are checked and written as met / missed, never adjusted.
+recorded. Targets (issue 12) are checked and written as met / missed, never adjusted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ REPO = HERE.parent
 RECIPE = REPO / "examples" / "tldr-cpu.yaml"
 COMMAND = ".venv/bin/python bench/quality.py"
 
-TARGETS = {  # issue 10, on the test split, for the selected run
+TARGETS = {  # issue 12, on the test split, for the selected run
     "test_length_balanced_accuracy": (">=", 0.65),
     "test_length_balanced_ci_low": (">", 0.55),
     "test_accuracy": (">=", 0.68),
