@@ -228,6 +228,18 @@ def test_judge_on_the_test_split_writes_its_own_file(tiny_run):
     assert ((tiny_run / "judge.json").read_bytes() if (tiny_run / "judge.json").exists() else None) == before
 
 
+@pytest.mark.parametrize("tuned,base,said", [(29.4, 38.4, "9.0 tokens shorter"), (31.0, 26.0, "5.0 tokens longer")])
+def test_the_verdict_says_shorter_or_longer_in_words(tuned, base, said):
+    from preftune.judge import decoding_verdict
+
+    strata = {"length_balanced_win_rate": 0.9, "length_balanced_ci95": [0.8, 0.95]}
+    res = {"tuned": {"mean_tokens": tuned}, "base": {"mean_tokens": base},
+           "tuned_vs_base": {"ci95": [0.86, 0.97], "win_rate": 0.93, "n": 100, "length_controlled_win_rate": 0.92,
+                             "length_controlled_ci95": [0.87, 0.98], "by_length": strata}}
+    verdict = decoding_verdict("greedy", res)
+    assert f"tuned summaries are {said} on average" in verdict and "-" not in verdict.split("on average")[0]
+
+
 def rm_eval_of(run):
     return json.loads((run.parent / "reward_model" / "rm_eval.json").read_text())
 

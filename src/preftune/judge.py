@@ -248,7 +248,8 @@ def decoding_verdict(name: str, res: dict) -> str:
     longer = res["tuned"]["mean_tokens"] - res["base"]["mean_tokens"]
     bl = tb["by_length"]
     return (f"{name}: {what} (win rate {tb['win_rate']:.1%}, 95% CI {lo:.1%}–{hi:.1%}, n={tb['n']}); tuned "
-            f"summaries are {longer:+.1f} tokens longer on average; length-controlled win rate "
+            f"summaries are {abs(longer):.1f} tokens {'longer' if longer >= 0 else 'shorter'} on average; "
+            "length-controlled win rate "
             f"{_pct(tb['length_controlled_win_rate'])}{_ci(tb['length_controlled_ci95'])}, length-balanced "
             f"{_pct(bl['length_balanced_win_rate'])}{_ci(bl['length_balanced_ci95'])}.")
 
