@@ -72,21 +72,28 @@ def load_config_file(path: Path, hints: dict[str, Any], choices: dict[str, tuple
     if not isinstance(values, dict):
         raise DataError(str(path), 1, None, "expected a mapping of settings (key: value)")
     lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
-    settings = {}
-    for key, value in values.items():
-        if key not in hints:
-            close = difflib.get_close_matches(str(key).replace("-", "_"), hints, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(hints)}"
-            raise DataError(str(path), lines.get(key), str(key), f"unknown setting{hint}")
-        try:
-            settings[key] = coerce(value, hints[key], "value")
-        except PreftuneError as e:
-            raise DataError(str(path), lines.get(key), key, str(e).removeprefix("value: ")) from None
-        allowed = (choices or {}).get(key)
-        if allowed and settings[key] not in allowed:
-            raise DataError(str(path), lines.get(key), key,
-                            f"unknown value {settings[key]!r}; choose one of: {', '.join(map(str, allowed))}")
-    return settings
+    return {key: check_setting(key, value, hints, choices,
+                               lambda message, key=key: DataError(str(path), lines.get(key), str(key), message))
+            for key, value in values.items()}
+
+
+def check_setting(key: Any, value: Any, hints: dict[str, Any], choices: dict[str, tuple] | None, error,
+                  what: str = "setting") -> Any:
+    """One setting of a file against a command's `hints` and `choices` (each value of a list): the
+    coerced value, or raises `error(message)` (the caller's DataError naming its file, line and key)."""
+    if key not in hints:
+        close = difflib.get_close_matches(str(key).replace("-", "_"), hints, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(hints)}"
+        raise error(f"unknown {what}{hint}")
+    try:
+        value = coerce(value, hints[key], "value")
+    except PreftuneError as e:
+        raise error(str(e).removeprefix("value: ")) from None
+    allowed = (choices or {}).get(key)
+    for item in value if isinstance(value, tuple) else (value,):
+        if allowed and item not in allowed:
+            raise error(f"unknown value {item!r}; choose one of: {', '.join(map(str, allowed))}")
+    return value
 
 
 # ---- the commands' --config flag -----------------------------------------------------------------

@@ -28,12 +28,10 @@ from preftune.hub import (CARD, DEFAULT_STAGE, KNOWN_LICENSES, Upload, _fmt, _pl
                           repo_id_for)
 from preftune.hubids import is_hub_id
 from preftune.report import dataset_label
-from preftune.run_folder import read_json, require_key
+from preftune.run_folder import RM_CONFIG_FILE, RM_EVAL_FILE, read_json, require_key
 
 logger = logging.getLogger(__name__)
 
-RM_CONFIG_FILE = "rm_config.json"  # = preftune.reward.RM_CONFIG_FILE (not imported: keep this module light)
-RM_EVAL_FILE = "rm_eval.json"
 FALLBACK_ID = "sentence-transformers/all-MiniLM-L6-v2"  # = preftune.reward.FALLBACK_ID
 RM_LICENSES = {"distilbert/distilbert-base-uncased": "apache-2.0", FALLBACK_ID: "apache-2.0"}
 EXAMPLE_PROMPT = "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"

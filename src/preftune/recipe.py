@@ -35,8 +35,8 @@ from typing import Any
 
 from preftune.config import DataConfig, check_value
 from preftune.errors import DataError, PreftuneError
-from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, METRICS_FILE, PARTIAL_SUFFIX, atomic_write_json,
-                                 read_eval, read_json, run_dirs)
+from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, METRICS_FILE, PARTIAL_SUFFIX, RM_CONFIG_FILE,
+                                 RM_EVAL_FILE, atomic_write_json, read_eval, read_json, run_dirs)
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,9 @@ def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tup
 
 
 def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
-    """A section's settings, each checked against the command's flags: the same rules as --config."""
-    import difflib
-
-    from preftune.config_files import coerce
+    """A section's settings, each checked against the command's flags: the same rules as --config
+    (`config_files.check_setting`), and each value against its config field's range."""
+    from preftune.config_files import check_setting
 
     line = lines.get(where)
     if values is None:
@@ -108,19 +107,11 @@ def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any,
         name = ".".join((*where, str(key)))
         if key in skip:
             raise DataError(str(path), at, name, "set by the recipe (each step's output goes under output_dir)")
-        if key not in hints:
-            close = difflib.get_close_matches(str(key).replace("-", "_"), hints, n=1)
-            raise DataError(str(path), at, name, f"unknown setting for `preftune {' '.join(verb)}`"
-                            + (f"; did you mean '{close[0]}'?" if close else ""))
-        try:
-            out[key] = coerce(value, hints[key], "value")
-        except PreftuneError as e:
-            raise DataError(str(path), at, name, str(e).removeprefix("value: ")) from None
-        allowed, meta = choices.get(key), _field_meta(key)
+        out[key] = check_setting(key, value, hints, choices,
+                                 lambda message, at=at, name=name: DataError(str(path), at, name, message),
+                                 what=f"setting for `preftune {' '.join(verb)}`")
+        meta = _field_meta(key)
         for value in out[key] if isinstance(out[key], tuple) else (out[key],):
-            if allowed and value not in allowed:
-                raise DataError(str(path), at, name, f"unknown value {value!r}; choose one of: "
-                                f"{', '.join(map(str, allowed))}")
             try:
                 if meta is not None and value is not None:
                     check_value(value, meta, "value")
@@ -293,10 +284,10 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
 
     # 1. the judge's reward model, on the same split
     rm_dir = root / RM_NAME
-    _step(state, "rm", lambda: (rm_dir / "rm_eval.json").is_file(),
+    _step(state, "rm", lambda: (rm_dir / RM_EVAL_FILE).is_file(),
           lambda: _run(["rm", "train"], ["--config", str(_write_settings(
               root, "rm", {**data, **recipe["rm"], "output_dir": str(root), "name": RM_NAME}))]),
-          measured=lambda: (read_json(rm_dir / "rm_config.json", missing_ok=True) or {}).get("train_runtime_s", 0.0))
+          measured=lambda: (read_json(rm_dir / RM_CONFIG_FILE, missing_ok=True) or {}).get("train_runtime_s", 0.0))
 
     # 2. SFT (optional)
     model = recipe["dpo"].get("model")
@@ -352,7 +343,7 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
         "selected_config": read_json(selected / CONFIG_FILE),
         "test": read_eval(selected / "test.json"),
         "judge_test": read_json(selected / JUDGE_TEST_FILE, missing_ok=True),
-        "rm_eval": read_json(rm_dir / "rm_eval.json", missing_ok=True),
+        "rm_eval": read_json(rm_dir / RM_EVAL_FILE, missing_ok=True),
     }
     atomic_write_json(root / SUMMARY_FILE, summary)
     logger.info(format_summary(summary))

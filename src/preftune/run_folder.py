@@ -45,6 +45,8 @@ TEST_FILE = "test.json"
 TEST_PAIRS_FILE = "test_pairs.jsonl"
 JUDGE_FILE = "judge.json"
 JUDGE_TEST_FILE = "judge_test.json"
+RM_CONFIG_FILE = "rm_config.json"  # a reward model folder's (preftune rm train): settings, split, heads
+RM_EVAL_FILE = "rm_eval.json"  # its held-out metrics
 CHECKPOINTS_DIR = "checkpoints"  # = engines.CHECKPOINTS_DIR (not imported: engines import torch)
 PARTIAL_SUFFIX = ".partial"
 SPLITS = ("validation", "test")
