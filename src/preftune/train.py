@@ -212,8 +212,6 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
         # the last step's logged values (the whole run's log, a resumed run's included)
         "final": {k: v for k, v in (log[-1] if log else {}).items() if k != "step"},
     }
-    run_folder.atomic_write_json(partial / METRICS_FILE, metrics)
-    run_metrics = metrics
     run_folder.atomic_write_json(partial / CONFIG_FILE, {
         "preftune_version": preftune.__version__,
         "run_name": name,
@@ -233,15 +231,15 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
 
     if cfg.evaluate and eval_pairs:
         # reference log-probs from the on-disk cache: computed once, shared by every run of a sweep
-        metrics = {"split": "validation", "dataset": data_cfg.dataset,
-                   **evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta, cfg.loss,
-                                   cfg.ld_alpha)}
-        run_folder.atomic_write_json(partial / run_folder.EVAL_FILE, metrics)
-        logger.info(format_table(metrics))
-        trackers.log_final_metrics(cfg, partial, metrics, step=result.steps)  # to the run's tracker, if any
+        evaluated = {"split": "validation", "dataset": data_cfg.dataset,
+                     **evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta, cfg.loss,
+                                     cfg.ld_alpha)}
+        run_folder.atomic_write_json(partial / run_folder.EVAL_FILE, evaluated)
+        logger.info(format_table(evaluated))
+        trackers.log_final_metrics(cfg, partial, evaluated, step=result.steps)  # to the run's tracker, if any
 
     # the whole run as a user waits for it: reference pass, training, saving, evaluation (this invocation's)
-    run_folder.atomic_write_json(partial / METRICS_FILE, {**run_metrics, "wall_s": round(time.perf_counter() - started, 1)})
+    run_folder.atomic_write_json(partial / METRICS_FILE, {**metrics, "wall_s": round(time.perf_counter() - started, 1)})
     final = run_folder.finish_partial(partial)  # checkpoints kept until now: a kill in eval resumes
     logger.info(f"run: {final}")
     return final
