@@ -42,6 +42,16 @@ def _low(ci) -> float | None:
     return ci[0] if ci else None
 
 
+def _repo_relative(chain: list[dict] | None) -> list[dict] | None:
+    """The chain with paths inside this checkout made relative: a committed results file names no one's disk."""
+    def rel(step: dict) -> dict:
+        path = step.get("path")
+        if path and Path(path).is_absolute() and Path(path).resolve().is_relative_to(REPO.resolve()):
+            return {**step, "path": str(Path(path).resolve().relative_to(REPO.resolve()))}
+        return step
+    return None if chain is None else [rel(step) for step in chain]
+
+
 def quality(summary: dict, load: dict) -> dict:
     """The results file's content from a finished recipe.json."""
     test, judge, rm = summary["test"] or {}, summary.get("judge_test") or {}, summary.get("rm_eval") or {}
@@ -58,7 +68,7 @@ def quality(summary: dict, load: dict) -> dict:
         "rank_by": f"validation {summary['rank_by']}",
         "selected_run": summary["selected_run"],
         "selected_loss": cfg.get("train", {}).get("loss"),
-        "chain": cfg.get("chain"),
+        "chain": _repo_relative(cfg.get("chain")),
         "test_n": test.get("n"),
         "test_accuracy": test.get("accuracy"),
         "test_accuracy_ci95": test.get("accuracy_ci95"),

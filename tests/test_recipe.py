@@ -128,3 +128,14 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     again = run_recipe(recipe)  # resumed: every step is complete, nothing is redone
     assert again["steps"] == summary["steps"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(tmp_path):
+    q = bench_quality()
+    chain = [{"kind": "base", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+             {"kind": "sft", "path": str(REPO / "runs" / "x" / "sft_model"), "lr": 2e-5},
+             {"kind": "sft", "path": str(tmp_path / "elsewhere")}]
+    out = q._repo_relative(chain)
+    assert out[0] == chain[0] and out[1] == {"kind": "sft", "path": "runs/x/sft_model", "lr": 2e-5}
+    assert out[2] == chain[2]  # outside the checkout: kept as it is, not guessed at
+    assert q._repo_relative(None) is None

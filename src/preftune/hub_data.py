@@ -46,7 +46,7 @@ from preftune.errors import PreftuneError
 from preftune.hub import (CARD, DEFAULT_STAGE, TOKEN_HELP, Upload, _fmt, _plain, claim_stage, count, fresh_folder,
                           hub_dataset, hub_errors, hub_token, number, publish)
 from preftune.report import dataset_label
-from preftune.run_folder import CONFIG_FILE
+from preftune.run_folder import CONFIG_FILE, RM_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _why(folder: Path) -> str:
     """What the folder is instead, when that can be told."""
     if (folder / CONFIG_FILE).is_file():
         return " (it is a run folder without the demo's votes; `preftune push` pushes its model)"
-    if (folder / "rm_config.json").is_file():
+    if (folder / RM_CONFIG_FILE).is_file():
         return " (it is a reward model folder; `preftune push` pushes it)"
     if (folder / STATS_FILE).is_file():
         return f" (its {STATS_FILE} was not written by `preftune data prepare`)"
