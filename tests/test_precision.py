@@ -41,8 +41,11 @@ def test_fp16_on_cpu_stops_train_before_any_work(tiny_model, tmp_path, capsys):
     assert not list((tmp_path / "runs").glob("*"))
 
 
-def test_help_says_what_bf16_costs_on_cpu():
-    help_text = TrainConfig.__dataclass_fields__["precision"].metadata["help"]
+@pytest.mark.parametrize("config", ["TrainConfig", "SFTConfig"])  # every verb with --precision
+def test_help_says_what_bf16_costs_on_cpu(config):
+    import preftune.config
+
+    help_text = getattr(preftune.config, config).__dataclass_fields__["precision"].metadata["help"]
     assert "~10x slower" in help_text and "fp16 needs a CUDA GPU" in help_text
 
 

@@ -59,8 +59,10 @@ def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval", ld_alph
 
     Each pair's prompt computed once (logps.PackedPair), pairs packed into forwards as training packs
     them (logps.default_pack_tokens), no padding."""
+    from preftune.models import inference_device
+
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-    module = PairLogpsModule(model).eval()
+    module = PairLogpsModule(model.to(inference_device())).eval()  # a GPU when there is one; rows follow the model
     try:
         logps = pairs_logps(module, packed, default_pack_tokens(), desc=desc, ld_alpha=ld_alpha)  # as training packs
     finally:

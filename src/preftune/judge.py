@@ -293,10 +293,10 @@ class ReferenceRM:
 def model_generator(path: str, batch_size: int, label: str) -> Generator:
     """A Generator over a causal LM folder, loaded when called and released after."""
     from preftune.generate import generate_many
-    from preftune.models import load_model, load_tokenizer
+    from preftune.models import inference_device, load_model, load_tokenizer
 
     def run(prompts: list[str], decodings: list[Decoding]) -> dict[str, list[Generation]]:
-        return generate_many(load_model(path), load_tokenizer(path), prompts, decodings, batch_size,
+        return generate_many(load_model(path).to(inference_device()), load_tokenizer(path), prompts, decodings, batch_size,
                              f"generate {label}")
 
     return run

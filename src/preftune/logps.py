@@ -58,14 +58,16 @@ def _pad(batch: list[Tokenized], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
 def completion_logps(model, batch: list[Tokenized], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log π(completion | prompt) per sequence, shape (B,), and completion token counts (B,)."""
     ids, attn, predicts = _pad(batch, pad_id)
+    device = next(model.parameters()).device  # the inputs follow the model (a GPU's, or the CPU)
+    ids, attn = ids.to(device), attn.to(device)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state  # (B, T, H)
-    rows, cols = predicts.nonzero(as_tuple=True)
+    rows, cols = predicts.to(device).nonzero(as_tuple=True)
     logits = head(hidden[rows, cols]).float()  # (N, V): completion positions only
     targets = ids[rows, cols + 1]
     token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
-    sums = torch.zeros(len(batch), dtype=token_logps.dtype).index_add_(0, rows, token_logps)
-    return sums, predicts.sum(-1)
+    sums = torch.zeros(len(batch), dtype=token_logps.dtype, device=device).index_add_(0, rows, token_logps)
+    return sums.cpu(), predicts.sum(-1)
 
 
 # ---- prefix sharing: a pair is its prompt once, then both completions -----------------------------

@@ -169,6 +169,16 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def inference_device(cuda: bool | None = None, environ=os.environ):
+    """Where a model runs outside the training engines (reference pass, evaluation, judge, demo, reward
+    scoring): this process's GPU when there is one (LOCAL_RANK's, under a launcher), else the CPU. The
+    engines place their models through accelerate; everything else follows the model's device."""
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return torch.device("cuda", int(environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+
+
 def load_model(path: str, fsdp: bool = False):
     """The causal LM with fp32 weights (mixed precision, if any, is the engine's autocast).
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from preftune.errors import PreftuneError
 from preftune.logps import PackedPair, PairLogpsModule, default_pack_tokens, pairs_logps
-from preftune.models import cache_dir
+from preftune.models import cache_dir, inference_device
 from preftune.precision import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def reference_logps(pairs: Sequence[PackedPair], model_path: str, load: Callable
                 + (f", shared by {world} processes" if world > 1 else "") + f" (cached in {cache.path})")
     todo.sort(key=len, reverse=True)  # strided shares of a length-sorted list: every rank gets a similar load
     mine = todo[rank::world]
-    module = PairLogpsModule(load(), dtype=DTYPES[precision]).eval() if mine else None
+    module = PairLogpsModule(load().to(inference_device()), dtype=DTYPES[precision]).eval() if mine else None
     with tqdm(total=len(todo), desc="reference log-probs", unit="pair", leave=False, disable=rank != 0) as bar:
         for start in range(0, -(-len(todo) // world), flush_every):  # the same number of rounds on every rank
             part = mine[start : start + flush_every]

@@ -252,7 +252,9 @@ def load_reward_model(path: str):
     from transformers import AutoModelForSequenceClassification
 
     open_reward_model(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    from preftune.models import inference_device
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(inference_device()).eval()
     return model, load_rm_tokenizer(path)
 
 

@@ -232,9 +232,10 @@ def post_id(post: str) -> str:
 
 
 def _load(spec: DemoSpec) -> Loaded:
-    from preftune.models import load_model, load_tokenizer, resolve_model
+    from preftune.models import inference_device, load_model, load_tokenizer, resolve_model
 
     policy, base = resolve_model(spec.policy), resolve_model(spec.base)
     tokenizer = load_tokenizer(policy.path)
-    models = load_model(policy.path).eval(), load_model(base.path).eval()
+    device = inference_device()
+    models = load_model(policy.path).to(device).eval(), load_model(base.path).to(device).eval()
     return Loaded(tokenizer, models[0], models[1], (policy.source, base.source))
