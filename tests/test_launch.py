@@ -120,7 +120,8 @@ def test_two_ranks_get_one_answer_or_one_error(tmp_path):
     assert zero["from_zero_bug"] == "ValueError: a bug"  # the bug itself where it happened
     assert one["from_zero_bug"] == "PreftuneError: ValueError: a bug"  # and no rank left waiting
     assert zero["resume_differs"] == one["resume_differs"]
-    assert "ranks see different checkpoints of runs/x.partial (rank 0: checkpoint-4, rank 1: none)" in one["resume_differs"]
+    assert ("ranks see different checkpoints of runs/x.partial (rank 0: checkpoint-4, rank 1: none)"
+            in one["resume_differs"])
     assert zero["resume_same"] is None and one["resume_same"] is None
 
 
