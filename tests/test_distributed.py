@@ -1,5 +1,7 @@
 """The same `preftune train` under a 2-process launcher (gloo on CPU, the stand-in for multi-GPU)
-writes one correct run folder."""
+writes one correct run folder; ranks that each have their own disk (as on machines without a shared
+filesystem) share the reference pass, train the runs rank 0 planned, and stop together when their disks
+disagree."""
 
 import json
 import os
@@ -36,24 +38,28 @@ NO_SHARED_DISK = """
 import os, sys
 os.environ["PREFTUNE_CACHE"] = sys.argv[1] + "-rank" + os.environ["RANK"]  # each rank its own disk
 from preftune.cli import main
-raise SystemExit(main(sys.argv[2:]))
+raise SystemExit(main([a.replace("{rank}", os.environ["RANK"]) for a in sys.argv[2:]]))  # its own output dir too
 """
+
+
+def without_shared_disk(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`preftune ARGV` on 2 ranks, each with its own cache (tmp_path/cache-rankR); "{rank}" in ARGV is the rank."""
+    wrapper = tmp_path / "no_shared_disk.py"
+    wrapper.write_text(NO_SHARED_DISK)
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone", str(wrapper),
+           str(tmp_path / "cache"), *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_the_reference_pass_is_shared_by_ranks_without_a_shared_disk(tiny_model, tmp_path):
     """Two ranks, each with its own cache folder (as on two machines): they split the reference pass,
     every rank gets every value through the process group, rank 0 alone writes them, and a second run
     finds them all — rank 1 from rank 0's cache, through the group."""
-    wrapper = tmp_path / "no_shared_disk.py"
-    wrapper.write_text(NO_SHARED_DISK)
-    cache = tmp_path / "cache"
-
     def run(lr: str) -> subprocess.CompletedProcess:
-        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone", str(wrapper),
-               str(cache), "train", "--model", str(tiny_model), "--output-dir", str(tmp_path / "runs"), "--lr", lr,
-               "--batch-size", "4", "--max-pairs", "8", "--max-eval-pairs", "4", "--max-length", "256",
-               "--fraction", "0.03", "--pack-tokens", "400", "--no-gradient-checkpointing"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = without_shared_disk(
+            tmp_path, "train", "--model", str(tiny_model), "--output-dir", str(tmp_path / "runs"), "--lr", lr,
+            "--batch-size", "4", "--max-pairs", "8", "--max-eval-pairs", "4", "--max-length", "256",
+            "--fraction", "0.03", "--pack-tokens", "400", "--no-gradient-checkpointing")
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
@@ -70,3 +76,40 @@ def test_the_reference_pass_is_shared_by_ranks_without_a_shared_disk(tiny_model,
     second = run("5e-3")
     assert "reference: all 8 pairs' log-probs found" in second.stdout and "computing" not in second.stdout
     assert not (tmp_path / "cache-rank1" / "ref_logps").exists()
+
+
+TINY = ["--batch-size", "4", "--max-pairs", "8", "--max-eval-pairs", "4", "--max-length", "256", "--fraction", "0.03",
+        "--no-gradient-checkpointing"]
+
+
+def test_a_sweep_rerun_on_ranks_without_a_shared_disk_skips_what_rank_0_finished(tiny_model, tmp_path):
+    """Rank 1's output dir never holds a run (rank 0 writes them): on its own it would train both runs
+    again while rank 0 skips them, and wait forever for rank 0. Every rank trains rank 0's plan."""
+    runs = ["dpo_model_lr0.01_bs4_epoch1", "dpo_model_lr0.005_bs4_epoch1"]
+    argv = ["sweep", "--model", str(tiny_model), "--output-dir", str(tmp_path / "runs-{rank}"), "--lr", "1e-2,5e-3",
+            "--select", "0", *TINY]
+    first = without_shared_disk(tmp_path, *argv)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs-0").glob("dpo_model_*")) == sorted(runs)
+    assert not list((tmp_path / "runs-1").iterdir())  # rank 1 trained, rank 0 wrote
+
+    second = without_shared_disk(tmp_path, *argv)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "2 runs in" in second.stdout and "2 finished (skipped), 0 to train" in second.stdout
+    assert not list((tmp_path / "runs-1").iterdir())
+
+
+@pytest.mark.parametrize("holder", [0, 1])
+def test_a_finished_run_seen_by_one_rank_only_stops_every_rank(tiny_model, tmp_path, holder):
+    """Only rank HOLDER's output dir holds the finished run: every rank stops with its error (named as
+    that rank's), none trains on alone or waits in a collective for the other."""
+    run = "dpo_model_lr0.01_bs4_epoch1"
+    (tmp_path / f"runs-{holder}" / run).mkdir(parents=True)
+    done = without_shared_disk(tmp_path, "train", "--model", str(tiny_model), "--output-dir",
+                               str(tmp_path / "runs-{rank}"), "--lr", "1e-2", *TINY)
+    assert done.returncode != 0
+    # torchrun may kill one rank once the other exits: at least one prints the agreed line
+    assert f"preftune: error: rank {holder} of 2: {tmp_path / f'runs-{holder}' / run} already exists" in done.stderr, \
+        done.stderr[-3000:]
+    for rank in (0, 1):  # nothing written on either disk
+        assert [p.name for p in (tmp_path / f"runs-{rank}").glob("*")] == ([run] if rank == holder else [])

@@ -60,7 +60,7 @@ def test_fsdp_on_two_processes_follows_one_process(tiny_model, tmp_path, engine,
 
 
 def test_an_accelerate_fsdp_config_on_cpu_stops_before_any_work(tiny_model, tmp_path):
-    """Measured (shared/docs/distributed-on-cpu.md): accelerate does not apply an FSDP config on CPU."""
+    """Measured with accelerate 1.15: an FSDP config on CPU is not applied (independent processes, or DDP)."""
     config = tmp_path / "fsdp_cpu.yaml"
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\n"
                       "num_machines: 1\nmachine_rank: 0\nuse_cpu: true\nmixed_precision: 'no'\nfsdp_config:\n"

@@ -1,11 +1,19 @@
-"""Is this process one rank of a real process group? Checked before any training work.
+"""Is this process one rank of a real process group? Checked before any training work; and the few
+collectives that keep the ranks of one run deciding the same thing.
 
 A launcher says how many processes it started through the environment (torchrun and `accelerate
-launch` set RANK / WORLD_SIZE / MASTER_ADDR). Measured with accelerate 1.15 on CPU: an FSDP config file
-starts processes that, seen through `Accelerator()`, each believe they are the only one (they would
-train, evaluate and write the run folder alone, silently), and seen through `Accelerator(cpu=True)`
-train with DDP, unsharded — the config is silently not applied either way (tests/test_fsdp.py runs it). Every training command calls
-`check_launch()` first and stops with one line instead.
+launch` set RANK / WORLD_SIZE / MASTER_ADDR). Measured with accelerate 1.15 on CPU (2 processes, gloo):
+an FSDP config file starts processes that, seen through `Accelerator()`, each believe they are the only
+one (they would train, evaluate and write the run folder alone, silently), and seen through
+`Accelerator(cpu=True)` train with DDP, unsharded — the config is silently not applied either way
+(tests/test_fsdp.py launches it). Every training command calls `check_launch()` first and stops with
+one line instead; the commands that train in one process (`rm train`, `sft`, `recipe`) call
+`single_process()` and refuse any multi-process launch.
+
+Ranks on machines without a shared filesystem see different files (a run folder, a checkpoint on one
+machine only). Where ranks read the disk to decide something, `agreed` raises one rank's error on every
+rank, `gather` lets them compare their decisions, and `from_rank_zero` gives every rank rank 0's — so
+no rank goes on alone or waits forever in a collective for a rank that stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import os
 from preftune.errors import PreftuneError
 
 RANK_KEYS = ("RANK", "WORLD_SIZE")
+# what an accelerate config file with these plugins sets in the launched processes' environment
+PLUGINS = (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
 
 
 def env_world(environ=os.environ) -> tuple[int, int]:
@@ -43,17 +53,34 @@ def group_mismatch(env: tuple[int, int], accelerate: tuple[int, int], torch_grou
             "Launch with `torchrun --nproc_per_node N -m preftune ...` (or `accelerate launch --num_processes N`)")
 
 
+def requested_plugin(environ=os.environ) -> tuple[str, str] | None:
+    """(environment key, name) of the FSDP/DeepSpeed plugin an accelerate config asks for, or None."""
+    return next(((key, name) for key, name in PLUGINS if environ.get(key, "false").lower() in ("1", "true", "yes")),
+                None)
+
+
 def unapplied_plugin(environ=os.environ, cuda: bool = False) -> str | None:
     """An accelerate FSDP/DeepSpeed config that accelerate would silently not apply (on CPU it trains with
     DDP instead), or None."""
-    if cuda:
+    plugin = None if cuda else requested_plugin(environ)
+    if plugin is None:
         return None
-    for key, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if environ.get(key, "false").lower() in ("1", "true", "yes"):
-            return (f"this launch asks accelerate for {name} ({key}), which accelerate does not apply on CPU (it "
-                    f"would train unsharded, with DDP). For sharding on CPU use `torchrun --nproc_per_node N -m "
-                    "preftune train --fsdp ...`; drop the accelerate config file for plain data parallel")
-    return None
+    key, name = plugin
+    return (f"this launch asks accelerate for {name} ({key}), which accelerate does not apply on CPU (it "
+            f"would train unsharded, with DDP). For sharding on CPU use `torchrun --nproc_per_node N -m "
+            "preftune train --fsdp ...`; drop the accelerate config file for plain data parallel")
+
+
+def single_process(command: str, environ=os.environ) -> None:
+    """Refuse any multi-process launch of a command that trains in one process: every process would run
+    it whole and race on the same output folder (one deleting the .partial another writes), and an
+    accelerate plugin would not be applied. Call first, before any work."""
+    world = env_world(environ)[1]
+    plugin = requested_plugin(environ)
+    if world > 1 or plugin:
+        asked = f"{world} processes" if world > 1 else f"accelerate's {plugin[1]} ({plugin[0]})"
+        raise PreftuneError(f"`preftune {command}` trains in one process, but this launch asks for {asked}: run "
+                            f"it as a plain `preftune {command} ...`, without torchrun or accelerate launch")
 
 
 def check_launch() -> tuple[int, int]:
@@ -86,3 +113,69 @@ def group_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def gather(value) -> list:
+    """Every rank's `value`, in rank order; [value] without a process group of several. A collective:
+    every rank must call it."""
+    world = group_world()[1]
+    if world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _attempt(fn, args) -> tuple:
+    """(fn(*args), None), or (None, the exception) — to be told to the other ranks before it is raised."""
+    try:
+        return fn(*args), None
+    except Exception as e:  # noqa: BLE001 - re-raised by the caller once every rank knows
+        return None, e
+
+
+def _message(error: Exception | None) -> str | None:
+    if error is None:
+        return None
+    return str(error) if isinstance(error, PreftuneError) else f"{type(error).__name__}: {error}"
+
+
+def _raise_everywhere(mine: Exception | None, message: str) -> None:
+    """This rank's own exception when it is the one told (a bug keeps its traceback where it happened), else
+    the message as a PreftuneError."""
+    if mine is not None and (not isinstance(mine, PreftuneError) or str(mine) == message):
+        raise mine
+    raise PreftuneError(message)
+
+
+def agreed(check, *args):
+    """check(*args) on every rank; an error on any rank is raised on every rank (the lowest rank's, named
+    when the ranks disagree), so none goes on alone or waits forever in the next collective."""
+    result, mine = _attempt(check, args)
+    messages = gather(_message(mine))
+    failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+    if failed:
+        rank, message = failed[0]
+        if len(set(messages)) > 1:  # not every rank saw the same: say whose it is
+            message = f"rank {rank} of {len(messages)}: {message}"
+        _raise_everywhere(mine, message)
+    return result
+
+
+def from_rank_zero(fn, *args):
+    """fn(*args) on rank 0 alone (the rank that writes: a lock, a plan, a run folder); its result — or its
+    error — on every rank, so the others neither decide on their own disk nor wait for a rank that stopped."""
+    rank, world = group_world()
+    if world == 1:
+        return fn(*args)
+    import torch.distributed as dist
+
+    result, mine = _attempt(fn, args) if rank == 0 else (None, None)
+    box = [(result, _message(mine))]
+    dist.broadcast_object_list(box, src=0)
+    result, message = box[0]
+    if message is not None:
+        _raise_everywhere(mine, message)
+    return result

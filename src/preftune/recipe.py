@@ -35,6 +35,7 @@ from typing import Any
 
 from preftune.config import DataConfig, check_value
 from preftune.errors import DataError, PreftuneError
+from preftune.launch import single_process
 from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, METRICS_FILE, PARTIAL_SUFFIX, RM_CONFIG_FILE,
                                  RM_EVAL_FILE, atomic_write_json, read_eval, read_json, run_dirs)
 
@@ -275,6 +276,7 @@ def _validation_row(ev: dict) -> dict:
 
 
 def run_recipe(path: Path, root_override: str | None = None) -> dict:
+    single_process("recipe")  # each process would run every step, and its commands inherit RANK/WORLD_SIZE
     recipe = load_recipe(path)
     root = Path(root_override or recipe["output_dir"])
     root.mkdir(parents=True, exist_ok=True)

@@ -631,9 +631,9 @@ def check_model(cfg: RewardConfig, resolved: ResolvedModel) -> None:
 
 def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     """`preftune rm train`: prepare + split + fit the data, train, measure held-out accuracy, write the folder."""
-    from preftune.launch import check_launch
+    from preftune.launch import single_process
 
-    check_launch()  # a launch whose processes do not form one group stops here, before any work
+    single_process("rm train")  # its loop is one process's: several would each train and write alone
     from preftune.data.fit import fit, subsample
     from preftune.data.options import select_train_pairs
     from preftune.data.prepare import prepare

@@ -197,14 +197,13 @@ def sft_chain(cfg: SFTConfig, name: str, final: Path, data_label: str, n_rows: i
 
 def sft(data_cfg: DataConfig, cfg: SFTConfig, name: str | None = None) -> Path:
     """`preftune sft`: rows → fitted rows → SFTTrainer → ROOT/NAME (written as NAME.partial). Returns it."""
-    from preftune.launch import env_world
+    from preftune.launch import single_process
     from preftune.models import load_tokenizer, resolve_model
 
+    single_process("sft")  # several processes would each train and write alone
     name = name or cfg.run_name
     root = Path(cfg.output_dir)
     run_folder.check_destination(root / name, cfg.overwrite)  # before any work
-    if env_world()[1] > 1:
-        raise PreftuneError("preftune sft runs in one process: launch it without torchrun")
     resolved = resolve_model(cfg.model)
     logger.info(f"model: {cfg.model} ← {resolved.source}")
     tokenizer = load_tokenizer(resolved.path)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preftune import log, trackers
+from preftune import trackers
 from preftune.config import (LOSS_FIELDS, DataConfig, ReportConfig, SweepConfig, TrainConfig, add_arguments, flag_name,
                              run_name)
 from preftune.config_files import coerce, load_config_file
@@ -174,20 +174,31 @@ def make_root(root: Path) -> None:
         raise PreftuneError(f"--output-dir {root} is not writable")
 
 
+def plan(held: contextlib.ExitStack, root: Path, runs: list[PlannedRun], data_cfg: DataConfig, base: TrainConfig,
+         grid: SweepConfig) -> dict[str, str]:
+    """Take ROOT's lock (held until `held` closes), read each run's state, write ROOT/sweep.json. Returns
+    run name → state."""
+    held.enter_context(sweep_lock(root))
+    states = {r.name: run_state(root, r, data_cfg) for r in runs}
+    write_plan(root, data_cfg, base, grid, runs)
+    return states
+
+
 def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, report_cfg: ReportConfig | None = None) -> Path:
     """Train and evaluate every run of the grid not finished yet, then write the report. Returns ROOT.
-    Under a launcher every rank trains; rank 0 alone holds the lock and writes the plan and report."""
+    Under a launcher every rank trains the runs rank 0 planned; rank 0 alone holds the lock, reads the
+    runs' states from its disk and writes the plan and report (a rank on another machine, without a shared
+    filesystem, would see no run finished)."""
+    from preftune.launch import agreed, check_launch, from_rank_zero
     from preftune.report import report
     from preftune.train import prepare_run_data, run
 
-    main_process = log.rank() == 0
+    rank = check_launch()[0]  # first: a launch that is not one process group stops before the lock and the plan
     root = Path(base.output_dir)
     runs = expand(grid, base)
-    make_root(root)
-    with sweep_lock(root) if main_process else contextlib.nullcontext():
-        states = {r.name: run_state(root, r, data_cfg) for r in runs}
-        if main_process:
-            write_plan(root, data_cfg, base, grid, runs)
+    agreed(make_root, root)
+    with contextlib.ExitStack() as held:
+        states = from_rank_zero(plan, held, root, runs, data_cfg, base, grid)  # its errors too, on every rank
         todo = [r for r in runs if states[r.name] != "finished"]
         logger.info(f"sweep: {len(runs)} runs in {root}; {len(runs) - len(todo)} finished (skipped), "
                     f"{len(todo)} to train")
@@ -199,7 +210,7 @@ def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, report_cfg
             start = time.perf_counter()
             run(data, planned.cfg, name=planned.name)
             logger.info(f"sweep: [{i}/{len(todo)}] {planned.name} finished in {time.perf_counter() - start:.1f} s")
-    if main_process:
+    if rank == 0:
         report(root, report_cfg)
     return root
 

@@ -9,7 +9,9 @@ place (run_folder.begin_partial / finish_partial), so a finished-looking folder 
 With --save-steps the engine checkpoints into <name>.partial/checkpoints/ (convention in
 engines/__init__.py); running the same run again resumes from the last complete checkpoint when the
 settings match, and otherwise starts it over cleanly. Under `torchrun`/`accelerate launch` every rank
-trains; rank 0 alone writes files and evaluates.
+trains; rank 0 alone writes files and evaluates. What a rank reads from its own disk (an existing run
+folder, a checkpoint) is agreed on by every rank (launch.py), so ranks on machines without a shared
+filesystem stop together with one message instead of going apart.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from preftune.data.prepare import Pair, prepare
 from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoint, read_checkpoint_marker
 from preftune.errors import PreftuneError
 from preftune.evaluate import evaluate_pairs, format_table
-from preftune.launch import check_launch
+from preftune.launch import agreed, check_launch, from_rank_zero, gather
 from preftune.logps import tokenize_completion
 from preftune.models import ResolvedModel, load_tokenizer, resolve_model
 from preftune.precision import resolve as resolve_precision
@@ -95,7 +97,8 @@ def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig) -> RunData:
 
 def train(data_cfg: DataConfig, cfg: TrainConfig) -> Path:
     """`preftune train`: prepare the data, then one run."""
-    run_folder.check_destination(Path(cfg.output_dir) / cfg.run_name, cfg.overwrite)  # before any work
+    check_launch()  # first: the checks below agree across ranks through its process group
+    agreed(run_folder.check_destination, Path(cfg.output_dir) / cfg.run_name, cfg.overwrite)  # before any work
     return run(prepare_run_data(data_cfg, cfg), cfg)
 
 
@@ -178,16 +181,14 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
     per_device = per_device_batch(cfg, world_size)
     name = name or cfg.run_name
     root = Path(cfg.output_dir)
-    run_folder.check_destination(root / name, cfg.overwrite)
+    agreed(run_folder.check_destination, root / name, cfg.overwrite)  # every rank's disk: same answer on every rank
     partial = root / (name + run_folder.PARTIAL_SUFFIX)
     resolved, tokenizer, data_cfg = data.model, data.tokenizer, data.data_cfg
     train_pairs, eval_pairs = data.train_pairs, data.eval_pairs
 
-    resume = resume_point(partial, data_cfg, cfg)  # every rank decides the same, before rank 0 changes it
-    _barrier()
-    if rank == 0:
-        resume = _start_partial(root, data_cfg, cfg, name)
-    _barrier()
+    # every rank decides, then compares (a collective: before rank 0 changes the folder), then rank 0 sets it up
+    same_resume(partial, agreed(resume_point, partial, data_cfg, cfg))
+    resume = from_rank_zero(_start_partial, root, data_cfg, cfg, name)
     job = TrainJob(resolved.path, tokenizer, train_pairs, cfg, data_cfg.seed, partial, per_device,
                    partial / TRAIN_LOG_FILE, resume_from=resume)
     logger.info(f"train: {name}: {len(train_pairs):,} pairs × {cfg.epochs} epoch(s), batch {cfg.batch_size} "
@@ -245,8 +246,13 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None) -> Path:
     return final
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def same_resume(partial: Path, resume: Path | None) -> None:
+    """Every rank resumes from the same checkpoint, or none does: each reads the checkpoint from its own disk,
+    so ranks that see different ones would train apart (or wait forever for each other)."""
+    seen = gather(resume and resume.name)
+    if len(set(seen)) > 1:
+        raise PreftuneError(
+            f"the ranks see different checkpoints of {partial} (" + ", ".join(
+                f"rank {r}: {name or 'none'}" for r, name in enumerate(seen)) + "): resuming across machines needs "
+            f"the run folder on every node (a shared filesystem, or a copy of {partial.name} on each); or delete "
+            f"{partial.name} where it is to start the run over")
