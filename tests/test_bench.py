@@ -1,0 +1,194 @@
+"""The benchmark scripts' pure parts: issue 13's targets per device, the headline ratios, which earlier
+results may join a run (same settings, same clean commit), the report's wording; and bench/bucketing.py's
+padded batch computing exactly what one pair per forward computes (so its timings compare equal work)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+
+import pytest
+import torch
+from conftest import REPO, shipped_rows
+
+
+def bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return bench_module("dpo_throughput")
+
+
+def config(pairs_per_s: float, rss: float, precompute_s: float = 2.0, setup_s: float | None = 1.0) -> dict:
+    return {"pairs": 8, "pairs_per_s": pairs_per_s, "train_s": 8 / pairs_per_s, "steps": 2,
+            "s_per_step": 4 / pairs_per_s, "real_tokens_per_s": 100.0, "gflops_per_s": 50.0, "pct_of_matmul_peak": 50.0,
+            "peak_rss_gib": rss, "peak_gpu_mem_gib": None, "precompute_s": precompute_s, "precompute_s_per_pair": precompute_s / 8,
+            "setup_s": setup_s, "reference_gflops_per_s": 70.0, "load_avg_1min": [0.1, 0.2]}
+
+
+def report(kind: str, invocations: int = 1) -> dict:
+    """A measured report: fast 2 pairs/s, TRL default 0.25, TRL precompute 0.5 → 8× and 4×; RSS 1 vs 4 GiB."""
+    run = {"commit": "abc123", "dirty": False, "started": "2025-01-01T00:00:00+00:00", "load_at_start": 0.1,
+           "sections": ["matmul_peak", "fast"]}
+    return {
+        "settings": {"pairs": 8}, "invocations": [dict(run) for _ in range(invocations)],
+        "machine": {"kind": kind, "device": "NVIDIA H200" if kind == "cuda" else "CPU: test", "threads": 2, "cpus": 2,
+                    "matmul_peak_gflops": 100.0, "matmul_peak_load_avg_1min": [0.1, 0.1]},
+        "setup": {"model": "m", "pairs": 8, "batch_size": 4, "max_length": 512, "precision": bench_precision(kind),
+                  "pack_tokens": 0, "real_tokens": 800, "quick": False, "mean_prompt_tokens": 40.0,
+                  "mean_pair_tokens": 100.0},
+        "configs": {"trl_default": config(0.25, 4.0, 0.0), "trl_precompute": config(0.5, 3.0),
+                    "fast": config(2.0, 1.0, setup_s=None)},
+    }
+
+
+def bench_precision(kind: str) -> str:
+    return {"cpu": "fp32", "cuda": "bf16"}[kind]
+
+
+def test_a_cpu_run_is_held_to_the_cpu_targets_and_says_the_gpu_was_not_measured(bench):
+    r = report("cpu")
+    bench.summarize(r)
+    assert r["ratio_vs_trl_default"] == pytest.approx(8.0)
+    assert r["ratio_vs_trl_best"] == pytest.approx(4.0)  # the better TRL config: precompute, 0.5 pairs/s
+    assert r["rss_ratio_vs_trl_default"] == pytest.approx(0.25)
+    assert r["reference_pct_of_matmul_peak"] == pytest.approx(70.0)
+    assert set(r["targets"]) == set(bench.TARGETS["cpu"])
+    assert r["targets"]["ratio_vs_trl_default"] == {"target": "≥ 6", "met": True}
+    assert r["targets"]["ratio_vs_trl_best"] == {"target": "≥ 4.5", "met": False}
+    assert r["targets"]["rss_ratio_vs_trl_default"] == {"target": "≤ 0.45", "met": True}
+    assert r["gpu"] == {"measured": False, "note": bench.NO_GPU}
+    text = bench.markdown(r)
+    assert "| GPU rows (TRL default, TRL precompute, fast) | not measured |" in text
+    assert "- GPU: not measured: no GPU was available to this run" in text
+    assert "(target ≥ 4.5×: NOT met)" in text
+
+
+def test_a_cuda_run_is_held_to_the_gpu_target_only(bench):
+    r = report("cuda")
+    bench.summarize(r)
+    assert r["targets"] == {"ratio_vs_trl_best": {"target": "≥ 1.5", "met": True}}  # 4× ≥ 1.5×; no CPU target
+    assert r["gpu"]["measured"] is True
+    assert r["gpu"]["ratio_vs_trl_best"] == pytest.approx(4.0)
+    assert r["gpu"]["met"] is True
+    text = bench.markdown(r)
+    assert "GPU rows" not in text and "not measured: no GPU" not in text
+    assert "- GPU (NVIDIA H200, bf16): fast vs TRL's best config **4.00×** (target ≥ 1.5×: met)" in text
+    r["configs"]["fast"]["pairs_per_s"] = 0.6  # 1.2× the better TRL config
+    bench.summarize(r)
+    assert r["gpu"]["met"] is False and r["targets"]["ratio_vs_trl_best"]["met"] is False
+
+
+def test_the_gpu_block_waits_for_all_three_configs(bench):
+    r = report("cuda")
+    del r["configs"]["trl_precompute"]
+    bench.summarize(r)
+    assert r["gpu"]["measured"] is False and "not measured yet" in r["gpu"]["note"]
+    assert "ratio_vs_trl_best" not in r["targets"]
+
+
+def test_precision_follows_the_device(bench):
+    assert bench.PRECISION == {"cpu": "fp32", "cuda": "bf16"}
+    assert set(bench.TARGETS) == set(bench.PRECISION)
+
+
+@pytest.mark.parametrize("change,kept", [
+    ({}, True),
+    ({"settings": {"pairs": 16}}, False),
+    ({"commit": "def456"}, False),  # this checkout is at another commit
+    ({"dirty": True}, False),  # this tree has uncommitted changes
+    ({"earlier_dirty": True}, False),  # an earlier invocation measured uncommitted code
+    ({"no_invocations": True}, False),  # a report of the old script: its code is unknown
+])
+def test_earlier_results_join_only_with_the_same_settings_and_clean_commit(bench, change, kept):
+    previous = report("cpu")
+    if change.get("earlier_dirty"):
+        previous["invocations"][0]["dirty"] = True
+    if change.get("no_invocations"):
+        del previous["invocations"]
+    settings = change.get("settings", previous["settings"])
+    code = {"commit": change.get("commit", "abc123"), "dirty": change.get("dirty", False)}
+    assert (bench.why_not_kept(previous, settings, code) is None) is kept
+
+
+def test_the_markdown_says_when_results_come_from_several_invocations(bench):
+    one, two = report("cpu"), report("cpu", invocations=2)
+    bench.summarize(one)
+    bench.summarize(two)
+    assert "one invocation" in bench.markdown(one) and "invocations**" not in bench.markdown(one)
+    assert "**These results come from 2 invocations**" in bench.markdown(two)
+
+
+def test_code_state_sees_uncommitted_changes_but_not_results(bench, tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    state = bench.code_state(tmp_path)
+    assert len(state["commit"]) == 40 and state["dirty"] is False
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "dpo_throughput.json").write_text("{}")
+    assert bench.code_state(tmp_path)["dirty"] is False  # the results the benchmark writes are not code
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert bench.code_state(tmp_path)["dirty"] is True
+    assert bench.code_state(tmp_path.parent) == {"commit": None, "dirty": True}  # not a git checkout: unknown code
+
+
+# ---- bench/bucketing.py ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    from preftune.logps import pack_pair
+    from preftune.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    rows = shipped_rows(3)
+    pairs = [pack_pair(tokenizer, r["info"]["post"][: 80 + 60 * i] + "\nTL;DR:", " " + r["summaries"][0]["text"],
+                       " " + r["summaries"][1]["text"]) for i, r in enumerate(rows)]
+    assert len({len(p) for p in pairs}) == 3  # different lengths: the batch is padded
+    return load_model(str(tiny_model)), pairs, tokenizer.pad_token_id
+
+
+def test_a_bucket_masks_pads_and_shares_each_prompt(tiny):
+    bucketing = bench_module("bucketing")
+    _, pairs, pad_id = tiny
+    b = bucketing.bucket_batch(pairs, pad_id)
+    T = max(len(p) for p in pairs)
+    assert b.ids.shape == b.positions.shape == (3, T) and b.mask.shape == (3, 1, T, T)
+    sees = b.mask[:, 0] == 0  # (N, T, T)
+    for i, p in enumerate(pairs):
+        P, C, n = p.prompt_len, p.chosen_len, len(p)
+        assert not sees[i, :n, n:].any()  # no real token sees a pad
+        assert torch.equal(sees[i, n:, n:], torch.eye(T - n, dtype=torch.bool))  # a pad sees only itself
+        assert not sees[i, P + C : n, P : P + C].any()  # rejected tokens do not see the chosen ones
+        assert sees[i, P + C : n, :P].all()  # … and see the whole prompt
+        assert (b.ids[i, n:] == pad_id).all()
+    assert len(b.slots) == sum(p.chosen_len + p.rejected_len for p in pairs)
+
+
+def test_bucketed_single_and_packed_compute_the_same_logps_and_gradients(tiny):
+    bucketing = bench_module("bucketing")
+    model, pairs, pad_id = tiny
+    attention = model.config._attn_implementation
+    single = bucketing.all_logps("single", model, pairs, pad_id)
+    assert single.shape == (3, 2) and (single < 0).all()
+    for way in ("packed", "bucketed"):
+        assert torch.allclose(bucketing.all_logps(way, model, pairs, pad_id), single, atol=1e-5, rtol=0), way
+    grads = {}
+    for way in bucketing.WAYS:
+        bucketing.forward_backward(way, model, pairs, pad_id)
+        grads[way] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    for way in ("packed", "bucketed"):
+        for name, g in grads["single"].items():
+            assert (grads[way][name] - g).norm() <= 1e-4 * g.norm().clamp(min=1e-12), (way, name)
+    assert model.config._attn_implementation == attention  # each way leaves the model's attention as it found it
