@@ -85,7 +85,7 @@ def test_split_always_leaves_a_post_for_training(caplog):
 
 
 @pytest.mark.parametrize("eval_fraction, test_fraction, message", [
-    (0.6, 0.5, "--eval-fraction + --test-fraction must be < 1 (training needs pairs), got 0.6 + 0.5"),
+    (0.6, 0.5, "--eval-fraction + --test-fraction must be < 1, got 0.6 + 0.5: no pair would be left to train on"),
     (0.1, 1.0, "--test-fraction must be in [0, 1), got 1.0"),
     (0.1, -0.1, "--test-fraction must be in [0, 1), got -0.1"),
     (1.0, 0.0, "--eval-fraction must be in [0, 1), got 1.0"),

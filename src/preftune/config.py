@@ -97,6 +97,17 @@ def check_value(value: Any, meta: Mapping, flag: str) -> None:
         raise PreftuneError(f"{flag} must be {dict(ge='≥', gt='>', le='≤', lt='<')[key]} {bound}, got {value}")
 
 
+def check_fractions(eval_fraction: float, test_fraction: float) -> None:
+    """The validation and test shares: each in [0, 1), and together < 1 (training needs pairs). DataConfig's
+    rule, and the split's own (data/split.py) for callers that split without a DataConfig."""
+    for flag, value in (("--eval-fraction", eval_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise PreftuneError(f"{flag} must be in [0, 1), got {value}")
+    if eval_fraction + test_fraction >= 1.0:
+        raise PreftuneError(f"--eval-fraction + --test-fraction must be < 1, got {eval_fraction} + {test_fraction}: "
+                            "no pair would be left to train on")
+
+
 def check_fields(obj: Any) -> None:
     """Validate every field of a config against its metadata (choices, range); None passes (unset).
     A tuple field (a sweep's grid) is checked value by value."""
@@ -168,9 +179,7 @@ class DataConfig(Config):
         "tokens. For `rm train` this is --debias balance applied before --max-pairs (done once).")
 
     def check(self) -> None:
-        if self.eval_fraction + self.test_fraction >= 1:
-            raise PreftuneError(f"--eval-fraction + --test-fraction must be < 1, got {self.eval_fraction} + "
-                                f"{self.test_fraction}: no pair would be left to train on")
+        check_fractions(self.eval_fraction, self.test_fraction)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 
+from preftune.config import check_fractions
 from preftune.data.pairs import Pair
 from preftune.errors import PreftuneError
 
@@ -33,16 +34,6 @@ def _hold(posts: list[str], per_post: Counter, target: int) -> int:
             break
         held, n = held + per_post[post], n + 1
     return n
-
-
-def check_fractions(eval_fraction: float, test_fraction: float) -> None:
-    """The validation and test shares: each in [0, 1), and together < 1 (training needs pairs)."""
-    for flag, value in (("--eval-fraction", eval_fraction), ("--test-fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise PreftuneError(f"{flag} must be in [0, 1), got {value}")
-    if eval_fraction + test_fraction >= 1.0:
-        raise PreftuneError(f"--eval-fraction + --test-fraction must be < 1 (training needs pairs), got "
-                            f"{eval_fraction} + {test_fraction}")
 
 
 def split_by_post(pairs: list[Pair], eval_fraction: float, test_fraction: float, seed: int
