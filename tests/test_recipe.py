@@ -139,3 +139,13 @@ def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(t
     assert out[0] == chain[0] and out[1] == {"kind": "sft", "path": "runs/x/sft_model", "lr": 2e-5}
     assert out[2] == chain[2]  # outside the checkout: kept as it is, not guessed at
     assert q._repo_relative(None) is None
+
+
+def test_a_settings_range_comes_from_the_command_its_section_runs():
+    from preftune.recipe import SECTION_VERBS, VERB_CONFIGS, _field_meta
+
+    assert set(SECTION_VERBS.values()) <= set(VERB_CONFIGS)  # every section's command has its config classes
+    # `split` is DataConfig's (any nonempty name) and JudgeConfig's (validation|test): each command its own
+    assert _field_meta("split", ("judge",))["choices"] == ("validation", "test")
+    assert "choices" not in _field_meta("split", ("sweep",))
+    assert _field_meta("simpo_gamma", ("sweep",)) is not None and _field_meta("simpo_gamma", ("judge",)) is None

@@ -45,6 +45,12 @@ logger = logging.getLogger(__name__)
 SECTION_VERBS: dict[str, tuple[str, ...]] = {
     "data": ("sweep",), "rm": ("rm", "train"), "sft": ("sft",), "dpo": ("sweep",), "judge": ("judge",),
 }
+# a command's config classes (preftune.config), in the order a flag's name is looked up: a name two commands
+# share (e.g. --lr, --max-length) takes its range from the command the section runs
+VERB_CONFIGS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("sweep",): ("SweepConfig", "TrainConfig", "DataConfig", "ReportConfig"),
+    ("rm", "train"): ("RewardConfig", "DataConfig"), ("sft",): ("SFTConfig", "DataConfig"), ("judge",): ("JudgeConfig",),
+}
 TOP_KEYS = ("output_dir", "data", "rm", "sft", "dpo", "runs", "select", "judge")
 SET_BY_RECIPE = {"rm": ("output_dir", "name"), "sft": ("output_dir",), "dpo": ("output_dir", "select", "rank_by"),
                  "runs": ("output_dir", "select", "rank_by"),
@@ -111,7 +117,7 @@ def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any,
         out[key] = check_setting(key, value, hints, choices,
                                  lambda message, at=at, name=name: DataError(str(path), at, name, message),
                                  what=f"setting for `preftune {' '.join(verb)}`")
-        meta = _field_meta(key)
+        meta = _field_meta(key, verb)
         for value in out[key] if isinstance(out[key], tuple) else (out[key],):
             try:
                 if meta is not None and value is not None:
@@ -121,14 +127,14 @@ def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any,
     return values
 
 
-def _field_meta(key: str) -> dict | None:
-    """The metadata (choices, range) of the config field named `key`: a sweep's grid flags take free
-    lists, and ranges are checked only when a config is built; the recipe checks them before any step."""
+def _field_meta(key: str, verb: tuple[str, ...]) -> dict | None:
+    """The metadata (choices, range) of the field named `key` in `verb`'s config classes: a sweep's grid
+    flags take free lists, and ranges are checked only when a config is built; the recipe checks them
+    before any step."""
     import preftune.config as config
 
-    for cls in (config.SweepConfig, config.TrainConfig, DataConfig, config.RewardConfig, config.JudgeConfig,
-                getattr(config, "SFTConfig", None)):
-        field = {f.name: f for f in dataclasses.fields(cls)}.get(key) if cls else None
+    for name in VERB_CONFIGS[verb]:
+        field = {f.name: f for f in dataclasses.fields(getattr(config, name))}.get(key)
         if field is not None:
             return {k: v for k, v in field.metadata.items() if v is not None}
     return None
