@@ -97,3 +97,15 @@ def real_model_path() -> str:
         return str(embedded_default())
     except PreftuneError as e:
         pytest.skip(str(e))
+
+
+def accelerate_fsdp_cpu_config(folder: Path) -> Path:
+    """An accelerate config file asking for FSDP over 2 CPU processes: what accelerate does not apply on CPU,
+    and preftune refuses (tests/test_fsdp.py, tests/test_launch.py)."""
+    config = folder / "fsdp_cpu.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\n"
+                      "num_machines: 1\nmachine_rank: 0\nuse_cpu: true\nmixed_precision: 'no'\nfsdp_config:\n"
+                      "  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
+                      "  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\n"
+                      "  fsdp_state_dict_type: FULL_STATE_DICT\nrdzv_backend: static\nsame_network: true\n")
+    return config

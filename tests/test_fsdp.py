@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import accelerate_fsdp_cpu_config
 
 from preftune.errors import PreftuneError
 from preftune.launch import env_world, group_mismatch, unapplied_plugin
@@ -61,12 +62,7 @@ def test_fsdp_on_two_processes_follows_one_process(tiny_model, tmp_path, engine,
 
 def test_an_accelerate_fsdp_config_on_cpu_stops_before_any_work(tiny_model, tmp_path):
     """Measured with accelerate 1.15: an FSDP config on CPU is not applied (independent processes, or DDP)."""
-    config = tmp_path / "fsdp_cpu.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\n"
-                      "num_machines: 1\nmachine_rank: 0\nuse_cpu: true\nmixed_precision: 'no'\nfsdp_config:\n"
-                      "  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
-                      "  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\n"
-                      "  fsdp_state_dict_type: FULL_STATE_DICT\nrdzv_backend: static\nsame_network: true\n")
+    config = accelerate_fsdp_cpu_config(tmp_path)
     launcher = [str(BIN / "accelerate"), "launch", "--config_file", str(config)]
     done = preftune_train(launcher, tiny_model, tmp_path / "runs")
     assert done.returncode != 0

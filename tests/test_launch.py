@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import accelerate_fsdp_cpu_config
 
 from preftune.errors import PreftuneError
 from preftune.launch import agreed, from_rank_zero, gather, single_process
@@ -163,12 +164,7 @@ def test_a_single_process_command_under_torchrun_stops_before_any_work(tiny_mode
 
 
 def test_a_sweep_under_an_accelerate_fsdp_config_on_cpu_stops_before_its_plan(tiny_model, tmp_path):
-    config = tmp_path / "fsdp_cpu.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_processes: 2\n"
-                      "num_machines: 1\nmachine_rank: 0\nuse_cpu: true\nmixed_precision: 'no'\nfsdp_config:\n"
-                      "  fsdp_version: 2\n  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
-                      "  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\n"
-                      "  fsdp_state_dict_type: FULL_STATE_DICT\nrdzv_backend: static\nsame_network: true\n")
+    config = accelerate_fsdp_cpu_config(tmp_path)
     out = tmp_path / "runs"
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(config), "-m", "preftune", "sweep", "--model",
            str(tiny_model), "--output-dir", str(out), "--lr", "1e-2,5e-3", "--batch-size", "4", "--max-pairs", "8",
