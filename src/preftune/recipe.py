@@ -36,8 +36,8 @@ from typing import Any
 from preftune.config import DataConfig, check_value
 from preftune.errors import DataError, PreftuneError
 from preftune.launch import single_process
-from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, METRICS_FILE, PARTIAL_SUFFIX, RM_CONFIG_FILE,
-                                 RM_EVAL_FILE, atomic_write_json, read_eval, read_json, run_dirs)
+from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, METRICS_FILE, RM_CONFIG_FILE, RM_EVAL_FILE,
+                                 atomic_write_json, is_finished_run, read_eval, read_json, run_dirs)
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tup
 
 def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
     """A section's settings, each checked against the command's flags: the same rules as --config
-    (`config_files.check_setting`), and each value against its config field's range."""
+    (`config_files.check_setting`), and each value against its config field's range. Returned as written:
+    each step's command reads them again from the settings file the recipe writes for it."""
     from preftune.config_files import check_setting
 
     line = lines.get(where)
@@ -108,17 +109,16 @@ def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any,
         raise DataError(str(path), line, ".".join(where), "expected a mapping of settings (key: value)")
     hints, choices = _command_hints(verb)
     skip = SET_BY_RECIPE.get(where[0], ())  # `runs.NAME` sections: where[0] is "runs"
-    out = {}
     for key, value in values.items():
         at = lines.get((*where, str(key)), line)
         name = ".".join((*where, str(key)))
         if key in skip:
             raise DataError(str(path), at, name, "set by the recipe (each step's output goes under output_dir)")
-        out[key] = check_setting(key, value, hints, choices,
-                                 lambda message, at=at, name=name: DataError(str(path), at, name, message),
-                                 what=f"setting for `preftune {' '.join(verb)}`")
+        checked = check_setting(key, value, hints, choices,
+                                lambda message, at=at, name=name: DataError(str(path), at, name, message),
+                                what=f"setting for `preftune {' '.join(verb)}`")
         meta = _field_meta(key, verb)
-        for value in out[key] if isinstance(out[key], tuple) else (out[key],):
+        for value in checked if isinstance(checked, tuple) else (checked,):
             try:
                 if meta is not None and value is not None:
                     check_value(value, meta, "value")
@@ -245,8 +245,7 @@ def _only_run(folder: Path) -> Path | None:
     """The one finished run folder (DPO or SFT: a finished folder holds preftune_config.json) under folder."""
     if not folder.is_dir():
         return None
-    finished = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)
-                      and (p / CONFIG_FILE).is_file())
+    finished = sorted(p for p in folder.iterdir() if is_finished_run(p))
     if len(finished) > 1:
         raise PreftuneError(f"{folder} holds {len(finished)} finished runs ({', '.join(p.name for p in finished)}); "
                             "the recipe expects one: move the others away")

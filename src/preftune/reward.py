@@ -52,7 +52,7 @@ from preftune.data.prepare import Pair
 from preftune.data.sequence import sequence_text
 from preftune.errors import PreftuneError
 from preftune import run_folder, trackers
-from preftune.models import ResolvedModel, installed_wheel_path, resolve_model
+from preftune.models import ResolvedModel, inference_device, installed_wheel_path, resolve_model
 from preftune.run_folder import RM_CONFIG_FILE, RM_EVAL_FILE, atomic_write_json, read_json, require_key
 from preftune.stats import by_group, length_strata, pearson, spearman
 
@@ -252,8 +252,6 @@ def load_reward_model(path: str):
     from transformers import AutoModelForSequenceClassification
 
     open_reward_model(path)
-    from preftune.models import inference_device
-
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(inference_device()).eval()
     return model, load_rm_tokenizer(path)
 

@@ -402,12 +402,17 @@ def read_pairs(path: Path) -> list:
 # ---- run folders ---------------------------------------------------------------------------------
 
 
-def is_run_dir(path: Path) -> bool:
-    """A finished DPO run folder: a folder not named NAME.partial, holding preftune_config.json that is
-    not an SFT run's (`preftune sft` writes its folders beside the DPO runs; they have no eval to rank)."""
+def is_finished_run(path: Path) -> bool:
+    """A finished run folder of any kind (DPO or SFT): a folder not named NAME.partial, holding
+    preftune_config.json (written when the run is complete)."""
     path = Path(path)
-    return (path.is_dir() and not path.name.endswith(PARTIAL_SUFFIX) and (path / CONFIG_FILE).is_file()
-            and run_kind(path) != SFT_KIND)
+    return path.is_dir() and not path.name.endswith(PARTIAL_SUFFIX) and (path / CONFIG_FILE).is_file()
+
+
+def is_run_dir(path: Path) -> bool:
+    """A finished DPO run folder: a finished run that is not an SFT run (`preftune sft` writes its folders
+    beside the DPO runs; they have no eval to rank)."""
+    return is_finished_run(path) and run_kind(Path(path)) != SFT_KIND
 
 
 # ---- lineage: base → SFT → DPO -------------------------------------------------------------------
