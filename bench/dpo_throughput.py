@@ -233,13 +233,13 @@ def generation_child(args) -> None:
     from preftune import generate as gen
     from preftune.config import JudgeConfig
     from preftune.judge import decodings_of
-    from preftune.models import load_model, load_tokenizer
+    from preftune.models import inference_device, load_model, load_tokenizer
 
     cfg = JudgeConfig(n=args.gen_posts, max_new_tokens=args.gen_tokens)
     decodings = decodings_of(cfg)  # the judge's own decodings (greedy and T=0.7)
     tokenizer = load_tokenizer(args.model_path)
     prompts = held_out_prompts(tokenizer, cfg.n, args.max_length)
-    model = load_model(args.model_path)
+    model = load_model(args.model_path).to(inference_device())  # where `preftune judge` generates
     t0 = time.perf_counter()
     outs = gen.generate_many(model, tokenizer, prompts, decodings, cfg.batch_size)  # the prompt's KV cache shared
     seconds = time.perf_counter() - t0
@@ -262,13 +262,14 @@ def demo_child(args) -> None:
 
     torch.set_num_threads(args.threads)
     from preftune.generate import stream_sides
-    from preftune.models import load_model, load_tokenizer
+    from preftune.models import inference_device, load_model, load_tokenizer
     from preftune.serve.app import SAMPLING
 
     decoding = dataclasses.replace(SAMPLING, max_new_tokens=args.demo_tokens or SAMPLING.max_new_tokens)
     tokenizer = load_tokenizer(args.model_path)
     prompts = [tokenizer(p)["input_ids"] for p in held_out_prompts(tokenizer, args.demo_posts, args.max_length)]
-    models = [load_model(args.model_path).eval(), load_model(args.model_path).eval()]  # [base, tuned]
+    device = inference_device()  # where the demo runs them (serve.demo)
+    models = [load_model(args.model_path).to(device).eval(), load_model(args.model_path).to(device).eval()]
     for _ in stream_sides(models, tokenizer, prompts[0][-32:], dataclasses.replace(decoding, max_new_tokens=1)):
         pass  # warm-up, untimed: a served page has answered requests before
     first, tokens, seconds = [], 0, 0.0
