@@ -53,7 +53,7 @@ class Bucket:
 def bucket_batch(pairs: Sequence, pad_id: int, dtype: torch.dtype = torch.float32) -> Bucket:
     """The pairs (logps.PackedPair) as one (N, T) batch. A pad query sees only itself, so no softmax row
     is empty; no real token sees a pad."""
-    from preftune.logps import pair_allowed, pair_positions, predictor_positions
+    from preftune.dpo.logps import pair_allowed, pair_positions, predictor_positions
 
     n, T = len(pairs), max(len(p) for p in pairs)
     ids = torch.full((n, T), pad_id, dtype=torch.long)
@@ -77,7 +77,7 @@ def bucket_batch(pairs: Sequence, pad_id: int, dtype: torch.dtype = torch.float3
 def bucketed_logps(model, b: Bucket) -> torch.Tensor:
     """(N, 2) summed log-probs of (chosen, rejected) per row; the LM head over completion positions only,
     log-probs as logit[target] − logsumexp(logits), as PairLogpsModule computes them."""
-    from preftune.logps import slot_sums
+    from preftune.dpo.logps import slot_sums
 
     hidden = model.get_decoder()(input_ids=b.ids, position_ids=b.positions, attention_mask=b.mask,
                                  use_cache=False).last_hidden_state  # (N, T, H)
@@ -89,7 +89,7 @@ def bucketed_logps(model, b: Bucket) -> torch.Tensor:
 def forwards(way: str, model, pairs: Sequence, pad_id: int) -> Iterator[torch.Tensor]:
     """(n, 2) policy log-probs, one tensor per forward, as `way` runs the pairs (the caller may backward
     each before the next forward, as the engine does per row)."""
-    from preftune.logps import PairLogpsModule, pack_row, row_logps
+    from preftune.dpo.logps import PairLogpsModule, pack_row, row_logps
 
     if way == "bucketed":  # the model's own attention (SDPA) with the 4-D mask
         yield bucketed_logps(model, bucket_batch(pairs, pad_id))
@@ -103,7 +103,7 @@ def forwards(way: str, model, pairs: Sequence, pad_id: int) -> Iterator[torch.Te
 
 
 def forward_backward(way: str, model, pairs: Sequence, pad_id: int) -> None:
-    from preftune.losses import LOSSES
+    from preftune.dpo.losses import LOSSES
 
     model.zero_grad(set_to_none=True)
     for pol in forwards(way, model, pairs, pad_id):
@@ -122,7 +122,7 @@ def shipped_pairs(tokenizer, n: int, max_length: int) -> list:
     from preftune.config import DataConfig
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare
-    from preftune.logps import pack_pair
+    from preftune.dpo.logps import pack_pair
 
     pairs = fit(tokenizer, prepare(DataConfig()).train[:n], max_length, "bench")[0]
     return [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]

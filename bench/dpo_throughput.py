@@ -18,9 +18,9 @@ Sections:
               the ratios of the fast engine to TRL (ratio_vs_trl_default / ratio_vs_trl_best,
               rss_ratio_vs_trl_default, fast_pct_of_matmul_peak), the fast engine's cold reference
               pass (reference_pct_of_matmul_peak) and TRL's (precompute_s, its setup_s apart).
-  generation  summaries/s of preftune.generate on held-out shipped posts, batched and decoded as
+  generation  summaries/s of preftune.judge.generate on held-out shipped posts, batched and decoded as
               `preftune judge` does (generation_summaries_per_s).
-  demo        the demo's side-by-side stream (preftune.generate.stream_sides, the page's default
+  demo        the demo's side-by-side stream (preftune.judge.generate.stream_sides, the page's default
               sampling) on held-out shipped posts: time to the first streamed step and tokens/s over
               both sides (demo_first_token_s, demo_tokens_per_s).
   curves      both engines trained on the same fixed batch for several steps: the curves should overlap.
@@ -164,7 +164,7 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     from preftune.config import TrainConfig
     from preftune.data.prepare import read_jsonl
-    from preftune.engines import ENGINES, TrainJob
+    from preftune.dpo.engines import ENGINES, TrainJob
     from preftune.models import load_tokenizer
 
     cuda = torch.cuda.is_available()
@@ -178,9 +178,9 @@ def child(args) -> None:
     job = TrainJob(args.model_path, tokenizer, pairs, cfg, 0, out, args.batch_size, out / "log.jsonl")
     precompute_s, setup_s = 0.0, None
     if args.child == "fast":
-        from preftune.logps import pack_pair
+        from preftune.dpo.logps import pack_pair
+        from preftune.dpo.refcache import reference_logps, weights_hash
         from preftune.models import load_model
-        from preftune.refcache import reference_logps, weights_hash
 
         packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
         model = load_model(args.model_path).to("cuda" if cuda else "cpu")  # before the clock, as the others' are
@@ -194,7 +194,7 @@ def child(args) -> None:
     else:
         spent = trl_timers()
         if args.child == "trl_precompute":
-            from preftune.engines import trl as trl_engine
+            from preftune.dpo.engines import trl as trl_engine
 
             original = trl_engine.dpo_config
 
@@ -230,9 +230,9 @@ def generation_child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from preftune import generate as gen
     from preftune.config import JudgeConfig
-    from preftune.judge import decodings_of
+    from preftune.judge import generate as gen
+    from preftune.judge.judge import decodings_of
     from preftune.models import inference_device, load_model, load_tokenizer
 
     cfg = JudgeConfig(n=args.gen_posts, max_new_tokens=args.gen_tokens)
@@ -261,7 +261,7 @@ def demo_child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from preftune.generate import stream_sides
+    from preftune.judge.generate import stream_sides
     from preftune.models import inference_device, load_model, load_tokenizer
     from preftune.serve.app import SAMPLING
 
@@ -336,7 +336,7 @@ def prepare_pairs(model_path: str, n: int, max_length: int, path: Path) -> list[
     from preftune.config import DataConfig
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare, write_jsonl
-    from preftune.logps import pack_pair
+    from preftune.dpo.logps import pack_pair
     from preftune.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
@@ -356,7 +356,7 @@ torch.set_num_threads({args.threads})
 from pathlib import Path
 from preftune.config import TrainConfig
 from preftune.data.prepare import read_jsonl
-from preftune.engines import ENGINES, TrainJob
+from preftune.dpo.engines import ENGINES, TrainJob
 from preftune.models import load_tokenizer
 pairs = read_jsonl(Path({str(pairs_file)!r}))
 tok = load_tokenizer({model_path!r})
@@ -533,7 +533,7 @@ def main() -> None:
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
 
     from preftune.config import DEFAULT_MODEL
-    from preftune.logps import default_pack_tokens
+    from preftune.dpo.logps import default_pack_tokens
     from preftune.models import resolve_model
 
     load_at_start = os.getloadavg()[0]

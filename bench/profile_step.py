@@ -47,8 +47,15 @@ def main() -> None:
     from preftune.config import DEFAULT_DATASET, DEFAULT_MODEL, DataConfig
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare
-    from preftune.logps import PairLogpsModule, default_pack_tokens, pack_pair, pack_row, plan_rows, row_logps
-    from preftune.losses import LOSSES
+    from preftune.dpo.logps import (
+        PairLogpsModule,
+        default_pack_tokens,
+        pack_pair,
+        pack_row,
+        plan_rows,
+        row_logps,
+    )
+    from preftune.dpo.losses import LOSSES
     from preftune.models import load_model, load_tokenizer, resolve_model
 
     path = resolve_model(DEFAULT_MODEL).path

@@ -59,7 +59,11 @@ def held_out_test(folder: Path, data_cfg: DataConfig, cfg: RewardConfig) -> dict
     """The RM's metrics on the data config's test split, when the preparation has one."""
     from preftune.data.fit import fit, subsample
     from preftune.data.prepare import prepare
-    from preftune.reward import evaluate_rm, load_reward_model, measuring_long_texts
+    from preftune.judge.reward import (
+        evaluate_rm,
+        load_reward_model,
+        measuring_long_texts,
+    )
 
     test = getattr(prepare(data_cfg), "test", None)
     if not test:
@@ -71,7 +75,7 @@ def held_out_test(folder: Path, data_cfg: DataConfig, cfg: RewardConfig) -> dict
 
 
 def run_variant(debias: str, data_cfg: DataConfig, cfg: RewardConfig, work: Path) -> dict:
-    from preftune.reward import train_reward_model
+    from preftune.judge.reward import train_reward_model
 
     cfg = dataclasses.replace(cfg, output_dir=str(work), name=f"rm_{debias}", debias=debias, overwrite=True)
     folder = work / cfg.name
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "load_average_at_start": os.getloadavg()},
               "variants": {}}
-    from preftune.run_folder import atomic_write_json
+    from preftune.runs.folder import atomic_write_json
 
     for debias in ns.variants.split(","):
         report["variants"][debias] = run_variant(debias, data_cfg, cfg, work)

@@ -147,7 +147,7 @@ def test_code_state_sees_uncommitted_changes_but_not_results(bench, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model):
-    from preftune.logps import pack_pair
+    from preftune.dpo.logps import pack_pair
     from preftune.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model))

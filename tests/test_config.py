@@ -9,8 +9,18 @@ import sys
 import pytest
 
 from preftune import config
-from preftune.config import (DataConfig, EvalConfig, InspectConfig, JudgeConfig, PushConfig, RewardConfig,
-                             ServeConfig, SpaceConfig, SweepConfig, TrainConfig)
+from preftune.config import (
+    DataConfig,
+    EvalConfig,
+    InspectConfig,
+    JudgeConfig,
+    PushConfig,
+    RewardConfig,
+    ServeConfig,
+    SpaceConfig,
+    SweepConfig,
+    TrainConfig,
+)
 from preftune.errors import PreftuneError
 
 CONFIGS = [DataConfig, TrainConfig, EvalConfig, RewardConfig, JudgeConfig, ServeConfig, SpaceConfig, SweepConfig,
@@ -20,9 +30,9 @@ CONFIGS = [DataConfig, TrainConfig, EvalConfig, RewardConfig, JudgeConfig, Serve
 def test_names_match_the_registries():
     from preftune.data.adapters import ADAPTERS, COLUMNS
     from preftune.data.sources import SHIPPED
-    from preftune.engines import ENGINES
-    from preftune.losses import LOSSES
-    from preftune.trackers import PACKAGES
+    from preftune.dpo.engines import ENGINES
+    from preftune.dpo.losses import LOSSES
+    from preftune.runs.trackers import PACKAGES
 
     assert config.LOSS_NAMES == tuple(LOSSES)
     assert config.ENGINE_NAMES == tuple(ENGINES)
@@ -33,8 +43,8 @@ def test_names_match_the_registries():
 
 
 def test_loss_settings_match_the_losses_that_read_them():
-    from preftune.engines.trl import TRL_LOSSES
-    from preftune.losses import LOSS_PARAMS, LOSSES
+    from preftune.dpo.engines.trl import TRL_LOSSES
+    from preftune.dpo.losses import LOSS_PARAMS, LOSSES
 
     assert config.ENGINE_LOSSES == {"fast": tuple(LOSSES), "trl": tuple(TRL_LOSSES)}
     bound = {field: loss for loss, params in LOSS_PARAMS.items() for field in params.values()}
@@ -65,7 +75,7 @@ def test_loss_settings_with_their_loss_and_engine_are_accepted():
 
 def test_config_imports_no_engine_loss_adapter_or_torch():
     code = ("import sys, preftune.config; heavy = [m for m in sys.modules if m == 'torch' or m.startswith("
-            "('preftune.engines', 'preftune.losses', 'preftune.data'))]; print(heavy)")
+            "('preftune.dpo.engines', 'preftune.dpo.losses', 'preftune.data'))]; print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
 

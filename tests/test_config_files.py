@@ -10,8 +10,8 @@ from conftest import REPO
 
 from preftune import config
 from preftune.cli import build_parser, main
-from preftune.config_files import commands, parse_args
-from preftune.sweep import build_configs, expand, settings_from_args
+from preftune.config.files import commands, parse_args
+from preftune.sweep.grid import build_configs, expand, settings_from_args
 
 RUN = "runs/some_run"  # parsing only: the run folder is not opened
 EXAMPLES = {  # file → the command it is written for
@@ -33,7 +33,7 @@ def test_every_example_is_parsed_below():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_parses_against_its_commands(name):
-    from preftune.recipe import load_recipe
+    from preftune.sweep.recipe import load_recipe
 
     recipe = load_recipe(REPO / "examples" / name)
     assert recipe["sft"] and len(recipe["runs"]) >= 2 and recipe["select"]["rank_by"]

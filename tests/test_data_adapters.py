@@ -9,12 +9,29 @@ import json
 import zipfile
 
 import pytest
-from conftest import SHARED_DATA, SFF, comparison, needs_shared, shipped_rows, write_jsonl
+from conftest import (
+    SFF,
+    SHARED_DATA,
+    comparison,
+    needs_shared,
+    shipped_rows,
+    write_jsonl,
+)
 
 from preftune.config import DataConfig
-from preftune.data.adapters import (ChatFields, RowError, RowSkip, apply_column_map, detect_format,
-                                    hh_rlhf, parse_column_map, prompt_chosen_rejected, summarize_from_feedback,
-                                    text_id, ultrafeedback)
+from preftune.data.adapters import (
+    ChatFields,
+    RowError,
+    RowSkip,
+    apply_column_map,
+    detect_format,
+    hh_rlhf,
+    parse_column_map,
+    prompt_chosen_rejected,
+    summarize_from_feedback,
+    text_id,
+    ultrafeedback,
+)
 from preftune.data.prepare import Reading, iter_pairs, load_pairs, prepare
 from preftune.errors import PreftuneError
 

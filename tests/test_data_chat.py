@@ -13,7 +13,7 @@ from preftune.data.adapters import conversational
 from preftune.data.chat import ChatRenderer
 from preftune.data.prepare import Pair, Tally, prepare
 from preftune.data.truncate import fit_pair, fit_pairs, pair_length
-from preftune.logps import tokenize_completion
+from preftune.dpo.logps import tokenize_completion
 
 # A ChatML-like template with both traps: it writes BOS as text, and ends each turn with EOS + "\n".
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{{ eos_token }}\n"

@@ -14,7 +14,6 @@ from conftest import comparison, write_jsonl
 import preftune.cli
 from preftune import log
 from preftune.data.adapters import ADAPTERS
-from preftune.data.cli import add_cli
 
 
 def main(argv) -> int:

@@ -21,7 +21,6 @@ from preftune.config import DataConfig
 from preftune.data.prepare import Reading, iter_pairs
 
 
-
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()

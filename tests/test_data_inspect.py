@@ -11,7 +11,13 @@ from conftest import comparison, shipped_rows, write_jsonl
 from test_data_cli import main
 
 from preftune.config import DataConfig
-from preftune.data.inspect import WIDTH, inspect_data, percentile, repeated_labels, token_table
+from preftune.data.inspect import (
+    WIDTH,
+    inspect_data,
+    percentile,
+    repeated_labels,
+    token_table,
+)
 from preftune.data.prepare import Reading, iter_pairs, load_pairs
 from preftune.data.truncate import pair_length
 

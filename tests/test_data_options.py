@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from preftune.config import DataConfig, TrainConfig
-from preftune.data.balance import band_counts, balanced_indices, side_counts
+from preftune.data.balance import balanced_indices, band_counts, side_counts
 from preftune.data.options import NO_CONFIDENCE, select_train_pairs
 from preftune.data.pairs import Pair
 from preftune.errors import PreftuneError
@@ -75,7 +75,7 @@ def test_balance_is_seeded():
 def test_balance_is_what_the_reward_model_uses():
     """One owner: reward.length_balanced is the data package's."""
     from preftune.data import balance
-    from preftune import reward
+    from preftune.judge import reward
 
     assert reward.length_balanced is balance.length_balanced and reward.BALANCE_BIN == balance.BALANCE_BIN == 10
 
@@ -151,7 +151,7 @@ def tiny_train_cfg(model, out, **kw) -> TrainConfig:
 def test_options_change_train_only_and_come_before_max_pairs(tiny_model, tmp_path):
     """Validation and test are exactly those of a run without the options; the train pool is filtered,
     and --max-pairs samples from it."""
-    from preftune.train import prepare_run_data
+    from preftune.runs.dpo import prepare_run_data
 
     plain = prepare_run_data(cfg(), tiny_train_cfg(tiny_model, tmp_path, max_pairs=None))
     data = prepare_run_data(cfg(min_confidence=3, length_balance=True), tiny_train_cfg(tiny_model, tmp_path))
@@ -168,8 +168,8 @@ def test_options_change_train_only_and_come_before_max_pairs(tiny_model, tmp_pat
 
 
 def test_a_run_records_the_option_statistics(tiny_model, tmp_path, caplog):
-    from preftune.run_folder import CONFIG_FILE
-    from preftune.train import train
+    from preftune.runs.dpo import train
+    from preftune.runs.folder import CONFIG_FILE
 
     with caplog.at_level(logging.INFO):
         run = train(cfg(min_confidence=2, length_balance=True), tiny_train_cfg(tiny_model, tmp_path))
@@ -186,7 +186,7 @@ def test_rm_train_balances_once(tiny_model, tmp_path, caplog):
     """`rm train --length-balance` with the default --debias balance: balanced once, before --max-pairs, in
     the RM tokenizer's tokens; rm_config.json records the counts."""
     from preftune.config import RewardConfig
-    from preftune.reward import RM_CONFIG_FILE, train_reward_model
+    from preftune.judge.reward import RM_CONFIG_FILE, train_reward_model
 
     rm_cfg = RewardConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=1e-2, batch_size=4, max_length=512,
                           max_pairs=4, max_eval_pairs=4, logging_steps=1)

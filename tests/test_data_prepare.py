@@ -12,8 +12,16 @@ from conftest import comparison, shipped_rows, write_jsonl
 from preftune.config import DataConfig
 from preftune.data.adapters import summarize_from_feedback
 from preftune.data.folder import load_prepared, read_jsonl
-from preftune.data.prepare import (Pair, Prepared, Tally, prepare, resolve_labels, split_by_post, take_fraction,
-                                   write_prepared)
+from preftune.data.prepare import (
+    Pair,
+    Prepared,
+    Tally,
+    prepare,
+    resolve_labels,
+    split_by_post,
+    take_fraction,
+    write_prepared,
+)
 from preftune.data.split import confidence_counts, split_stats
 from preftune.errors import DataError, PreftuneError
 

@@ -5,7 +5,11 @@ cannot fit is a counted skip."""
 from conftest import SHARED_DATA, comparison, needs_shared, shipped_rows
 
 from preftune.config import DataConfig
-from preftune.data.adapters import hh_rlhf, prompt_chosen_rejected, summarize_from_feedback
+from preftune.data.adapters import (
+    hh_rlhf,
+    prompt_chosen_rejected,
+    summarize_from_feedback,
+)
 from preftune.data.pairs import Pair, Tally
 from preftune.data.prepare import load_pairs
 from preftune.data.truncate import fit_pair, fit_pairs, pair_length

@@ -7,10 +7,10 @@ reference pass, judge or demo on the CPU, silently and ~50× slower)."""
 import pytest
 import torch
 
+import preftune.dpo.refcache
 import preftune.models
-import preftune.refcache
 from preftune.data.pairs import Pair
-from preftune.logps import pack_pair
+from preftune.dpo.logps import pack_pair
 from preftune.models import inference_device, load_model
 
 
@@ -35,7 +35,7 @@ class Spy:
 def spy(monkeypatch):
     s = Spy()
     monkeypatch.setattr(preftune.models, "inference_device", s)  # function-level imports read it here
-    monkeypatch.setattr(preftune.refcache, "inference_device", s)
+    monkeypatch.setattr(preftune.dpo.refcache, "inference_device", s)
     return s
 
 
@@ -44,14 +44,14 @@ PAIRS = [Pair(prompt="SUBREDDIT: r/x\nPOST: a short post\nTL;DR:", chosen=" shor
 
 
 def test_evaluation_places_the_policy(spy, tiny_model, tiny_tokenizer):
-    from preftune.evaluate import score_pairs
+    from preftune.dpo.evaluate import score_pairs
 
     score_pairs(load_model(str(tiny_model)), tiny_tokenizer, PAIRS)
     assert spy.calls == 1
 
 
 def test_the_reference_pass_places_the_reference(spy, tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
-    from preftune.refcache import reference_logps
+    from preftune.dpo.refcache import reference_logps
 
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path))
     packed = [pack_pair(tiny_tokenizer, p.prompt, p.chosen, p.rejected) for p in PAIRS]
@@ -62,8 +62,8 @@ def test_the_reference_pass_places_the_reference(spy, tiny_model, tiny_tokenizer
 
 
 def test_the_judge_places_the_model_it_generates_with(spy, tiny_model):
-    from preftune.generate import Decoding
-    from preftune.judge import model_generator
+    from preftune.judge.generate import Decoding
+    from preftune.judge.judge import model_generator
 
     model_generator(str(tiny_model), 2, "tiny")([PAIRS[0].prompt], [Decoding(max_new_tokens=2)])
     assert spy.calls == 1

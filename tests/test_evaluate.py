@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from preftune.data.prepare import Pair
-from preftune.evaluate import PairLogps, format_table, preference_metrics
-from preftune.logps import completion_logps, tokenize_completion
+from preftune.dpo.evaluate import PairLogps, format_table, preference_metrics
+from preftune.dpo.logps import completion_logps, tokenize_completion
 from preftune.models import load_model
 from preftune.stats import wilson_interval
 

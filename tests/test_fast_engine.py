@@ -10,16 +10,24 @@ from conftest import REPO
 from safetensors.torch import load_file, save_file
 
 from preftune.config import DataConfig, TrainConfig
-from preftune.data.prepare import prepare
-from preftune.logps import (PairLogpsModule, ld_token_weights, pack_pair, pack_row, pairs_logps, plan_rows, row_logps,
-                            slot_sums)
-from preftune.engines.fast import _losses, _row_logps
-from preftune.engines.trl import trl_loss_settings
-from preftune.losses import configured, ld_alpha, ld_logps
-from preftune.models import load_model, load_tokenizer
-from preftune.refcache import RefLogpCache, reference_logps
 from preftune.data.fit import fit
-from preftune.train import train
+from preftune.data.prepare import prepare
+from preftune.dpo.engines.fast import _losses, _row_logps
+from preftune.dpo.engines.trl import trl_loss_settings
+from preftune.dpo.logps import (
+    PairLogpsModule,
+    ld_token_weights,
+    pack_pair,
+    pack_row,
+    pairs_logps,
+    plan_rows,
+    row_logps,
+    slot_sums,
+)
+from preftune.dpo.losses import configured, ld_alpha, ld_logps
+from preftune.dpo.refcache import RefLogpCache, reference_logps
+from preftune.models import load_model, load_tokenizer
+from preftune.runs.dpo import train
 
 DATA = DataConfig(fraction=0.03, seed=3)
 
@@ -150,7 +158,7 @@ def test_fast_run_log2_every_parameter_moves_and_cache_is_reused(tiny_model, tmp
 def test_both_engines_log_the_documented_keys(tiny_model, tmp_path, monkeypatch):
     """The fast engine logs exactly engines.LOG_KEYS; the TRL engine those and TRL's own extras (the
     README says so). Each is checked on a tiny run of each engine."""
-    from preftune.engines import LOG_KEYS
+    from preftune.dpo.engines import LOG_KEYS
 
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
     keys = {}
@@ -205,7 +213,7 @@ def test_cache_is_invalidated_when_the_weights_change(tiny_model, tmp_path, monk
 
 def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
     """Uninterrupted 4 steps vs 2 steps → checkpoint → resume for 2 more: identical final weights."""
-    from preftune.engines import ENGINES, TrainJob, latest_checkpoint
+    from preftune.dpo.engines import ENGINES, TrainJob, latest_checkpoint
 
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
 
@@ -235,7 +243,12 @@ def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_token
 @pytest.mark.parametrize("marker", ["", "{", "[]", '{"step": "2", "elapsed_s": 1.0}', '{"step": 2}',
                                     '{"step": 2, "elapsed_s": null}'])
 def test_a_damaged_checkpoint_marker_is_an_incomplete_checkpoint(tmp_path, marker):
-    from preftune.engines import CHECKPOINT_MARKER, latest_checkpoint, read_checkpoint_marker, write_checkpoint_marker
+    from preftune.dpo.engines import (
+        CHECKPOINT_MARKER,
+        latest_checkpoint,
+        read_checkpoint_marker,
+        write_checkpoint_marker,
+    )
     from preftune.errors import PreftuneError
 
     good, bad = tmp_path / "checkpoints" / "checkpoint-2", tmp_path / "checkpoints" / "checkpoint-4"
@@ -249,7 +262,7 @@ def test_a_damaged_checkpoint_marker_is_an_incomplete_checkpoint(tmp_path, marke
 
 
 def test_the_step_log_is_strict_json(tmp_path):
-    from preftune.engines import append_log
+    from preftune.dpo.engines import append_log
 
     append_log(tmp_path / "log.jsonl", {"step": 1, "loss": float("nan"), "grad_norm": float("inf")})
     line = (tmp_path / "log.jsonl").read_text()
@@ -261,15 +274,15 @@ def test_a_reference_free_loss_skips_the_reference_pass(tiny_model, tiny_tokeniz
     """Any registry entry marked `reference_free` (as SimPO is) trains without the pass."""
     import torch.nn.functional as F
 
-    from preftune import losses
-    from preftune.engines import ENGINES, TrainJob
+    from preftune.dpo import losses
+    from preftune.dpo.engines import ENGINES, TrainJob
 
     def length_normalised(pc, pr, rc, rr, beta, nc, nr):  # SimPO without its margin: no π_ref anywhere
         return -F.logsigmoid(beta * (pc / nc - pr / nr)), (beta * pc).detach(), (beta * pr).detach()
 
     length_normalised.reference_free = True
     monkeypatch.setitem(losses.LOSSES, "reference_free_test", length_normalised)
-    monkeypatch.setattr("preftune.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
+    monkeypatch.setattr("preftune.dpo.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
     cfg = tiny_cfg(tiny_model, tmp_path, evaluate=False)
     cfg.loss = "reference_free_test"  # not a CLI name: set after the config's own checks
     result = ENGINES["fast"](TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))
@@ -286,7 +299,7 @@ def test_simpo_run_skips_the_reference_and_is_evaluated_by_its_own_reward(tiny_m
     """A whole fast run of --loss simpo: no reference pass in training; eval.json ranks by β·mean log-prob
     and says so; the logged rewards are SimPO's (β·mean log-prob: negative, and below β·summed log-prob)."""
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("preftune.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
+    monkeypatch.setattr("preftune.dpo.engines.fast.reference_logps", lambda *a, **k: pytest.fail("reference pass ran"))
     run = train(DATA, tiny_cfg(tiny_model, tmp_path, loss="simpo", beta=2.0, simpo_gamma=1.0, max_pairs=4))
     result = json.loads((run / "eval.json").read_text())
     assert result["reward"] == "simpo" and "ld_alpha" not in result
@@ -319,10 +332,10 @@ def test_trl_engine_refuses_a_loss_it_lacks_before_loading_anything(tiny_model, 
                                                                     monkeypatch):
     """Config refuses --engine trl --loss rdpo first (test_config); should a config get past it, the
     engine itself stops before the model loads."""
-    from preftune.engines import ENGINES, TrainJob
+    from preftune.dpo.engines import ENGINES, TrainJob
     from preftune.errors import PreftuneError
 
-    monkeypatch.setattr("preftune.engines.trl.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("preftune.dpo.engines.trl.load_model", lambda *a, **k: pytest.fail("model loaded"))
     cfg = tiny_cfg(tiny_model, tmp_path, engine="trl")
     cfg.loss = "rdpo"  # past the config's own check
     with pytest.raises(PreftuneError, match="--loss rdpo is not in TRL's DPOTrainer; use --engine fast"):

@@ -6,7 +6,7 @@ text as the batched path (the judge) for the same seed."""
 import pytest
 import torch
 
-from preftune.generate import (
+from preftune.judge.generate import (
     Decoding,
     LineEnd,
     _finish,
@@ -147,7 +147,7 @@ def test_finish_cuts_at_eos_then_first_line(tiny_tokenizer):
 
 def test_decodings_sharing_the_prompts_cache_write_what_each_writes_alone(chatty_model, tiny_tokenizer):
     """generate_many reads each batch's prompts once for all decodings: same texts as separate calls."""
-    from preftune.generate import generate_many
+    from preftune.judge.generate import generate_many
 
     decodings = [Decoding(max_new_tokens=20), Decoding(temperature=0.9, max_new_tokens=20, seed=4),
                  Decoding(temperature=0.5, top_p=0.8, max_new_tokens=12, seed=4, stop_at_newline=False)]

@@ -20,8 +20,8 @@ import torch
 from hub_server import HubServer
 
 from preftune.config import DataConfig, ReportConfig, TrainConfig
-from preftune.report import report
-from preftune.train import train
+from preftune.runs.dpo import train
+from preftune.sweep.report import report
 
 TOKEN = "hf_PreftuneTestSecret7c1e04b9d2"
 USER = "tester"

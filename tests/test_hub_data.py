@@ -14,13 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import comparison, write_jsonl
+from conftest import comparison
 from hub_server import HubServer
 
 from preftune.cli import main
 from preftune.config import DataConfig
 from preftune.data.prepare import prepare, write_prepared
-from preftune.hub_data import pair_of, public_source, row_of
+from preftune.hub.data import pair_of, public_source, row_of
 from preftune.serve.feedback import append_jsonl, comparison_row
 
 TOKEN = "hf_PreftuneDataSecret51d0c2e8a4"
@@ -357,7 +357,7 @@ def test_pushed_rows_read_back_as_the_same_pairs(prepared, tmp_path):
     the pairs as prepared: the trimmable span and cut rule too, so a TL;DR post is still cut at its end."""
     from preftune.data.folder import load_prepared
     from preftune.data.prepare import Reading, iter_pairs
-    from preftune.hub_data import write_parquet
+    from preftune.hub.data import write_parquet
 
     pairs = load_prepared(prepared).splits()["validation"]
     write_parquet(pairs, tmp_path / "validation.parquet")

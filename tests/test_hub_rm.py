@@ -21,7 +21,11 @@ WORDS = "the a cat dog rent job car post title tldr subreddit summary got up my 
 
 def reward_model(folder: Path, heads: tuple[str, ...]) -> Path:
     """A 1-layer BertForSequenceClassification with one output per head, and a word-piece tokenizer."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+    )
 
     folder.mkdir(parents=True)
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ":", ".", "/"]

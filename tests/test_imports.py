@@ -92,8 +92,8 @@ def all_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read_from_the_source():
     edges = graph()
     assert "preftune.config" in edges["preftune.cli"]
-    assert "preftune.engines.base" in edges["preftune.engines.fast"]
-    assert "preftune.refcache" in edges["preftune.evaluate"]  # an import inside a function counts too
+    assert "preftune.dpo.engines.base" in edges["preftune.dpo.engines.fast"]
+    assert "preftune.dpo.refcache" in edges["preftune.dpo.evaluate"]  # an import inside a function counts too
 
 
 def test_find_cycle_finds_one():

@@ -12,8 +12,14 @@ import pytest
 from preftune.config import DataConfig, JudgeConfig, RewardConfig, TrainConfig
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
-from preftune.generate import Decoding, Generation
-from preftune.judge import ReferenceRM, by_length, compare, held_out_posts, judge_posts
+from preftune.judge.generate import Decoding, Generation
+from preftune.judge.judge import (
+    ReferenceRM,
+    by_length,
+    compare,
+    held_out_posts,
+    judge_posts,
+)
 from preftune.stats import length_controlled_win_rate, win_stats
 
 DATA = DataConfig(fraction=0.03, seed=3)
@@ -147,8 +153,8 @@ def test_copying_the_preferred_summary_by_hand():
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model, tmp_path_factory):
     """A tiny DPO run and, beside it, a tiny RM trained on the same data config (so the same split)."""
-    from preftune.reward import train_reward_model
-    from preftune.train import train
+    from preftune.judge.reward import train_reward_model
+    from preftune.runs.dpo import train
 
     root = tmp_path_factory.mktemp("judge")
     run = train(DATA, TrainConfig(output_dir=str(root), model=str(tiny_model), lr=1e-2, batch_size=4, max_pairs=4,
@@ -165,7 +171,7 @@ def test_copying_policy_win_rate_is_the_rms_accuracy(tiny_run):
 
     from preftune.data.fit import fit
     from preftune.data.prepare import read_jsonl
-    from preftune.reward import evaluate_rm, score_pairs
+    from preftune.judge.reward import evaluate_rm, score_pairs
 
     rm = ReferenceRM(tiny_run.parent / "reward_model", batch_size=4)
     assert rm.folder.config["debias"] == "balance"  # the default RM is length-debiased
@@ -230,7 +236,7 @@ def test_judge_on_the_test_split_writes_its_own_file(tiny_run):
 
 @pytest.mark.parametrize("tuned,base,said", [(29.4, 38.4, "9.0 tokens shorter"), (31.0, 26.0, "5.0 tokens longer")])
 def test_the_verdict_says_shorter_or_longer_in_words(tuned, base, said):
-    from preftune.judge import decoding_verdict
+    from preftune.judge.judge import decoding_verdict
 
     strata = {"length_balanced_win_rate": 0.9, "length_balanced_ci95": [0.8, 0.95]}
     res = {"tuned": {"mean_tokens": tuned}, "base": {"mean_tokens": base},
@@ -246,7 +252,7 @@ def rm_eval_of(run):
 
 def test_judge_refuses_an_rm_trained_on_the_judged_posts(tiny_run, tmp_path):
     from preftune.data.prepare import read_jsonl
-    from preftune.judge import judge_run
+    from preftune.judge.judge import judge_run
 
     rm = shutil.copytree(tiny_run.parent / "reward_model", tmp_path / "rm")
     config = json.loads((rm / "rm_config.json").read_text())
@@ -266,7 +272,7 @@ def test_judge_refuses_an_rm_trained_on_the_judged_posts(tiny_run, tmp_path):
     (lambda tmp, run: _damaged(tmp, run, lambda c: c.pop("train")), "key 'train' missing"),
 ])
 def test_judge_reads_the_run_through_run_folder(tiny_run, tmp_path, make, message, capsys):
-    """A path that is not a finished run is one line and exit 2 (preftune.run_folder.open_run's checks)."""
+    """A path that is not a finished run is one line and exit 2 (preftune.runs.folder.open_run's checks)."""
     from preftune.cli import main
 
     assert main(["judge", str(make(tmp_path, tiny_run)), "--rm", str(tiny_run.parent / "reward_model")]) == 2

@@ -68,7 +68,7 @@ from pathlib import Path
 import torch.distributed as dist
 from preftune.errors import PreftuneError
 from preftune.launch import agreed, from_rank_zero, gather
-from preftune.train import same_resume
+from preftune.runs.dpo import same_resume
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

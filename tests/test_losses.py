@@ -5,10 +5,24 @@ import math
 import pytest
 import torch
 
-from preftune.logps import ld_token_weights
-from preftune.losses import (LOSSES, configured, hinge_loss, ipo_loss, is_reference_free, ld_alpha, ld_dpo_loss,
-                             ld_logps, nll_term, pair_rewards, rdpo_loss, reward_name, sigmoid_loss, sigmoid_norm_loss,
-                             simpo_loss)
+from preftune.dpo.logps import ld_token_weights
+from preftune.dpo.losses import (
+    LOSSES,
+    configured,
+    hinge_loss,
+    ipo_loss,
+    is_reference_free,
+    ld_alpha,
+    ld_dpo_loss,
+    ld_logps,
+    nll_term,
+    pair_rewards,
+    rdpo_loss,
+    reward_name,
+    sigmoid_loss,
+    sigmoid_norm_loss,
+    simpo_loss,
+)
 
 
 def logps(*values):
@@ -54,7 +68,7 @@ def test_trl_engine_loss_types_are_trl_names():
     from trl import DPOConfig
 
     from preftune.config import ENGINE_LOSSES
-    from preftune.engines.trl import TRL_LOSSES
+    from preftune.dpo.engines.trl import TRL_LOSSES
 
     help_text = next(f for f in DPOConfig.__dataclass_fields__.values() if f.name == "loss_type").metadata["help"]
     assert all(f"'{trl_name}'" in help_text for trl_name in TRL_LOSSES.values()) and "'sft'" in help_text

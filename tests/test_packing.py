@@ -8,10 +8,18 @@ import torch
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.fit import fit
 from preftune.data.prepare import prepare
-from preftune.engines import ENGINES, TrainJob
-from preftune.engines.fast import rank_rows
-from preftune.logps import (PairLogpsModule, pack_pair, pack_row, packed_pair_logps, pairs_logps, plan_rows,
-                            row_logps, supports_pair_attention)
+from preftune.dpo.engines import ENGINES, TrainJob
+from preftune.dpo.engines.fast import rank_rows
+from preftune.dpo.logps import (
+    PairLogpsModule,
+    pack_pair,
+    pack_row,
+    packed_pair_logps,
+    pairs_logps,
+    plan_rows,
+    row_logps,
+    supports_pair_attention,
+)
 from preftune.models import load_model
 
 
@@ -80,7 +88,7 @@ def one_step(tiny_model, tokenizer, pairs, out, pack_tokens):
 def test_the_update_equals_a_batched_step(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     """One optimizer step over 6 pairs: one pair per forward, rows of a few pairs, one row of all six,
     and the batched reference — AdamW on the gradient of the mean loss of all pairs from one forward."""
-    from preftune.losses import LOSSES
+    from preftune.dpo.losses import LOSSES
 
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
     pairs = fit(tiny_tokenizer, prepare(DataConfig(fraction=0.03, seed=3)).train[:6], 256, "train")[0]
@@ -134,7 +142,7 @@ def test_every_rank_knows_how_many_forwards_the_busiest_rank_runs(packed):
 
 def test_one_pair_per_forward_is_the_cpu_default():
     """Measured on CPU (bench/README.md): rows of several pairs are no faster and hold more activations."""
-    from preftune.logps import default_pack_tokens
+    from preftune.dpo.logps import default_pack_tokens
 
     assert default_pack_tokens() == (8192 if torch.cuda.is_available() else 0)
     assert default_pack_tokens(1500) == 1500 and default_pack_tokens(0) == 0

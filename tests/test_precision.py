@@ -9,9 +9,16 @@ import torch
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.fit import fit
 from preftune.data.prepare import prepare
-from preftune.engines import ENGINES, TrainJob
+from preftune.dpo.engines import ENGINES, TrainJob
+from preftune.dpo.logps import (
+    PAIR_ATTENTION,
+    PairLogpsModule,
+    additive_mask,
+    pack_pair,
+    pack_row,
+    row_logps,
+)
 from preftune.errors import PreftuneError
-from preftune.logps import PAIR_ATTENTION, PairLogpsModule, additive_mask, pack_pair, pack_row, row_logps
 from preftune.models import load_model
 from preftune.precision import resolve
 
@@ -59,8 +66,9 @@ def bf16_step(tiny_model, tokenizer, pairs, out):
 def test_a_bf16_run_trains_and_its_masks_are_bf16(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
     """The block-diagonal mask path (models without transformers' attention registry) builds its masks in
     the compute dtype: a float32 mask beside bf16 queries is what SDPA rejects."""
-    import preftune.logps as logps
     from safetensors.torch import load_file
+
+    import preftune.dpo.logps as logps
 
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(logps, "supports_pair_attention", lambda model: False)
@@ -79,7 +87,7 @@ def test_a_bf16_run_trains_and_its_masks_are_bf16(tiny_model, tiny_tokenizer, pa
 def test_the_per_pair_attention_runs_in_bf16(tiny_model, tiny_tokenizer, pairs):
     from transformers import AttentionInterface
 
-    import preftune.logps as logps
+    import preftune.dpo.logps as logps
 
     seen = []
 
@@ -101,7 +109,7 @@ def test_the_per_pair_attention_runs_in_bf16(tiny_model, tiny_tokenizer, pairs):
 
 @pytest.mark.parametrize("precision,bf16,fp16", [("auto", False, False), ("fp32", False, False), ("bf16", True, False)])
 def test_the_trl_engine_gets_the_precision(tiny_model, tiny_tokenizer, pairs, tmp_path, precision, bf16, fp16):
-    from preftune.engines.trl import dpo_config
+    from preftune.dpo.engines.trl import dpo_config
 
     cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), engine="trl", precision=precision)
     args = dpo_config(TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))

@@ -6,7 +6,7 @@ import torch
 from preftune.config import DEFAULT_MODEL, DataConfig
 from preftune.data.prepare import Tally, prepare
 from preftune.data.truncate import fit_pairs, pair_length
-from preftune.logps import completion_logps, tokenize_completion
+from preftune.dpo.logps import completion_logps, tokenize_completion
 from preftune.models import load_model, load_tokenizer, resolve_model
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from preftune.errors import PreftuneError
-from preftune.recipe import load_recipe, run_recipe, select_run
+from preftune.sweep.recipe import load_recipe, run_recipe, select_run
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = "data:\n  fraction: 0.03\n  seed: 3\n"
@@ -142,7 +142,7 @@ def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(t
 
 
 def test_a_settings_range_comes_from_the_command_its_section_runs():
-    from preftune.recipe import SECTION_VERBS, VERB_CONFIGS, _field_meta
+    from preftune.sweep.recipe import SECTION_VERBS, VERB_CONFIGS, _field_meta
 
     assert set(SECTION_VERBS.values()) <= set(VERB_CONFIGS)  # every section's command has its config classes
     # `split` is DataConfig's (any nonempty name) and JudgeConfig's (validation|test): each command its own

@@ -20,10 +20,9 @@ from preftune.config import DEFAULT_RM, DataConfig, RewardConfig, check_fields
 from preftune.data.prepare import Pair
 from preftune.data.truncate import sequence_length
 from preftune.errors import PreftuneError
-from preftune.reward import (
+from preftune.judge.reward import (
     DEBIAS,
     LENGTH_CORRECTION,
-    length_balanced,
     RM_CONFIG_FILE,
     RM_EVAL_FILE,
     RM_LOG_FILE,
@@ -34,6 +33,7 @@ from preftune.reward import (
     evaluate_rm,
     fallback_folder,
     format_rm_table,
+    length_balanced,
     length_slope,
     load_reward_model,
     load_rm_tokenizer,
@@ -67,7 +67,7 @@ def minilm() -> str:
 
 
 def cli(argv: list[str]) -> int:
-    """`preftune rm …` as the CLI runs it (the verb is registered by preftune.reward.add_cli)."""
+    """`preftune rm …` as the CLI runs it (the verb is registered by preftune.judge.reward.add_cli)."""
     parser = argparse.ArgumentParser(prog="preftune")
     add_cli(parser.add_subparsers(dest="verb", required=True))
     ns = parser.parse_args(argv)
@@ -134,7 +134,7 @@ def test_plain_loss_is_trls_reward_trainer_loss(tiny_model, tiny_tokenizer, tmp_
 
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare
-    from preftune.reward import Encoded, build_model
+    from preftune.judge.reward import Encoded, build_model
 
     pairs, _ = fit(tiny_tokenizer, prepare(DATA).train[:4], 192, "t")
     data = Encoded.of(tiny_tokenizer, pairs)
@@ -378,9 +378,10 @@ def test_folder_eval_and_reload(posthoc_rm):
     """A posthoc folder: a plain one-head classifier whose config.json carries the length correction;
     preftune's scoring subtracts it, the bare transformers model does not."""
     rm_run = posthoc_rm
+    from transformers import AutoModelForSequenceClassification
+
     from preftune.data.fit import fit, subsample
     from preftune.data.prepare import prepare
-    from transformers import AutoModelForSequenceClassification
 
     config = json.loads((rm_run / RM_CONFIG_FILE).read_text())
     m = json.loads((rm_run / RM_EVAL_FILE).read_text())
@@ -485,7 +486,7 @@ def test_bert_style_rm_trains_without_eos(tmp_path, capsys):
 
 
 def test_default_falls_back_to_the_shipped_minilm(monkeypatch):
-    import preftune.reward as reward
+    import preftune.judge.reward as reward
 
     def unreachable(spec):
         raise PreftuneError(f"cannot load model '{spec}': hub unreachable")
@@ -508,7 +509,7 @@ def test_strata_agree_with_stats():
 
 def test_learning_rate_warms_up_then_decays():
     """10 steps, 20% warmup: steps 0, 1 at 1/2, 2/2; then (10 − s)/8 down to 1/8 at step 9."""
-    from preftune.reward import lr_schedule
+    from preftune.judge.reward import lr_schedule
 
     f = lr_schedule(10, 0.2)
     assert [f(s) for s in range(10)] == [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]

@@ -11,10 +11,18 @@ from pathlib import Path
 import pytest
 from test_report import fake_run
 
-from preftune import run_folder
 from preftune.errors import PreftuneError
-from preftune.run_folder import (begin_partial, dataset_slug, finish_partial, open_run, read_eval, read_metrics,
-                                 read_train_log, result_file)
+from preftune.runs import folder as run_folder
+from preftune.runs.folder import (
+    begin_partial,
+    dataset_slug,
+    finish_partial,
+    open_run,
+    read_eval,
+    read_metrics,
+    read_train_log,
+    result_file,
+)
 
 
 @pytest.mark.parametrize("spec, slug", [

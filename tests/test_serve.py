@@ -1,6 +1,6 @@
 """The demo without a browser: its decoding is the judge's, request checks, implicit rewards, votes as
 preference data (read back by `data prepare`, no row lost on concurrent clicks, the file lock from
-filelock), the run read through preftune.run_folder, and the API through gradio_client."""
+filelock), the run read through preftune.runs.folder, and the API through gradio_client."""
 
 from __future__ import annotations
 
@@ -18,10 +18,18 @@ from filelock import Timeout
 from preftune.config import DataConfig, ServeConfig, TrainConfig
 from preftune.data.adapters import tldr_prompt
 from preftune.errors import PreftuneError
-from preftune.generate import Decoding, generate
-from preftune.run_folder import open_run
-from preftune.serve.demo import (Demo, DemoSpec, InputError, Limits, limit_text, models_text, prompt, read_examples,
-                                 spec_from_run)
+from preftune.judge.generate import Decoding, generate
+from preftune.serve.demo import (
+    Demo,
+    DemoSpec,
+    InputError,
+    Limits,
+    limit_text,
+    models_text,
+    prompt,
+    read_examples,
+    spec_from_run,
+)
 from preftune.serve.feedback import append_jsonl, comparison_row, lock_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -31,7 +39,7 @@ POST = "I went to the shop and bought bread, then I forgot it on the bus home."
 def tiny_run(model: Path, tmp_path_factory) -> Path:
     """A real run folder: one DPO step of the tiny model (eval_pairs.jsonl is written, eval skipped).
     Trained once per test session; the serve, browser and Space tests only read it."""
-    from preftune.train import train
+    from preftune.runs.dpo import train
 
     root = tmp_path_factory.getbasetemp() / "serve-tiny-run"
     cfg = TrainConfig(output_dir=str(root), model=str(model), lr=5e-2, batch_size=4, max_length=192, max_pairs=4,
@@ -54,7 +62,7 @@ def demo(run_dir) -> Demo:
     return demo
 
 
-# ---- decoding (preftune.generate's, tested there; here: the demo uses it) -------------------------
+# ---- decoding (preftune.judge.generate's, tested there; here: the demo uses it) -------------------------
 
 
 def test_the_demo_writes_what_the_judge_would_for_the_same_seed(demo):
@@ -140,7 +148,7 @@ def test_new_seed_and_refusal_notice():
 
 
 def test_implicit_reward_is_beta_times_the_logp_difference(demo):
-    """Recomputed here from full-sequence logits, independently of preftune.logps."""
+    """Recomputed here from full-sequence logits, independently of preftune.dpo.logps."""
     loaded, text = demo.load(), " Forgot the bread on the bus."
     p = prompt("test", "Bread", POST)
     [summary] = demo.score(p, [text])
@@ -184,7 +192,7 @@ def _damaged(tmp: Path, run: Path, edit) -> Path:
     (lambda tmp, run: _damaged(tmp, run, lambda c: c.update(reference_model=3)), "key 'reference_model' must be text, got an integer"),
 ])
 def test_serve_refuses_what_is_not_a_run(run_dir, tmp_path, capsys, make, message):
-    """One line and exit 2, from preftune.run_folder.open_run (the demo has no checks of its own)."""
+    """One line and exit 2, from preftune.runs.folder.open_run (the demo has no checks of its own)."""
     from preftune.cli import main
 
     path = make(tmp_path, run_dir)

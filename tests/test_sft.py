@@ -13,9 +13,9 @@ from preftune.config import DataConfig, SFTConfig, TrainConfig
 from preftune.data.prepare import prepare
 from preftune.errors import PreftuneError
 from preftune.models import load_model, load_tokenizer
-from preftune.run_folder import CONFIG_FILE, chain_text, open_run, run_dirs
-from preftune.sft import build_trainer, file_rows, sft, tldr_sft_row
-from preftune.train import train
+from preftune.runs.dpo import train
+from preftune.runs.folder import CONFIG_FILE, chain_text, open_run, run_dirs
+from preftune.runs.sft import build_trainer, file_rows, sft, tldr_sft_row
 
 DATA = DataConfig(fraction=0.03, seed=3)
 MINI = SHARED_DATA / "openai_summarize_tldr_carperai_mini"
@@ -82,7 +82,7 @@ def test_dpo_from_sft_records_the_chain(sft_run, tmp_path):
     assert chain_text(open_run(run).chain) == "base → SFT → DPO"
     assert "SFT (lr 0.01, bs 4, 2 epochs, 8 rows of chosen)" in chain_text(chain, settings=True)
 
-    from preftune.report import run_row
+    from preftune.sweep.report import run_row
     assert run_row(open_run(run))["chain"] == "base → SFT → DPO"
     del config["chain"]
     (run / CONFIG_FILE).write_text(json.dumps(config))

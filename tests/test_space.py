@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_serve import tiny_run  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from preftune.cli import main
-
-from test_serve import tiny_run  # noqa: E402  (tests/ is on sys.path under pytest)
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -157,7 +156,7 @@ from huggingface_hub import snapshot_download
 snapshot_download(sys.argv[1], repo_type="space", local_dir=".")
 import app
 from preftune.serve.demo import prompt
-from preftune.generate import Decoding
+from preftune.judge.generate import Decoding
 s = Decoding(temperature=0, max_new_tokens=12)
 ids = app.DEMO.check("test", "Bread", "I went to the shop and bought bread, then lost it on the bus.", s)
 texts = list(app.DEMO.stream(ids, s))[-1]

@@ -19,7 +19,13 @@ from safetensors.torch import load_file
 from preftune.cli import build_parser, main
 from preftune.config import DataConfig, SweepConfig, TrainConfig
 from preftune.errors import PreftuneError
-from preftune.sweep import build_configs, expand, run_state, settings_from_args, sweep_lock
+from preftune.sweep.grid import (
+    build_configs,
+    expand,
+    run_state,
+    settings_from_args,
+    sweep_lock,
+)
 
 EXAMPLE = REPO / "examples" / "sweep.yaml"
 
@@ -161,7 +167,7 @@ LOCKER = """
 import sys
 from pathlib import Path
 from preftune.errors import PreftuneError
-from preftune.sweep import sweep_lock
+from preftune.sweep.grid import sweep_lock
 try:
     with sweep_lock(Path(sys.argv[1])):
         print("locked")
@@ -191,8 +197,8 @@ def test_lock_keeps_a_second_sweep_out(tmp_path):
 # checkpoint-2 and before checkpoint-4.
 DRIVER = """
 import os, signal, sys
-import preftune.engines as engines
-import preftune.engines.fast, preftune.engines.trl
+import preftune.dpo.engines as engines
+import preftune.dpo.engines.fast, preftune.dpo.engines.trl
 from preftune.cli import main
 
 run, step = os.environ.get("KILL_AT", ":0").split(":")
@@ -203,7 +209,7 @@ def append_then_die(path, record):
     if run and run in str(path) and record.get("step") == int(step):
         os.kill(os.getpid(), signal.SIGKILL)
 
-preftune.engines.fast.append_log = preftune.engines.trl.append_log = append_then_die
+preftune.dpo.engines.fast.append_log = preftune.dpo.engines.trl.append_log = append_then_die
 sys.exit(main(sys.argv[1:]))
 """
 RUNS = ["dpo_model_lr0.01_bs2_epoch1", "dpo_model_lr0.02_bs2_epoch1", "dpo_model_lr0.03_bs2_epoch1"]
@@ -273,7 +279,7 @@ def test_rerun_completes_every_run_without_redoing_finished_ones(killed_then_rer
 
 
 def test_resumed_run_matches_an_uninterrupted_one(killed_then_rerun, tiny_model, tmp_path, monkeypatch):
-    from preftune.train import train
+    from preftune.runs.dpo import train
 
     engine, root, _, _ = killed_then_rerun
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
@@ -304,7 +310,7 @@ def test_a_finished_run_with_other_settings_is_an_error(killed_then_rerun, tiny_
 
 
 def test_partial_without_checkpoint_restarts(tmp_path, tiny_model):
-    from preftune.sweep import PlannedRun
+    from preftune.sweep.grid import PlannedRun
 
     cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=0.02, **TRAIN)
     (tmp_path / (cfg.run_name + ".partial")).mkdir()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from preftune import trackers
 from preftune.cli import main
 from preftune.config import DataConfig, RewardConfig, TrainConfig
-from preftune.engines import LOG_KEYS
-from preftune.train import train
+from preftune.dpo.engines import LOG_KEYS
+from preftune.runs import trackers
+from preftune.runs.dpo import train
 
 DATA = DataConfig(fraction=0.03, seed=3)
 
@@ -173,7 +173,7 @@ def test_step_and_eval_values():
 
 READ_TRACKIO = """
 import json, sys
-from preftune import trackers
+from preftune.runs import trackers
 from preftune.config import TrainConfig
 root, run = sys.argv[1], sys.argv[2]
 from pathlib import Path

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from conftest import comparison, write_jsonl
+from safetensors.torch import load_file
 
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.prepare import prepare
-from preftune.engines import ENGINES, TrainJob
+from preftune.dpo.engines import ENGINES, TrainJob
 from preftune.models import load_model, load_tokenizer
-from preftune.run_folder import result_file
-from preftune.train import train
+from preftune.runs.dpo import train
+from preftune.runs.folder import result_file
 
 DATA = DataConfig(fraction=0.03, seed=3)
 
@@ -156,7 +156,7 @@ def test_eval_on_the_test_split_and_on_another_dataset_write_their_own_files(ful
 
 def test_report_scores_the_chosen_run_on_test_once(full_run, capsys):
     from preftune.config import ReportConfig
-    from preftune.report import report
+    from preftune.sweep.report import report
 
     root = full_run.parent
     report(root, ReportConfig(rank_by="accuracy"))

@@ -11,8 +11,14 @@ import sys
 from pathlib import Path
 
 from preftune import __version__
-from preftune.config import DataConfig, EvalConfig, TrainConfig, add_arguments, from_args
-from preftune.config_files import add_config_file_options, parse_args
+from preftune.config import (
+    DataConfig,
+    EvalConfig,
+    TrainConfig,
+    add_arguments,
+    from_args,
+)
+from preftune.config.files import add_config_file_options, parse_args
 from preftune.errors import PreftuneError
 
 
@@ -26,7 +32,7 @@ class Parser(argparse.ArgumentParser):
 
 def cmd_train(ns: argparse.Namespace) -> None:
     from preftune.data.adapters import parse_column_map
-    from preftune.train import train
+    from preftune.runs.dpo import train
 
     data_cfg, train_cfg = from_args(DataConfig, ns), from_args(TrainConfig, ns)
     parse_column_map(data_cfg.column_map)  # a malformed --column-map fails before the model is resolved
@@ -34,7 +40,7 @@ def cmd_train(ns: argparse.Namespace) -> None:
 
 
 def cmd_eval(ns: argparse.Namespace) -> None:
-    from preftune.evaluate import evaluate_run
+    from preftune.dpo.evaluate import evaluate_run
 
     evaluate_run(Path(ns.run_dir), from_args(EvalConfig, ns))
 
@@ -52,13 +58,13 @@ VERB_MODULES: list[str] = [
     "preftune.data.cli:add_cli",
     "preftune.cli:add_cli",
     "preftune.serve:add_cli",
-    "preftune.report:add_cli",
-    "preftune.sweep:add_cli",
-    "preftune.push:add_cli",
-    "preftune.reward:add_cli",
-    "preftune.judge:add_cli",
-    "preftune.sft:add_cli",
-    "preftune.recipe:add_cli",
+    "preftune.sweep.report:add_cli",
+    "preftune.sweep.grid:add_cli",
+    "preftune.hub.cli:add_cli",
+    "preftune.judge.reward:add_cli",
+    "preftune.judge.judge:add_cli",
+    "preftune.runs.sft:add_cli",
+    "preftune.sweep.recipe:add_cli",
 ]
 
 
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ns = parse_args(build_parser(), argv)  # with --config FILE, the file's settings under the flags given
         if getattr(ns, "report_to", "none") != "none":  # train, sweep, rm train: a missing tracker, before any work
-            from preftune.trackers import require
+            from preftune.runs.trackers import require
 
             require(ns.report_to)
         ns.func(ns)

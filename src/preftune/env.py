@@ -118,7 +118,7 @@ def default_data() -> str:
 
 def default_reward_model() -> str:
     from preftune.config import DEFAULT_RM
-    from preftune.reward import FALLBACK_DIST, fallback_folder
+    from preftune.judge.reward import FALLBACK_DIST, fallback_folder
 
     return _offline(DEFAULT_RM, FALLBACK_DIST, lambda: str(fallback_folder()))
 

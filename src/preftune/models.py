@@ -205,6 +205,28 @@ def load_model(path: str, fsdp: bool = False):
     return model
 
 
+def disable_dropout(model) -> None:
+    """Every dropout off, modules and functional ones alike: dropout would make π ≠ π_ref at step 0.
+
+    TRL's `disable_dropout` zeroes `nn.Dropout` modules only; some architectures (OPT, GPT-2's attention,
+    …) call `nn.functional.dropout` with a rate read from their config or kept as a float attribute of a
+    module, so those are set to 0 too (the model's config included: a saved model keeps them off)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                setattr(module, name, 0.0)
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    for config in configs.values():
+        for name in list(vars(config)):
+            value = getattr(config, name, None)
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                setattr(config, name, 0.0)
+
+
 def _load(from_pretrained, path: str, what: str, **kwargs):
     """from_pretrained, with a folder it cannot read (no tokenizer files, damaged weights, another
     architecture) as one line naming the folder."""

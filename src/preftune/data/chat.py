@@ -1,7 +1,7 @@
 """Render message lists with the model's chat template into the plain text TRL and preftune tokenize.
 
 Both tokenize a pair as tokenizer(prompt + completion + eos), adding EOS only when the completion
-does not already end with it (TRL's DPOTrainer, mirrored by `preftune.logps.tokenize_completion`).
+does not already end with it (TRL's DPOTrainer, mirrored by `preftune.dpo.logps.tokenize_completion`).
 Rendered chats fall into two known traps (a TRL/axolotl bug class), avoided here:
 - double BOS: a template that writes BOS as text (`{{ bos_token }}`) for a tokenizer that adds BOS
   itself. The text BOS is removed when, and only when, the tokenizer adds one.

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from preftune.config import (DEFAULT_MODEL, TRAIN_OPTIONS, DataConfig, DataPushConfig, InspectConfig, add_arguments,
-                             from_args)
+from preftune.config import (
+    DEFAULT_MODEL,
+    TRAIN_OPTIONS,
+    DataConfig,
+    DataPushConfig,
+    InspectConfig,
+    add_arguments,
+    from_args,
+)
 
 
 def cmd_data_prepare(ns: argparse.Namespace) -> None:
@@ -46,7 +53,7 @@ def cmd_data_formats(ns: argparse.Namespace) -> None:
 
 
 def cmd_data_push(ns: argparse.Namespace) -> None:
-    from preftune.hub_data import push_dataset
+    from preftune.hub.data import push_dataset
 
     push_dataset(ns.dir, from_args(DataPushConfig, ns))
 

@@ -16,7 +16,14 @@ from typing import Any
 
 from preftune.data.adapters import RowError, group_id, preview, require, wrong_type
 from preftune.data.pairs import CUTS, Pair
-from preftune.data.sources import SHIPPED, JsonFieldError, first_line, loads, path_kind, text_lines
+from preftune.data.sources import (
+    SHIPPED,
+    JsonFieldError,
+    first_line,
+    loads,
+    path_kind,
+    text_lines,
+)
 from preftune.data.split import split_stats
 from preftune.errors import DataError, PreftuneError
 

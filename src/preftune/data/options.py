@@ -15,7 +15,13 @@ import logging
 from collections import Counter
 
 from preftune.config import DataConfig
-from preftune.data.balance import BALANCE_BIN, balanced_indices, band_counts, side_counts, token_lengths
+from preftune.data.balance import (
+    BALANCE_BIN,
+    balanced_indices,
+    band_counts,
+    side_counts,
+    token_lengths,
+)
 from preftune.data.pairs import Pair, Tally
 from preftune.errors import PreftuneError
 

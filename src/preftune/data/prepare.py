@@ -15,10 +15,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from preftune.config import TRAIN_OPTIONS, DataConfig, check_fractions
-from preftune.data.adapters import (Adapter, ChatFields, RowError, RowSkip, apply_column_map, detect_format,
-                                    get_adapter, parse_column_map, source_field)
-from preftune.data.folder import (PREPARED_MARKER, Prepared, describe_splits, is_prepared_dir, load_prepared,
-                                  read_jsonl, write_jsonl, write_prepared)
+from preftune.data.adapters import (
+    Adapter,
+    ChatFields,
+    RowError,
+    RowSkip,
+    apply_column_map,
+    detect_format,
+    get_adapter,
+    parse_column_map,
+    source_field,
+)
+from preftune.data.folder import (
+    PREPARED_MARKER,
+    Prepared,
+    describe_splits,
+    is_prepared_dir,
+    load_prepared,
+    read_jsonl,
+    write_jsonl,
+    write_prepared,
+)
 from preftune.data.pairs import Pair, Tally
 from preftune.data.sources import describe, iter_records
 from preftune.data.split import longer_wins, split_by_post, split_stats, take_fraction

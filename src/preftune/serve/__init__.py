@@ -2,7 +2,7 @@
 (the same demo as a Hugging Face Space folder, optionally pushed).
 
     demo.py      what is served: model specs, request checks, the side-by-side stream, implicit rewards
-    (decoding is preftune.generate's: the judge's decoder, streamed)
+    (decoding is preftune.judge.generate's: the judge's decoder, streamed)
     feedback.py  votes → summarize_from_feedback rows, appended under a file lock
     app.py       the Gradio page and `serve`
     space.py     the Space folder and its push

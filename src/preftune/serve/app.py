@@ -21,9 +21,18 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from preftune.config import ServeConfig  # noqa: E402
-from preftune.generate import Decoding  # noqa: E402
-from preftune.serve.demo import (Demo, InputError, Limits, fields, limit_text, models_text, post_id,  # noqa: E402
-                                 prompt, spec_from_run)
+from preftune.judge.generate import Decoding  # noqa: E402
+from preftune.serve.demo import (  # noqa: E402
+    Demo,
+    InputError,
+    Limits,
+    fields,
+    limit_text,
+    models_text,
+    post_id,
+    prompt,
+    spec_from_run,
+)
 from preftune.serve.feedback import append_jsonl, comparison_row  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -54,7 +63,7 @@ def _number(value, name: str, kind=float):
 
 
 def sampling_from(temperature, top_p, max_new_tokens, seed) -> Decoding:
-    """The page's knobs as preftune.generate's Decoding (one line per summary, as the judge writes them)."""
+    """The page's knobs as preftune.judge.generate's Decoding (one line per summary, as the judge writes them)."""
     return Decoding(_number(temperature, "Temperature"), _number(top_p, "Top-p"),
                     _number(max_new_tokens, "Max new tokens", int), _number(seed, "Seed", int))
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from preftune.data.adapters import text_id, tldr_prompt
 from preftune.errors import PreftuneError
-from preftune.run_folder import EVAL_PAIRS_FILE, open_run, read_pairs
+from preftune.runs.folder import EVAL_PAIRS_FILE, open_run, read_pairs
 
 if TYPE_CHECKING:
-    from preftune.generate import Decoding, Generation
+    from preftune.judge.generate import Decoding, Generation
 
 
 class InputError(PreftuneError):
@@ -87,7 +87,7 @@ def read_examples(run_dir: Path, limit: int | None = None) -> tuple[Example, ...
 
 def spec_from_run(run_dir: Path, base: str | None = None, limits: Limits = Limits(),
                   examples: int | None = None) -> DemoSpec:
-    """The demo of a run folder (checked by preftune.run_folder.open_run): its model, base, β and posts."""
+    """The demo of a run folder (checked by preftune.runs.folder.open_run): its model, base, β and posts."""
     run = open_run(run_dir)
     name = run.config.get("run_name") if isinstance(run.config.get("run_name"), str) else run.name
     return DemoSpec(str(run_dir), base or run.reference_model, run.beta, name, read_examples(run.path, examples), limits)
@@ -189,15 +189,15 @@ class Demo:
 
     def stream_sides(self, prompt_ids: list[int], s: Decoding) -> Iterator[list[Generation]]:
         """[base, tuned] Generations (text, produced tokens, how it ended) after each decoding step."""
-        from preftune.generate import stream_sides
+        from preftune.judge.generate import stream_sides
 
         loaded = self.load()
         yield from stream_sides([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
 
     def stream(self, prompt_ids: list[int], s: Decoding) -> Iterator[list[str]]:
-        """[base text, tuned text] after each decoding step: preftune.generate's decoder, so a seed gives
+        """[base text, tuned text] after each decoding step: preftune.judge.generate's decoder, so a seed gives
         the summaries `preftune judge` would write with it."""
-        from preftune.generate import stream_texts
+        from preftune.judge.generate import stream_texts
 
         loaded = self.load()
         yield from stream_texts([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
@@ -206,7 +206,7 @@ class Demo:
         """Each text's implicit DPO reward β·(log π − log π_ref), scored as a whole summary (+ EOS),
         exactly as training and evaluation score completions. Token counts: what each side produced
         (`sides`, from `stream_sides`), else the text's tokens as scored, without the EOS."""
-        from preftune.logps import completion_logps, tokenize_completion
+        from preftune.dpo.logps import completion_logps, tokenize_completion
 
         loaded = self.load()
         batch = [tokenize_completion(loaded.tokenizer, prompt_text, t) for t in texts]
@@ -232,7 +232,12 @@ def post_id(post: str) -> str:
 
 
 def _load(spec: DemoSpec) -> Loaded:
-    from preftune.models import inference_device, load_model, load_tokenizer, resolve_model
+    from preftune.models import (
+        inference_device,
+        load_model,
+        load_tokenizer,
+        resolve_model,
+    )
 
     policy, base = resolve_model(spec.policy), resolve_model(spec.base)
     tokenizer = load_tokenizer(policy.path)

@@ -20,7 +20,7 @@ import preftune
 from preftune.config import ServeConfig, SpaceConfig
 from preftune.errors import PreftuneError
 from preftune.hubids import check_repo_id, is_hub_id
-from preftune.run_folder import Run, open_run
+from preftune.runs.folder import Run, open_run
 from preftune.serve.demo import Limits, spec_from_run
 
 logger = logging.getLogger(__name__)
@@ -178,10 +178,10 @@ def write_space(run_dir: Path, out: Path, cfg: SpaceConfig, owner: str | None = 
 
 def push_space(folder: Path, space_id: str, private: bool) -> str:
     """Create the Space (gradio SDK) if needed and upload the folder; returns the Space's URL.
-    Hub failures become one-line errors that say what to do (preftune.hub.hub_errors, as `push` does)."""
+    Hub failures become one-line errors that say what to do (preftune.hub.models.hub_errors, as `push` does)."""
     from huggingface_hub import HfApi
 
-    from preftune.hub import hub_errors
+    from preftune.hub.models import hub_errors
 
     api = HfApi(token=_token())
     with hub_errors(space_id):
@@ -192,7 +192,7 @@ def push_space(folder: Path, space_id: str, private: bool) -> str:
 
 
 def _token() -> str:
-    from preftune.hub import TOKEN_HELP, hub_token
+    from preftune.hub.models import TOKEN_HELP, hub_token
 
     token = hub_token()
     if token is None:
@@ -203,7 +203,7 @@ def _token() -> str:
 def whoami() -> str:
     from huggingface_hub import HfApi
 
-    from preftune.hub import hub_errors
+    from preftune.hub.models import hub_errors
 
     with hub_errors(None):
         return HfApi(token=_token()).whoami()["name"]

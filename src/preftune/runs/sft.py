@@ -25,14 +25,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import preftune
-from preftune import run_folder
 from preftune.config import SFT_CHOSEN, DataConfig, SFTConfig
 from preftune.data.adapters import RowError, RowSkip, text_id
 from preftune.data.fit import fit
 from preftune.data.pairs import Pair, Tally
 from preftune.data.sequence import with_eos
 from preftune.errors import DataError, PreftuneError
-from preftune.run_folder import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
+from preftune.runs import folder as run_folder
+from preftune.runs.folder import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def sft_args(cfg: SFTConfig, out_dir: Path, seed: int):
     import torch
     from trl import SFTConfig as TRLSFTConfig
 
-    from preftune.engines.base import CHECKPOINTS_DIR
+    from preftune.dpo.engines.base import CHECKPOINTS_DIR
     from preftune.precision import resolve
 
     precision = resolve(cfg.precision)  # never TRL's bf16 default: ~10x slower on CPUs without bf16 units
@@ -179,7 +179,7 @@ def build_trainer(model_path: str, tokenizer, rows: list[Pair], cfg: SFTConfig, 
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from preftune.engines.trl import JsonlLogger
+    from preftune.dpo.engines.trl import JsonlLogger
     from preftune.models import load_model
 
     set_seed(seed)

@@ -28,19 +28,19 @@ DEFAULT_DATASET = "tldr-sample"
 DEFAULT_RM = "distilbert/distilbert-base-uncased"
 
 # Names of the registries the flags choose from (tests/test_config.py checks they match):
-LOSS_NAMES = ("sigmoid", "hinge", "ipo", "sigmoid_norm", "rdpo", "simpo", "ld_dpo")  # preftune.losses.LOSSES
-ENGINE_NAMES = ("fast", "trl")  # preftune.engines.ENGINES
+LOSS_NAMES = ("sigmoid", "hinge", "ipo", "sigmoid_norm", "rdpo", "simpo", "ld_dpo")  # preftune.dpo.losses.LOSSES
+ENGINE_NAMES = ("fast", "trl")  # preftune.dpo.engines.ENGINES
 # The losses each engine trains (the fast engine: all; TRL's DPOTrainer has no R-DPO or SimPO):
-# preftune.engines.trl.TRL_LOSSES for 'trl'. Checked with the config, before any work.
+# preftune.dpo.engines.trl.TRL_LOSSES for 'trl'. Checked with the config, before any work.
 ENGINE_LOSSES = {"fast": LOSS_NAMES, "trl": ("sigmoid", "hinge", "ipo", "sigmoid_norm", "ld_dpo")}
-# A loss's own setting → the loss that reads it (preftune.losses.LOSS_PARAMS / ld_alpha); set with any
+# A loss's own setting → the loss that reads it (preftune.dpo.losses.LOSS_PARAMS / ld_alpha); set with any
 # other loss it would be ignored, so it is refused.
 LOSS_FIELDS = {"rdpo_alpha": "rdpo", "simpo_gamma": "simpo", "ld_alpha": "ld_dpo"}
 FORMAT_NAMES = ("auto", "summarize_from_feedback", "preftune_pairs", "prompt_chosen_rejected", "hh_rlhf",
                 "conversational", "ultrafeedback")  # 'auto' + preftune.data.adapters.ADAPTERS
 COLUMN_NAMES = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected", "info",
                 "summaries", "choice")  # preftune.data.adapters.COLUMNS (--column-map NAMEs)
-TRACKER_NAMES = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # 'none' + preftune.trackers.PACKAGES
+TRACKER_NAMES = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # 'none' + preftune.runs.trackers.PACKAGES
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # 'auto' + preftune.precision.DTYPES
 # The fast engine's tokens per forward when --pack-tokens is not given, by device (bench/README.md): on CPU
 # one pair per forward (measured: rows of 2-8 pairs are no faster and hold more activations); on a GPU
@@ -197,7 +197,7 @@ class TrainConfig(Config):
     )
     epochs: int = _opt(1, "Passes over the training pairs.", gt=0)
     beta: float = _opt(0.1, "DPO beta: strength of the pull towards the reference (higher = closer).", gt=0)
-    loss: str = _opt("sigmoid", "DPO loss variant (preftune.losses; docs/losses.md): sigmoid (DPO), hinge, ipo, "
+    loss: str = _opt("sigmoid", "DPO loss variant (preftune.dpo.losses; docs/losses.md): sigmoid (DPO), hinge, ipo, "
                      "and the length-aware sigmoid_norm (per-token log-ratios; β 2-5), rdpo (R-DPO; --rdpo-alpha), "
                      "simpo (SimPO, no reference; β 2-2.5, --simpo-gamma) and ld_dpo (LD-DPO; --ld-alpha). "
                      "--engine trl: not rdpo or simpo.", choices=LOSS_NAMES)
@@ -327,6 +327,9 @@ class RewardConfig(Config):
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, slower.")
     logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
+    precision: str = _opt("auto", "Compute precision, as `train --precision` ('auto': bf16 on a CUDA GPU that "
+                          "supports it, else fp32); fp16 needs a CUDA GPU.", choices=PRECISION_NAMES)
+    save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
     report_to: str = _opt(
         "none", "Experiment tracker the training logs to, written under ROOT/tracking/ (see the README).",
         choices=TRACKER_NAMES)
@@ -591,12 +594,34 @@ class SFTConfig(Config):
     max_length: int = _opt(512, "Max tokens of prompt + summary + EOS. Longer rows have their post trimmed (never the "
                            "summary), as `train` does.", gt=0)
     max_rows: int | None = _opt(None, "Train on at most this many rows (a seeded sample, by --seed).", gt=0)
+    grad_accum: int = _opt(1, "Gradient accumulation steps: trades memory for time at the same batch size.", gt=0)
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, more time.")
+    engine: str = _opt(
+        "fast", "Training engine: 'fast' (preftune's: packed rows without padding, LM head on the summary tokens "
+        "only) or 'trl' (TRL's SFTTrainer, completion-only loss: the reference implementation).",
+        choices=ENGINE_NAMES)
+    pack_tokens: int | None = _opt(
+        None, "Fast engine: rows are packed into forwards of at most this many tokens (each row keeps its own "
+        f"attention and positions); 0: one row per forward. Does not change the result (default: "
+        f"{DEFAULT_PACK_TOKENS['cpu']} on CPU, {DEFAULT_PACK_TOKENS['cuda']} on a GPU).", ge=0)
+    lora: bool = _opt(False, "Train a LoRA adapter instead of all weights; the saved model is merged.")
+    lora_r: int = _opt(16, "LoRA rank.", gt=0)
+    lora_alpha: int = _opt(32, "LoRA alpha (scale = alpha / r).", gt=0)
+    lora_dropout: float = _opt(0.05, "LoRA dropout.", ge=0, lt=1)
+    lora_targets: str = _opt("q_proj,k_proj,v_proj,o_proj", "Comma-separated module names LoRA adapts.")
     precision: str = _opt("auto", "Compute precision, as `train --precision` ('auto': bf16 on a CUDA GPU that "
                           "supports it, else fp32). On CPUs without bf16 units (AVX512-BF16/AMX) bf16 is ~10x "
                           "slower than fp32; fp16 needs a CUDA GPU.", choices=PRECISION_NAMES)
+    fsdp: bool = _opt(False, "Shard weights, gradients and optimizer state across the processes of a torchrun "
+                      "launch (FSDP2), as `train --fsdp`. Not with --lora or --save-steps.")
     logging_steps: int = _opt(1, "Log the loss every N optimizer steps.", gt=0)
     overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
+    save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
+    report_to: str = _opt(
+        "none", "Experiment tracker the run logs to (its training curves and settings), written under "
+        "ROOT/tracking/ (see the README).", choices=TRACKER_NAMES)
+    tracker_project: str | None = _opt(
+        None, "Tracker project the run is logged under (default: the --output-dir folder's name).", nonempty=True)
 
     @property
     def run_name(self) -> str:

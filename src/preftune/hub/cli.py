@@ -1,5 +1,5 @@
 """`preftune push PATH`: a run folder, a sweep's best runs (--best N) or a reward model folder, each to
-its own pusher (preftune.hub for runs, preftune.hub_rm for reward models; both share hub.py's staging,
+its own pusher (preftune.hub.models for runs, preftune.hub.rm for reward models; both share hub.py's staging,
 safety checks and Hub errors). The verb lives here so that neither pusher imports the other."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from preftune.config import PushConfig, add_arguments, from_args
 
 
 def push(path: Path, cfg: PushConfig) -> list:
-    from preftune.hub import push as push_runs
-    from preftune.hub_rm import is_reward_model_dir, push_reward_model
+    from preftune.hub.models import push as push_runs
+    from preftune.hub.rm import is_reward_model_dir, push_reward_model
 
     if cfg.best is None and is_reward_model_dir(path):
         return [push_reward_model(path, cfg)]

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preftune.config import TrainConfig
+from preftune.config import SFTConfig, TrainConfig
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
-from preftune.run_folder import atomic_write_json, strict_json
-from preftune.trackers import hparams, reporting
+from preftune.runs.folder import atomic_write_json, strict_json
+from preftune.runs.trackers import hparams, reporting
 
 
 @dataclass
@@ -23,12 +23,13 @@ class TrainJob:
     model_path: str  # a folder or hub cache path from_pretrained loads (policy and reference)
     tokenizer: Any
     pairs: list[Pair]  # already fitted to cfg.max_length
-    cfg: TrainConfig
+    cfg: TrainConfig | SFTConfig  # SFTConfig when objective is "sft"
     seed: int
     out_dir: Path  # the run folder being written (model goes here)
     per_device_batch_size: int
     log_path: Path  # per-step training log (JSON lines)
     resume_from: Path | None = None  # a complete checkpoint folder to continue from (see the module doc)
+    objective: str = "dpo"  # "dpo": pairs against the reference; "sft": the NLL of each row's chosen completion
 
     @property
     def run_name(self) -> str:
@@ -98,3 +99,46 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     folders = [p for p in (out_dir / CHECKPOINTS_DIR).glob("checkpoint-*")
                if re.fullmatch(r"checkpoint-\d+", p.name) and _marker(p) is not None]
     return max(folders, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(out_dir, step: int, elapsed_s: float, module, optimizer, scheduler, keep: int = 2) -> None:
+    """Trainable weights, optimizer and scheduler into checkpoints/checkpoint-<step>/, marked complete
+    last; older checkpoints beyond `keep` are removed only after the new one is marked."""
+    import shutil
+
+    import torch
+
+    folder = out_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    trainable = {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
+    torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               folder / "state.pt")
+    write_checkpoint_marker(folder, step, elapsed_s)
+    marked = sorted((p for p in folder.parent.glob("checkpoint-*") if (p / CHECKPOINT_MARKER).is_file()),
+                    key=lambda p: int(p.name.split("-")[1]))
+    for old in marked[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder, module, optimizer, scheduler) -> tuple[int, float]:
+    """Restore a checkpoint written by save_checkpoint; returns (steps done, training seconds so far)."""
+    import torch
+
+    try:
+        state = torch.load(folder / "state.pt", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError) as e:
+        raise PreftuneError(f"{folder / 'state.pt'}: cannot read this checkpoint ({type(e).__name__}); delete "
+                            f"{folder} to start the run over") from None
+    missing = set(state["model"]) - {n for n, _ in module.named_parameters()}
+    if missing:
+        raise PreftuneError(f"{folder}: checkpoint does not match the model ({len(missing)} unknown tensors); "
+                            "delete it to start the run over")
+    with torch.no_grad():
+        params = dict(module.named_parameters())
+        for name, value in state["model"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    marker = read_checkpoint_marker(folder)
+    return marker["step"], marker["elapsed_s"]

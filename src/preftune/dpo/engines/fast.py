@@ -38,7 +38,7 @@ mean of the whole batch (equal when micro-batches hold equal chosen tokens).
 
 Precision (`--precision`, preftune.precision) is accelerate's mixed precision; with `--fsdp` the model
 is sharded as it loads (transformers' FSDP2 plan) and gradients are reduced by FSDP instead of DDP.
-Everything else — losses (`preftune.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), fused
+Everything else — losses (`preftune.dpo.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), fused
 AdamW with linear decay and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the
 TRL engine, so train, sweep, report and push cannot tell the engines apart.
 """
@@ -51,16 +51,29 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from preftune import trackers
-from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, TrainJob, TrainResult, append_log,
-                                   read_checkpoint_marker, write_checkpoint_marker)
-from preftune.errors import PreftuneError
-from preftune.logps import (PackedPair, PairLogpsModule, default_pack_tokens, pack_pair, pack_row, plan_rows,
-                            row_logps, row_weights, slot_sums)
-from preftune.losses import configured, is_reference_free, ld_alpha
-from preftune.models import load_model
+from preftune.dpo.engines.base import (
+    TrainJob,
+    TrainResult,
+    append_log,
+    load_checkpoint,
+    save_checkpoint,
+)
+from preftune.dpo.logps import (
+    PackedPair,
+    PairLogpsModule,
+    default_pack_tokens,
+    pack_pair,
+    pack_row,
+    plan_rows,
+    row_logps,
+    row_weights,
+    slot_sums,
+)
+from preftune.dpo.losses import configured, is_reference_free, ld_alpha
+from preftune.dpo.refcache import reference_logps
+from preftune.models import disable_dropout, load_model
 from preftune.precision import ACCELERATE_NAMES, DTYPES, resolve
-from preftune.refcache import reference_logps
+from preftune.runs import trackers
 
 MAX_GRAD_NORM = 1.0  # HF Trainer's default, which the TRL engine uses
 
@@ -141,12 +154,12 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     if cfg.lora:
         from peft import get_peft_model
 
-        from preftune.engines.trl import lora_config
+        from preftune.dpo.engines.trl import lora_config
 
         model = get_peft_model(model, lora_config(job))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    _disable_dropout(model)
+    disable_dropout(model)
     module = PairLogpsModule(model, dtype=DTYPES[precision]).train()
     params = [p for p in module.parameters() if p.requires_grad]
     # fused: one kernel per step instead of several full-size temporaries (measured 0.3 s vs 0.7-0.9 s a step
@@ -261,45 +274,6 @@ def _scalar(x) -> float:
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
 
-def save_checkpoint(out_dir, step: int, elapsed_s: float, module, optimizer, scheduler, keep: int = 2) -> None:
-    """Trainable weights, optimizer and scheduler into checkpoints/checkpoint-<step>/, marked complete
-    last; older checkpoints beyond `keep` are removed only after the new one is marked."""
-    import shutil
-
-    folder = out_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    trainable = {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
-    torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               folder / "state.pt")
-    write_checkpoint_marker(folder, step, elapsed_s)
-    marked = sorted((p for p in folder.parent.glob("checkpoint-*") if (p / CHECKPOINT_MARKER).is_file()),
-                    key=lambda p: int(p.name.split("-")[1]))
-    for old in marked[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(folder, module, optimizer, scheduler) -> tuple[int, float]:
-    """Restore a checkpoint written by save_checkpoint; returns (steps done, training seconds so far)."""
-    try:
-        state = torch.load(folder / "state.pt", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError) as e:
-        raise PreftuneError(f"{folder / 'state.pt'}: cannot read this checkpoint ({type(e).__name__}); delete "
-                            f"{folder} to start the run over") from None
-    missing = set(state["model"]) - {n for n, _ in module.named_parameters()}
-    if missing:
-        raise PreftuneError(f"{folder}: checkpoint does not match the model ({len(missing)} unknown tensors); "
-                            "delete it to start the run over")
-    with torch.no_grad():
-        params = dict(module.named_parameters())
-        for name, value in state["model"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    marker = read_checkpoint_marker(folder)
-    return marker["step"], marker["elapsed_s"]
-
-
 def _losses(loss_fn, pol: torch.Tensor, ref: torch.Tensor, beta: float, pairs: list[PackedPair]
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(k,) per-pair losses of a row's pairs and (k, 2) their (chosen, rejected) rewards, detached."""
@@ -318,9 +292,3 @@ def _row_logps(module, row, ld_alpha: float | None) -> tuple[torch.Tensor, torch
     pol = raw if weights is None else slot_sums(tokens * weights.to(tokens.device), row.slots.to(tokens.device), len(row))
     return pol, -raw[:, 0]
 
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    """As TRL does (disable_dropout=True): dropout would make π ≠ π_ref at step 0."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0

@@ -1,7 +1,7 @@
 """THE decoder of preftune: one decoding config and one seeded token choice, for the judge (batched)
 and the demo (streamed token by token), so the same seed gives the same summary on both paths.
 
-    from preftune.generate import Decoding, generate, stream_texts
+    from preftune.judge.generate import Decoding, generate, stream_texts
     outs = generate(model, tokenizer, prompts, Decoding(temperature=0.7, seed=1))
     outs[0].text, outs[0].tokens, outs[0].ended      # " my summary", 12, "eos"
     for texts in stream_texts([base, tuned], tokenizer, prompt_ids, Decoding(0.7, 0.95, 64, seed=1)): ...
@@ -30,8 +30,14 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 
 @dataclass(frozen=True)

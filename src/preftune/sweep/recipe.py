@@ -36,8 +36,18 @@ from typing import Any
 from preftune.config import DataConfig, check_value
 from preftune.errors import DataError, PreftuneError
 from preftune.launch import single_process
-from preftune.run_folder import (CONFIG_FILE, JUDGE_TEST_FILE, METRICS_FILE, RM_CONFIG_FILE, RM_EVAL_FILE,
-                                 atomic_write_json, is_finished_run, read_eval, read_json, run_dirs)
+from preftune.runs.folder import (
+    CONFIG_FILE,
+    JUDGE_TEST_FILE,
+    METRICS_FILE,
+    RM_CONFIG_FILE,
+    RM_EVAL_FILE,
+    atomic_write_json,
+    is_finished_run,
+    read_eval,
+    read_json,
+    run_dirs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +94,14 @@ def _lines(path: Path, text: str) -> dict[tuple[str, ...], int]:
 
 def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tuple]]:
     from preftune.cli import build_parser
-    from preftune.config_files import parser_hints
+    from preftune.config.files import parser_hints
 
     parser = build_parser()
     for word in verb:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[word]
     if verb == ("sweep",):  # the sweep reads its own file: its grid keys take lists
-        from preftune.sweep import _settable
+        from preftune.sweep.grid import _settable
         return _settable(), parser_hints(parser)[1]
     return parser_hints(parser)
 
@@ -100,7 +110,7 @@ def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any,
     """A section's settings, each checked against the command's flags: the same rules as --config
     (`config_files.check_setting`), and each value against its config field's range. Returned as written:
     each step's command reads them again from the settings file the recipe writes for it."""
-    from preftune.config_files import check_setting
+    from preftune.config.files import check_setting
 
     line = lines.get(where)
     if values is None:

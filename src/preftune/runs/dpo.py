@@ -26,19 +26,32 @@ from pathlib import Path
 from typing import Any
 
 import preftune
-from preftune import run_folder, trackers
 from preftune.config import DataConfig, TrainConfig
 from preftune.data.fit import fit, subsample
 from preftune.data.options import select_train_pairs
 from preftune.data.prepare import Pair, prepare
-from preftune.engines import CHECKPOINTS_DIR, ENGINES, TrainJob, latest_checkpoint, read_checkpoint_marker
+from preftune.dpo.engines import (
+    CHECKPOINTS_DIR,
+    ENGINES,
+    TrainJob,
+    latest_checkpoint,
+    read_checkpoint_marker,
+)
+from preftune.dpo.evaluate import evaluate_pairs, format_table
+from preftune.dpo.logps import tokenize_completion
 from preftune.errors import PreftuneError
-from preftune.evaluate import evaluate_pairs, format_table
 from preftune.launch import agreed, check_launch, from_rank_zero, gather
-from preftune.logps import tokenize_completion
 from preftune.models import ResolvedModel, load_tokenizer, resolve_model
 from preftune.precision import resolve as resolve_precision
-from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, METRICS_FILE, TEST_PAIRS_FILE, TRAIN_LOG_FILE
+from preftune.runs import folder as run_folder
+from preftune.runs import trackers
+from preftune.runs.folder import (
+    CONFIG_FILE,
+    EVAL_PAIRS_FILE,
+    METRICS_FILE,
+    TEST_PAIRS_FILE,
+    TRAIN_LOG_FILE,
+)
 
 logger = logging.getLogger(__name__)
 

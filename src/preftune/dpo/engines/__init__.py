@@ -29,18 +29,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from preftune.engines.base import (CHECKPOINT_MARKER, CHECKPOINTS_DIR, LOG_KEYS, TrainJob, TrainResult,  # noqa: F401
-                                   append_log, latest_checkpoint, read_checkpoint_marker, write_checkpoint_marker)
+from preftune.dpo.engines.base import (  # noqa: F401
+    CHECKPOINT_MARKER,
+    CHECKPOINTS_DIR,
+    LOG_KEYS,
+    TrainJob,
+    TrainResult,
+    append_log,
+    latest_checkpoint,
+    read_checkpoint_marker,
+    write_checkpoint_marker,
+)
 
 
 def _trl(job: TrainJob) -> TrainResult:
-    from preftune.engines.trl import train
+    from preftune.dpo.engines.trl import train
 
     return train(job)
 
 
 def _fast(job: TrainJob) -> TrainResult:
-    from preftune.engines.fast import train
+    from preftune.dpo.engines.fast import train
 
     return train(job)
 

@@ -6,7 +6,7 @@ runs (default 1) — and only those — are then scored on their test pairs (tes
 reused while the weights and pairs are unchanged), shown with the number of runs that were compared.
 Runs trained before preftune kept a test split say so instead.
 
-Reads only what each finished run folder holds (through preftune.run_folder, which checks it), so it
+Reads only what each finished run folder holds (through preftune.runs.folder, which checks it), so it
 works on any folder of runs — a sweep's or hand-made — and writes into ROOT:
 
     leaderboard.csv / leaderboard.json   runs ranked on validation, with the chosen runs' test metrics
@@ -33,10 +33,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from preftune import run_folder
 from preftune.config import ReportConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
-from preftune.run_folder import CONFIG_FILE, TEST_PAIRS_FILE, Run, open_run
+from preftune.runs import folder as run_folder
+from preftune.runs.folder import CONFIG_FILE, TEST_PAIRS_FILE, Run, open_run
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,9 @@ def chosen_test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
             stored = {**stored, "selection": selection}
             run_folder.atomic_write_json(run.path / run_folder.TEST_FILE, stored)
         return stored, "computed"
-    from preftune.evaluate import evaluate_split  # torch: only when a test result is due
+    from preftune.dpo.evaluate import (
+        evaluate_split,  # torch: only when a test result is due
+    )
 
     logger.info(f"report: scoring {run.name} on its test pairs (chosen on validation, #{selection['rank']} of "
                 f"{selection['runs_compared']})")

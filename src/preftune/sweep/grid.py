@@ -27,12 +27,20 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preftune import trackers
-from preftune.config import (LOSS_FIELDS, DataConfig, ReportConfig, SweepConfig, TrainConfig, add_arguments, flag_name,
-                             run_name)
-from preftune.config_files import coerce, load_config_file
+from preftune.config import (
+    LOSS_FIELDS,
+    DataConfig,
+    ReportConfig,
+    SweepConfig,
+    TrainConfig,
+    add_arguments,
+    flag_name,
+    run_name,
+)
+from preftune.config.files import coerce, load_config_file
 from preftune.errors import PreftuneError
-from preftune.run_folder import atomic_write_json
+from preftune.runs import trackers
+from preftune.runs.folder import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +145,7 @@ def differences(stored: dict, wanted: dict) -> list[str]:
 def run_state(root: Path, planned: PlannedRun, data_cfg: DataConfig) -> str:
     """'finished', 'resume from checkpoint-N', 'restart' or 'new'. A finished run trained with other
     settings is an error: the sweep would report it as if it were this grid's."""
-    from preftune.train import resume_point, run_spec, stored_spec
+    from preftune.runs.dpo import resume_point, run_spec, stored_spec
 
     final, partial = root / planned.name, root / (planned.name + ".partial")
     if final.exists():
@@ -190,8 +198,8 @@ def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, report_cfg
     runs' states from its disk and writes the plan and report (a rank on another machine, without a shared
     filesystem, would see no run finished)."""
     from preftune.launch import agreed, check_launch, from_rank_zero
-    from preftune.report import report
-    from preftune.train import prepare_run_data, run
+    from preftune.runs.dpo import prepare_run_data, run
+    from preftune.sweep.report import report
 
     rank = check_launch()[0]  # first: a launch that is not one process group stops before the lock and the plan
     root = Path(base.output_dir)

@@ -46,14 +46,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import preftune
-from preftune.config import DEFAULT_RM, DataConfig, RewardConfig, add_arguments, from_args
+from preftune.config import (
+    DEFAULT_RM,
+    DataConfig,
+    RewardConfig,
+    add_arguments,
+    from_args,
+)
 from preftune.data.balance import BALANCE_BIN, length_balanced, token_lengths
 from preftune.data.prepare import Pair
 from preftune.data.sequence import sequence_text
 from preftune.errors import PreftuneError
-from preftune import run_folder, trackers
-from preftune.models import ResolvedModel, inference_device, installed_wheel_path, resolve_model
-from preftune.run_folder import RM_CONFIG_FILE, RM_EVAL_FILE, atomic_write_json, read_json, require_key
+from preftune.models import (
+    ResolvedModel,
+    disable_dropout,
+    inference_device,
+    installed_wheel_path,
+    resolve_model,
+)
+from preftune.runs import folder as run_folder
+from preftune.runs import trackers
+from preftune.runs.folder import (
+    RM_CONFIG_FILE,
+    RM_EVAL_FILE,
+    atomic_write_json,
+    read_json,
+    require_key,
+)
 from preftune.stats import by_group, length_strata, pearson, spearman
 
 if TYPE_CHECKING:
@@ -189,9 +208,7 @@ def build_model(path: str, heads: tuple[str, ...], tokenizer, seed: int):
         dtype=torch.float32)
     if model.config.pad_token_id is None:  # causal LMs: the score reads the last non-pad token
         model.config.pad_token_id = tokenizer.pad_token_id
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    disable_dropout(model)
     return model
 
 

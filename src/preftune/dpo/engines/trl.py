@@ -21,12 +21,18 @@ import torch
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from preftune import trackers
-from preftune.engines.base import (CHECKPOINTS_DIR, TrainJob, TrainResult, append_log, read_checkpoint_marker,
-                                   write_checkpoint_marker)
+from preftune.dpo.engines.base import (
+    CHECKPOINTS_DIR,
+    TrainJob,
+    TrainResult,
+    append_log,
+    read_checkpoint_marker,
+    write_checkpoint_marker,
+)
 from preftune.errors import PreftuneError
 from preftune.models import load_model
 from preftune.precision import resolve
+from preftune.runs import trackers
 
 
 class JsonlLogger(TrainerCallback):

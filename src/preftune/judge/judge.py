@@ -2,7 +2,7 @@
 
 Held-out preference accuracy says the policy *ranks* human pairs; only generation says it *writes*
 better summaries. For N held-out posts (never trained on, by the policy or by the reward model) the
-tuned model and its base each write a TL;DR (greedy, and sampled at T=0.7) with preftune.generate's
+tuned model and its base each write a TL;DR (greedy, and sampled at T=0.7) with preftune.judge.generate's
 decoder (batched by prompt length, stopping at the end of the summary's line), a reward model
 (`preftune rm train`: its quality head when it has one, its length-corrected score when it has a
 length correction) scores both, and the judge reports:
@@ -17,7 +17,7 @@ length correction) scores both, and the judge reports:
 - the win rate of each model against the human reference summary where the data has one
   (policy "ref" in OpenAI's batch18);
 - a verdict whose strength follows the reward model's LENGTH-BALANCED held-out accuracy
-  (preftune.reward.rm_strength): an RM that is a length counter gives a WEAK verdict however high
+  (preftune.judge.reward.rm_strength): an RM that is a length counter gives a WEAK verdict however high
   its raw accuracy.
 Everything lands in RUN_DIR/judge.json, per-post samples included, so every number can be recomputed.
 """
@@ -38,12 +38,31 @@ from preftune.config import JudgeConfig, add_arguments, from_args
 from preftune.data.prepare import Pair
 from preftune.data.truncate import fit_pair, sequence_length
 from preftune.errors import PreftuneError
-from preftune.reward import LITERATURE, RewardModelFolder, measuring_long_texts, open_reward_model, rm_strength
-from preftune.run_folder import JUDGE_FILE, JUDGE_TEST_FILE, Run, atomic_write_json, open_run, pairs_file
-from preftune.stats import bootstrap_interval, length_controlled_win_rate, length_strata, outcomes, win_stats
+from preftune.judge.reward import (
+    LITERATURE,
+    RewardModelFolder,
+    measuring_long_texts,
+    open_reward_model,
+    rm_strength,
+)
+from preftune.runs.folder import (
+    JUDGE_FILE,
+    JUDGE_TEST_FILE,
+    Run,
+    atomic_write_json,
+    open_run,
+    pairs_file,
+)
+from preftune.stats import (
+    bootstrap_interval,
+    length_controlled_win_rate,
+    length_strata,
+    outcomes,
+    win_stats,
+)
 
 if TYPE_CHECKING:
-    from preftune.generate import Decoding, Generation
+    from preftune.judge.generate import Decoding, Generation
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +282,7 @@ class ReferenceRM:
     in batches."""
 
     def __init__(self, folder: RewardModelFolder | Path, batch_size: int):
-        from preftune.reward import load_reward_model
+        from preftune.judge.reward import load_reward_model
 
         self.folder = folder if isinstance(folder, RewardModelFolder) else open_reward_model(folder)
         self.model, self.tokenizer = load_reward_model(str(self.folder.path))
@@ -285,14 +304,14 @@ class ReferenceRM:
                 pair = fitted
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
-        from preftune.reward import score
+        from preftune.judge.reward import score
 
         return score(self.model, self.tokenizer, prompts, completions, self.batch_size, "judge reward").tolist()
 
 
 def model_generator(path: str, batch_size: int, label: str) -> Generator:
     """A Generator over a causal LM folder, loaded when called and released after."""
-    from preftune.generate import generate_many
+    from preftune.judge.generate import generate_many
     from preftune.models import inference_device, load_model, load_tokenizer
 
     def run(prompts: list[str], decodings: list[Decoding]) -> dict[str, list[Generation]]:
@@ -322,7 +341,7 @@ def load_posts(run: Run, cfg: JudgeConfig) -> tuple[list[Post], str]:
 
 
 def decodings_of(cfg: JudgeConfig) -> list[Decoding]:
-    from preftune.generate import Decoding
+    from preftune.judge.generate import Decoding
 
     return ([Decoding(0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)] if cfg.greedy else []) + \
         ([Decoding(cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)] if cfg.temperature > 0 else [])
@@ -352,8 +371,8 @@ def rm_summary(rm: RewardModelFolder) -> dict:
 
 
 def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
+    from preftune.judge.reward import summary_tokens
     from preftune.models import load_tokenizer, resolve_model
-    from preftune.reward import summary_tokens
 
     run = open_run(run_dir)
     rm = open_reward_model(Path(cfg.rm) if cfg.rm else run.path.parent / RM_DEFAULT_NAME)
@@ -443,7 +462,7 @@ def cmd_judge(ns: argparse.Namespace) -> None:
 
 
 def add_cli(verbs) -> None:
-    """`preftune judge` (`preftune rm train` lives with the reward model: preftune.reward.add_cli)."""
+    """`preftune judge` (`preftune rm train` lives with the reward model: preftune.judge.reward.add_cli)."""
     jd = verbs.add_parser("judge", help="generate summaries of held-out posts with the tuned and the base model, "
                                         "score them with the reward model, report win rates → RUN_DIR/judge.json (--split test: judge_test.json)")
     jd.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")

@@ -2,7 +2,7 @@
 
     preftune push RUN_DIR [--repo-id OWNER/NAME] [--private] [--dry-run [--stage-dir DIR]]
     preftune push ROOT --best N [--rank-by METRIC] [--namespace ORG]
-    preftune push RM_DIR [--repo-id OWNER/NAME] ...        a reward model folder (preftune.hub_rm)
+    preftune push RM_DIR [--repo-id OWNER/NAME] ...        a reward model folder (preftune.hub.rm)
 
 Each run is first staged into an upload folder (hard links to the run's files where the filesystem
 allows): the model as `save_pretrained` wrote it, the run's configs, log, metrics and held-out pairs,
@@ -19,7 +19,7 @@ is, is inside, or contains a run being pushed (ROOT included), that is a file or
 written, is refused before any work; an existing upload folder is replaced only when preftune staged it.
 `--best N` ranks runs on validation (--rank-by, as `preftune report`), never picks a run without a valid
 value of that metric, and refuses runs scored on different validation data. The staging, the token and
-the Hub errors here are shared by the reward model and dataset pushes (preftune.hub_rm, preftune.hub_data).
+the Hub errors here are shared by the reward model and dataset pushes (preftune.hub.rm, preftune.hub.data).
 
 The token comes from HF_TOKEN or the `hf auth login` cache (`huggingface_hub.get_token`). It is handed
 to the client and nowhere else: never printed, logged, or written into a file.
@@ -38,12 +38,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from preftune import run_folder
 from preftune.config import DEFAULT_MODEL, PushConfig
 from preftune.errors import PreftuneError
 from preftune.hubids import is_hub_id
-from preftune.report import CURVES_NOTE, RANKINGS, data_groups, dataset_label, leaderboard, plot_curves
-from preftune.run_folder import Run, open_run
+from preftune.runs import folder as run_folder
+from preftune.runs.folder import Run, open_run
+from preftune.sweep.report import (
+    CURVES_NOTE,
+    RANKINGS,
+    data_groups,
+    dataset_label,
+    leaderboard,
+    plot_curves,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -492,7 +499,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 def hub_errors(repo_id: str | None):
     """Turn the Hub client's failures into one-line errors that say what to do next."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        OfflineModeIsEnabled,
+    )
 
     endpoint, repo = constants.ENDPOINT, repo_id or "the repo"
     try:
@@ -616,7 +627,7 @@ def runs_to_push(path: Path, cfg: PushConfig) -> list[Path]:
 
 def push(path: Path, cfg: PushConfig) -> list[Upload]:
     """Stage and upload (or, with --dry-run, only stage) each run; checks everything first. (`preftune
-    push` sends a reward model folder to preftune.hub_rm instead: see preftune.push.)"""
+    push` sends a reward model folder to preftune.hub.rm instead: see preftune.hub.cli.)"""
     runs = [check_run(r).path for r in runs_to_push(path, cfg)]
     if cfg.dry_run:
         stage_root = claim_stage(cfg.stage_dir, runs[0].parent / DEFAULT_STAGE, runs, [r.name for r in runs])

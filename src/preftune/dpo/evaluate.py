@@ -29,12 +29,17 @@ from pathlib import Path
 
 import torch
 
-from preftune import run_folder
 from preftune.data.prepare import Pair
+from preftune.dpo.logps import (
+    PairLogpsModule,
+    default_pack_tokens,
+    pack_pair,
+    pairs_logps,
+)
+from preftune.dpo.losses import pair_rewards, reward_name
 from preftune.errors import PreftuneError
-from preftune.logps import PairLogpsModule, default_pack_tokens, pack_pair, pairs_logps
-from preftune.losses import pair_rewards, reward_name
-from preftune.run_folder import CONFIG_FILE, EVAL_PAIRS_FILE, Run, open_run  # noqa: F401 - names judge.py reads
+from preftune.runs import folder as run_folder
+from preftune.runs.folder import CONFIG_FILE, EVAL_PAIRS_FILE, Run, open_run  # noqa: F401 - names judge.py reads
 from preftune.stats import by_group, length_strata
 
 logger = logging.getLogger(__name__)
@@ -130,8 +135,8 @@ def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float,
     lda = ld_alpha if reward == "ld_dpo" else None
     pol, counts = score_pairs(policy, tokenizer, pairs, "eval policy", lda)
     if isinstance(reference, (str, Path)):
+        from preftune.dpo.refcache import reference_logps
         from preftune.models import load_model
-        from preftune.refcache import reference_logps
 
         packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
         ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)), ld_alpha=lda)

@@ -10,7 +10,7 @@ judged by); every other key is shown when present and "n/a" otherwise, so folder
 preftune versions both make a card.
 
 Staging, safety (a dry run writes nothing outside its stage folder, never into the RM folder), the token
-and the Hub errors are `preftune push`'s own (preftune.hub).
+and the Hub errors are `preftune push`'s own (preftune.hub.models).
 """
 
 from __future__ import annotations
@@ -23,16 +23,33 @@ from typing import Any
 
 from preftune.config import PushConfig
 from preftune.errors import PreftuneError
-from preftune.hub import (CARD, DEFAULT_STAGE, KNOWN_LICENSES, Upload, _fmt, _plain, _with_ci, claim_stage, count,
-                          fresh_folder, hub_dataset, hub_token, interval, link_files, namespace_of, number, publish,
-                          repo_id_for)
+from preftune.hub.models import (
+    CARD,
+    DEFAULT_STAGE,
+    KNOWN_LICENSES,
+    Upload,
+    _fmt,
+    _plain,
+    _with_ci,
+    claim_stage,
+    count,
+    fresh_folder,
+    hub_dataset,
+    hub_token,
+    interval,
+    link_files,
+    namespace_of,
+    number,
+    publish,
+    repo_id_for,
+)
 from preftune.hubids import is_hub_id
-from preftune.report import dataset_label
-from preftune.run_folder import RM_CONFIG_FILE, RM_EVAL_FILE, read_json, require_key
+from preftune.runs.folder import RM_CONFIG_FILE, RM_EVAL_FILE, read_json, require_key
+from preftune.sweep.report import dataset_label
 
 logger = logging.getLogger(__name__)
 
-FALLBACK_ID = "sentence-transformers/all-MiniLM-L6-v2"  # = preftune.reward.FALLBACK_ID
+FALLBACK_ID = "sentence-transformers/all-MiniLM-L6-v2"  # = preftune.judge.reward.FALLBACK_ID
 RM_LICENSES = {"distilbert/distilbert-base-uncased": "apache-2.0", FALLBACK_ID: "apache-2.0"}
 EXAMPLE_PROMPT = "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"
 

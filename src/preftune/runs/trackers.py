@@ -41,7 +41,7 @@ from typing import Any
 
 from preftune import log
 from preftune.errors import PreftuneError
-from preftune.run_folder import atomic_write_json
+from preftune.runs.folder import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,13 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from preftune.dpo.logps import (
+    PackedPair,
+    PairLogpsModule,
+    default_pack_tokens,
+    pairs_logps,
+)
 from preftune.errors import PreftuneError
-from preftune.logps import PackedPair, PairLogpsModule, default_pack_tokens, pairs_logps
 from preftune.models import cache_dir, inference_device
 from preftune.precision import DTYPES
 

@@ -35,7 +35,6 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 import preftune
 from preftune.config import DataPushConfig
@@ -43,10 +42,23 @@ from preftune.data.folder import SPLIT_FILES, STATS_FILE, is_prepared_dir, load_
 from preftune.data.pairs import Pair
 from preftune.data.sources import SHIPPED, broken_link, path_kind
 from preftune.errors import PreftuneError
-from preftune.hub import (CARD, DEFAULT_STAGE, TOKEN_HELP, Upload, _fmt, _plain, claim_stage, count, fresh_folder,
-                          hub_dataset, hub_errors, hub_token, number, publish)
-from preftune.report import dataset_label
-from preftune.run_folder import CONFIG_FILE, RM_CONFIG_FILE
+from preftune.hub.models import (
+    CARD,
+    DEFAULT_STAGE,
+    TOKEN_HELP,
+    Upload,
+    _fmt,
+    _plain,
+    claim_stage,
+    count,
+    fresh_folder,
+    hub_dataset,
+    hub_errors,
+    hub_token,
+    publish,
+)
+from preftune.runs.folder import CONFIG_FILE, RM_CONFIG_FILE
+from preftune.sweep.report import dataset_label
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +66,7 @@ SPLITS = ("train", "validation", "test")
 PREFERENCES_FILE = "preferences.jsonl"
 RAW_FILE = "raw/preferences.jsonl"
 LICENSE_FILE = "LICENSE"
-TLDR = "openai/summarize_from_feedback"  # the shipped sample is a part of it (preftune.hub.HUB_DATASETS)
+TLDR = "openai/summarize_from_feedback"  # the shipped sample is a part of it (preftune.hub.models.HUB_DATASETS)
 WHAT = ("pass a folder written by `preftune data prepare` (train.jsonl, eval.jsonl, test.jsonl, stats.json), or the "
         f"demo's {PREFERENCES_FILE} or the folder holding it")
 
