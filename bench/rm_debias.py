@@ -47,9 +47,11 @@ def settings(data_cfg: DataConfig, cfg: RewardConfig) -> dict:
 
 def finished(folder: Path, want: dict, debias: str) -> bool:
     """The folder holds a finished RM trained with these settings."""
+    from preftune.runs.folder import reward_model_config
+
     try:
-        config = json.loads((folder / "rm_config.json").read_text())
-    except (OSError, ValueError):
+        config = json.loads(reward_model_config(folder).read_text())
+    except (AttributeError, OSError, ValueError):  # AttributeError: no settings file (None)
         return False
     got = settings(DataConfig(**config["data"]), RewardConfig(**config["rm"]))
     return got == want and config.get("debias", "none") == debias and (folder / "rm_eval.json").is_file()
@@ -75,7 +77,8 @@ def held_out_test(folder: Path, data_cfg: DataConfig, cfg: RewardConfig) -> dict
 
 
 def run_variant(debias: str, data_cfg: DataConfig, cfg: RewardConfig, work: Path) -> dict:
-    from preftune.judge.reward import train_reward_model
+    from preftune.runs.folder import reward_model_config
+    from preftune.runs.rm import train_reward_model
 
     cfg = dataclasses.replace(cfg, output_dir=str(work), name=f"rm_{debias}", debias=debias, overwrite=True)
     folder = work / cfg.name
@@ -84,7 +87,9 @@ def run_variant(debias: str, data_cfg: DataConfig, cfg: RewardConfig, work: Path
         start = time.perf_counter()
         train_reward_model(data_cfg, cfg)
         wall = round(time.perf_counter() - start, 1)
-    config = json.loads((folder / "rm_config.json").read_text())
+    config = json.loads(reward_model_config(folder).read_text())
+    if (folder / "metrics.json").is_file():  # steps and runtime: in rm_config.json before run kinds
+        config.update(json.loads((folder / "metrics.json").read_text()))
     metrics = json.loads((folder / "rm_eval.json").read_text())
     out = {"debias": debias, "folder": str(folder), "train_pairs": config["train_pairs"], "steps": config["steps"],
            "train_runtime_s": config["train_runtime_s"], "wall_s": wall,

@@ -73,11 +73,11 @@ def test_balance_is_seeded():
 
 
 def test_balance_is_what_the_reward_model_uses():
-    """One owner: reward.length_balanced is the data package's."""
+    """One owner: the reward model's length_balanced is the data package's."""
     from preftune.data import balance
-    from preftune.judge import reward
+    from preftune.runs import rm
 
-    assert reward.length_balanced is balance.length_balanced and reward.BALANCE_BIN == balance.BALANCE_BIN == 10
+    assert rm.length_balanced is balance.length_balanced and rm.BALANCE_BIN == balance.BALANCE_BIN == 10
 
 
 def conf_pair(i: int, raw: int | None) -> Pair:
@@ -184,15 +184,16 @@ def test_a_run_records_the_option_statistics(tiny_model, tmp_path, caplog):
 
 def test_rm_train_balances_once(tiny_model, tmp_path, caplog):
     """`rm train --length-balance` with the default --debias balance: balanced once, before --max-pairs, in
-    the RM tokenizer's tokens; rm_config.json records the counts."""
+    the RM tokenizer's tokens; its preftune_config.json records the counts."""
     from preftune.config import RewardConfig
-    from preftune.judge.reward import RM_CONFIG_FILE, train_reward_model
+    from preftune.runs.folder import CONFIG_FILE
+    from preftune.runs.rm import train_reward_model
 
     rm_cfg = RewardConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=1e-2, batch_size=4, max_length=512,
                           max_pairs=4, max_eval_pairs=4, logging_steps=1)
     with caplog.at_level(logging.INFO):
         folder = train_reward_model(cfg(length_balance=True), rm_cfg)
-    config = json.loads((folder / RM_CONFIG_FILE).read_text())
+    config = json.loads((folder / CONFIG_FILE).read_text())
     options = config["train_options"]
     assert config["debias"] == "balance" and config["train_pairs"] == 4 < options["pairs_after"]
     assert options["length_balance"]["after"]["chosen_longer"] == options["length_balance"]["after"]["chosen_shorter"]

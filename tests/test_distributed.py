@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.mark.parametrize("engine", ["fast", "trl"])
@@ -113,3 +114,34 @@ def test_a_finished_run_seen_by_one_rank_only_stops_every_rank(tiny_model, tmp_p
         done.stderr[-3000:]
     for rank in (0, 1):  # nothing written on either disk
         assert [p.name for p in (tmp_path / f"runs-{rank}").glob("*")] == ([run] if rank == holder else [])
+
+
+def test_two_processes_train_the_reward_model_a_single_process_trains(tiny_model, tmp_path, monkeypatch):
+    """`rm train` under torchrun: one folder (rank 0 writes, evaluates, prints), trained on 2 ranks; each
+    rank's loss weighted by its share of the batch, so the logged loss, accuracy and weights are those of
+    one process training on the whole batch (up to float rounding)."""
+    from safetensors.torch import load_file
+
+    from preftune.config import DataConfig, RewardConfig
+    from preftune.runs.rm import train_reward_model
+
+    args = dict(model=str(tiny_model), lr=1e-2, batch_size=4, max_pairs=8, max_eval_pairs=4, max_length=192,
+                debias="none", logging_steps=1)
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone", "-m", "preftune",
+           "rm", "train", "--output-dir", str(tmp_path / "two"), "--fraction", "0.03", "--seed", "3",
+           *[f"--{k.replace('_', '-')}={v}" for k, v in args.items()]]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["reward_model"]
+    two = tmp_path / "two" / "reward_model"
+    assert json.loads((two / "preftune_config.json").read_text())["world_size"] == 2
+    assert done.stdout.count("reward model, held-out:") == 1
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = train_reward_model(DataConfig(fraction=0.03, seed=3), RewardConfig(output_dir=str(tmp_path / "one"), **args))
+    logs = [[json.loads(line) for line in (run / "train_log.jsonl").open()] for run in (one, two)]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2]
+    for key in ("loss", "accuracy", "margin", "grad_norm"):
+        assert [r[key] for r in logs[1]] == pytest.approx([r[key] for r in logs[0]], rel=1e-4, abs=1e-6), key
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -153,7 +153,7 @@ def test_copying_the_preferred_summary_by_hand():
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model, tmp_path_factory):
     """A tiny DPO run and, beside it, a tiny RM trained on the same data config (so the same split)."""
-    from preftune.judge.reward import train_reward_model
+    from preftune.runs.rm import train_reward_model
     from preftune.runs.dpo import train
 
     root = tmp_path_factory.mktemp("judge")
@@ -255,9 +255,9 @@ def test_judge_refuses_an_rm_trained_on_the_judged_posts(tiny_run, tmp_path):
     from preftune.judge.judge import judge_run
 
     rm = shutil.copytree(tiny_run.parent / "reward_model", tmp_path / "rm")
-    config = json.loads((rm / "rm_config.json").read_text())
+    config = json.loads((rm / "preftune_config.json").read_text())
     config["train_post_ids"].append(read_jsonl(tiny_run / "eval_pairs.jsonl")[0].post_id)
-    (rm / "rm_config.json").write_text(json.dumps(config))
+    (rm / "preftune_config.json").write_text(json.dumps(config))
     with pytest.raises(PreftuneError, match="was trained on 1 of the posts to judge"):
         judge_run(tiny_run, JudgeConfig(rm=str(rm), n=2))
     with pytest.raises(PreftuneError, match="no reward model at"):

@@ -50,8 +50,8 @@ def test_without_a_group_an_error_is_raised_as_it_was():
     ({"ACCELERATE_USE_DEEPSPEED": "1"}, "asks for accelerate's DeepSpeed"),
 ])
 def test_a_single_process_command_refuses_any_multi_process_launch(environ, asked):
-    with pytest.raises(PreftuneError, match="`preftune rm train` trains in one process") as raised:
-        single_process("rm train", environ)
+    with pytest.raises(PreftuneError, match="`preftune recipe` trains in one process") as raised:
+        single_process("recipe", environ)
     assert asked in str(raised.value) and "without torchrun or accelerate launch" in str(raised.value)
 
 
@@ -68,7 +68,7 @@ from pathlib import Path
 import torch.distributed as dist
 from preftune.errors import PreftuneError
 from preftune.launch import agreed, from_rank_zero, gather
-from preftune.runs.dpo import same_resume
+from preftune.runs.lifecycle import same_resume
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -132,9 +132,6 @@ def test_two_ranks_get_one_answer_or_one_error(tmp_path):
 def single_process_argv(command: str, tiny_model: Path, out: Path) -> list[str]:
     """Arguments that would really train (tiny model, few pairs) were the launch not refused first."""
     data = ["--fraction", "0.03", "--seed", "3"]
-    if command == "rm train":
-        return ["rm", "train", "--model", str(tiny_model), "--output-dir", str(out), "--max-pairs", "8",
-                "--max-length", "256", *data]
     if command == "sft":
         return ["sft", "--model", str(tiny_model), "--output-dir", str(out), "--max-rows", "4", "--max-length", "256",
                 *data]
@@ -150,7 +147,7 @@ def single_process_argv(command: str, tiny_model: Path, out: Path) -> list[str]:
     return ["recipe", str(recipe)]
 
 
-@pytest.mark.parametrize("command", ["rm train", "sft", "recipe"])
+@pytest.mark.parametrize("command", ["sft", "recipe"])
 def test_a_single_process_command_under_torchrun_stops_before_any_work(tiny_model, tmp_path, command):
     out = tmp_path / "out"
     done = subprocess.run([*TORCHRUN, "-m", "preftune", *single_process_argv(command, tiny_model, out)],

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from preftune.config import ReportConfig, run_name
-from preftune.runs.folder import open_run
+from preftune.runs.results import open_run
 from preftune.stats import wilson_interval
 from preftune.sweep.report import (
     FIELDS,

@@ -17,35 +17,41 @@ import torch
 from safetensors.torch import load_file
 
 from preftune.config import DEFAULT_RM, DataConfig, RewardConfig, check_fields
+from preftune.data.balance import length_balanced
 from preftune.data.prepare import Pair
 from preftune.data.truncate import sequence_length
 from preftune.errors import PreftuneError
 from preftune.judge.reward import (
-    DEBIAS,
     LENGTH_CORRECTION,
-    RM_CONFIG_FILE,
-    RM_EVAL_FILE,
-    RM_LOG_FILE,
-    add_cli,
-    batch_pearson,
     bradley_terry_loss,
     encode,
     evaluate_rm,
     fallback_folder,
     format_rm_table,
-    length_balanced,
-    length_slope,
     load_reward_model,
     load_rm_tokenizer,
-    odin_loss,
     open_reward_model,
-    pair_batches,
     pairwise_metrics,
-    plain_loss,
-    resolve_reward_model,
     rm_strength,
     score,
     summary_tokens,
+)
+from preftune.runs.folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RM_CONFIG_FILE,
+    RM_EVAL_FILE,
+    TRAIN_LOG_FILE,
+)
+from preftune.runs.rm import (
+    DEBIAS,
+    add_cli,
+    batch_pearson,
+    length_slope,
+    odin_loss,
+    pair_batches,
+    plain_loss,
+    resolve_reward_model,
     train_reward_model,
 )
 from preftune.stats import length_strata, spearman, wilson_interval
@@ -55,7 +61,7 @@ DATA = DataConfig(fraction=0.03, seed=3)
 
 def tiny_rm_cfg(model: Path, out: Path, **kw) -> RewardConfig:
     base = dict(output_dir=str(out), model=str(model), lr=1e-2, batch_size=4, max_length=192, max_pairs=8,
-                max_eval_pairs=6, logging_steps=1)
+                max_eval_pairs=6, logging_steps=1, warmup_ratio=0.0)  # one step of warmup would be the run's first: lr 0
     return RewardConfig(**{**base, **kw})
 
 
@@ -67,7 +73,7 @@ def minilm() -> str:
 
 
 def cli(argv: list[str]) -> int:
-    """`preftune rm …` as the CLI runs it (the verb is registered by preftune.judge.reward.add_cli)."""
+    """`preftune rm …` as the CLI runs it (the verb is registered by preftune.runs.rm.add_cli)."""
     parser = argparse.ArgumentParser(prog="preftune")
     add_cli(parser.add_subparsers(dest="verb", required=True))
     ns = parser.parse_args(argv)
@@ -134,7 +140,7 @@ def test_plain_loss_is_trls_reward_trainer_loss(tiny_model, tiny_tokenizer, tmp_
 
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare
-    from preftune.judge.reward import Encoded, build_model
+    from preftune.runs.rm import Encoded, build_model
 
     pairs, _ = fit(tiny_tokenizer, prepare(DATA).train[:4], 192, "t")
     data = Encoded.of(tiny_tokenizer, pairs)
@@ -321,7 +327,8 @@ def rm_run(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def posthoc_rm(tiny_model, tmp_path_factory):
-    return train_reward_model(DATA, tiny_rm_cfg(tiny_model, tmp_path_factory.mktemp("rm-posthoc"), debias="posthoc"))
+    return train_reward_model(DATA, tiny_rm_cfg(tiny_model, tmp_path_factory.mktemp("rm-posthoc"), debias="posthoc",
+                                                  warmup_ratio=0.1))
 
 
 @pytest.fixture(scope="module")
@@ -364,13 +371,14 @@ def test_default_folder_trains_on_length_balanced_pairs(rm_run, capsys):
     from preftune.data.fit import fit, subsample
     from preftune.data.prepare import prepare
 
-    config = json.loads((rm_run / RM_CONFIG_FILE).read_text())
-    assert config["debias"] == "balance" and config["heads"] == ["reward"] and "length_correction" not in config
+    config = json.loads((rm_run / CONFIG_FILE).read_text())
+    assert config["kind"] == "rm" and config["debias"] == "balance" and config["heads"] == ["reward"] and "length_correction" not in config
     tokenizer = load_rm_tokenizer(str(rm_run))
     sampled, _ = fit(tokenizer, subsample(prepare(DATA).train, 8, DATA.seed), 192, "t")
     lens = summary_tokens(tokenizer, [p.chosen for p in sampled]), summary_tokens(tokenizer, [p.rejected for p in sampled])
     kept = length_balanced(sampled, *lens, DATA.seed)
-    assert config["train_pairs"] == len(kept) < 8 and config["steps"] == math.ceil(len(kept) / 4)
+    steps = json.loads((rm_run / METRICS_FILE).read_text())["steps"]
+    assert config["train_pairs"] == len(kept) < 8 and steps == math.ceil(len(kept) / 4)
     assert set(config["train_post_ids"]) == {p.post_id for p in kept}
 
 
@@ -383,9 +391,9 @@ def test_folder_eval_and_reload(posthoc_rm):
     from preftune.data.fit import fit, subsample
     from preftune.data.prepare import prepare
 
-    config = json.loads((rm_run / RM_CONFIG_FILE).read_text())
+    config = json.loads((rm_run / CONFIG_FILE).read_text())
     m = json.loads((rm_run / RM_EVAL_FILE).read_text())
-    assert config["steps"] == 2 and config["max_length"] == 192
+    assert json.loads((rm_run / METRICS_FILE).read_text())["steps"] == 2 and config["max_length"] == 192
     assert config["train_pairs"] == config["fit"]["train"]["kept"] and 6 <= config["train_pairs"] <= 8  # 8, less unfittable
     assert config["debias"] == "posthoc" and config["heads"] == ["reward"]
     slope = config["length_correction"]["per_token"]
@@ -394,7 +402,10 @@ def test_folder_eval_and_reload(posthoc_rm):
     assert {"length_balanced_accuracy", "chosen_longer", "reward_length_spearman"} <= set(m)
     assert m["length_correction_per_token"] == slope and "length_balanced_accuracy" in m["before_length_correction"]
     assert not rm_run.with_name(rm_run.name + ".partial").exists()
-    assert [json.loads(line)["step"] for line in (rm_run / RM_LOG_FILE).read_text().splitlines()] == [1, 2]
+    log = [json.loads(line) for line in (rm_run / TRAIN_LOG_FILE).read_text().splitlines()]
+    # transformers' linear schedule: warmup over ceil(0.1 × 2) = 1 step, so the first step's rate is 0
+    assert [r["step"] for r in log] == [1, 2] and [r["learning_rate"] for r in log] == [0.0, 1e-2]
+    assert not (rm_run / RM_CONFIG_FILE).exists()  # its settings are in preftune_config.json
     # the reloaded folder ranks the same held-out pairs with the same accuracy
     model, tokenizer = load_reward_model(str(rm_run))
     assert getattr(model.config, LENGTH_CORRECTION) == slope
@@ -414,11 +425,11 @@ def test_folder_eval_and_reload(posthoc_rm):
 
 def test_odin_folder(odin_rm):
     """Two heads saved as one classifier with two labels; the quality head scores."""
-    config = json.loads((odin_rm / RM_CONFIG_FILE).read_text())
+    config = json.loads((odin_rm / CONFIG_FILE).read_text())
     m = json.loads((odin_rm / RM_EVAL_FILE).read_text())
     assert config["debias"] == "odin" and config["heads"] == ["quality", "length"] and "length_correction" not in config
     assert {"pearson", "accuracy_of_sum"} <= set(m["length_head"])
-    log = [json.loads(line) for line in (odin_rm / RM_LOG_FILE).read_text().splitlines()]
+    log = [json.loads(line) for line in (odin_rm / TRAIN_LOG_FILE).read_text().splitlines()]
     assert {"rho_quality_head", "rho_length_head", "ortho", "bt_loss"} <= set(log[0])
     model, tokenizer = load_reward_model(str(odin_rm))
     assert open_reward_model(odin_rm).heads == ("quality", "length") and model.config.num_labels == 2
@@ -429,12 +440,28 @@ def test_odin_folder(odin_rm):
     assert score(model, tokenizer, *texts)[0].item() == pytest.approx(both[0].item(), abs=1e-4)
 
 
-def test_an_old_single_head_folder_still_loads_and_scores(plain_rm, tmp_path):
-    """A folder written before ODIN: num_labels=1, no "heads" or "debias" in rm_config.json, rm_eval.json
-    without the length metrics. It loads, scores with its one head, and gives a WEAK verdict."""
+def old_rm_folder(rm: Path, where: Path) -> Path:
+    """A copy of a reward model folder in the shape preftune wrote before run kinds: its settings in
+    rm_config.json (steps and runtime among them), no preftune_config.json or metrics.json."""
     import shutil
 
-    old = shutil.copytree(plain_rm, tmp_path / "old_rm")
+    old = shutil.copytree(rm, where)
+    config = json.loads((old / CONFIG_FILE).read_text())
+    metrics = json.loads((old / METRICS_FILE).read_text())
+    for key in ("kind", "run_name", "world_size", "chain"):
+        config.pop(key)
+    (old / RM_CONFIG_FILE).write_text(json.dumps({**config, "steps": metrics["steps"],
+                                                  "train_runtime_s": metrics["train_runtime_s"]}))
+    (old / CONFIG_FILE).unlink()
+    (old / METRICS_FILE).unlink()
+    (old / TRAIN_LOG_FILE).rename(old / "rm_train_log.jsonl")
+    return old
+
+
+def test_an_old_single_head_folder_still_loads_and_scores(plain_rm, tmp_path):
+    """A folder written before ODIN and before run kinds: rm_config.json without "heads" or "debias",
+    rm_eval.json without the length metrics. It loads, scores with its one head, gives a WEAK verdict."""
+    old = old_rm_folder(plain_rm, tmp_path / "old_rm")
     config = json.loads((old / RM_CONFIG_FILE).read_text())
     for key in ("heads", "debias"):
         config.pop(key)
@@ -450,17 +477,17 @@ def test_an_old_single_head_folder_still_loads_and_scores(plain_rm, tmp_path):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda c, e: c.pop("train_post_ids"), "rm_config.json: key 'train_post_ids' missing"),
-    (lambda c, e: c.update(max_length="512"), "rm_config.json: key 'max_length' must be an integer, got text '512'"),
+    (lambda c, e: c.pop("train_post_ids"), "preftune_config.json: key 'train_post_ids' missing"),
+    (lambda c, e: c.update(max_length="512"), "preftune_config.json: key 'max_length' must be an integer, got text"),
     (lambda c, e: e.update(accuracy=None), "rm_eval.json: key 'accuracy' must be a number, got null"),
 ])
 def test_a_damaged_reward_model_folder_is_one_line(plain_rm, tmp_path, edit, message):
     import shutil
 
     rm = shutil.copytree(plain_rm, tmp_path / "rm")
-    config, ev = json.loads((rm / RM_CONFIG_FILE).read_text()), json.loads((rm / RM_EVAL_FILE).read_text())
+    config, ev = json.loads((rm / CONFIG_FILE).read_text()), json.loads((rm / RM_EVAL_FILE).read_text())
     edit(config, ev)
-    (rm / RM_CONFIG_FILE).write_text(json.dumps(config))
+    (rm / CONFIG_FILE).write_text(json.dumps(config))
     (rm / RM_EVAL_FILE).write_text(json.dumps(ev))
     with pytest.raises(PreftuneError, match=message):
         open_reward_model(rm)
@@ -486,7 +513,7 @@ def test_bert_style_rm_trains_without_eos(tmp_path, capsys):
 
 
 def test_default_falls_back_to_the_shipped_minilm(monkeypatch):
-    import preftune.judge.reward as reward
+    import preftune.runs.rm as reward
 
     def unreachable(spec):
         raise PreftuneError(f"cannot load model '{spec}': hub unreachable")
@@ -507,10 +534,18 @@ def test_strata_agree_with_stats():
     assert {k: m[k] for k in s} == s
 
 
-def test_learning_rate_warms_up_then_decays():
-    """10 steps, 20% warmup: steps 0, 1 at 1/2, 2/2; then (10 − s)/8 down to 1/8 at step 9."""
-    from preftune.judge.reward import lr_schedule
+def test_a_folder_of_either_shape_is_read_alike_by_judge_and_push(plain_rm, tmp_path):
+    """Today's folder (preftune_config.json of kind "rm", metrics.json) and the same folder in the shape
+    from before kinds (rm_config.json): the judge opens both alike; `push` finds both, reads the same steps
+    and time, and its card names the files each holds."""
+    from preftune.config import PushConfig
+    from preftune.hub.rm import is_reward_model_dir, read_reward_model, reward_model_card
 
-    f = lr_schedule(10, 0.2)
-    assert [f(s) for s in range(10)] == [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
-    assert [lr_schedule(4, 0.0)(s) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]  # transformers' linear schedule
+    old = old_rm_folder(plain_rm, tmp_path / "old_rm")
+    assert open_reward_model(old).config["train_post_ids"] == open_reward_model(plain_rm).config["train_post_ids"]
+    assert is_reward_model_dir(old) and is_reward_model_dir(plain_rm)
+    (new, _), (before, _) = read_reward_model(plain_rm), read_reward_model(old)
+    assert (new["steps"], new["train_runtime_s"]) == (before["steps"], before["train_runtime_s"]) != (None, None)
+    cards = [str(reward_model_card(folder, "me/rm", PushConfig())) for folder in (plain_rm, old)]
+    assert "`preftune_config.json`" in cards[0] and "`train_log.jsonl`" in cards[0]
+    assert "`rm_config.json`" in cards[1] and "`rm_train_log.jsonl`" in cards[1]

@@ -1,4 +1,4 @@
-"""The run folder's one owner: file names, the NAME.partial lifecycle, and validated reading. A damaged
+"""The run folder's file names and validated reading (the NAME.partial lifecycle: test_lifecycle.py). A damaged
 eval.json, metrics.json, preftune_config.json, train_log.jsonl, eval_pairs.jsonl or judge.json is, for
 each reader (report, push --dry-run, eval), exit 2 with one line naming the file and key, or a gap
 that is shown ("–", n/a, a missing point) — never a traceback."""
@@ -13,16 +13,8 @@ from test_report import fake_run
 
 from preftune.errors import PreftuneError
 from preftune.runs import folder as run_folder
-from preftune.runs.folder import (
-    begin_partial,
-    dataset_slug,
-    finish_partial,
-    open_run,
-    read_eval,
-    read_metrics,
-    read_train_log,
-    result_file,
-)
+from preftune.runs.folder import dataset_slug, result_file
+from preftune.runs.results import open_run, read_eval, read_metrics, read_train_log
 
 
 @pytest.mark.parametrize("spec, slug", [
@@ -62,38 +54,6 @@ def test_result_file(split, dataset, name):
 def test_result_file_refuses_an_unknown_split():
     with pytest.raises(PreftuneError, match="unknown split 'train'; choose one of: validation, test"):
         result_file("train")
-
-
-# ---- NAME.partial → NAME -------------------------------------------------------------------------
-
-
-def test_partial_lifecycle(tmp_path):
-    partial = begin_partial(tmp_path, "run", overwrite=False)
-    assert partial == tmp_path / "run.partial" and partial.is_dir()
-    (partial / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    (partial / "model.safetensors").write_bytes(b"w")
-    final = finish_partial(partial)
-    assert final == tmp_path / "run" and (final / "model.safetensors").is_file()
-    assert not (final / "checkpoints").exists() and not partial.exists()
-
-
-def test_an_existing_run_needs_overwrite_and_is_replaced_only_at_the_end(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "old").write_text("old")
-    with pytest.raises(PreftuneError, match="run already exists; pass --overwrite to replace it"):
-        begin_partial(tmp_path, "run", overwrite=False)
-    partial = begin_partial(tmp_path, "run", overwrite=True)
-    assert (tmp_path / "run" / "old").is_file()  # untouched until the new run is complete
-    (partial / "new").write_text("new")
-    final = finish_partial(partial)
-    assert [p.name for p in final.iterdir()] == ["new"]
-
-
-def test_a_leftover_partial_is_emptied_unless_resuming(tmp_path):
-    (tmp_path / "run.partial").mkdir()
-    (tmp_path / "run.partial" / "train_log.jsonl").write_text("{}\n")
-    assert list(begin_partial(tmp_path, "run", False, resume=True).iterdir())  # kept: the run continues
-    assert not list(begin_partial(tmp_path, "run", False).iterdir())  # emptied: a fresh start
 
 
 # ---- readers -------------------------------------------------------------------------------------
@@ -302,3 +262,38 @@ def test_eval_on_test_of_a_run_from_before_the_test_split(model_run, capsys):
     err = capsys.readouterr().err
     assert "has no test_pairs.jsonl: it was trained before preftune kept a test split" in err
     assert not (model_run / "test.json").exists()
+
+
+# ---- folders of every kind and age ---------------------------------------------------------------
+
+
+def test_folders_of_every_kind_and_age_are_told_apart(tmp_path):
+    """A DPO run from before kinds (no "kind", no chain), today's DPO run, an SFT run as `sft` wrote it
+    before the lifecycle, today's RM folder, and an RM folder from before kinds (rm_config.json alone) beside
+    one another: `report` ranks the DPO runs only, the RM's settings are found in either shape, and a new run
+    from the old SFT folder extends its chain."""
+    old_dpo = fake_run(tmp_path, 1e-6, 4, 0.6)
+    assert "kind" not in json.loads((old_dpo / "preftune_config.json").read_text())
+    new_dpo = fake_run(tmp_path, 2e-6, 4, 0.6)
+    config = json.loads((new_dpo / "preftune_config.json").read_text())
+    write(new_dpo / "preftune_config.json", {**config, "kind": "dpo", "world_size": 1})
+    old_sft = tmp_path / "sft_model_lr1e-05_bs8_epoch1"
+    new_rm, old_rm = tmp_path / "reward_model", tmp_path / "old_reward_model"
+    for folder in (old_sft, new_rm, old_rm):
+        folder.mkdir()
+    write(old_sft / "preftune_config.json", {
+        "kind": "sft", "run_name": old_sft.name, "data": {"dataset": "tldr-sample"}, "sft": {"lr": 1e-5},
+        "chain": [{"kind": "base", "model": "m"}, {"kind": "sft", "run": old_sft.name, "path": "/moved/away"}]})
+    write(new_rm / "preftune_config.json", {"kind": "rm", "data": {}, "rm": {}, "max_length": 8})
+    write(old_rm / "rm_config.json", {"data": {}, "rm": {}, "max_length": 8})
+
+    assert run_folder.run_dirs(tmp_path) == ([old_dpo, new_dpo], [])
+    assert run_folder.is_finished_run(old_sft) and run_folder.is_finished_run(new_rm)
+    assert not run_folder.is_finished_run(old_rm)  # no preftune_config.json: only `push`/`judge` read it, as an RM
+    assert run_folder.reward_model_config(new_rm) == new_rm / "preftune_config.json"
+    assert run_folder.reward_model_config(old_rm) == old_rm / "rm_config.json"
+    assert run_folder.reward_model_config(old_dpo) is None and run_folder.reward_model_config(old_sft) is None
+    chain = run_folder.model_chain(str(old_sft))
+    assert [e["kind"] for e in chain] == ["base", "sft"] and chain[-1]["path"] == str(old_sft.resolve())
+    assert run_folder.chain_of(json.loads((old_dpo / "preftune_config.json").read_text()), old_dpo.name) == [
+        {"kind": "base", "model": "tiny"}, {"kind": "dpo", "run": old_dpo.name}]

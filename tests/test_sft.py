@@ -14,7 +14,8 @@ from preftune.data.prepare import prepare
 from preftune.errors import PreftuneError
 from preftune.models import load_model, load_tokenizer
 from preftune.runs.dpo import train
-from preftune.runs.folder import CONFIG_FILE, chain_text, open_run, run_dirs
+from preftune.runs.folder import CONFIG_FILE, chain_text, run_dirs
+from preftune.runs.results import open_run
 from preftune.runs.sft import build_trainer, file_rows, sft, tldr_sft_row
 
 DATA = DataConfig(fraction=0.03, seed=3)

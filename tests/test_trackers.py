@@ -83,27 +83,26 @@ def test_a_run_started_over_replaces_its_tensorboard_folder(tiny_model, tmp_path
     assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in read_log(run)]  # not twice
 
 
-def test_a_training_loop_of_its_own_logs_through_step_logger(tmp_path):
-    """As `rm train` does: reporting + step_logger around its loop, log_final_metrics after its eval."""
-    cfg = RewardConfig(output_dir=str(tmp_path), report_to="tensorboard")
-    run_dir = tmp_path / "reward_model.partial"
-    run_dir.mkdir()
-    records = [{"step": s, "epoch": s / 3, "loss": 1 / s, "accuracy": 0.5} for s in (1, 2, 3)]
-    with (trackers.reporting(cfg, run_dir, "reward_model", trackers.hparams(cfg, 42)) as tracking,
-          trackers.step_logger(tracking) as log_step):
-        for record in records:
-            log_step(record)
-    trackers.log_final_metrics(cfg, run_dir, {"accuracy": 0.625, "accuracy_ci95": [0.5, 0.7], "by": {"b": {"n": 3}}},
-                               step=3)
-    folder = tmp_path / "tracking" / "tensorboard" / "reward_model"
-    events = tensorboard_events(folder)
-    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx({1: 1.0, 2: 0.5, 3: 1 / 3})
-    assert [(e.step, e.value) for e in events.Scalars("eval/accuracy")] == [(3, 0.625)]
-    assert [e.value for e in events.Scalars("eval/by/b/n")] == [3]
-    hparams = tensorboard_hparams(folder / "hparams")
-    assert (hparams["lr"], hparams["name"], hparams["seed"]) == (1e-4, "reward_model", 42)
-    with trackers.step_logger(None) as log_step:  # --report-to none: nothing to log to
-        log_step(records[0])
+def test_rm_train_logs_its_steps_eval_metrics_and_settings(tiny_model, tmp_path):
+    """`rm train --report-to tensorboard`: its loop logs through accelerate's tracking API as the fast
+    engine does: train/<key> of every train_log.jsonl line at its step, eval/<metric> of rm_eval.json at
+    the last step, the settings as hyperparameters."""
+    from preftune.runs.rm import train_reward_model
+
+    cfg = RewardConfig(output_dir=str(tmp_path), model=str(tiny_model), lr=1e-2, batch_size=2, max_length=192,
+                       max_pairs=8, max_eval_pairs=4, logging_steps=1, debias="none", report_to="tensorboard")
+    folder = train_reward_model(DATA, cfg)
+    log, board = read_log(folder), tmp_path / "tracking" / "tensorboard" / "reward_model"
+    events = tensorboard_events(board)
+    assert len(log) == 4  # 8 pairs (less any that do not fit), 2 per step
+    for key in ("loss", "accuracy", "margin", "grad_norm", "learning_rate"):
+        scalars = {e.step: e.value for e in events.Scalars(f"train/{key}")}
+        assert scalars == pytest.approx({r["step"]: r[key] for r in log}, rel=1e-6, abs=1e-9)  # float32 in TB
+    metrics, steps = json.loads((folder / "rm_eval.json").read_text()), len(log)
+    assert [(e.step, e.value) for e in events.Scalars("eval/accuracy")] == [(steps, pytest.approx(metrics["accuracy"]))]
+    assert [e.value for e in events.Scalars("eval/chosen_longer/n")] == [metrics["chosen_longer"]["n"]]
+    hparams = tensorboard_hparams(board / "hparams")
+    assert (hparams["lr"], hparams["name"], hparams["seed"], hparams["debias"]) == (0.01, "reward_model", 3, "none")
 
 
 def test_reporting_continues_the_tracker_run_of_a_resumed_training(tmp_path, monkeypatch):

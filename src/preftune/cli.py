@@ -61,7 +61,7 @@ VERB_MODULES: list[str] = [
     "preftune.sweep.report:add_cli",
     "preftune.sweep.grid:add_cli",
     "preftune.hub.cli:add_cli",
-    "preftune.judge.reward:add_cli",
+    "preftune.runs.rm:add_cli",
     "preftune.judge.judge:add_cli",
     "preftune.runs.sft:add_cli",
     "preftune.sweep.recipe:add_cli",

@@ -1,19 +1,12 @@
 """Is this process one rank of a real process group? Checked before any training work; and the few
 collectives that keep the ranks of one run deciding the same thing.
 
-A launcher says how many processes it started through the environment (torchrun and `accelerate
-launch` set RANK / WORLD_SIZE / MASTER_ADDR). Measured with accelerate 1.15 on CPU (2 processes, gloo):
-an FSDP config file starts processes that, seen through `Accelerator()`, each believe they are the only
-one (they would train, evaluate and write the run folder alone, silently), and seen through
-`Accelerator(cpu=True)` train with DDP, unsharded — the config is silently not applied either way
-(tests/test_fsdp.py launches it). Every training command calls `check_launch()` first and stops with
-one line instead; the commands that train in one process (`rm train`, `sft`, `recipe`) call
-`single_process()` and refuse any multi-process launch.
-
-Ranks on machines without a shared filesystem see different files (a run folder, a checkpoint on one
-machine only). Where ranks read the disk to decide something, `agreed` raises one rank's error on every
-rank, `gather` lets them compare their decisions, and `from_rank_zero` gives every rank rank 0's — so
-no rank goes on alone or waits forever in a collective for a rank that stopped.
+torchrun and `accelerate launch` set RANK / WORLD_SIZE / MASTER_ADDR. An accelerate FSDP config on CPU
+starts processes that each believe they are alone, or train with DDP unsharded (measured with accelerate
+1.15, tests/test_fsdp.py): `check_launch()` stops every trainer with one line instead; a command that
+orchestrates others in one process (`recipe`) calls `single_process()`. Ranks without a shared
+filesystem see different files: where they read the disk to decide, `agreed` raises one rank's error on
+every rank, `gather` lets them compare, `from_rank_zero` gives every rank rank 0's answer.
 """
 
 from __future__ import annotations

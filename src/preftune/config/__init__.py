@@ -350,6 +350,11 @@ class RewardConfig(Config):
                                "decays linearly to 0: without it a BERT-style encoder at lr 1e-4 can collapse to one "
                                "score for every summary.", ge=0, lt=1)
 
+    @property
+    def run_name(self) -> str:
+        """The folder's name under ROOT: --name."""
+        return self.name
+
 
 @dataclass
 class JudgeConfig(Config):

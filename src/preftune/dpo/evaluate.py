@@ -39,7 +39,8 @@ from preftune.dpo.logps import (
 from preftune.dpo.losses import pair_rewards, reward_name
 from preftune.errors import PreftuneError
 from preftune.runs import folder as run_folder
-from preftune.runs.folder import CONFIG_FILE, EVAL_PAIRS_FILE, Run, open_run  # noqa: F401 - names judge.py reads
+from preftune.runs.folder import CONFIG_FILE, EVAL_PAIRS_FILE  # noqa: F401 - names judge.py reads
+from preftune.runs.results import Run, open_run
 from preftune.stats import by_group, length_strata
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from preftune.config import DEFAULT_MODEL, PushConfig
 from preftune.errors import PreftuneError
 from preftune.hubids import is_hub_id
 from preftune.runs import folder as run_folder
-from preftune.runs.folder import Run, open_run
+from preftune.runs.results import Run, open_run
 from preftune.sweep.report import (
     CURVES_NOTE,
     RANKINGS,

@@ -1,16 +1,10 @@
-"""`preftune push RM_DIR`: a reward model folder (written by `preftune rm train`; it holds rm_config.json
-and rm_eval.json) → a Hub model repo whose card says what the model scores and how well.
-
-The card says: a Bradley–Terry reward model over prompt + summary, which output scores (the only head
-of a plain model; the quality head of a length-debiased ODIN model, whose second output is the length
-head), its held-out accuracy and length-balanced accuracy with 95% intervals and n, how the score
-correlates with summary length, and on which data and split all of that was measured. rm_eval.json and
-rm_config.json are read defensively: `accuracy` and `n` must be there (they are what a reward model is
-judged by); every other key is shown when present and "n/a" otherwise, so folders from older and newer
-preftune versions both make a card.
-
-Staging, safety (a dry run writes nothing outside its stage folder, never into the RM folder), the token
-and the Hub errors are `preftune push`'s own (preftune.hub.models).
+"""`preftune push RM_DIR`: a reward model folder (written by `preftune rm train`: its settings in
+preftune_config.json of kind "rm", or rm_config.json from before kinds, and rm_eval.json) → a Hub model
+repo whose card says what it scores (the only head, or ODIN's quality head), how well (held-out and
+length-balanced accuracy with 95% intervals and n), how the score correlates with length, and on which
+data and split. The files are read defensively: `accuracy` and `n` must be there; every other key is
+shown when present and "n/a" otherwise, so folders of older and newer preftune versions make a card.
+Staging, dry runs, the token and the Hub errors are `preftune push`'s own (preftune.hub.models).
 """
 
 from __future__ import annotations
@@ -44,7 +38,14 @@ from preftune.hub.models import (
     repo_id_for,
 )
 from preftune.hubids import is_hub_id
-from preftune.runs.folder import RM_CONFIG_FILE, RM_EVAL_FILE, read_json, require_key
+from preftune.runs.folder import (
+    METRICS_FILE,
+    RM_EVAL_FILE,
+    TRAIN_LOG_FILE,
+    read_json,
+    require_key,
+    reward_model_config,
+)
 from preftune.sweep.report import dataset_label
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ EXAMPLE_PROMPT = "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"
 
 
 def is_reward_model_dir(path: Path) -> bool:
-    """A reward model folder from `preftune rm train`: it holds rm_config.json."""
-    return Path(path).is_dir() and (Path(path) / RM_CONFIG_FILE).is_file()
+    """A reward model folder from `preftune rm train`: its preftune_config.json is of kind "rm" (or, from
+    before kinds, it holds rm_config.json)."""
+    return Path(path).is_dir() and reward_model_config(path) is not None
 
 
 # ---- reading, defensively ------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def first(obj: dict, *keys: str) -> Any:
 
 
 def read_reward_model(path: Path) -> tuple[dict, dict]:
-    """(rm_config.json, rm_eval.json), checked for what the card cannot do without; a missing model,
+    """(its settings, rm_eval.json), checked for what the card cannot do without; a missing model,
     tokenizer or file is one line naming it."""
     path = Path(path)
     missing = [what for what, present in (
@@ -80,12 +82,18 @@ def read_reward_model(path: Path) -> tuple[dict, dict]:
     if missing:
         raise PreftuneError(f"{path} is not a finished reward model folder: it lacks {', '.join(missing)}; train it "
                             "again with `preftune rm train`")
-    config, evaluation = read_json(path / RM_CONFIG_FILE), read_json(path / RM_EVAL_FILE)
+    settings = reward_model_config(path)
+    if settings is None:
+        raise PreftuneError(f"{path} is not a reward model folder (no preftune_config.json of kind 'rm', no "
+                            "rm_config.json): train one with `preftune rm train`")
+    config, evaluation = read_json(settings), read_json(path / RM_EVAL_FILE)
+    metrics = read_json(path / METRICS_FILE, missing_ok=True) or {}  # steps and time (rm_config.json held them)
+    config = {**{k: metrics[k] for k in ("steps", "train_runtime_s") if k in metrics}, **config}
     require_key(evaluation, "accuracy", (int, float), path / RM_EVAL_FILE)
     require_key(evaluation, "n", int, path / RM_EVAL_FILE)
     for key in ("data", "rm"):
         if key in config:
-            require_key(config, key, dict, path / RM_CONFIG_FILE)
+            require_key(config, key, dict, settings)
     return config, evaluation
 
 
@@ -222,6 +230,8 @@ def reward_model_card(path: Path, repo_id: str, cfg: PushConfig):
         scoring=scoring_text(config, heads), head=heads[0], held_out=held_out_text(config, m), rows=metric_rows(m),
         training=training, max_length=_plain(config.get("max_length")), example_prompt=json.dumps(EXAMPLE_PROMPT),
         tldr=dataset_id == "openai/summarize_from_feedback", debiased=debiased,
+        settings_file=reward_model_config(path).name,
+        log_file=TRAIN_LOG_FILE if (Path(path) / TRAIN_LOG_FILE).is_file() else "rm_train_log.jsonl",
     )
 
 

@@ -48,11 +48,10 @@ from preftune.judge.reward import (
 from preftune.runs.folder import (
     JUDGE_FILE,
     JUDGE_TEST_FILE,
-    Run,
     atomic_write_json,
-    open_run,
     pairs_file,
 )
+from preftune.runs.results import Run, open_run
 from preftune.stats import (
     bootstrap_interval,
     length_controlled_win_rate,

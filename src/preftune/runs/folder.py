@@ -1,19 +1,7 @@
-"""THE owner of a run folder: its file names, "is this a run folder?", atomic writes, the NAME.partial
-→ NAME lifecycle, and reading and validating what a run holds. Every reader (eval, report, push, judge,
-serve) goes through here, so a damaged file is one clear line naming the file and key (or a gap the
-caller shows as "–"), never a traceback.
-
-A run folder (written by `preftune train`, or a sweep) holds:
-    config.json, model.safetensors, tokenizer*    a standard `save_pretrained` folder
-    preftune_config.json                          resolved data + train config, model source, data stats
-    train_log.jsonl                               one JSON object per logged step
-    metrics.json                                  steps, runtime, throughput, final logged values
-    eval.json, eval_pairs.jsonl                   validation metrics and the exact pairs
-    test_pairs.jsonl, test.json                   the test pairs (saved at training time, not evaluated)
-                                                  and their metrics (only for runs chosen on validation)
-    eval_<slug>.json, test_<slug>.json            metrics on another dataset (`preftune eval --dataset`)
-    judge.json                                    `preftune judge`'s result (validation posts)
-    judge_test.json                               `preftune judge --split test`'s result (test posts)
+"""A run folder's names and its reading primitives: file names, the NAME.partial rule, atomic writes,
+"is this a run folder?", the chain base → [SFT →] DPO, and one-line errors naming a damaged file and
+key. Validated reading of result files and `open_run` are in runs/results.py; writing a run folder
+(NAME.partial → NAME, checkpoints, resume) in runs/lifecycle.py. docs/runs.md lists what a folder holds.
 Light on purpose: no torch, no transformers.
 """
 
@@ -25,9 +13,7 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,53 +118,25 @@ def write_pairs(path: Path, pairs) -> None:
 
 
 # ---- NAME.partial → NAME -------------------------------------------------------------------------
-# A folder is written as ROOT/NAME.partial/ and renamed to ROOT/NAME/ only when every file is in place,
-# so a folder with its final name is always complete (runs and reward models alike).
+# A folder is written as ROOT/NAME.partial/ and renamed to ROOT/NAME/ only when every file is in place
+# (runs/lifecycle.py), so a folder with its final name is always complete. This is the only spelling of it.
 
 
 def partial_of(final: Path) -> Path:
+    """ROOT/NAME.partial for ROOT/NAME."""
     final = Path(final)
     return final.with_name(final.name + PARTIAL_SUFFIX)
 
 
-def check_destination(final: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing ROOT/NAME unless --overwrite: call before any work."""
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
-    if final.exists() and not final.is_dir():
-        raise PreftuneError(f"{final} exists and is a file, not a folder; move it away first")
+def is_partial(path: Path) -> bool:
+    """A NAME.partial folder's path (an interrupted or running run)."""
+    return Path(path).name.endswith(PARTIAL_SUFFIX)
 
 
-def begin_partial(root: Path, name: str, overwrite: bool, resume: bool = False) -> Path:
-    """ROOT/NAME.partial, ready to write into. Refuses when ROOT/NAME exists and not `overwrite`. An
-    existing NAME.partial is kept as it is when `resume` (an interrupted run continuing from its
-    checkpoint), and otherwise emptied (a leftover of an interrupted attempt)."""
-    final = Path(root) / name
-    check_destination(final, overwrite)
-    partial = partial_of(final)
-    if partial.exists() and not resume:
-        logger.info(f"restart: {partial} holds no complete checkpoint of these settings; starting it over")
-        shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
-    try:
-        partial.mkdir(parents=True, exist_ok=resume)
-    except OSError as e:
-        raise PreftuneError(f"cannot create {partial} ({e.strerror or e}); check --output-dir") from None
-    return partial
-
-
-def finish_partial(partial: Path) -> Path:
-    """Drop the checkpoints of NAME.partial (kept until now so a kill during evaluation resumes), then
-    rename it to NAME, replacing an older NAME (begin_partial checked --overwrite). Returns NAME."""
-    partial = Path(partial)
-    if not partial.name.endswith(PARTIAL_SUFFIX):
-        raise ValueError(f"{partial} is not a NAME{PARTIAL_SUFFIX} folder")
-    final = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
-    shutil.rmtree(partial / CHECKPOINTS_DIR, ignore_errors=True)
-    if final.exists():  # --overwrite
-        shutil.rmtree(final)
-    partial.rename(final)
-    return final
+def final_of(path: Path) -> Path:
+    """ROOT/NAME for ROOT/NAME.partial (and for ROOT/NAME itself)."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(PARTIAL_SUFFIX))
 
 
 # ---- reading, validated --------------------------------------------------------------------------
@@ -201,11 +159,11 @@ def read_json(path: Path, missing_ok: bool = False) -> dict | None:
     except (ValueError, RecursionError) as e:
         raise PreftuneError(f"{path}: not valid JSON ({str(e)[:80]}); the file is damaged: re-create it") from None
     if not isinstance(value, dict):
-        raise PreftuneError(f"{path}: expected a JSON object, got {_json_kind(value)}; the file is damaged")
+        raise PreftuneError(f"{path}: expected a JSON object, got {json_kind(value)}; the file is damaged")
     return value
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """A value's type in JSON's words, for messages."""
     if value is None:
         return "null"
@@ -221,8 +179,8 @@ def require_key(obj: dict, key: str, kind: type | tuple[type, ...], path: Path, 
     value = obj[key]
     if isinstance(value, bool) and kind in (int, float, (int, float)) or not isinstance(value, kind):
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        want = "a number" if set(kinds) == {int, float} else " or ".join(_json_kind(k()) for k in kinds)
-        got = "null" if value is None else f"{_json_kind(value)} {str(value)[:40]!r}"
+        want = "a number" if set(kinds) == {int, float} else " or ".join(json_kind(k()) for k in kinds)
+        got = "null" if value is None else f"{json_kind(value)} {str(value)[:40]!r}"
         raise PreftuneError(f"{path}: key '{name}' must be {want}, got {got}")
     return value
 
@@ -231,197 +189,107 @@ def require_key(obj: dict, key: str, kind: type | tuple[type, ...], path: Path, 
 # readers show as "–") or raises naming the file and key. Keys a file lacks (older preftune) are gaps.
 
 
-def _damaged(path: Path, key: str, want: str, value: Any) -> PreftuneError:
-    return PreftuneError(f"{path}: key '{key}' must be {want} or null, got {_json_kind(value)} {str(value)[:40]!r}; "
+def damaged(path: Path, key: str, want: str, value: Any) -> PreftuneError:
+    return PreftuneError(f"{path}: key '{key}' must be {want} or null, got {json_kind(value)} {str(value)[:40]!r}; "
                          "the file is damaged: re-create it (`preftune eval RUN` rewrites eval.json)")
 
 
-def _number(value: Any, path: Path, key: str) -> float | int | None:
+def check_number(value: Any, path: Path, key: str) -> float | int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _damaged(path, key, "a number", value)
+        raise damaged(path, key, "a number", value)
     return value if math.isfinite(value) else None
 
 
-def _count(value: Any, path: Path, key: str) -> int | None:
-    value = _number(value, path, key)
+def check_count(value: Any, path: Path, key: str) -> int | None:
+    value = check_number(value, path, key)
     if value is not None and (value < 0 or value != int(value)):
-        raise _damaged(path, key, "a count (an integer ≥ 0)", value)
+        raise damaged(path, key, "a count (an integer ≥ 0)", value)
     return None if value is None else int(value)
 
 
-def _text(value: Any, path: Path, key: str) -> str | None:
+def check_text(value: Any, path: Path, key: str) -> str | None:
     if value is not None and not isinstance(value, str):
-        raise _damaged(path, key, "text", value)
+        raise damaged(path, key, "text", value)
     return value
 
 
-def _interval(value: Any, path: Path, key: str) -> list[float] | None:
+def check_interval(value: Any, path: Path, key: str) -> list[float] | None:
     if value is None:
         return None
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise _damaged(path, key, "a [low, high] interval", value)
-    low, high = (_number(v, path, f"{key}[{i}]") for i, v in enumerate(value))
+        raise damaged(path, key, "a [low, high] interval", value)
+    low, high = (check_number(v, path, f"{key}[{i}]") for i, v in enumerate(value))
     return None if low is None or high is None else [low, high]
 
 
-def _object(value: Any, path: Path, key: str) -> dict | None:
+def check_object(value: Any, path: Path, key: str) -> dict | None:
     if value is not None and not isinstance(value, dict):
-        raise _damaged(path, key, "an object", value)
+        raise damaged(path, key, "an object", value)
     return value
 
 
-STRATUM = {"n": _count, "accuracy": _number, "ci95": _interval}
+
+def judge_summary(judge: dict | None) -> dict:
+    """The headline of a judge.json for the leaderboard and the model card: the greedy tuned-vs-base
+    win rate, its 95% CI, the length-controlled win rate, n, and whether the verdict is weak. Read
+    leniently: a missing or damaged value is a gap (None), shown as "–"."""
+    judge = judge if isinstance(judge, dict) else {}
+    decodings = judge.get("decodings") if isinstance(judge.get("decodings"), dict) else {}
+    greedy = decodings.get("greedy") if isinstance(decodings.get("greedy"), dict) else {}
+    tb = greedy.get("tuned_vs_base") if isinstance(greedy.get("tuned_vs_base"), dict) else {}
+    return {"judge_win_rate": _or_gap(check_number, tb.get("win_rate")),
+            "judge_win_rate_ci95": _or_gap(check_interval, tb.get("ci95")),
+            "judge_length_controlled_win_rate": _or_gap(check_number, tb.get("length_controlled_win_rate")),
+            "judge_n": _or_gap(check_count, tb.get("n")),
+            "judge_verdict_strength": _or_gap(check_text, judge.get("verdict_strength")),
+            "judge_rm_accuracy": _or_gap(check_number, judge.get("rm_accuracy"))}
 
 
-def _stratum(value: Any, path: Path, key: str) -> dict | None:
-    value = _object(value, path, key)
-    return None if value is None else _checked(value, STRATUM, path, key)
-
-
-def _strata(value: Any, path: Path, key: str) -> dict | None:
-    value = _object(value, path, key)
-    return None if value is None else {str(g): _stratum(v, path, f"{key}.{g}") for g, v in value.items()}
-
-
-def _numbers(value: Any, path: Path, key: str) -> dict | None:
-    value = _object(value, path, key)
-    return None if value is None else {k: _number(v, path, f"{key}.{k}") for k, v in value.items()}
-
-
-EVAL_SCHEMA = {
-    **dict.fromkeys(("split", "dataset", "length_unit", "fingerprint", "reward"), _text),
-    **dict.fromkeys(("n", "posts", "ties", "chosen_shorter_n", "nonfinite_pairs"), _count),
-    **dict.fromkeys(("beta", "accuracy", "mean_margin", "mean_chosen_reward", "mean_rejected_reward", "mean_logp_drift",
-                     "mean_abs_logp_drift_per_token", "reference_logp_accuracy", "longer_wins_baseline",
-                     "chosen_shorter_accuracy", "length_balanced_accuracy", "ld_alpha"), _number),
-    **dict.fromkeys(("accuracy_ci95", "length_balanced_ci95"), _interval),
-    **dict.fromkeys(("chosen_longer", "chosen_shorter", "equal_length"), _stratum),
-    "accuracy_by_confidence": _strata,
-    "selection": _object,
-}
-METRICS_SCHEMA = {
-    **dict.fromkeys(("steps", "train_pairs", "train_tokens"), _count),
-    **dict.fromkeys(("train_runtime_s", "tokens_per_s", "pairs_per_s"), _number),
-    "final": _numbers,
-}
-
-
-def _checked(obj: dict, schema: dict, path: Path, where: str = "") -> dict:
-    """obj with every key of the schema it holds checked (keys outside the schema pass unchanged)."""
-    return {k: schema[k](v, path, f"{where}.{k}" if where else k) if k in schema else v for k, v in obj.items()}
-
-
-def read_eval(path: Path) -> dict | None:
-    """A result file (eval.json, test.json, eval_<slug>.json), checked; None when there is none. An
-    older preftune's file holds the chosen-shorter stratum as flat keys: read as the stratum it is."""
-    obj = read_json(path, missing_ok=True)
-    if obj is None:
-        return None
-    result = _checked(obj, EVAL_SCHEMA, Path(path))
-    if "accuracy_ci95" not in result:
-        result["accuracy_ci95"] = _wilson(result.get("accuracy"), result.get("n"))
-    n, accuracy = result.get("chosen_shorter_n"), result.get("chosen_shorter_accuracy")
-    if result.get("chosen_shorter") is None and n is not None:
-        result["chosen_shorter"] = {"n": n, "accuracy": accuracy, "ci95": _wilson(accuracy, n)}
-    return result
-
-
-def _wilson(accuracy: float | None, n: int | None) -> list[float] | None:
-    """The Wilson interval of an accuracy over n pairs (exact: accuracy·n pairs were right)."""
-    from preftune.stats import wilson_interval
-
-    ci = wilson_interval(accuracy * n, n) if accuracy is not None and n else None
-    return list(ci) if ci else None
-
-
-def read_metrics(path: Path) -> dict | None:
-    """metrics.json, checked; None when there is none."""
-    obj = read_json(path, missing_ok=True)
-    return None if obj is None else _checked(obj, METRICS_SCHEMA, Path(path))
-
-
-def read_judge(path: Path) -> dict | None:
-    """judge.json as an object (judge_summary reads its shape leniently); None when there is none."""
-    return read_json(path, missing_ok=True)
-
-
-def read_train_log(path: Path) -> list[dict]:
-    """The per-step training log: records with an integer "step" and the finite numbers logged with it.
-    A damaged line (torn by a kill, not an object, no step) is left out — a gap in the curves — and one
-    warning names the file and the first such line; a non-number or NaN value is a missing point."""
-    path = Path(path)
+def _or_gap(check, value: Any) -> Any:
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        logger.warning(f"warning: {path}: cannot read ({e.strerror or e}); its curves are left out")
-        return []
-    records, bad = [], []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            bad.append(f"line {lineno}: not valid JSON" + (" (torn: written when the run stopped?)"
-                                                           if lineno == len(lines) else ""))
-            continue
-        step = record.get("step") if isinstance(record, dict) else None
-        if isinstance(step, bool) or not isinstance(step, int):
-            bad.append(f"line {lineno}: " + ("no integer 'step'" if isinstance(record, dict) else
-                                               f"{_json_kind(record)}, not an object"))
-            continue
-        records.append({"step": step, **{k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
-                                         and not isinstance(v, bool) and math.isfinite(v)}})
-    if bad:
-        logger.warning(f"warning: {path}: {len(bad)} damaged line(s) left out of the curves ({bad[0]})")
-    return records
-
-
-def read_pairs(path: Path) -> list:
-    """The pairs of a JSONL file the run wrote (eval_pairs.jsonl, test_pairs.jsonl)."""
-    from preftune.data.prepare import read_jsonl
-
-    path = Path(path)
-    if not path.is_file():
-        raise PreftuneError(f"{path}: not found (the run folder is incomplete)")
-    try:
-        return read_jsonl(path)
+        return check(value, Path(JUDGE_FILE), "")
     except PreftuneError:
-        raise
-    except (OSError, UnicodeDecodeError) as e:
-        raise PreftuneError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    except (TypeError, AttributeError, ValueError) as e:  # a line that is JSON but not a pair object
-        raise PreftuneError(f"{path}: a line is not a pair object ({type(e).__name__}: {str(e)[:60]}); "
-                            "the file is damaged") from None
+        return None
 
 
 # ---- run folders ---------------------------------------------------------------------------------
+# preftune_config.json's "kind" says which trainer wrote the folder (runs/lifecycle.py); a DPO run from
+# before kinds has none, a reward model from before them only rm_config.json.
+
+DPO_KIND, SFT_KIND, RM_KIND = "dpo", "sft", "rm"
+KINDS = (DPO_KIND, SFT_KIND, RM_KIND)
 
 
 def is_finished_run(path: Path) -> bool:
-    """A finished run folder of any kind (DPO or SFT): a folder not named NAME.partial, holding
+    """A finished run folder of any kind (DPO, SFT, RM): a folder not named NAME.partial, holding
     preftune_config.json (written when the run is complete)."""
     path = Path(path)
-    return path.is_dir() and not path.name.endswith(PARTIAL_SUFFIX) and (path / CONFIG_FILE).is_file()
+    return path.is_dir() and not is_partial(path) and (path / CONFIG_FILE).is_file()
 
 
 def is_run_dir(path: Path) -> bool:
-    """A finished DPO run folder: a finished run that is not an SFT run (`preftune sft` writes its folders
-    beside the DPO runs; they have no eval to rank)."""
-    return is_finished_run(path) and run_kind(Path(path)) != SFT_KIND
+    """A finished DPO run folder: `preftune sft` and `rm train` write their folders beside the DPO runs;
+    they have no eval to rank."""
+    return is_finished_run(path) and run_kind(Path(path)) in (None, DPO_KIND)
 
 
-# ---- lineage: base → SFT → DPO -------------------------------------------------------------------
+def reward_model_config(path: Path) -> Path | None:
+    """The file holding a reward model folder's settings: its preftune_config.json (kind "rm"), or for a
+    folder from before kinds its rm_config.json; None when the folder holds neither."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file() and run_kind(path) == RM_KIND:
+        return path / CONFIG_FILE
+    return path / RM_CONFIG_FILE if (path / RM_CONFIG_FILE).is_file() else None
+
+
+# ---- lineage: base → [SFT →] DPO (or base → RM) --------------------------------------------------
 # preftune_config.json's "chain" lists how a run's weights came about, oldest first: {"kind": "base",
-# "model": spec}, then one entry per preftune run ({"kind": "sft"|"dpo", "run": NAME, "path": ..., settings}).
+# "model": spec}, then one entry per preftune run ({"kind": "sft"|"dpo"|"rm", "run": NAME, "path": ..., settings}).
 # Folders written before chains existed have none: `chain_of` rebuilds [base, dpo] from their config.
 
-SFT_KIND = "sft"
-CHAIN_LABELS = {"base": "base", "sft": "SFT", "dpo": "DPO"}
+CHAIN_LABELS = {"base": "base", SFT_KIND: "SFT", DPO_KIND: "DPO", RM_KIND: "RM"}
 
 
 def run_kind(path: Path) -> str | None:
@@ -491,177 +359,6 @@ def run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
         children = sorted(p for p in root.iterdir() if p.is_dir())
     except OSError as e:
         raise PreftuneError(f"{root}: cannot list ({e.strerror or e})") from None
-    return [p for p in children if is_run_dir(p)], [p for p in children if p.name.endswith(PARTIAL_SUFFIX)]
+    return [p for p in children if is_run_dir(p)], [p for p in children if is_partial(p)]
 
 
-@dataclass(frozen=True)
-class Run:
-    """A run folder whose preftune_config.json has been read and checked."""
-
-    path: Path
-    config: dict  # preftune_config.json, validated for the keys below
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def train(self) -> dict:
-        return self.config["train"]
-
-    @property
-    def beta(self) -> float:
-        return float(self.train["beta"])
-
-    @property
-    def max_length(self) -> int:
-        return int(self.train["max_length"])
-
-    @property
-    def reference_model(self) -> str:
-        """The model the run was trained from (its DPO reference)."""
-        return self.config.get("reference_model") or self.train["model"]
-
-    @property
-    def chain(self) -> list[dict]:
-        """How its weights came about, oldest first (base → [SFT →] DPO; see `chain_of`)."""
-        return chain_of(self.config, self.name)
-
-    @property
-    def dataset(self) -> str:
-        return str(self.config["data"].get("dataset", "?"))
-
-    @property
-    def seed(self) -> int:
-        """The run's data seed (what --max-eval-pairs samples with; checked by open_run)."""
-        return int(self.config["data"].get("seed", 42))
-
-    def data_config(self):
-        """The run's DataConfig. Runs from before the test split had none: test_fraction 0 reproduces
-        their train/validation split exactly."""
-        from preftune.config import DataConfig
-
-        data = dict(self.config["data"])
-        data.setdefault("test_fraction", 0.0)
-        where = f"{self.path / CONFIG_FILE}: key 'data'"
-        try:
-            return DataConfig(**data)
-        except TypeError as e:
-            raise PreftuneError(f"{where} does not hold valid data settings ({e})") from None
-        except PreftuneError as e:
-            raise PreftuneError(f"{where}: {e}") from None
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def require_model(self) -> None:
-        """The run holds a loadable model and tokenizer (config.json, *.safetensors, tokenizer files)."""
-        missing = [what for what, present in (
-            (MODEL_CONFIG_FILE, (self.path / MODEL_CONFIG_FILE).is_file()),
-            ("model weights (*.safetensors)", any(self.path.glob("*.safetensors"))),
-            ("a tokenizer (tokenizer.json or tokenizer_config.json)",
-             any((self.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))))
-            if not present]
-        if missing:
-            raise PreftuneError(f"{self.path} is not a finished run folder: it lacks {', '.join(missing)}")
-
-    # what the run holds, checked (None: the file is absent)
-    def metrics(self) -> dict | None:
-        return read_metrics(self.path / METRICS_FILE)
-
-    def evaluation(self, split: str = "validation", dataset: str | None = None) -> dict | None:
-        return read_eval(self.path / result_file(split, dataset))
-
-    def judge(self) -> dict | None:
-        return read_judge(self.path / JUDGE_FILE)
-
-    def train_log(self) -> list[dict]:
-        return read_train_log(self.path / TRAIN_LOG_FILE)
-
-    def results(self) -> list[tuple[str, dict]]:
-        """Every result file of the run (eval.json, test.json, eval_<slug>.json, …), checked, by name."""
-        names = sorted(p.name for p in self.path.glob("*.json") if re.fullmatch(r"(eval|test)(_.+)?\.json", p.name))
-        return [(n, r) for n in names if (r := read_eval(self.path / n)) is not None]
-
-    @property
-    def has_test_split(self) -> bool:
-        """False for runs trained before preftune kept a test split (no test_pairs.jsonl)."""
-        return (self.path / TEST_PAIRS_FILE).is_file()
-
-    def eval_pairs(self) -> list:
-        """The validation pairs the run was evaluated on (eval_pairs.jsonl)."""
-        return read_pairs(self.path / EVAL_PAIRS_FILE)
-
-    def test_pairs(self) -> list:
-        """The test pairs saved at training time; an error for runs from before the test split."""
-        if not self.has_test_split:
-            raise PreftuneError(f"{self.path} has no {TEST_PAIRS_FILE}: it was trained before preftune kept a test "
-                                "split. Evaluate it on a dataset instead (`preftune eval RUN --dataset SRC`).")
-        return read_pairs(self.path / TEST_PAIRS_FILE)
-
-    def pairs(self, split: str) -> list:
-        return self.eval_pairs() if split == "validation" else self.test_pairs()
-
-    def fingerprint(self, split: str) -> str:
-        """What a result on the run's own `split` depends on: the pairs' bytes and the weights' sizes and
-        modification times. A result file recording another fingerprint is stale."""
-        digest = hashlib.sha256()
-        pairs = self.path / pairs_file(split)
-        digest.update(pairs.read_bytes() if pairs.is_file() else b"")
-        for weights in sorted(self.path.glob("*.safetensors")):
-            stat = weights.stat()
-            digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:16]
-
-
-def open_run(path: Path | str, finished: bool = True) -> Run:
-    """The run folder at path, checked: a folder, with a readable preftune_config.json holding the data
-    and train settings. `finished`: refuse NAME.partial folders (interrupted or still training)."""
-    path = Path(path)
-    if not path.exists():
-        raise PreftuneError(f"{path}: no such run folder")
-    if not path.is_dir():
-        raise PreftuneError(f"{path} is a file, not a run folder written by `preftune train`")
-    if finished and path.name.endswith(PARTIAL_SUFFIX):
-        raise PreftuneError(f"{path} is an unfinished run (interrupted or still training): re-run its train/sweep "
-                            "command to complete it, then use the folder without .partial")
-    config = read_json(path / CONFIG_FILE, missing_ok=True)
-    if config is None:
-        raise PreftuneError(f"{path} is not a preftune run folder (no {CONFIG_FILE}): pass a folder written by "
-                            "`preftune train` or `preftune sweep`")
-    file = path / CONFIG_FILE
-    data = require_key(config, "data", dict, file)
-    if "seed" in data:
-        require_key(data, "seed", int, file, "data")
-    train = require_key(config, "train", dict, file)
-    beta = require_key(train, "beta", (int, float), file, "train")
-    if not (math.isfinite(beta) and beta > 0):
-        raise PreftuneError(f"{file}: key 'train.beta' must be a number > 0, got {beta}; the file is damaged")
-    require_key(train, "max_length", int, file, "train")
-    require_key(train, "model", str, file, "train")
-    if config.get("reference_model") is not None:
-        require_key(config, "reference_model", str, file)
-    return Run(path, config)
-
-
-def judge_summary(judge: dict | None) -> dict:
-    """The headline of a judge.json for the leaderboard and the model card: the greedy tuned-vs-base
-    win rate, its 95% CI, the length-controlled win rate, n, and whether the verdict is weak. Read
-    leniently: a missing or damaged value is a gap (None), shown as "–"."""
-    judge = judge if isinstance(judge, dict) else {}
-    decodings = judge.get("decodings") if isinstance(judge.get("decodings"), dict) else {}
-    greedy = decodings.get("greedy") if isinstance(decodings.get("greedy"), dict) else {}
-    tb = greedy.get("tuned_vs_base") if isinstance(greedy.get("tuned_vs_base"), dict) else {}
-    return {"judge_win_rate": _or_gap(_number, tb.get("win_rate")),
-            "judge_win_rate_ci95": _or_gap(_interval, tb.get("ci95")),
-            "judge_length_controlled_win_rate": _or_gap(_number, tb.get("length_controlled_win_rate")),
-            "judge_n": _or_gap(_count, tb.get("n")),
-            "judge_verdict_strength": _or_gap(_text, judge.get("verdict_strength")),
-            "judge_rm_accuracy": _or_gap(_number, judge.get("rm_accuracy"))}
-
-
-def _or_gap(check, value: Any) -> Any:
-    try:
-        return check(value, Path(JUDGE_FILE), "")
-    except PreftuneError:
-        return None

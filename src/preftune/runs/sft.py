@@ -1,19 +1,11 @@
 """`preftune sft`: supervised fine-tuning on reference summaries, the step before DPO (Rafailov et al. 2023
 fine-tune the base model on the task's references first, so DPO's reference model is in-distribution).
 
-Rows are (prompt, summary) in the exact text DPO sees: the TL;DR prompt `SUBREDDIT: r/…\\nTITLE: …\\nPOST:
-…\\nTL;DR:` and a summary starting with a space, ending with one EOS (`data.sequence`). They are fitted to
---max-length by the same rule as DPO's pairs (the post's end is trimmed, never the summary) and trained
-with TRL's SFTTrainer on a prompt/completion dataset, with the loss on the summary tokens only
-(`completion_only_loss`). Two sources (--sft-data):
-  chosen      the chosen summaries of the preference data's TRAIN split (Preferred-FT, DPO paper §6):
-              the same --dataset/--fraction/--eval-fraction/--test-fraction/--seed give the same train posts
-              `preftune train` uses, so no validation or test post is ever imitated;
-  a file/hub  TL;DR SFT rows as CarperAI/openai_summarize_tldr has them: `prompt` ending "TL;DR: " and
-              `label`. The prompt's trailing space moves to the front of the summary: the same text, split
-              where preftune's prompts end, so SFT and DPO see the same prompt tokens.
-The run folder is written like a DPO run's (ROOT/NAME.partial → ROOT/NAME) and loads with
-`from_pretrained`; its preftune_config.json (kind "sft") holds the chain `train --model FOLDER` extends.
+Rows are (prompt, summary + one EOS) in the exact text DPO sees, fitted to --max-length by DPO's rule
+(the post is trimmed, never the summary), with the loss on the summary tokens only. --sft-data `chosen`:
+the chosen summaries of the preference data's TRAIN split (Preferred-FT, DPO paper §6); or a file/hub id
+of CarperAI/openai_summarize_tldr-style rows. docs/sft.md has the details; the run folder, resume,
+trackers and the chain base → SFT → DPO are the lifecycle's (runs/lifecycle.py, docs/runs.md).
 """
 
 from __future__ import annotations
@@ -21,18 +13,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import preftune
 from preftune.config import SFT_CHOSEN, DataConfig, SFTConfig
 from preftune.data.adapters import RowError, RowSkip, text_id
 from preftune.data.fit import fit
 from preftune.data.pairs import Pair, Tally
 from preftune.data.sequence import with_eos
 from preftune.errors import DataError, PreftuneError
-from preftune.runs import folder as run_folder
-from preftune.runs.folder import CONFIG_FILE, METRICS_FILE, TRAIN_LOG_FILE
+from preftune.runs.folder import TRAIN_LOG_FILE
+from preftune.runs.lifecycle import begin
+from preftune.runs.results import read_train_log
 
 logger = logging.getLogger(__name__)
 
@@ -189,21 +180,13 @@ def build_trainer(model_path: str, tokenizer, rows: list[Pair], cfg: SFTConfig, 
     return trainer
 
 
-def sft_chain(cfg: SFTConfig, name: str, final: Path, data_label: str, n_rows: int) -> list[dict]:
-    entry = {"kind": run_folder.SFT_KIND, "run": name, "path": str(final.resolve()), "lr": cfg.lr,
-             "bs": cfg.batch_size, "epochs": cfg.epochs, "data": data_label, "rows": n_rows}
-    return run_folder.model_chain(cfg.model) + [entry]
-
-
 def sft(data_cfg: DataConfig, cfg: SFTConfig, name: str | None = None) -> Path:
     """`preftune sft`: rows → fitted rows → SFTTrainer → ROOT/NAME (written as NAME.partial). Returns it."""
     from preftune.launch import single_process
     from preftune.models import load_tokenizer, resolve_model
 
     single_process("sft")  # several processes would each train and write alone
-    name = name or cfg.run_name
-    root = Path(cfg.output_dir)
-    run_folder.check_destination(root / name, cfg.overwrite)  # before any work
+    life = begin("sft", cfg, name)  # before any work
     resolved = resolve_model(cfg.model)
     logger.info(f"model: {cfg.model} ← {resolved.source}")
     tokenizer = load_tokenizer(resolved.path)
@@ -212,43 +195,33 @@ def sft(data_cfg: DataConfig, cfg: SFTConfig, name: str | None = None) -> Path:
     if not rows:
         raise PreftuneError("no SFT rows left after fitting to --max-length")
 
-    partial = run_folder.begin_partial(root, name, cfg.overwrite)
+    life.open(data_cfg)
+    partial = life.partial
     trainer = build_trainer(resolved.path, tokenizer, rows, cfg, data_cfg.seed, partial)
-    logger.info(f"sft: {name}: {len(rows):,} rows × {cfg.epochs} epoch(s), batch {cfg.batch_size}, lr {cfg.lr}")
+    logger.info(f"sft: {life.name}: {len(rows):,} rows × {cfg.epochs} epoch(s), batch {cfg.batch_size}, lr {cfg.lr}")
     start = time.perf_counter()
     output = trainer.train()
     runtime = time.perf_counter() - start
     trainer.save_model(str(partial))
     tokenizer.save_pretrained(partial)
 
-    log = run_folder.read_train_log(partial / TRAIN_LOG_FILE)
-    run_folder.atomic_write_json(partial / METRICS_FILE, {
+    log = read_train_log(life.log_path)
+    logger.info(f"sft: {output.global_step} steps in {runtime:.1f} s ({runtime / (len(rows) * cfg.epochs):.2f} s/row)")
+    data_label = SFT_CHOSEN if cfg.sft_data == SFT_CHOSEN else Path(cfg.sft_data).name or cfg.sft_data
+    return life.finish(data_cfg, {
         "steps": output.global_step,
         "train_runtime_s": round(runtime, 2),
         "train_rows": len(rows),
         "rows_per_s": len(rows) * cfg.epochs / runtime,
         "s_per_row": runtime / (len(rows) * cfg.epochs),
         "first_loss": log[0].get("loss") if log else None,
-        "final": {k: v for k, v in (log[-1] if log else {}).items() if k != "step"},
-    })
-    data_label = SFT_CHOSEN if cfg.sft_data == SFT_CHOSEN else Path(cfg.sft_data).name or cfg.sft_data
-    run_folder.atomic_write_json(partial / CONFIG_FILE, {
-        "preftune_version": preftune.__version__,
-        "kind": run_folder.SFT_KIND,
-        "run_name": name,
-        "data": asdict(data_cfg),
-        "sft": asdict(cfg),
+    }, {
         "model_source": resolved.source,
         "sft_source": source,
         "fit": fits,
         # the posts imitated (sorted ids): with --sft-data chosen all from the preference data's train split
         "post_ids": sorted({r.post_id for r in rows}),
-        "chain": sft_chain(cfg, name, root / name, data_label, len(rows)),
-    })
-    logger.info(f"sft: {output.global_step} steps in {runtime:.1f} s ({runtime / (len(rows) * cfg.epochs):.2f} s/row)")
-    final = run_folder.finish_partial(partial)
-    logger.info(f"run: {final}")
-    return final
+    }, life.chain_entry(data=data_label, rows=len(rows)))
 
 
 def add_cli(verbs) -> None:

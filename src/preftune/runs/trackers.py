@@ -1,26 +1,12 @@
-"""Experiment trackers: `--report-to tensorboard|trackio|wandb|mlflow` on train, sweep and rm train.
+"""Experiment trackers: `--report-to tensorboard|trackio|wandb|mlflow` on train, sweep, sft and rm train.
 
-One rule for both engines and the reward model. A run is logged to project P (`--tracker-project`,
-default the --output-dir folder's name, so all runs of a sweep share one project) under its folder
-name, with:
-- per logged step, `train/<key>` for every key of its train_log.jsonl (the names transformers' own
-  callbacks give TRL's logs, so both engines line up in one dashboard), at the optimizer step;
-- the run's settings as the run's hyperparameters (config);
-- once evaluated, `eval/<metric>` for every number of its eval.json, at the last step
-  (`log_final_metrics`), and the settings again beside them (TensorBoard's HPARAMS view).
-
-The fast engine logs through accelerate's tracking API (an Accelerator), the TRL engine through the
-Trainer's `report_to`, and a training loop of its own (`rm train`) through `step_logger` (accelerate's
-tracker classes without an Accelerator, as `log_final_metrics` uses them). What a tracker writes goes under ROOT/tracking/ (ROOT = --output-dir):
-
-    tensorboard/<run>/  event files: `tensorboard --logdir ROOT/tracking/tensorboard`
-    trackio/            Trackio's local store, unless TRACKIO_DIR is set:
-                        `TRACKIO_DIR=ROOT/tracking/trackio trackio show --project P`
-    wandb/              W&B's local files (the run itself goes to W&B's server), unless WANDB_DIR is set
-    mlruns/             MLflow's store, unless MLFLOW_TRACKING_URI is set: `mlflow ui --backend-store-uri ...`
-
-Each run folder gets tracking.json: the tracker, project, run name, where it wrote, and the settings
-logged, which is how the final eval metrics (and a resumed run) find the same tracker run again.
+One rule for every trainer (docs/runs.md): a run is logged to project P (`--tracker-project`, default the
+--output-dir folder's name) under its folder name, with `train/<key>` for every key of each logged step
+of its train_log.jsonl, its settings as hyperparameters, and once evaluated `eval/<metric>` at the last
+step (`log_final_metrics`). The fast engine and `rm train` log through accelerate's tracking API, the TRL
+engine through the Trainer's `report_to`. Files go under ROOT/tracking/; each run folder gets
+tracking.json (tracker, project, run, where, settings), how its eval metrics and a resumed run find the
+same tracker run again.
 """
 
 from __future__ import annotations
@@ -287,18 +273,6 @@ def _tracker_run(tracking: Tracking, final: bool = False):
             yield tracker
         finally:
             tracker.finish()
-
-
-@contextlib.contextmanager
-def step_logger(tracking: Tracking | None):
-    """For a training loop of its own (neither an Accelerator's nor a Trainer's, e.g. `rm train`'s):
-    a function that sends one train_log record to the run's tracker (`train/<key>` at its step),
-    with the tracker run open for the `with` block. A no-op without a tracker, and off rank 0."""
-    if tracking is None or log.rank() != 0:
-        yield lambda record: None
-        return
-    with _tracker_run(tracking) as tracker:
-        yield lambda record: tracker.log(step_values(record), step=record.get("step"))
 
 
 def log_final_metrics(cfg: Any, run_dir: Path, metrics: dict, step: int | None = None) -> None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from preftune.data.adapters import text_id, tldr_prompt
 from preftune.errors import PreftuneError
-from preftune.runs.folder import EVAL_PAIRS_FILE, open_run, read_pairs
+from preftune.runs.folder import EVAL_PAIRS_FILE
+from preftune.runs.results import open_run, read_pairs
 
 if TYPE_CHECKING:
     from preftune.judge.generate import Decoding, Generation

@@ -20,7 +20,7 @@ import preftune
 from preftune.config import ServeConfig, SpaceConfig
 from preftune.errors import PreftuneError
 from preftune.hubids import check_repo_id, is_hub_id
-from preftune.runs.folder import Run, open_run
+from preftune.runs.results import Run, open_run
 from preftune.serve.demo import Limits, spec_from_run
 
 logger = logging.getLogger(__name__)

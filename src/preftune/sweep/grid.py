@@ -40,7 +40,7 @@ from preftune.config import (
 from preftune.config.files import coerce, load_config_file
 from preftune.errors import PreftuneError
 from preftune.runs import trackers
-from preftune.runs.folder import atomic_write_json
+from preftune.runs.folder import atomic_write_json, partial_of
 
 logger = logging.getLogger(__name__)
 
@@ -145,20 +145,20 @@ def differences(stored: dict, wanted: dict) -> list[str]:
 def run_state(root: Path, planned: PlannedRun, data_cfg: DataConfig) -> str:
     """'finished', 'resume from checkpoint-N', 'restart' or 'new'. A finished run trained with other
     settings is an error: the sweep would report it as if it were this grid's."""
-    from preftune.runs.dpo import resume_point, run_spec, stored_spec
+    from preftune.runs.lifecycle import resume_point, run_spec, stored_spec
 
-    final, partial = root / planned.name, root / (planned.name + ".partial")
+    final, partial = root / planned.name, partial_of(root / planned.name)
     if final.exists():
-        stored = stored_spec(final)
+        stored = stored_spec(final, "dpo")
         if stored is None:
             raise PreftuneError(f"{final} exists but is not a preftune run folder; move it away and re-run")
-        diff = differences(stored, run_spec(data_cfg, planned.cfg))
+        diff = differences(stored, run_spec("dpo", data_cfg, planned.cfg))
         if diff:
             raise PreftuneError(f"{final} was trained with other settings ({'; '.join(diff)}); use another "
                                 "--output-dir, or delete that run folder to train it again")
         return "finished"
     if partial.exists():
-        checkpoint = resume_point(partial, data_cfg, planned.cfg)
+        checkpoint = resume_point(partial, "dpo", data_cfg, planned.cfg)
         return f"resume from {checkpoint.name}" if checkpoint else "restart"
     return "new"
 

@@ -44,10 +44,10 @@ from preftune.runs.folder import (
     RM_EVAL_FILE,
     atomic_write_json,
     is_finished_run,
-    read_eval,
     read_json,
     run_dirs,
 )
+from preftune.runs.results import read_eval
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +304,8 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
     _step(state, "rm", lambda: (rm_dir / RM_EVAL_FILE).is_file(),
           lambda: _run(["rm", "train"], ["--config", str(_write_settings(
               root, "rm", {**data, **recipe["rm"], "output_dir": str(root), "name": RM_NAME}))]),
-          measured=lambda: (read_json(rm_dir / RM_CONFIG_FILE, missing_ok=True) or {}).get("train_runtime_s", 0.0))
+          measured=lambda: (read_json(rm_dir / METRICS_FILE, missing_ok=True)  # an older RM: in rm_config.json
+                            or read_json(rm_dir / RM_CONFIG_FILE, missing_ok=True) or {}).get("train_runtime_s", 0.0))
 
     # 2. SFT (optional)
     model = recipe["dpo"].get("model")

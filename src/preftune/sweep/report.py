@@ -36,7 +36,8 @@ from pathlib import Path
 from preftune.config import ReportConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
 from preftune.runs import folder as run_folder
-from preftune.runs.folder import CONFIG_FILE, TEST_PAIRS_FILE, Run, open_run
+from preftune.runs.folder import CONFIG_FILE, TEST_PAIRS_FILE
+from preftune.runs.results import Run, open_run
 
 logger = logging.getLogger(__name__)
 

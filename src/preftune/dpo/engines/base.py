@@ -14,7 +14,7 @@ from typing import Any
 from preftune.config import SFTConfig, TrainConfig
 from preftune.data.prepare import Pair
 from preftune.errors import PreftuneError
-from preftune.runs.folder import atomic_write_json, strict_json
+from preftune.runs.folder import atomic_write_json, final_of, strict_json
 from preftune.runs.trackers import hparams, reporting
 
 
@@ -34,7 +34,7 @@ class TrainJob:
     @property
     def run_name(self) -> str:
         """The run's folder name (out_dir is ROOT/<name>.partial/ while it is written): its name in trackers."""
-        return self.out_dir.name.removesuffix(".partial")
+        return final_of(self.out_dir).name
 
     def tracking(self):
         """`trackers.reporting` for this job, a context manager: the run's Tracking (None without a

@@ -1,0 +1,189 @@
+"""The run lifecycle every trainer shares (runs/lifecycle.py): NAME.partial → NAME, what makes two runs
+the same run (old folders without a `kind` included), the log rewound to a checkpoint; and, for each
+command (`train`, `rm train`), a process SIGKILLed mid-training and run again with the same command ends
+with the same folder as an uninterrupted run; each command's --help offers the lifecycle's flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preftune.config import DataConfig, SFTConfig, TrainConfig
+from preftune.errors import PreftuneError
+from preftune.runs.lifecycle import (
+    begin_partial,
+    check_destination,
+    finish_partial,
+    resume_point,
+    rewind,
+    run_spec,
+    stored_spec,
+)
+
+DATA = DataConfig(fraction=0.03, seed=3)
+
+
+# ---- NAME.partial → NAME -------------------------------------------------------------------------
+
+
+def test_partial_lifecycle(tmp_path):
+    partial = begin_partial(tmp_path / "run")
+    assert partial == tmp_path / "run.partial" and partial.is_dir()
+    (partial / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"w")
+    final = finish_partial(partial)
+    assert final == tmp_path / "run" and (final / "model.safetensors").is_file()
+    assert not (final / "checkpoints").exists() and not partial.exists()
+
+
+def test_an_existing_run_needs_overwrite_and_is_replaced_only_at_the_end(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "old").write_text("old")
+    with pytest.raises(PreftuneError, match="run already exists; pass --overwrite to replace it"):
+        check_destination(tmp_path / "run", overwrite=False)
+    check_destination(tmp_path / "run", overwrite=True)
+    partial = begin_partial(tmp_path / "run")
+    assert (tmp_path / "run" / "old").is_file()  # untouched until the new run is complete
+    (partial / "new").write_text("new")
+    final = finish_partial(partial)
+    assert [p.name for p in final.iterdir()] == ["new"]
+
+
+def test_a_leftover_partial_is_emptied_unless_resuming(tmp_path):
+    (tmp_path / "run.partial").mkdir()
+    (tmp_path / "run.partial" / "train_log.jsonl").write_text("{}\n")
+    assert list(begin_partial(tmp_path / "run", resume=True).iterdir())  # kept: the run continues
+    assert not list(begin_partial(tmp_path / "run").iterdir())  # emptied: a fresh start
+
+
+# ---- the same run, resumed -----------------------------------------------------------------------
+
+
+def checkpoint(partial: Path, step: int) -> Path:
+    folder = partial / "checkpoints" / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "preftune_checkpoint.json").write_text(json.dumps({"step": step, "elapsed_s": 1.0}))
+    return folder
+
+
+def test_only_a_partial_of_the_same_settings_and_kind_is_resumed(tmp_path):
+    """The spec ignores what changes neither the result nor the evaluation; a DPO folder from before
+    kinds (no "kind") is a DPO run's; an SFT folder of the same name is not a DPO run to resume."""
+    cfg = TrainConfig(output_dir=str(tmp_path), lr=1e-3)
+    partial = tmp_path / "run.partial"
+    partial.mkdir()
+    spec = run_spec("dpo", DATA, cfg, ())
+    (partial / "preftune_config.json").write_text(json.dumps({"run_name": "run", **spec}))  # before kinds
+    assert resume_point(partial, "dpo", DATA, cfg) is None  # no complete checkpoint yet
+    checkpoint(partial, 2)
+    (partial / "checkpoints" / "checkpoint-4").mkdir()  # killed while saving: no marker
+    assert resume_point(partial, "dpo", DATA, cfg).name == "checkpoint-2"
+    again = TrainConfig(output_dir="elsewhere", lr=1e-3, save_steps=3, logging_steps=5, report_to="tensorboard",
+                        max_eval_pairs=4, pack_tokens=100)
+    assert resume_point(partial, "dpo", DATA, again).name == "checkpoint-2"
+    assert resume_point(partial, "dpo", DATA, TrainConfig(output_dir=str(tmp_path), lr=2e-3)) is None
+    assert resume_point(partial, "dpo", DataConfig(fraction=0.5, seed=3), cfg) is None
+    assert stored_spec(partial, "sft") is None
+    sft = SFTConfig(output_dir=str(tmp_path), lr=1e-3)
+    (partial / "preftune_config.json").write_text(json.dumps({"kind": "sft", **run_spec("sft", DATA, sft, ())}))
+    assert resume_point(partial, "dpo", DATA, cfg) is None and resume_point(partial, "sft", DATA, sft) is not None
+
+
+def test_rewind_drops_later_log_lines_a_torn_line_and_other_checkpoints(tmp_path):
+    partial = tmp_path / "run.partial"
+    two, four = checkpoint(partial, 2), checkpoint(partial, 4)
+    (partial / "checkpoints" / "checkpoint-6").mkdir()
+    log = "".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo'
+    (partial / "train_log.jsonl").write_text(log)
+    assert rewind(partial, four) == 4
+    assert [json.loads(line)["step"] for line in (partial / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == ["checkpoint-4"] and not two.exists()
+
+
+# ---- each command, killed and run again ----------------------------------------------------------
+
+# `preftune ARGV`, SIGKILLing itself right after the per-step log line of step KILL_AT is written (every
+# trainer writes it through engines.base.append_log): with --save-steps 2 and step 3, after checkpoint-2.
+DRIVER = """
+import importlib, os, pkgutil, signal, sys
+import preftune.dpo.engines as engines
+import preftune.dpo.engines.base as base
+import preftune.runs.rm
+from preftune.cli import main
+
+for info in pkgutil.iter_modules(engines.__path__):
+    importlib.import_module(f"preftune.dpo.engines.{info.name}")
+kill_at, append_log = int(os.environ.get("KILL_AT", "0")), base.append_log
+
+def append_then_die(path, record):
+    append_log(path, record)
+    if record.get("step") == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+for module in list(sys.modules.values()):
+    if getattr(module, "append_log", None) is append_log and module.__name__.startswith("preftune."):
+        module.append_log = append_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+TINY = ["--fraction", "0.03", "--seed", "3", "--lr", "1e-2", "--batch-size", "2", "--max-length", "192",
+        "--save-steps", "2", "--logging-steps", "1"]
+COMMANDS = {  # command → (its argv, its folder's name): 4 optimizer steps each
+    "train": (["train", "--max-pairs", "8", "--max-eval-pairs", "4", "--no-gradient-checkpointing"],
+              "dpo_model_lr0.01_bs2_epoch1"),
+    "rm train": (["rm", "train", "--max-pairs", "8", "--max-eval-pairs", "4", "--debias", "none"], "reward_model"),
+}
+
+
+def preftune(argv: list[str], tmp_path: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-c", DRIVER, *argv], env=env, capture_output=True, text=True, timeout=300)
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_killed_and_run_again_matches_an_uninterrupted_run(command, tiny_model, tmp_path):
+    args, name = COMMANDS[command]
+    argv = [*args, "--model", str(tiny_model), *TINY]
+    killed = preftune([*argv, "--output-dir", str(tmp_path / "killed")], tmp_path, kill_at=3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    partial = tmp_path / "killed" / f"{name}.partial"
+    assert steps_logged(partial) == [1, 2, 3] and not (tmp_path / "killed" / name).exists()
+    assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == ["checkpoint-2"]
+
+    resumed = preftune([*argv, "--output-dir", str(tmp_path / "killed")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resume: {name} from checkpoints/checkpoint-2 (step 2)" in resumed.stdout
+    straight = preftune([*argv, "--output-dir", str(tmp_path / "straight")], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run, reference = tmp_path / "killed" / name, tmp_path / "straight" / name
+    assert steps_logged(run) == steps_logged(reference) == [1, 2, 3, 4]  # step 3 logged once, not twice
+    assert not (run / "checkpoints").exists() and not partial.exists()
+    a, b = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[json.loads(line)["loss"] for line in (r / "train_log.jsonl").read_text().splitlines()]
+              for r in (run, reference)]
+    assert losses[0] == losses[1]
+    config = json.loads((run / "preftune_config.json").read_text())
+    assert config["kind"] == ("rm" if command == "rm train" else "dpo") and config["world_size"] == 1
+    assert [e["kind"] for e in config["chain"]] == ["base", config["kind"]] and config["chain"][-1]["run"] == name
+
+
+@pytest.mark.parametrize("command", [["train"], ["sft"], ["rm", "train"]])
+def test_every_trainer_offers_the_lifecycles_flags(command, capsys):
+    from preftune.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--report-to", "--tracker-project", "--precision", "--save-steps", "--config", "--overwrite"):
+        assert flag in out, flag
