@@ -2,26 +2,38 @@
 
 This module holds names and ranges only: it imports no engine, loss, adapter or torch (a test checks
 that the name tuples below match the registries they stand for). The CLI is generated from these
-classes (`add_arguments`), so a flag's name, type, default, allowed values and help live in exactly
-one place. A field's own rule (a range, a set of names) is metadata on the field, enforced by
-`check_fields` for every config, CLI or not; `check()` holds only rules between fields. A new field is
-one line: `name: type = _opt(default, "help", gt=0)`.
+classes (config/fields.py: `add_arguments`), so a flag's name, type, default, allowed values and help
+live in one place; the settings every trainer takes are defined once (`RUN_SETTINGS`). A field's own
+rule is metadata on the field, checked for every config; `check()` holds only rules between fields.
+The publishing commands' configs are in config/publish.py. A new field is one line:
+`name: type = _opt(default, "help", gt=0)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
-import operator
-import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from preftune.config.fields import (  # noqa: F401 - the machinery, for `from preftune.config import ...` callers
+    Config,
+    _default,
+    _opt,
+    add_arguments,
+    check_fields,
+    check_fractions,
+    check_value,
+    flag_name,
+    from_args,
+)
+from preftune.config.publish import (  # noqa: F401 - for `from preftune.config import ...` callers
+    RANK_KEYS,
+    DataPushConfig,
+    PushConfig,
+    ServeConfig,
+    SpaceConfig,
+)
 from preftune.errors import PreftuneError
-from preftune.hubids import check_repo_id
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_DATASET = "tldr-sample"
@@ -49,84 +61,64 @@ DEFAULT_PACK_TOKENS = {"cpu": 0, "cuda": 8192}
 SEED_LIMIT = 2**32  # numpy's seeds (transformers.set_seed seeds numpy too) are in [0, 2**32)
 
 
-def _opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
-         gt: float | None = None, le: float | None = None, lt: float | None = None, nonempty: bool | str = False,
-         **extra: Any) -> Any:
-    """A dataclass field with CLI metadata: help text, allowed `choices` (argparse choices too), a
-    range (ge ≥, gt >, le ≤, lt <) and `nonempty` (a string that must say something; a str: what to pass instead), which
-    `check_fields` enforces for every config, CLI or not."""
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty or None,
-            **extra}
-    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+# ---- the settings every trainer takes (train, sft, rm train: runs/lifecycle.py, docs/runs.md) --------
+# One definition and one help text each; a config declares one as `name: type = run_setting("name")`.
+RUN_SETTINGS: dict[str, dict[str, Any]] = {
+    "overwrite": {"default": False, "help": "Replace the run folder if it already exists."},
+    "logging_steps": {"default": 1, "help": "Log the training metrics every N optimizer steps.", "gt": 0},
+    "save_steps": {
+        "default": 0, "ge": 0, "help": "Checkpoint every N optimizer steps (0: never); running the same command "
+        "again resumes from the last complete checkpoint (docs/runs.md)."},
+    "precision": {
+        "default": "auto", "choices": PRECISION_NAMES, "help": "Compute precision: fp32, or bf16/fp16 mixed "
+        "precision (weights and optimizer stay fp32). 'auto': bf16 on a CUDA GPU that supports it, else fp32. On "
+        "CPUs without bf16 units (AVX512-BF16/AMX) bf16 is ~10x slower than fp32; fp16 needs a CUDA GPU."},
+    "report_to": {
+        "default": "none", "choices": TRACKER_NAMES, "help": "Experiment tracker the run logs to (its per-step "
+        "log, settings and final metrics), written under ROOT/tracking/ (docs/runs.md)."},
+    "tracker_project": {
+        "default": None, "nonempty": True, "help": "Tracker project the run is logged under, by its folder name "
+        "(default: the --output-dir folder's name, so a sweep's runs share one project)."},
+    "grad_accum": {"default": 1, "gt": 0, "help": "Gradient accumulation steps: trades memory for time at the same "
+                   "batch size."},
+    "pack_tokens": {
+        "default": None, "ge": 0, "help": "Fast engine: pairs (SFT: rows) are packed into forwards of at most this "
+        "many tokens (each keeps its own attention and positions; a longer one gets a forward of its own); 0: one "
+        "per forward. More per forward: larger matmuls (what a GPU needs), more activation memory. Does not change "
+        f"the result (default: {DEFAULT_PACK_TOKENS['cpu']} on CPU, where packing measured no faster; "
+        f"{DEFAULT_PACK_TOKENS['cuda']} on a GPU)."},
+    "fsdp": {
+        "default": False, "help": "Shard weights, gradients and optimizer state across the processes of a torchrun "
+        "launch (FSDP2: torch's fully_shard per decoder layer, as transformers loads it), both engines; tested on "
+        "CPU (gloo). Not with --lora or --save-steps."},
+    "lora": {"default": False, "help": "Train a LoRA adapter instead of all weights; the saved model is merged."},
+    "lora_r": {"default": 16, "gt": 0, "help": "LoRA rank."},
+    "lora_alpha": {"default": 32, "gt": 0, "help": "LoRA alpha (scale = alpha / r)."},
+    "lora_dropout": {"default": 0.05, "ge": 0, "lt": 1, "help": "LoRA dropout."},
+    "lora_targets": {"default": "q_proj,k_proj,v_proj,o_proj", "help": "Comma-separated module names LoRA adapts."},
+}
 
 
-def _default(cls: type, name: str) -> Any:
-    """A dataclass field's default value."""
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+def run_setting(name: str, **override: Any) -> Any:
+    """The field of RUN_SETTINGS[name] (`override` changes a default or a bound)."""
+    spec = {**RUN_SETTINGS[name], **override}
+    return _opt(spec.pop("default"), spec.pop("help"), **spec)
 
 
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _interval(meta: Mapping) -> str:
-    """'(0, 1]' from gt=0, le=1."""
-    low = f"[{meta['ge']}" if "ge" in meta else f"({meta['gt']}"
-    high = f"{meta['le']}]" if "le" in meta else f"{meta['lt']})"
-    return f"{low}, {high}"
-
-
-def check_value(value: Any, meta: Mapping, flag: str) -> None:
-    """One value against a field's metadata: its choices, finiteness (floats) and range."""
-    if meta.get("nonempty") and isinstance(value, str) and not value.strip():
-        hint = meta["nonempty"] if isinstance(meta["nonempty"], str) else ""
-        raise PreftuneError(f"{flag} is empty" + (f": {hint}" if hint else ""))
-    if "choices" in meta and value not in meta["choices"]:
-        raise PreftuneError(f"unknown {flag} '{value}'; choose one of: {', '.join(map(str, meta['choices']))}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise PreftuneError(f"{flag} must be a finite number, got {value}")
-    bounds = [(key, meta[key]) for key in ("ge", "gt", "le", "lt") if key in meta]
-    if not bounds:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PreftuneError(f"{flag} must be a number, got {value!r}")
-    if not all(getattr(operator, key)(value, bound) for key, bound in bounds):
-        if len(bounds) == 2:
-            raise PreftuneError(f"{flag} must be in {_interval(meta)}, got {value}")
-        key, bound = bounds[0]
-        raise PreftuneError(f"{flag} must be {dict(ge='≥', gt='>', le='≤', lt='<')[key]} {bound}, got {value}")
-
-
-def check_fractions(eval_fraction: float, test_fraction: float) -> None:
-    """The validation and test shares: each in [0, 1), and together < 1 (training needs pairs). DataConfig's
-    rule, and the split's own (data/split.py) for callers that split without a DataConfig."""
-    for flag, value in (("--eval-fraction", eval_fraction), ("--test-fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise PreftuneError(f"{flag} must be in [0, 1), got {value}")
-    if eval_fraction + test_fraction >= 1.0:
-        raise PreftuneError(f"--eval-fraction + --test-fraction must be < 1, got {eval_fraction} + {test_fraction}: "
-                            "no pair would be left to train on")
-
-
-def check_fields(obj: Any) -> None:
-    """Validate every field of a config against its metadata (choices, range); None passes (unset).
-    A tuple field (a sweep's grid) is checked value by value."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        for item in value if isinstance(value, tuple) else (value,):
-            if item is not None:
-                check_value(item, f.metadata, flag_name(f.name))
-
-
-class Config:
-    """Base of every config: each field is checked against its metadata, then `check()` runs."""
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        self.check()
-
-    def check(self) -> None:
-        """Rules between fields (a single field's rule belongs in its metadata)."""
+def check_tuning(cfg: Any) -> None:
+    """Rules between the settings DPO and SFT share (LoRA, FSDP, packing, engines)."""
+    if not [m for m in cfg.lora_targets.split(",") if m.strip()]:
+        raise PreftuneError(f"--lora-targets names no module, got '{cfg.lora_targets}' "
+                            "(e.g. q_proj,k_proj,v_proj,o_proj)")
+    if cfg.pack_tokens is not None and cfg.engine != "fast":
+        raise PreftuneError(f"--pack-tokens applies to the fast engine only (TRL pads its own batches), "
+                            f"got --engine {cfg.engine}")
+    if cfg.fsdp and cfg.save_steps:
+        raise PreftuneError("--save-steps with --fsdp: checkpoints of a sharded model are not supported yet; "
+                            "drop --save-steps (the finished model is saved whole) or --fsdp")
+    if cfg.fsdp and cfg.lora:
+        raise PreftuneError("--fsdp shards full weights; with --lora the trainable adapters are small: "
+                            "drop --fsdp (plain data parallel) or --lora")
 
 
 # DataConfig fields that choose training pairs after the split (preftune.data.options), not the preparation
@@ -214,47 +206,32 @@ class TrainConfig(Config):
     nll_weight: float = _opt(
         0.0, "Add this × the NLL of the chosen completion (mean per token over the batch, TRL's 'sft' term) to "
         "any --loss: RPO (arXiv:2404.19733) uses 1.0; keeps chosen likelihood from falling. 0: off.", ge=0)
-    lora: bool = _opt(False, "Train a LoRA adapter instead of all weights; the saved model is merged.")
-    lora_r: int = _opt(16, "LoRA rank.", gt=0)
-    lora_alpha: int = _opt(32, "LoRA alpha (scale = alpha / r).", gt=0)
-    lora_dropout: float = _opt(0.05, "LoRA dropout.", ge=0, lt=1)
-    lora_targets: str = _opt("q_proj,k_proj,v_proj,o_proj", "Comma-separated module names LoRA adapts.")
+    lora: bool = run_setting("lora")
+    lora_r: int = run_setting("lora_r")
+    lora_alpha: int = run_setting("lora_alpha")
+    lora_dropout: float = run_setting("lora_dropout")
+    lora_targets: str = run_setting("lora_targets")
     max_length: int = _opt(
         512, "Max tokens of prompt + completion. Longer pairs have their post trimmed (never the summary); "
         "time and memory per step grow with it.", gt=0)
     max_pairs: int | None = _opt(None, "Use at most this many training pairs (after the split).", gt=0)
     max_eval_pairs: int | None = _opt(None, "Evaluate on at most this many held-out pairs (default: all).", gt=0)
     evaluate: bool = _opt(True, "Evaluate on the held-out split after training.")
-    grad_accum: int = _opt(1, "Gradient accumulation steps: trades memory for time at the same batch size.", gt=0)
+    grad_accum: int = run_setting("grad_accum")
     gradient_checkpointing: bool | None = _opt(
         None, "Recompute activations in backward: less memory, more time (default: on for trl, off for fast, "
         "which holds one pair's activations at a time).")
     engine: str = _opt(
         "fast", "Training engine: 'fast' (preftune's: each prompt once, LM head on completions only, cached "
         "reference log-probs) or 'trl' (TRL's DPOTrainer, the reference implementation).", choices=ENGINE_NAMES)
-    pack_tokens: int | None = _opt(
-        None, "Fast engine: pairs are packed into forwards of at most this many tokens (each pair keeps its own "
-        "attention and positions; a longer pair gets a forward of its own); 0: one pair per forward. More per "
-        "forward: larger matmuls (what a GPU needs), more activation memory. Does not change the result "
-        f"(default: {DEFAULT_PACK_TOKENS['cpu']} on CPU, where packing measured no faster; "
-        f"{DEFAULT_PACK_TOKENS['cuda']} on a GPU).", ge=0)
-    precision: str = _opt(
-        "auto", "Compute precision: fp32, or bf16/fp16 mixed precision (weights and optimizer stay fp32). 'auto': "
-        "bf16 on a CUDA GPU that supports it, else fp32. On CPUs without bf16 units (AVX512-BF16/AMX) bf16 is "
-        "~10x slower than fp32; fp16 needs a CUDA GPU.", choices=PRECISION_NAMES)
-    fsdp: bool = _opt(
-        False, "Shard weights, gradients and optimizer state across the processes of a torchrun launch "
-        "(FSDP2: torch's fully_shard per decoder layer, as transformers loads it), both engines; tested on CPU "
-        "(gloo). Not with --lora or --save-steps.")
-    logging_steps: int = _opt(1, "Log metrics every N optimizer steps.", gt=0)
-    overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
-    save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
-    report_to: str = _opt(
-        "none", "Experiment tracker the run logs to (its training curves, settings and final eval metrics), "
-        "written under ROOT/tracking/ (see the README).", choices=TRACKER_NAMES)
-    tracker_project: str | None = _opt(
-        None, "Tracker project the run is logged under, by its folder name (default: the --output-dir folder's "
-        "name, so a sweep's runs share one project).", nonempty=True)
+    pack_tokens: int | None = run_setting("pack_tokens")
+    precision: str = run_setting("precision")
+    fsdp: bool = run_setting("fsdp")
+    logging_steps: int = run_setting("logging_steps")
+    overwrite: bool = run_setting("overwrite")
+    save_steps: int = run_setting("save_steps")
+    report_to: str = run_setting("report_to")
+    tracker_project: str | None = run_setting("tracker_project")
 
     def check(self) -> None:
         for name, loss in LOSS_FIELDS.items():
@@ -263,31 +240,18 @@ class TrainConfig(Config):
         if self.loss not in ENGINE_LOSSES[self.engine]:
             raise PreftuneError(f"--loss {self.loss} is not available with --engine {self.engine} (TRL's DPOTrainer "
                                 f"has no such loss); use --engine fast")
-        if not [m for m in self.lora_targets.split(",") if m.strip()]:
-            raise PreftuneError(f"--lora-targets names no module, got '{self.lora_targets}' "
-                                "(e.g. q_proj,k_proj,v_proj,o_proj)")
-        if self.pack_tokens is not None and self.engine != "fast":
-            raise PreftuneError(f"--pack-tokens applies to the fast engine only (TRL pads its own batches), "
-                                f"got --engine {self.engine}")
-        if self.fsdp and self.save_steps:
-            raise PreftuneError("--save-steps with --fsdp: checkpoints of a sharded model are not supported yet; "
-                                "drop --save-steps (the finished model is saved whole) or --fsdp")
-        if self.fsdp and self.lora:
-            raise PreftuneError("--fsdp shards full weights; with --lora the trainable adapters are small: "
-                                "drop --fsdp (plain data parallel) or --lora")
+        check_tuning(self)
 
     @property
     def run_name(self) -> str:
         return run_name(self.lr, self.batch_size, self.epochs)
 
 
-# Validation metrics a leaderboard can be ranked by (higher is better); report.RANKINGS implements them.
-RANK_KEYS = ("length_balanced_accuracy", "accuracy", "mean_margin", "chosen_shorter_accuracy", "chosen_longer_accuracy")
 
-
-def run_name(lr: float, batch_size: int, epochs: int) -> str:
-    """The original pipeline's folder name, e.g. dpo_model_lr5e-05_bs16_epoch1 (Python's float repr)."""
-    return f"dpo_model_lr{lr!r}_bs{batch_size}_epoch{epochs}"
+def run_name(lr: float, batch_size: int, epochs: int, kind: str = "dpo") -> str:
+    """A run's folder name, the original pipeline's, e.g. dpo_model_lr5e-05_bs16_epoch1 (Python's float repr);
+    sft_model_… for an SFT run (a reward model's is its --name)."""
+    return f"{kind}_model_lr{lr!r}_bs{batch_size}_epoch{epochs}"
 
 
 @dataclass
@@ -325,17 +289,12 @@ class RewardConfig(Config):
     max_eval_pairs: int | None = _opt(None, "Measure held-out accuracy on at most this many pairs (default: all).",
                                       gt=0)
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, slower.")
-    logging_steps: int = _opt(5, "Log loss/accuracy every N optimizer steps.", gt=0)
-    overwrite: bool = _opt(False, "Replace the reward model folder if it already exists.")
-    precision: str = _opt("auto", "Compute precision, as `train --precision` ('auto': bf16 on a CUDA GPU that "
-                          "supports it, else fp32); fp16 needs a CUDA GPU.", choices=PRECISION_NAMES)
-    save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
-    report_to: str = _opt(
-        "none", "Experiment tracker the training logs to, written under ROOT/tracking/ (see the README).",
-        choices=TRACKER_NAMES)
-    tracker_project: str | None = _opt(
-        None, "Tracker project the reward model is logged under, by its --name (default: the --output-dir "
-        "folder's name).", nonempty=True)
+    logging_steps: int = run_setting("logging_steps", default=5)
+    overwrite: bool = run_setting("overwrite")
+    precision: str = run_setting("precision")
+    save_steps: int = run_setting("save_steps")
+    report_to: str = run_setting("report_to")
+    tracker_project: str | None = run_setting("tracker_project")
     debias: str = _opt("balance", "Length debiasing. 'balance': train on the pairs subsampled so that the longer summary "
                        "wins half the time in every band of length difference (Singhal et al. 2023), so length is no "
                        "cue to learn. 'posthoc': train on all pairs, then subtract the slope of the reward on summary "
@@ -379,39 +338,6 @@ class JudgeConfig(Config):
 
 
 @dataclass
-class ServeConfig(Config):
-    base: str | None = _opt(None, "Base model shown beside the tuned one (default: the run's reference model).")
-    host: str = _opt("127.0.0.1", "Address to listen on (0.0.0.0 to let other machines in).")
-    port: int = _opt(7860, "Port to listen on (0: any free port).", ge=0, le=65535)
-    feedback: str | None = _opt(
-        None, "JSONL file the 'which is better?' votes are appended to, in the summarize_from_feedback "
-        "comparison format (default: RUN_DIR/preferences.jsonl).")
-    max_post_chars: int = _opt(8000, "Longest post accepted, in characters (subreddit + title + post).", gt=0)
-    max_prompt_tokens: int = _opt(1024, "Longest prompt accepted, in tokens; cost grows with it.", gt=0)
-    max_new_tokens_cap: int = _opt(256, "Largest --max-new-tokens a request may ask for.", gt=0)
-    concurrency: int = _opt(1, "Generations run at once; further requests wait in the queue (CPU: 1).", gt=0)
-    queue_size: int = _opt(16, "Requests that may wait in the queue; more are refused with a message.", gt=0)
-
-
-@dataclass
-class SpaceConfig(Config):
-    repo_id: str | None = _opt(None, "The Space, OWNER/NAME (default with --push: <your user>/<run name>-demo).")
-    model_repo: str | None = _opt(
-        None, "Hub model repo the Space loads the tuned model from, OWNER/NAME (default: OWNER/<run name>, "
-        "where `preftune push` puts the run, OWNER taken from --repo-id).")
-    base: str | None = _opt(None, "Base model hub id (default: the run's reference model, if it is a hub id).")
-    push: bool = _opt(False, "Create the Space on the Hub and upload the folder (token: HF_TOKEN or `hf auth login`).")
-    private: bool = _opt(False, "Make the Space private when --push creates it.")
-    license: str = _opt("apache-2.0", "License in the Space card (SmolLM2-135M-Instruct is apache-2.0).")
-    examples: int = _opt(20, "Held-out posts from the run's eval_pairs.jsonl offered as examples in the Space.", ge=0)
-
-    def check(self) -> None:
-        for name in ("repo_id", "model_repo", "base"):  # all three are hub ids: the Space cannot read local folders
-            if getattr(self, name) is not None:
-                check_repo_id(getattr(self, name), flag_name(name))
-
-
-@dataclass
 class SweepConfig(Config):
     """The grid of `preftune sweep`: one run per combination. A flag takes a comma-separated list
     (--lr 1e-6,5e-6), a YAML key a list or one value; left out, the `train` default. Each value is
@@ -449,27 +375,6 @@ class SweepConfig(Config):
 
 
 @dataclass
-class PushConfig(Config):
-    repo_id: str | None = _opt(None, "Hub repo OWNER/NAME for one run (default: the run name under --namespace).")
-    namespace: str | None = _opt(None, "User or organization to push to (default: the token's owner, from whoami).")
-    private: bool = _opt(False, "Create the repo private (an existing repo keeps its visibility).")
-    best: int | None = _opt(None, "Push the N best runs of the sweep folder ROOT, by held-out accuracy.", gt=0)
-    dry_run: bool = _opt(False, "Write each folder exactly as it would be uploaded (model, card, plot), print the "
-                                "plan, upload nothing. Works offline and without a token.")
-    stage_dir: str | None = _opt(None, "Where --dry-run writes the upload folders (default: ROOT/hub_upload/).")
-    license: str | None = _opt(None, "License for the model card (default: the base model's when known, else 'other').")
-    base_model: str | None = _opt(None, "Hub id of the base model for the card, when the run was trained from a local "
-                                        "copy of it (default: the run's --model when that is a hub id).")
-    rank_by: str = _opt("length_balanced_accuracy", "With --best: the validation metric runs are ranked by "
-                        "(higher is better; runs without it are never picked).",
-                        choices=RANK_KEYS)
-
-    def check(self) -> None:
-        if self.repo_id and (self.best or self.namespace):
-            raise PreftuneError("--repo-id names one repo: use --namespace with --best, or push runs one at a time")
-
-
-@dataclass
 class InspectConfig(Config):
     model: str = _opt(
         DEFAULT_MODEL,
@@ -485,64 +390,6 @@ class InspectConfig(Config):
         gt=0)
 
 
-# ---- dataclass → argparse ------------------------------------------------------------------------
-
-
-def _base_type(tp: Any) -> Any:
-    """`int | None` → int; `str` → str; `tuple[float, ...]` → tuple."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0]
-    return typing.get_origin(tp) or tp
-
-
-def _shown(default: Any) -> str:
-    """A default as the user would type it."""
-    if isinstance(default, bool):
-        return "on" if default else "off"
-    if isinstance(default, tuple):
-        return ",".join(map(str, default))
-    return str(default)
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), *,
-                  suppress_defaults: bool = False, title: str | None = None) -> None:
-    """Add one --flag per dataclass field, with the field's type, choices, default and help.
-
-    suppress_defaults: a flag left out is absent from the parsed namespace (instead of holding its
-    default), so a caller can tell "not given" from "given the default" (the sweep: flags win over
-    its YAML file, which wins over the defaults). The help still shows the default.
-    A tuple field (the sweep's grid) takes a comma-separated list, parsed by the caller."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(title or cls.__name__.replace("Config", "").lower())
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        tp, meta = _base_type(hints[f.name]), f.metadata
-        help_text = meta.get("help", "")
-        if f.default is not None:
-            help_text += f" (default: {_shown(f.default)})"
-        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text,
-                                  "default": argparse.SUPPRESS if suppress_defaults else f.default}
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif tp is tuple:
-            kwargs["metavar"] = "V1,V2"
-            if "choices" in meta:
-                kwargs["help"] += f"; from: {', '.join(meta['choices'])}"
-        elif "choices" in meta:
-            kwargs.update(type=tp, choices=meta["choices"])  # argparse checks them and --help lists them
-        else:
-            kwargs.update(type=tp, metavar=f.name.upper())
-        group.add_argument(flag_name(f.name), **kwargs)
-
-
-def from_args(cls: type, ns: argparse.Namespace) -> Any:
-    """Build a config from parsed args (only the fields the class has)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(ns).items() if k in names})
-
-
 @dataclass
 class ReportConfig(Config):
     rank_by: str = _opt("length_balanced_accuracy", "Validation metric the leaderboard is ranked by (higher is "
@@ -550,25 +397,6 @@ class ReportConfig(Config):
                         choices=RANK_KEYS)
     select: int = _opt(1, "How many of the best runs on validation get test metrics (computed once into their "
                        "test.json, shown with the number of runs compared); 0: none.", ge=0)
-
-
-@dataclass
-class DataPushConfig(Config):
-    """`preftune data push DIR`: a prepared folder or the demo's preferences.jsonl → a Hub dataset repo."""
-
-    repo_id: str | None = _opt(None, "The dataset repo to push to, OWNER/NAME (required).")
-    private: bool = _opt(False, "Create the repo private (an existing repo keeps its visibility).")
-    dry_run: bool = _opt(False, "Write the folder exactly as it would be uploaded (Parquet files per split, the "
-                                "dataset card), print the plan, upload nothing. Works offline and without a token.")
-    stage_dir: str | None = _opt(None, "Where --dry-run writes the upload folder, as STAGE/datasets/NAME (default: "
-                                       "hub_upload/ beside DIR).")
-    license: str | None = _opt(None, "License id for the dataset card (default: the source's when preftune knows "
-                                     "it, e.g. OpenAI's Modified MIT notice for the TL;DR data; else 'unknown').")
-
-    def check(self) -> None:
-        if self.repo_id is None:
-            raise PreftuneError("--repo-id is required: the dataset repo to push to, OWNER/NAME")
-        check_repo_id(self.repo_id, "--repo-id")
 
 
 # ---- supervised fine-tuning (`preftune sft`) -----------------------------------------------------
@@ -599,35 +427,29 @@ class SFTConfig(Config):
     max_length: int = _opt(512, "Max tokens of prompt + summary + EOS. Longer rows have their post trimmed (never the "
                            "summary), as `train` does.", gt=0)
     max_rows: int | None = _opt(None, "Train on at most this many rows (a seeded sample, by --seed).", gt=0)
-    grad_accum: int = _opt(1, "Gradient accumulation steps: trades memory for time at the same batch size.", gt=0)
+    grad_accum: int = run_setting("grad_accum")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward: less memory, more time.")
     engine: str = _opt(
         "fast", "Training engine: 'fast' (preftune's: packed rows without padding, LM head on the summary tokens "
         "only) or 'trl' (TRL's SFTTrainer, completion-only loss: the reference implementation).",
         choices=ENGINE_NAMES)
-    pack_tokens: int | None = _opt(
-        None, "Fast engine: rows are packed into forwards of at most this many tokens (each row keeps its own "
-        f"attention and positions); 0: one row per forward. Does not change the result (default: "
-        f"{DEFAULT_PACK_TOKENS['cpu']} on CPU, {DEFAULT_PACK_TOKENS['cuda']} on a GPU).", ge=0)
-    lora: bool = _opt(False, "Train a LoRA adapter instead of all weights; the saved model is merged.")
-    lora_r: int = _opt(16, "LoRA rank.", gt=0)
-    lora_alpha: int = _opt(32, "LoRA alpha (scale = alpha / r).", gt=0)
-    lora_dropout: float = _opt(0.05, "LoRA dropout.", ge=0, lt=1)
-    lora_targets: str = _opt("q_proj,k_proj,v_proj,o_proj", "Comma-separated module names LoRA adapts.")
-    precision: str = _opt("auto", "Compute precision, as `train --precision` ('auto': bf16 on a CUDA GPU that "
-                          "supports it, else fp32). On CPUs without bf16 units (AVX512-BF16/AMX) bf16 is ~10x "
-                          "slower than fp32; fp16 needs a CUDA GPU.", choices=PRECISION_NAMES)
-    fsdp: bool = _opt(False, "Shard weights, gradients and optimizer state across the processes of a torchrun "
-                      "launch (FSDP2), as `train --fsdp`. Not with --lora or --save-steps.")
-    logging_steps: int = _opt(1, "Log the loss every N optimizer steps.", gt=0)
-    overwrite: bool = _opt(False, "Replace the run folder if it already exists.")
-    save_steps: int = _opt(0, "Checkpoint every N optimizer steps (0: never); a re-run resumes from the last.", ge=0)
-    report_to: str = _opt(
-        "none", "Experiment tracker the run logs to (its training curves and settings), written under "
-        "ROOT/tracking/ (see the README).", choices=TRACKER_NAMES)
-    tracker_project: str | None = _opt(
-        None, "Tracker project the run is logged under (default: the --output-dir folder's name).", nonempty=True)
+    pack_tokens: int | None = run_setting("pack_tokens")
+    lora: bool = run_setting("lora")
+    lora_r: int = run_setting("lora_r")
+    lora_alpha: int = run_setting("lora_alpha")
+    lora_dropout: float = run_setting("lora_dropout")
+    lora_targets: str = run_setting("lora_targets")
+    precision: str = run_setting("precision")
+    fsdp: bool = run_setting("fsdp")
+    logging_steps: int = run_setting("logging_steps")
+    overwrite: bool = run_setting("overwrite")
+    save_steps: int = run_setting("save_steps")
+    report_to: str = run_setting("report_to")
+    tracker_project: str | None = run_setting("tracker_project")
+
+    def check(self) -> None:
+        check_tuning(self)
 
     @property
     def run_name(self) -> str:
-        return f"sft_model_lr{self.lr!r}_bs{self.batch_size}_epoch{self.epochs}"
+        return run_name(self.lr, self.batch_size, self.epochs, "sft")
