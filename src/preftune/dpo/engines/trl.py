@@ -30,7 +30,7 @@ from preftune.dpo.engines.base import (
     write_checkpoint_marker,
 )
 from preftune.errors import PreftuneError
-from preftune.models import load_model
+from preftune.models import disable_dropout, load_model
 from preftune.precision import resolve
 from preftune.runs import trackers
 
@@ -156,6 +156,10 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         peft_config=lora_config(job) if job.cfg.lora else None,
         callbacks=[step_log, marker],
     )
+    # TRL zeroes nn.Dropout modules only: functional dropout rates (Llama's attention, OPT, Falcon) too
+    for m in (trainer.model, trainer.ref_model):
+        if m is not None:
+            disable_dropout(m)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ProgressBar)
     marker.start = time.perf_counter()
