@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,26 +206,38 @@ def load_model(path: str, fsdp: bool = False):
     return model
 
 
+# names of the rates a dropout reads (config fields and module attributes): dropout, attention_dropout,
+# hidden_dropout, resid_pdrop, attn_pdrop, embd_pdrop, OPT's layerdrop (skips whole layers), drop_path_rate, …
+DROPOUT_RATE = re.compile(r"dropout|pdrop|layerdrop|drop_path|drop_prob|drop_rate")
+
+
 def disable_dropout(model) -> None:
     """Every dropout off, modules and functional ones alike: dropout would make π ≠ π_ref at step 0.
 
-    TRL's `disable_dropout` zeroes `nn.Dropout` modules only; some architectures (OPT, GPT-2's attention,
-    …) call `nn.functional.dropout` with a rate read from their config or kept as a float attribute of a
-    module, so those are set to 0 too (the model's config included: a saved model keeps them off)."""
-    import torch
+    TRL's `disable_dropout` zeroes `nn.Dropout` modules only; most architectures (Llama's and Qwen's
+    attention, OPT, Falcon, …) call `nn.functional.dropout` with a rate kept as a module attribute or read
+    from the config at call time, and OPT skips whole layers with its `layerdrop`. So every rate named as
+    `DROPOUT_RATE` matches is zeroed too, on every module and in the model's config (a saved model keeps
+    them off)."""
+    from torch.nn.modules.dropout import _DropoutNd  # nn.Dropout, Dropout1d/2d/3d, AlphaDropout
 
     for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, _DropoutNd):
             module.p = 0.0
-        for name, value in vars(module).items():
-            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
-                setattr(module, name, 0.0)
-    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
-    for config in configs.values():
-        for name in list(vars(config)):
-            value = getattr(config, name, None)
-            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
-                setattr(config, name, 0.0)
+        _zero_dropout_rates(module)  # its attributes, and its config's fields
+
+
+def _zero_dropout_rates(obj) -> None:
+    """Set obj's non-zero numeric attributes named like a dropout rate to 0.0, and those of the configs
+    it holds (a module's config, a text_config inside a multimodal config)."""
+    from transformers import PreTrainedConfig
+
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, PreTrainedConfig):
+            _zero_dropout_rates(value)
+        elif (DROPOUT_RATE.search(name.lower()) and isinstance(value, (int, float)) and not isinstance(value, bool)
+              and value != 0):
+            setattr(obj, name, 0.0)
 
 
 def _load(from_pretrained, path: str, what: str, **kwargs):

@@ -1,24 +1,12 @@
 """Held-out evaluation of a run: does the tuned policy rank the human-preferred summary higher — and
 is that more than "the longer summary wins"?
 
-For each held-out pair the implicit DPO reward of a completion is r = β·(log π − log π_ref)
-(DPO paper, Eq. 5); the pair is ranked correctly when r(chosen) > r(rejected) (ties count as wrong,
-as in TRL). Beside accuracy (with its 95% Wilson interval): mean margin, log-prob drift from the
-reference, and the length view of the same pairs (preftune.stats.length_strata), with lengths in
-completion tokens of the run's tokenizer — accuracy where the chosen summary is longer and where it
-is shorter, their mean (the length-balanced accuracy: any pure length counter scores 0.5 on it) with
-an Agresti–Caffo interval, and the "longer wins" baseline on the same pairs. Rows that carry the
-labeller's confidence (Pair.meta["confidence"]) are also scored by confidence.
-
-The reward is the run's own (losses.reward_name, recorded in the result as "reward"): "dpo" for the
-DPO family (R-DPO too: its α|y| term is a length allowance, not reward), "per_token" (sigmoid_norm:
-β·log-ratio / tokens), "simpo" (β·mean token log-prob, no reference) and "ld_dpo" (DPO's reward on
-LD-weighted log-probs, policy and reference: every log-prob of that result is LD-weighted). A run
-saved before losses had settings evaluates as before.
-
-Where the metrics go (see run_folder.result_file): the run's own validation pairs → eval.json, its
-test pairs → test.json, another dataset's → eval_<slug>.json / test_<slug>.json. Runs are chosen on
-validation; test is computed for chosen runs only (`preftune report`) or on request (`--split test`).
+A pair is ranked correctly when r(chosen) > r(rejected) (ties count as wrong, as in TRL), r the run's
+own implicit reward (losses.RewardRule, `run_reward_rule`; recorded as "reward"; docs/losses.md). Beside
+accuracy and its Wilson interval: margins, log-prob drift, accuracy by length stratum in tokens and the
+length-balanced accuracy (preftune.stats.length_strata), and by labeller confidence where rows carry it.
+`pair_logps` computes the log-probs every reward is taken from (`preftune serve` scores with it too).
+Results: eval.json, test.json, eval_<slug>.json (run_folder.result_file; docs/sweeps-and-hub.md).
 """
 
 from __future__ import annotations
@@ -36,7 +24,7 @@ from preftune.dpo.logps import (
     pack_pair,
     pairs_logps,
 )
-from preftune.dpo.losses import pair_rewards, reward_name
+from preftune.dpo.losses import RewardRule, reward_rule
 from preftune.errors import PreftuneError
 from preftune.runs import folder as run_folder
 from preftune.runs.folder import CONFIG_FILE, EVAL_PAIRS_FILE  # noqa: F401 - names judge.py reads
@@ -57,18 +45,25 @@ class PairLogps:
     chosen_tokens: torch.Tensor
     rejected_tokens: torch.Tensor
 
+    def rewards(self, rule: RewardRule) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) implicit rewards by the run's rule, (N,) each."""
+        return rule.rewards(self.policy_chosen, self.policy_rejected, self.ref_chosen, self.ref_rejected,
+                            self.chosen_tokens, self.rejected_tokens)
 
-def score_pairs(model, tokenizer, pairs: list[Pair], desc: str = "eval", ld_alpha: float | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+
+def score_pairs(model, tokenizer, pairs: list[Pair], desc: str | None = "eval", ld_alpha: float | None = None,
+                attention: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 2) summed log-probs of (chosen, rejected) (LD-weighted with ld_alpha) and (N, 2) completion
     token counts.
 
     Each pair's prompt computed once (logps.PackedPair), pairs packed into forwards as training packs
-    them (logps.default_pack_tokens), no padding."""
+    them (logps.default_pack_tokens), no padding. attention "mask" leaves the model's own attention
+    implementation untouched (a model that is generating meanwhile, as the demo's, needs that)."""
     from preftune.models import inference_device
 
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-    module = PairLogpsModule(model.to(inference_device())).eval()  # a GPU when there is one; rows follow the model
+    # a GPU when there is one; rows follow the model
+    module = PairLogpsModule(model.to(inference_device()), attention).eval()
     try:
         logps = pairs_logps(module, packed, default_pack_tokens(), desc=desc, ld_alpha=ld_alpha)  # as training packs
     finally:
@@ -80,8 +75,7 @@ def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair], reward: st
     """Accuracy (with its interval), margins, drift, and accuracy by length stratum and by labeller
     confidence, from log-probs, ranked by the implicit `reward` (losses.pair_rewards). Pure: no model
     involved."""
-    chosen_r, rejected_r = pair_rewards(reward, lp.policy_chosen, lp.policy_rejected, lp.ref_chosen,  # (N,) each
-                                        lp.ref_rejected, beta, lp.chosen_tokens, lp.rejected_tokens)
+    chosen_r, rejected_r = lp.rewards(RewardRule(reward, beta))  # (N,) each
     margin = chosen_r - rejected_r
     correct = (margin > 0).float().tolist()  # a NaN margin is never > 0: wrong, and counted below
     drift = torch.cat([lp.policy_chosen - lp.ref_chosen, lp.policy_rejected - lp.ref_rejected])
@@ -130,22 +124,42 @@ def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float,
     (computed once per pair and reused by every run evaluated against the same reference). `loss`
     (and `ld_alpha` for ld_dpo): the run's, which choose its implicit reward. SimPO's reward needs no
     reference; it is still scored, for the drift metrics."""
+    return evaluate_by(reward_rule(loss, beta, ld_alpha), policy, reference, tokenizer, pairs)
+
+
+def evaluate_by(rule: RewardRule, policy, reference, tokenizer, pairs: list[Pair]) -> dict:
+    """`evaluate_pairs` with the run's reward rule (`run_reward_rule`) given as such."""
     if not pairs:
         raise PreftuneError("no held-out pairs to evaluate (--eval-fraction 0?)")
-    reward = reward_name(loss)
-    lda = ld_alpha if reward == "ld_dpo" else None
-    pol, counts = score_pairs(policy, tokenizer, pairs, "eval policy", lda)
-    if isinstance(reference, (str, Path)):
+    metrics = preference_metrics(pair_logps(policy, reference, tokenizer, pairs, rule.ld_alpha, "eval"),
+                                 rule.beta, pairs, rule.reward)
+    return {**metrics, **({"ld_alpha": rule.ld_alpha} if rule.ld_alpha is not None else {})}
+
+
+def pair_logps(policy, reference, tokenizer, pairs: list[Pair], ld_alpha: float | None = None,
+               desc: str | None = None, attention: str | None = None) -> PairLogps:
+    """The log-probs every implicit reward is computed from (LD-weighted with ld_alpha). `reference`: a
+    model, a model folder (its log-probs from the on-disk cache, shared by every run evaluated against
+    it), or None where the reward needs none (SimPO's: the reference log-probs are then zeros)."""
+    pol, counts = score_pairs(policy, tokenizer, pairs, desc and f"{desc} policy", ld_alpha, attention)
+    if reference is None:
+        ref = torch.zeros_like(pol)
+    elif isinstance(reference, (str, Path)):
         from preftune.dpo.refcache import reference_logps
         from preftune.models import load_model
 
         packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-        ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)), ld_alpha=lda)
+        ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)), ld_alpha=ld_alpha)
     else:
-        ref, _ = score_pairs(reference, tokenizer, pairs, "eval reference", lda)
-    metrics = preference_metrics(PairLogps(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], counts[:, 0], counts[:, 1]),
-                                 beta, pairs, reward)
-    return {**metrics, **({"ld_alpha": lda} if lda is not None else {})}
+        ref, _ = score_pairs(reference, tokenizer, pairs, desc and f"{desc} reference", ld_alpha, attention)
+    return PairLogps(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], counts[:, 0], counts[:, 1])
+
+
+def run_reward_rule(run: Run) -> RewardRule:
+    """The implicit reward of a saved run, from its train settings (loss, beta, ld_alpha): the one its
+    evaluation ranks by and its demo shows. A run saved before losses had settings: plain DPO's."""
+    loss = run.train.get("loss")
+    return reward_rule(loss if isinstance(loss, str) else "sigmoid", run.beta, run.train.get("ld_alpha", 0.5))
 
 
 # ---- the printed table ---------------------------------------------------------------------------
@@ -240,8 +254,7 @@ def evaluate_split(run: Run, split: str = "validation", dataset: str | None = No
     reference = resolve_model(run.reference_model)
     logger.info(f"eval: {run.name} on the {split} split of {dataset or run.dataset} ({len(held):,} pairs), against "
                 f"reference {run.reference_model} ← {reference.source}")
-    metrics = evaluate_pairs(load_model(str(run.path)), reference.path, tokenizer, held, run.beta,
-                             run.train.get("loss", "sigmoid"), run.train.get("ld_alpha", 0.5))
+    metrics = evaluate_by(run_reward_rule(run), load_model(str(run.path)), reference.path, tokenizer, held)
     result = {"split": split, "dataset": dataset or run.dataset, **metrics, **(extra or {})}
     if dataset is None and max_pairs is None:  # the run's own pairs, all of them: report can tell when stale
         result["fingerprint"] = run.fingerprint(split)

@@ -94,8 +94,9 @@ class PackedPair:
 
     @property
     def real_tokens(self) -> int:
-        """Tokens of the two unpacked sequences (what TRL would process, without padding)."""
-        return 2 * self.prompt_len + self.chosen_len + self.rejected_len
+        """Tokens of the unpacked sequences (what TRL would process, without padding): prompt + chosen, and
+        prompt + rejected for a pair (an SFT row, `pack_completion`, has no rejected sequence)."""
+        return self.prompt_len + self.chosen_len + (self.prompt_len + self.rejected_len if self.rejected_len else 0)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,6 +110,18 @@ def pack_pair(tokenizer, prompt: str, chosen: str, rejected: str) -> PackedPair:
         raise ValueError(f"prompt tokenizes to nothing: {prompt[:60]!r}")
     ids = tuple(c.ids) + tuple(r.ids[P:])
     return PackedPair(ids, P, len(c.ids) - P, len(r.ids) - P)
+
+
+def pack_completion(tokenizer, prompt: str, completion: str) -> PackedPair:
+    """One SFT row as a segment `[prompt | completion + EOS]` with no rejected part (R = 0): tokenized as
+    TRL's SFTTrainer does for prompt/completion rows (the completion, EOS included, is what follows the
+    common prefix of tokenizer(prompt) and tokenizer(prompt + completion + EOS)), so the completion
+    tokens are exactly those its completion-only loss covers. Packing, attention and log-probs are the
+    pairs' own: a row of these is causal per segment."""
+    t = tokenize_completion(tokenizer, prompt, completion)
+    if t.prompt_len == 0:
+        raise ValueError(f"prompt tokenizes to nothing: {prompt[:60]!r}")
+    return PackedPair(tuple(t.ids), t.prompt_len, len(t.ids) - t.prompt_len, 0)
 
 
 def pair_allowed(P: int, C: int, R: int) -> torch.Tensor:
@@ -127,10 +140,11 @@ def pair_positions(P: int, C: int, R: int) -> torch.Tensor:
 def predictor_positions(p: PackedPair) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows whose hidden state predicts each completion token, those target token positions).
 
-    The first token of both completions is predicted by the last prompt token (row P−1)."""
+    The first token of both completions is predicted by the last prompt token (row P−1); a segment
+    without a rejected completion (R = 0, an SFT row) has the chosen rows only."""
     P, C, R = p.prompt_len, p.chosen_len, p.rejected_len
     chosen_rows = torch.arange(P - 1, P + C - 1)
-    rejected_rows = torch.cat([torch.tensor([P - 1]), torch.arange(P + C, P + C + R - 1)])
+    rejected_rows = torch.cat([torch.tensor([P - 1]), torch.arange(P + C, P + C + R - 1)]) if R else chosen_rows[:0]
     targets = torch.arange(P, P + C + R)
     return torch.cat([chosen_rows, rejected_rows]), targets
 
@@ -326,9 +340,10 @@ class PairLogpsModule(torch.nn.Module):
         return self.model
 
     def forward(self, ids, positions, rows, targets, slots, n_pairs: int, spans: tuple[PairSpan, ...],
-                mask=None, weights=None, per_token: bool = False):
+                mask=None, weights=None, per_token: bool = False, top1: bool = False):
         """(n, 2) sums of the completion tokens' log-probs, each token times `weights` (N,) when given
-        (LD-DPO); per_token: the (N,) token log-probs themselves, in the row's order."""
+        (LD-DPO); per_token: the (N,) token log-probs themselves, in the row's order, and with top1 also
+        (N,) whether each token is the most likely one (SFT's token accuracy)."""
         extra = {"pair_spans": spans} if mask is None else {"attention_mask": mask}
         with torch.autocast(ids.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             # the root forward (FSDP needs it), with the LM head on the completion positions only
@@ -336,7 +351,7 @@ class PairLogpsModule(torch.nn.Module):
             logits = out.logits[0].float()  # (N, V)
         token_logps = logits.gather(-1, ids[0, targets][:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
         if per_token:
-            return token_logps
+            return (token_logps, logits.argmax(-1) == ids[0, targets]) if top1 else token_logps
         return slot_sums(token_logps if weights is None else token_logps * weights, slots, n_pairs)
 
 
@@ -347,17 +362,18 @@ def slot_sums(token_logps: torch.Tensor, slots: torch.Tensor, n_pairs: int) -> t
 
 
 def row_logps(module: torch.nn.Module, row: PackedRow, ld_alpha: float | None = None,
-              per_token: bool = False) -> torch.Tensor:
+              per_token: bool = False, top1: bool = False):
     """(n, 2) summed log-probs of (chosen, rejected) for the n pairs of a packed row, LD-weighted with
     `ld_alpha` (LD-DPO) when given; per_token: the (N,) token log-probs instead (`slot_sums` sums
-    them). `module` is a PairLogpsModule, possibly wrapped (DDP, FSDP)."""
+    them), with top1 paired with (N,) bool "the token is the argmax". `module` is a PairLogpsModule,
+    possibly wrapped (DDP, FSDP)."""
     inner = getattr(module, "module", module)  # the PairLogpsModule inside a DDP wrapper
     device = next(module.parameters()).device
     mask = additive_mask(row.allowed(), inner.dtype).to(device) if inner.attention == "mask" else None
     weights = row_weights(row, ld_alpha)
     return module(row.ids.to(device), row.positions.to(device), row.rows.to(device), row.targets.to(device),
                   row.slots.to(device), len(row), row.spans, mask,
-                  weights=None if weights is None else weights.to(device), per_token=per_token)
+                  weights=None if weights is None else weights.to(device), per_token=per_token, top1=top1)
 
 
 def packed_pair_logps(module: torch.nn.Module, p: PackedPair) -> torch.Tensor:

@@ -1,24 +1,19 @@
-"""DPO losses: small pure functions of sequence log-probs, registered by name.
+"""DPO losses: small pure functions of sequence log-probs, registered by name (docs/losses.md).
 
-Every loss takes the summed log-probs of the chosen and rejected completions under the policy and
-the frozen reference, each of shape (B,), β, and the completions' token counts (B,) (only the
-length-normalised IPO uses them), and returns `(losses, chosen_rewards, rejected_rewards)`, each
-(B,), with the rewards detached. The implicit reward of a completion y for prompt x is
+Every loss takes the summed log-probs (B,) of the chosen and rejected completions under the policy and
+the frozen reference, β, and the completions' token counts (B,), and returns `(losses, chosen_rewards,
+rejected_rewards)`, each (B,), rewards detached. The implicit reward of a completion y for prompt x is
     r(x, y) = β · (log π(y|x) − log π_ref(y|x))                    (DPO paper, Rafailov et al. 2023, Eq. 5)
-The TRL engine trains with TRL's implementation of the same loss; these functions are the
-reference for evaluation, the tests, and the engines preftune owns.
-
-Length-aware variants (docs/losses.md): R-DPO adds a length allowance to the margin, sigmoid_norm and
-SimPO compare per-token averages (SimPO without a reference), LD-DPO down-weights the longer
-completion's excess tokens before the sigmoid loss (`ld_logps`; the engines compute those log-probs).
 A loss's own settings are keyword arguments, filled from TrainConfig by `configured` (`LOSS_PARAMS`).
-Any loss can add an NLL term on the chosen completion (`--nll-weight`, `nll_term`).
+The reward a run is evaluated and served with: `RewardRule` (`reward_rule`, `pair_rewards`). The TRL
+engine trains with TRL's implementation of each loss; these are the reference for everything else.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -177,3 +172,35 @@ def pair_rewards(reward: str, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, be
     if reward == "per_token":
         return beta * (pc - rc) / nc.clamp(min=1), beta * (pr - rr) / nr.clamp(min=1)
     return beta * (pc - rc), beta * (pr - rr)
+
+
+@dataclass(frozen=True)
+class RewardRule:
+    """A run's implicit reward: `reward_name` of its loss, its β, and for 'ld_dpo' the LD weight of the
+    log-probs (policy and reference). What eval.json ranks by and what `preftune serve` shows."""
+
+    reward: str = "dpo"
+    beta: float = 0.1
+    ld_alpha: float | None = None
+
+    @property
+    def reference_free(self) -> bool:
+        return self.reward == "simpo"
+
+    def rewards(self, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, nc: Tensor, nr: Tensor) -> tuple[Tensor, Tensor]:
+        """(chosen, rejected) rewards, (N,) each: `pair_rewards` with this rule."""
+        return pair_rewards(self.reward, pc, pr, rc, rr, self.beta, nc, nr)
+
+    def formula(self, ref: str = "ref") -> str:
+        """The reward in symbols, π_ref written π_{ref}, e.g. 'β·(log π − log π_SFT)/|y|, β = 5.0'."""
+        diff = f"log π − log π_{ref}"
+        text = {"dpo": f"β·({diff})", "per_token": f"β·({diff})/|y|", "simpo": "β·(log π)/|y|",
+                "ld_dpo": f"β·({diff}), log-probs LD-weighted (tail past the shorter completion ×{self.ld_alpha})"}
+        return f"{text.get(self.reward, self.reward)}, β = {self.beta:g}"
+
+
+def reward_rule(loss: str, beta: float, ld_alpha: float | None = 0.5) -> RewardRule:
+    """The rule of a run trained with `loss` (its β and, used for ld_dpo only, its ld_alpha)."""
+    reward = reward_name(loss)
+    lda = float(0.5 if ld_alpha is None else ld_alpha) if reward == "ld_dpo" else None  # 0.5: TrainConfig's default
+    return RewardRule(reward, float(beta), lda)

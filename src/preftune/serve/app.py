@@ -1,5 +1,6 @@
 """The Gradio page: a post in, the base and the DPO-tuned model's TL;DRs side by side (streamed),
-each with its length and implicit reward, and a "which is better?" vote saved as preference data.
+each with its length and implicit reward (the run's own rule, named on the page), and a "which is
+better?" vote saved as preference data.
 
 Offline by design: no analytics, no telemetry, no server-side rendering, the theme's fonts are
 served by gradio itself (no CDN). The summarize endpoint is public API (`api_name="summarize"`),
@@ -28,9 +29,9 @@ from preftune.serve.demo import (  # noqa: E402
     Limits,
     fields,
     limit_text,
-    models_text,
     post_id,
     prompt,
+    reward_text,
     spec_from_run,
 )
 from preftune.serve.feedback import append_jsonl, comparison_row  # noqa: E402
@@ -42,9 +43,9 @@ SAMPLING = Decoding(temperature=0.7, top_p=0.95, max_new_tokens=64, seed=0)  # t
 INTRO = """## {name}: base vs DPO-tuned TL;DRs
 Paste a Reddit post (or pick a held-out one the run never trained on), then **Summarize**: both models
 write a one-line TL;DR from the same prompt, seed and settings. Under each summary, its length and its
-**implicit DPO reward** β·(log π − log π_ref) with β = {beta}: how much more likely the tuned model
-finds that summary than the base model does. Then say which summary is better: your vote is saved as
-a new preference pair."""
+**implicit reward** by the run's own rule, the score `preftune eval` ranks its summaries by (higher: the
+tuned model favours it more): {reward}. Then say which summary is better: your vote is saved as a new
+preference pair."""
 WRITING = "*writing…*"
 SCORING = "*done · scoring…*"
 SEED_MAX = 2**31 - 1
@@ -150,14 +151,15 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
             return "The two summaries are identical: there is nothing to prefer.", last
         row = comparison_row(post_id(last["post"]), last["subreddit"], last["title"], last["post"],
                              last["texts"], policies, choice,
-                             {"sampling": last["sampling"], "implicit_rewards": last["rewards"]})
+                             {"sampling": last["sampling"], "implicit_rewards": last["rewards"],
+                              "implicit_reward_rule": reward_text(spec)})
         append_jsonl(feedback, row)
         saved = f"Saved: the **{SIDES[choice]}** summary is better (appended to `{feedback.name}`)."
         return saved, {**last, "voted": True}
 
     with gr.Blocks(title=f"preftune · {spec.name}") as blocks:
-        gr.Markdown(INTRO.format(name=spec.name, beta=spec.beta))
-        models = gr.Markdown(models_text(spec, demo.sources), elem_id="models")
+        gr.Markdown(INTRO.format(name=spec.name, reward=reward_text(spec)))
+        models = gr.Markdown(demo.models_text(), elem_id="models")
         with gr.Row():
             with gr.Column(scale=3):
                 example = gr.Dropdown(list(examples), value=None, label=f"Held-out posts ({len(examples)})",
@@ -209,7 +211,7 @@ def build_app(demo: Demo, feedback: Path) -> gr.Blocks:
         reseed.click(lambda: new_seed(), None, seed, queue=False, **private)
         def loaded():  # a Space builds the page before loading the models: say what loaded, once it has
             limit = limit_text(spec.limits, demo.chars_per_token())
-            return models_text(spec, demo.sources), gr.update(info=limit, placeholder=limit)
+            return demo.models_text(), gr.update(info=limit, placeholder=limit)
 
         blocks.load(loaded, None, [models, post], queue=False, show_progress="hidden", **private)
         # votes are instant: not queued behind generations (concurrent votes are what the file lock is for)
@@ -235,7 +237,10 @@ def serve(run_dir: Path, cfg: ServeConfig) -> None:
     feedback = Path(cfg.feedback) if cfg.feedback else Path(run_dir) / "preferences.jsonl"
     logger.info(f"serve: tuned {demo.spec.name} ← {loaded.sources[0]}")
     logger.info(f"serve: base {demo.spec.base} ← {loaded.sources[1]}")
-    logger.info(f"serve: β={demo.spec.beta}, {len(demo.spec.examples)} held-out posts, votes → {feedback}")
+    if loaded.reference_source:
+        logger.info(f"serve: reward reference {demo.spec.reference} ← {loaded.reference_source}")
+    logger.info(f"serve: implicit reward {reward_text(demo.spec)}; {len(demo.spec.examples)} held-out posts, "
+                f"votes → {feedback}")
     if cfg.port == 0:
         cfg.port = free_port(cfg.host)
     launch(build_app(demo, feedback), cfg)

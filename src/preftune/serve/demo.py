@@ -1,8 +1,9 @@
 """What the demo serves, apart from the web page: which models, the request checks, the side-by-side
-stream, and the implicit DPO reward of each summary.
+stream, and each summary's implicit reward by the run's own rule (dpo.evaluate's, against the run's
+reference: the chain's parent; none for a reference-free loss).
 
-A `DemoSpec` is plain data (model specs, β, limits, example posts): `preftune serve` reads it from a
-run folder, a Space reads it from its demo.json. `Demo` loads the models once, on first use, so a
+A `DemoSpec` is plain data (model specs, reward rule, limits, example posts): `preftune serve` reads
+it from a run folder, a Space from its demo.json. `Demo` loads the models once, on first use, so a
 Space's app object can be built (and imported by a test) without loading anything.
 """
 
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from preftune.data.adapters import text_id, tldr_prompt
 from preftune.errors import PreftuneError
-from preftune.runs.folder import EVAL_PAIRS_FILE
-from preftune.runs.results import open_run, read_pairs
+from preftune.runs.folder import CHAIN_LABELS, EVAL_PAIRS_FILE
+from preftune.runs.results import Run, open_run, read_pairs
 
 if TYPE_CHECKING:
+    from preftune.dpo.losses import RewardRule
     from preftune.judge.generate import Decoding, Generation
 
 
@@ -50,19 +52,37 @@ class Example:
 @dataclass(frozen=True)
 class DemoSpec:
     policy: str  # the tuned model: a run folder or a hub id
-    base: str  # the base model the run started from (DPO's reference): a folder or a hub id
+    base: str  # the model shown beside it (default: the run's reference model): a folder or a hub id
     beta: float
     name: str  # the run's name, shown in the page
     examples: tuple[Example, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    reward: str | None = "dpo"  # the run's implicit reward (losses.reward_name); None: not shown (see reference)
+    ld_alpha: float | None = None  # reward "ld_dpo": the LD weight of its log-probs
+    reference: str | None = None  # the reward's π_ref (the chain's parent; left out: base); None: reference-free
+    reference_kind: str = "base"  # the chain entry the reference is: "base", "sft" or "dpo"
+
+    def __post_init__(self):
+        if self.reference is None and self.reward not in (None, "simpo"):  # a reward that needs one: the base's
+            object.__setattr__(self, "reference", self.base)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> DemoSpec:
+        """A demo.json; one written before reward rules (plain DPO's reward, the base as reference) reads as such."""
         examples = tuple(Example(**e) for e in d.get("examples", ()))
-        return cls(d["policy"], d["base"], float(d["beta"]), d["name"], examples, Limits(**d.get("limits", {})))
+        return cls(d["policy"], d["base"], float(d["beta"]), d["name"], examples, Limits(**d.get("limits", {})),
+                   d.get("reward", "dpo"), d.get("ld_alpha"), d.get("reference", d["base"]),
+                   d.get("reference_kind", "base"))
+
+    @property
+    def rule(self) -> RewardRule | None:
+        """The reward rule (preftune.dpo.losses), or None when no reward is shown."""
+        from preftune.dpo.losses import RewardRule
+
+        return None if self.reward is None else RewardRule(self.reward, self.beta, self.ld_alpha)
 
 
 _TLDR = re.compile(r"SUBREDDIT: r/(?P<subreddit>[^\n]*)\nTITLE: (?P<title>[^\n]*)\nPOST: (?P<post>.*)\nTL;DR:\Z", re.S)
@@ -86,12 +106,27 @@ def read_examples(run_dir: Path, limit: int | None = None) -> tuple[Example, ...
     return tuple(examples.values())
 
 
+def reference_kind(run: Run) -> str:
+    """What the run's reference model is in its chain base → [SFT →] DPO: the kind of the entry before
+    the run's own ("base", "sft", "dpo")."""
+    chain = run.chain
+    kind = chain[-2].get("kind") if len(chain) > 1 else "base"
+    return kind if kind in CHAIN_LABELS else "base"
+
+
 def spec_from_run(run_dir: Path, base: str | None = None, limits: Limits = Limits(),
                   examples: int | None = None) -> DemoSpec:
-    """The demo of a run folder (checked by preftune.runs.folder.open_run): its model, base, β and posts."""
+    """The demo of a run folder (checked by preftune.runs.folder.open_run): its model, the model shown
+    beside it (`base`, else the run's reference), its reward rule and reference (those its evaluation
+    uses: dpo.evaluate.run_reward_rule, Run.reference_model; whatever `base` is), and its posts."""
+    from preftune.dpo.evaluate import run_reward_rule
+
     run = open_run(run_dir)
     name = run.config.get("run_name") if isinstance(run.config.get("run_name"), str) else run.name
-    return DemoSpec(str(run_dir), base or run.reference_model, run.beta, name, read_examples(run.path, examples), limits)
+    rule = run_reward_rule(run)
+    reference = None if rule.reference_free else run.reference_model
+    return DemoSpec(str(run_dir), base or run.reference_model, rule.beta, name, read_examples(run.path, examples),
+                    limits, rule.reward, rule.ld_alpha, reference, reference_kind(run))
 
 
 @dataclass
@@ -99,21 +134,23 @@ class Loaded:
     tokenizer: object
     policy: object
     base: object
-    sources: tuple[str, str]  # where each model came from, in words
+    sources: tuple[str, str]  # where (tuned, base) came from, in words
+    reference: object = None  # the reward's reference model (may be `base` itself); None: none needed
+    reference_source: str | None = None
 
 
 @dataclass(frozen=True)
 class Summary:
     text: str
     tokens: int  # tokens the model produced for it (the EOS that DPO scores after it is not counted)
-    reward: float  # β·(log π − log π_ref) of the text (+ EOS) under the tuned model
+    reward: float | None  # the run's implicit reward of the text (+ EOS); None: not shown
     ended: str = ""  # "eos" | "newline" | "length" (cut off at max new tokens) when known
 
     def describe(self) -> str:
         words = len(self.text.split())
         cut = " (cut off at max new tokens)" if self.ended == "length" else ""
-        return (f"{words} word{'s' * (words != 1)} · {self.tokens} token{'s' * (self.tokens != 1)}{cut} · "
-                f"implicit reward {self.reward:+.3f}")
+        reward = "" if self.reward is None else f" · implicit reward {self.reward:+.3f}"
+        return f"{words} word{'s' * (words != 1)} · {self.tokens} token{'s' * (self.tokens != 1)}{cut}{reward}"
 
 
 def limit_text(limits: Limits, chars_per_token: float | None = None) -> str:
@@ -126,11 +163,32 @@ def limit_text(limits: Limits, chars_per_token: float | None = None) -> str:
     return f"Up to {tokens} and {limits.max_post_chars:,} characters (subreddit + title + post)."
 
 
-def models_text(spec: DemoSpec, sources: tuple[str, str] | None) -> str:
-    """Which model each side is and where it was loaded from (sources: (tuned, base), once loaded)."""
+def reference_label(spec: DemoSpec) -> str:
+    """The reward's reference in words: "base model X", "SFT run NAME", or why there is none."""
+    what = CHAIN_LABELS.get(spec.reference_kind, spec.reference_kind)
+    if spec.reward is None:
+        return f"none loadable here (the run's reference is a local {what} folder), so no reward is shown"
+    if spec.reference is None:
+        return "none (a reference-free reward)"
+    return f"base model {spec.reference}" if spec.reference_kind == "base" else f"{what} run {Path(spec.reference).name}"
+
+
+def reward_text(spec: DemoSpec) -> str:
+    """The rule each summary is scored with, e.g. "β·(log π − log π_SFT), β = 0.1 · reference: SFT run NAME"."""
+    rule = spec.rule
+    formula = rule.formula(CHAIN_LABELS.get(spec.reference_kind, "ref")) if rule else "not shown"
+    return f"{formula} · reference: {reference_label(spec)}"
+
+
+def models_text(spec: DemoSpec, sources: tuple[str, str] | None, reference_source: str | None = None) -> str:
+    """Which model each side is, the reward's rule and reference, and where each was loaded from
+    (sources: (tuned, base), once loaded)."""
     where = sources or ("loads on the first request", "loads on the first request")
-    return (f"**Base**: `{spec.base}` — {where[1]}  \n"
-            f"**DPO-tuned**: `{spec.name}` (`{spec.policy}`) — {where[0]}")
+    lines = [f"**Base**: `{spec.base}` — {where[1]}", f"**DPO-tuned**: `{spec.name}` (`{spec.policy}`) — {where[0]}",
+             f"**Implicit reward** (the run's own, as `preftune eval` scores it): {reward_text(spec)}"]
+    if spec.reward is not None and spec.reference is not None:
+        lines.append(f"**Reference**: `{spec.reference}` — {reference_source or 'loads on the first request'}")
+    return "  \n".join(lines)
 
 
 class Demo:
@@ -180,6 +238,14 @@ class Demo:
         """Where (tuned, base) came from, in words, once loaded."""
         return self._loaded.sources if self._loaded else None
 
+    @property
+    def reference_source(self) -> str | None:
+        """Where the reward's reference model came from, in words, once loaded (None: none loaded)."""
+        return self._loaded.reference_source if self._loaded else None
+
+    def models_text(self) -> str:
+        return models_text(self.spec, self.sources, self.reference_source)
+
     def chars_per_token(self) -> float | None:
         """Characters per prompt token on the held-out posts (None before loading or without posts)."""
         if self._loaded is None or not self.spec.examples:
@@ -204,19 +270,29 @@ class Demo:
         yield from stream_texts([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
 
     def score(self, prompt_text: str, texts: list[str], sides: list[Generation] | None = None) -> list[Summary]:
-        """Each text's implicit DPO reward β·(log π − log π_ref), scored as a whole summary (+ EOS),
-        exactly as training and evaluation score completions. Token counts: what each side produced
-        (`sides`, from `stream_sides`), else the text's tokens as scored, without the EOS."""
-        from preftune.dpo.logps import completion_logps, tokenize_completion
+        """The implicit reward of one or two texts by the run's rule, computed as `preftune eval` computes
+        a pair's (dpo.evaluate.pair_logps, losses.RewardRule): two texts are one pair (LD-DPO weighs
+        the longer one's tail past the shorter one's length), one text a pair with itself; each scored
+        as a whole summary (+ EOS). Token counts: what each side produced (`sides`, from `stream_sides`),
+        else the text's tokens as scored, without the EOS."""
+        from preftune.data.pairs import Pair
+        from preftune.dpo.evaluate import pair_logps
+        from preftune.dpo.logps import pack_pair
 
-        loaded = self.load()
-        batch = [tokenize_completion(loaded.tokenizer, prompt_text, t) for t in texts]
-        pad = loaded.tokenizer.pad_token_id
-        policy, counts = completion_logps(loaded.policy, batch, pad)  # (N,), (N,)
-        reference, _ = completion_logps(loaded.base, batch, pad)
-        rewards = self.spec.beta * (policy - reference)
-        made = [(g.tokens, g.ended) for g in sides] if sides else [(int(n) - 1, "") for n in counts]
-        return [Summary(t, n, float(r), ended) for t, (n, ended), r in zip(texts, made, rewards, strict=True)]
+        if len(texts) not in (1, 2):
+            raise ValueError(f"score takes one or two texts (a pair), got {len(texts)}")
+        loaded, rule = self.load(), self.spec.rule
+        first, second = (list(texts) * 2)[:2]
+        if rule is None:
+            packed = pack_pair(loaded.tokenizer, prompt_text, first, second)
+            counts, rewards = [packed.chosen_len, packed.rejected_len], [None, None]
+        else:  # mask attention: the models' own stays in place for the generations running meanwhile
+            pair = Pair(prompt_text, first, second, post_id="demo", source="demo")
+            lp = pair_logps(loaded.policy, loaded.reference, loaded.tokenizer, [pair], rule.ld_alpha, attention="mask")
+            counts = [int(lp.chosen_tokens[0]), int(lp.rejected_tokens[0])]
+            rewards = [float(r[0]) for r in lp.rewards(rule)]
+        made = [(g.tokens, g.ended) for g in sides] if sides else [(n - 1, "") for n in counts[: len(texts)]]
+        return [Summary(t, n, r, ended) for t, (n, ended), r in zip(texts, made, rewards[: len(texts)], strict=True)]
 
 
 def fields(subreddit: str | None, title: str | None, post: str | None) -> tuple[str, str, str]:
@@ -241,7 +317,13 @@ def _load(spec: DemoSpec) -> Loaded:
     )
 
     policy, base = resolve_model(spec.policy), resolve_model(spec.base)
+    reference = resolve_model(spec.reference) if spec.reward is not None and spec.reference is not None else None
     tokenizer = load_tokenizer(policy.path)
     device = inference_device()
     models = load_model(policy.path).to(device).eval(), load_model(base.path).to(device).eval()
-    return Loaded(tokenizer, models[0], models[1], (policy.source, base.source))
+    ref_model = None
+    if reference is not None:  # the base side's model when it is the reference: loaded once
+        same = Path(reference.path).resolve() == Path(base.path).resolve()
+        ref_model = models[1] if same else load_model(reference.path).to(device).eval()
+    return Loaded(tokenizer, models[0], models[1], (policy.source, base.source), ref_model,
+                  reference and reference.source)

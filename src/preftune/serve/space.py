@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import preftune
@@ -21,7 +22,7 @@ from preftune.config import ServeConfig, SpaceConfig
 from preftune.errors import PreftuneError
 from preftune.hubids import check_repo_id, is_hub_id
 from preftune.runs.results import Run, open_run
-from preftune.serve.demo import Limits, spec_from_run
+from preftune.serve.demo import DemoSpec, Limits, reward_text, spec_from_run
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ TLDR_DATASET = "openai/summarize_from_feedback"
 
 APP = '''"""Hugging Face Space written by `preftune space`: base vs DPO-tuned TL;DR summaries, side by side.
 
-Models, beta, limits and example posts come from demo.json; the app is preftune's own
+Models, reward rule, limits and example posts come from demo.json; the app is preftune's own
 (preftune/serve/app.py, copied beside this file). Run locally with `python app.py`.
 """
 
@@ -60,7 +61,7 @@ BODY = """
 
 The **base** model `{base}` and the **DPO-tuned** model [`{model}`](https://huggingface.co/{model})
 summarize the same Reddit post side by side, streaming. Under each summary: its length and its
-implicit DPO reward β·(log π − log π_ref) (β = {beta}) under the tuned model. The "which is better?"
+implicit reward by the run's own rule, as `preftune eval` scores it: {reward}. The "which is better?"
 buttons save your vote as a comparison in OpenAI's `summarize_from_feedback` format
 (`preferences.jsonl`; kept across restarts only with persistent storage mounted at `/data`).
 
@@ -100,8 +101,8 @@ def card(spec: dict, space_id: str, license: str, datasets: list[str]) -> str:
         app_file="app.py", models=[spec["policy"], spec["base"]], datasets=datasets or None,
         tags=["dpo", "preftune", "summarization", "tldr"], license=license, short_description=SHORT_DESCRIPTION,
     )
-    body = BODY.format(title=title, base=spec["base"], model=spec["policy"], beta=spec["beta"], run=spec["name"],
-                       space=space_id)
+    body = BODY.format(title=title, base=spec["base"], model=spec["policy"], reward=reward_text(DemoSpec.from_json(spec)),
+                       run=spec["name"], space=space_id)
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
@@ -121,6 +122,19 @@ def hub_base(run: Run, base: str | None) -> str:
         raise PreftuneError(f"the run's base model '{spec}' is not a hub id (a local folder?), which a Space "
                             "cannot load: pass --base OWNER/NAME, its hub id")
     return spec
+
+
+def hub_reference(spec: DemoSpec, run: Run) -> DemoSpec:
+    """The spec with its reward's reference as a Space can load it: a hub id as it is; the run's base model
+    as a local folder: the hub base (--base stands for it); a local SFT (or DPO) run: none, and no reward
+    shown (a Space cannot load that folder; a different reference would show a number unlike eval.json's)."""
+    if spec.reference is None or is_hub_id(spec.reference):
+        return spec
+    if spec.reference_kind == "base":
+        return replace(spec, reference=spec.base)
+    logger.warning(f"warning: the run's reference {run.reference_model} is a local folder, which a Space cannot load: "
+                   "its page shows no implicit reward")
+    return replace(spec, reward=None, ld_alpha=None, reference=None)
 
 
 def _writable(folder: Path) -> bool:
@@ -158,8 +172,7 @@ def write_space(run_dir: Path, out: Path, cfg: SpaceConfig, owner: str | None = 
     space_id, model_repo = default_ids(Path(run_dir).resolve().name, cfg, owner)
     serve = ServeConfig()
     limits = Limits(serve.max_post_chars, serve.max_prompt_tokens, serve.max_new_tokens_cap)
-    spec = spec_from_run(run_dir, base, limits, cfg.examples).to_json()
-    spec["policy"] = model_repo
+    spec = replace(hub_reference(spec_from_run(run_dir, base, limits, cfg.examples), run), policy=model_repo).to_json()
     dataset = str(run.config["data"].get("dataset", ""))
     datasets = [TLDR_DATASET] if dataset in ("tldr-sample", TLDR_DATASET) else []
 

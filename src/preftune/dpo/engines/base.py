@@ -1,5 +1,5 @@
 """What every engine shares, and what train.py reads of an engine's work: the job and result types,
-the per-step log and the checkpoint markers (the conventions are described in engines/__init__.py).
+the per-step log, the checkpoints and their markers (the conventions: docs/engines.md).
 Kept apart from the registry so that engines import this module, and the registry imports engines,
 without a cycle."""
 
@@ -17,6 +17,8 @@ from preftune.errors import PreftuneError
 from preftune.runs.folder import atomic_write_json, final_of, strict_json
 from preftune.runs.trackers import hparams, reporting
 
+OBJECTIVES = ("dpo", "sft")
+
 
 @dataclass
 class TrainJob:
@@ -28,8 +30,14 @@ class TrainJob:
     out_dir: Path  # the run folder being written (model goes here)
     per_device_batch_size: int
     log_path: Path  # per-step training log (JSON lines)
-    resume_from: Path | None = None  # a complete checkpoint folder to continue from (see the module doc)
-    objective: str = "dpo"  # "dpo": pairs against the reference; "sft": the NLL of each row's chosen completion
+    resume_from: Path | None = None  # a complete checkpoint folder to continue from (docs/engines.md)
+    # "dpo": pairs against the reference; "sft": the NLL of each row's chosen completion (rows have
+    # chosen == rejected, and cfg is an SFTConfig)
+    objective: str = "dpo"
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"TrainJob.objective must be one of {OBJECTIVES}, got {self.objective!r}")
 
     @property
     def run_name(self) -> str:
@@ -55,6 +63,7 @@ class TrainResult:
 
 LOG_KEYS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/rejected",
             "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
+SFT_LOG_KEYS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "num_tokens", "mean_token_accuracy")
 
 
 def append_log(path: Path, record: dict) -> None:

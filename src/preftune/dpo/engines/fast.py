@@ -1,46 +1,10 @@
-"""preftune's own DPO engine: the same loss as TRL's DPOTrainer, a fraction of the work.
+"""preftune's own engine: TRL's losses (DPOTrainer's, SFTTrainer's completion-only NLL), a fraction of the work.
 
-Where TRL's time goes on CPU (measured in bench/results/dpo_throughput.md), and what this engine does
-instead:
-
-1. **Each prompt once.** TRL runs prompt+chosen and prompt+rejected as two sequences, so the prompt
-   (~93% of TL;DR tokens) is computed twice. Here a pair is ONE segment `[prompt | chosen | rejected]`
-   with position ids `0..P+C-1, P..P+R-1` in which rejected tokens see the prompt but not the chosen
-   tokens (`logps.pair_allowed`). Every token then sees exactly the context it has in TRL's layout, so
-   log-probs are the same up to float rounding, and gradients from both completions flow into the one
-   copy of the prompt's activations. We chose this over KV-cache reuse because it is one ordinary
-   forward and backward — DDP/FSDP, LoRA and activation checkpointing work unchanged, and nothing
-   depends on cache internals that move between transformers releases.
-2. **Several pairs per forward, no padding.** Pairs are packed into rows of at most `--pack-tokens`
-   tokens (`logps.plan_rows`; by default one pair per row on CPU, where larger rows measured no
-   faster, and 8192 tokens on a GPU); positions restart per pair and each pair gets its own attention
-   (`logps.pair_attention`: a causal SDPA over prompt + chosen, a small masked one for the rejected
-   tokens), so nothing is computed across pairs or on padding. Gradients accumulate over the rows of a
-   batch, so the loss (the mean over the batch's pairs) and the update equal a batched step's.
-3. **LM head only where it counts.** The decoder's hidden states go through the 49k-vocab head at
-   the C+R completion positions only, and log-probs are `logit[target] − logsumexp(logits)` with
-   no (T, V) log-softmax: TRL's head over every prompt and pad position dominated its step time
-   and set its peak memory.
-4. **Reference once per sweep.** log π_ref of every pair is read from the on-disk cache
-   (`refcache.py`) or computed once before training — every rank its share, packed like training,
-   the values gathered to all ranks — with the reference freed afterwards: the reference never
-   occupies memory during training, and other runs and re-runs reuse the values. With LoRA the
-   reference is the base model, whose weights are the same files. Reference-free losses (a registry
-   entry with `reference_free = True`: SimPO) skip the pass.
-
-Length-aware losses: LD-DPO's log-probs (policy and reference, cached apart) weight each token by
-`logps.ld_token_weights`; `--nll-weight` adds the chosen completions' NLL as TRL's "sft" term does, a
-mean per chosen token over the batch: each pair's summed NLL is divided by the chosen tokens of the
-whole step's batch (all ranks and rows: a pure function of the batch, known to every rank), so the
-micro-batched sum equals TRL's token mean for one process without accumulation. With several
-processes or --grad-accum TRL averages per-micro-batch token means instead; here it stays the token
-mean of the whole batch (equal when micro-batches hold equal chosen tokens).
-
-Precision (`--precision`, preftune.precision) is accelerate's mixed precision; with `--fsdp` the model
-is sharded as it loads (transformers' FSDP2 plan) and gradients are reduced by FSDP instead of DDP.
-Everything else — losses (`preftune.dpo.losses`), logged keys (`engines.LOG_KEYS`, TRL's names), fused
-AdamW with linear decay and gradient clipping at 1.0 (HF Trainer's defaults), the run folder — matches the
-TRL engine, so train, sweep, report and push cannot tell the engines apart.
+One training loop (accelerate, fused AdamW with linear decay, clipping at 1.0, checkpoints, trackers,
+DDP/FSDP gradient sync) for both objectives; an objective says how a row is packed, its loss and what
+is logged: `DPOObjective` (prompt once per pair, reference log-probs from the cache) and
+`SFTObjective` (prompt + summary, no reference). Rows are packed without padding (`logps.plan_rows`)
+and the LM head runs on completion positions only. How and why: docs/engines.md.
 """
 
 from __future__ import annotations
@@ -60,8 +24,10 @@ from preftune.dpo.engines.base import (
 )
 from preftune.dpo.logps import (
     PackedPair,
+    PackedRow,
     PairLogpsModule,
     default_pack_tokens,
+    pack_completion,
     pack_pair,
     pack_row,
     plan_rows,
@@ -75,11 +41,11 @@ from preftune.models import disable_dropout, load_model
 from preftune.precision import ACCELERATE_NAMES, DTYPES, resolve
 from preftune.runs import trackers
 
-MAX_GRAD_NORM = 1.0  # HF Trainer's default, which the TRL engine uses
+MAX_GRAD_NORM = 1.0  # HF Trainer's default, which the TRL engines use
 
 
 def batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
-    """Indices of each optimizer step's pairs: a seeded permutation per epoch, last batch partial."""
+    """Indices of each optimizer step's rows: a seeded permutation per epoch, last batch partial."""
     gen = torch.Generator().manual_seed(seed)
     steps = []
     for _ in range(epochs):
@@ -99,6 +65,13 @@ def rank_rows(batch: list[int], packed: list[PackedPair], pack_tokens: int, rank
     return rows_of(rank), max(len(rows_of(r)) for r in range(world))
 
 
+# ---- objectives: what differs between DPO and SFT ----------------------------------------------------
+# Each has `packed` (one segment per training row), `begin_step(batch)`, `row_loss(module, members)` →
+# (this row's share of the step's loss, its metric sums, keyed by `metrics`) and `logged(sums, window,
+# done)` → the values a logged step records. A row's share is scaled so that the shares summed over every row of every rank
+# are the step's loss: the loop multiplies by the world size, which DDP/FSDP's gradient average divides.
+
+
 def step_metrics(pol: torch.Tensor, rewards: torch.Tensor, losses: torch.Tensor) -> dict:
     """Sums over this process's pairs of what TRL logs (averaged over all pairs after a reduce).
     rewards: (n, 2) the loss's own implicit rewards (DPO's β·log-ratio; SimPO's β·mean log-prob)."""
@@ -114,9 +87,79 @@ def step_metrics(pol: torch.Tensor, rewards: torch.Tensor, losses: torch.Tensor)
     }
 
 
-def train(job: TrainJob) -> TrainResult:
-    with job.tracking() as tracking:
-        return _train(job, tracking)
+class DPOObjective:
+    """Pairs `[prompt | chosen | rejected]` against the reference: a registered loss (`dpo.losses`), plus
+    --nll-weight × the chosen tokens' NLL; logs TRL DPOTrainer's keys (`engines.LOG_KEYS`)."""
+
+    metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+               "logps/rejected")  # step_metrics' keys
+
+    def __init__(self, job: TrainJob, precision: str):
+        self.cfg, self.loss_fn, self.ld_alpha = job.cfg, configured(job.cfg), ld_alpha(job.cfg)
+        self.packed = [pack_pair(job.tokenizer, p.prompt, p.chosen, p.rejected) for p in job.pairs]
+        self.ref = reference(job, self.packed, precision)  # first, so the reference is gone before training
+
+    def begin_step(self, batch: list[int]) -> None:
+        self.batch = batch
+        # the NLL term's denominator: the chosen tokens of the whole batch (every rank's too)
+        self.nll_scale = self.cfg.nll_weight * len(batch) / sum(self.packed[j].chosen_len for j in batch)
+
+    def row_loss(self, module, members: list[int]) -> tuple[torch.Tensor, dict]:
+        pairs = [self.packed[j] for j in members]
+        pol, nll = _row_logps(module, pack_row(pairs), self.ld_alpha)  # (k, 2), (k,)
+        losses, rewards = _losses(self.loss_fn, pol, self.ref[members].to(pol.device), self.cfg.beta, pairs)
+        losses = losses + self.nll_scale * nll  # per pair: their mean is the DPO mean + α·token-mean NLL
+        sums = step_metrics(pol.detach().float().cpu(), rewards.float().cpu(), losses.detach().float().cpu())
+        return losses.sum() / len(self.batch), sums
+
+    def logged(self, sums: dict[str, float], window: list[list[int]], done: list[list[int]]) -> dict:
+        pairs = sum(len(b) for b in window)
+        return {k: v / pairs for k, v in sums.items()}
+
+    @staticmethod
+    def postfix(record: dict) -> dict:
+        return {"loss": f"{record['loss']:.4f}", "acc": f"{record['rewards/accuracies']:.2f}"}
+
+
+class SFTObjective:
+    """SFT rows `[prompt | summary + EOS]` (a row's chosen; `logps.pack_completion`): TRL SFTTrainer's
+    completion-only loss, the summed NLL of every completion token divided by the completion tokens of
+    the whole step's batch (every rank and row: TRL's num_items_in_batch); logs `engines.SFT_LOG_KEYS`."""
+
+    metrics = ("loss", "correct", "completion_tokens")
+
+    def __init__(self, job: TrainJob, precision: str):
+        self.packed = [pack_completion(job.tokenizer, p.prompt, p.chosen) for p in job.pairs]
+
+    def begin_step(self, batch: list[int]) -> None:
+        self.tokens = sum(self.packed[j].chosen_len for j in batch)  # known to every rank: no collective
+
+    def row_loss(self, module, members: list[int]) -> tuple[torch.Tensor, dict]:
+        nll, top1 = sft_row_nll(module, pack_row([self.packed[j] for j in members]))
+        loss = nll / self.tokens
+        return loss, {"loss": loss.detach().float().cpu(), "correct": top1.sum().float().cpu(),
+                      "completion_tokens": torch.tensor(float(len(top1)))}
+
+    def logged(self, sums: dict[str, float], window: list[list[int]], done: list[list[int]]) -> dict:
+        # TRL: the loss is the mean of the window's step losses; num_tokens counts prompt and completion
+        # tokens of every row trained so far; the accuracy is over the window's completion tokens
+        return {"loss": sums["loss"] / len(window),
+                "num_tokens": float(sum(len(self.packed[j]) for b in done for j in b)),
+                "mean_token_accuracy": sums["correct"] / sums["completion_tokens"]}
+
+    @staticmethod
+    def postfix(record: dict) -> dict:
+        return {"loss": f"{record['loss']:.4f}", "acc": f"{record['mean_token_accuracy']:.2f}"}
+
+
+OBJECTIVES = {"dpo": DPOObjective, "sft": SFTObjective}
+
+
+def sft_row_nll(module, row: PackedRow) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed NLL of a packed row's completion tokens (EOS included), and (N,) whether each token is
+    the model's most likely one: one forward, the LM head on those N positions only."""
+    tokens, top1 = row_logps(module, row, per_token=True, top1=True)  # (N,), (N,)
+    return -tokens.sum(), top1
 
 
 def reference(job: TrainJob, packed: list[PackedPair], precision: str) -> torch.Tensor:
@@ -126,6 +169,14 @@ def reference(job: TrainJob, packed: list[PackedPair], precision: str) -> torch.
     return reference_logps(packed, job.model_path, lambda: load_model(job.model_path),
                            pack_tokens=default_pack_tokens(job.cfg.pack_tokens), precision=precision, shared=True,
                            ld_alpha=ld_alpha(job.cfg))
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+
+
+def train(job: TrainJob) -> TrainResult:
+    with job.tracking() as tracking:
+        return _train(job, tracking)
 
 
 def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
@@ -144,10 +195,8 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     if tracking:
         accelerator.init_trackers(**tracking.init_trackers_args())
     rank, world = accelerator.process_index, accelerator.num_processes
-    packed = [pack_pair(job.tokenizer, p.prompt, p.chosen, p.rejected) for p in job.pairs]
-
-    # 1. reference log-probs first (from the cache when warm), so the reference is gone before training
-    ref = reference(job, packed, precision)
+    objective = OBJECTIVES[job.objective](job, precision)  # DPO: the reference pass runs here
+    packed = objective.packed
 
     set_seed(job.seed)
     model = load_model(job.model_path, fsdp=cfg.fsdp)
@@ -163,7 +212,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     module = PairLogpsModule(model, dtype=DTYPES[precision]).train()
     params = [p for p in module.parameters() if p.requires_grad]
     # fused: one kernel per step instead of several full-size temporaries (measured 0.3 s vs 0.7-0.9 s a step
-    # on SmolLM2-135M, 1 thread), and what the TRL engine's Trainer uses (adamw_torch_fused)
+    # on SmolLM2-135M, 1 thread), and what the TRL engines' Trainer uses (adamw_torch_fused)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=True)
     plan = batches(len(packed), cfg.batch_size, cfg.epochs, job.seed)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(plan))
@@ -172,7 +221,6 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         optimizer = accelerator.prepare(optimizer)
     else:
         module, optimizer = accelerator.prepare(module, optimizer)
-    loss_fn = configured(cfg)
     pack_tokens = default_pack_tokens(cfg.pack_tokens)
     done, elapsed_before = 0, 0.0
     if job.resume_from:
@@ -180,57 +228,44 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
 
     records, start = [], time.perf_counter()
     window: dict[str, torch.Tensor] = {}
-    counted = 0
-    bar = tqdm(total=len(plan), initial=done, desc=f"train ({cfg.engine})", unit="step",
+    window_batches: list[list[int]] = []
+    bar = tqdm(total=len(plan), initial=done, desc=f"train ({cfg.engine}, {job.objective})", unit="step",
                disable=not accelerator.is_main_process)
     for step, batch in enumerate(plan, start=1):
         if step <= done:  # resumed: the plan is a pure function of the seed, so skipping replays it exactly
             continue
         rows, most = rank_rows(batch, packed, pack_tokens, rank, world)
+        objective.begin_step(batch)
         # FSDP gathers weights in every forward, so every rank runs as many as the busiest; DDP syncs only
-        # in the last backward, so a rank needs one forward at least (a dummy when it has no pairs)
+        # in the last backward, so a rank needs one forward at least (a dummy when it has no rows)
         forwards = most if cfg.fsdp else max(len(rows), 1)
-        pol_rows, reward_rows, loss_rows, mine = [], [], [], []
-        # the NLL term's denominator: the chosen tokens of the whole batch (every rank's too)
-        nll_scale = cfg.nll_weight * len(batch) / sum(packed[j].chosen_len for j in batch)
         for i in range(forwards):
             with _sync(accelerator, module, model, cfg.fsdp, sync=i == forwards - 1):  # reduce grads once a step
                 if i < len(rows):
-                    row = pack_row([packed[j] for j in rows[i]])
-                    pol, nll = _row_logps(module, row, ld_alpha(cfg))  # (k, 2), (k,)
-                    losses, rewards = _losses(loss_fn, pol, ref[rows[i]].to(pol.device), cfg.beta,
-                                              [packed[j] for j in rows[i]])
-                    losses = losses + nll_scale * nll  # per pair: their mean is the DPO mean + α·token-mean NLL
-                    accelerator.backward(losses.sum() * world / len(batch))  # ranks averaged → mean over the batch
-                    pol_rows.append(pol.detach().float().cpu())
-                    reward_rows.append(rewards.float().cpu())
-                    loss_rows.append(losses.detach().float().cpu())
-                    mine += rows[i]
-                else:  # no pairs left here: join the collectives, contributing zero gradients
+                    loss, sums = objective.row_loss(module, rows[i])
+                    accelerator.backward(loss * world)  # DDP/FSDP average the ranks' gradients: × world sums them
+                    for k, v in sums.items():
+                        window[k] = window.get(k, torch.tensor(0.0)) + v
+                else:  # no rows left here: join the collectives, contributing zero gradients
                     accelerator.backward(row_logps(module, pack_row([packed[batch[0]]])).sum() * 0.0)
         grad_norm = accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-
-        pol_t = torch.cat(pol_rows) if pol_rows else torch.zeros(0, 2)
-        rewards_t = torch.cat(reward_rows) if reward_rows else torch.zeros(0, 2)
-        sums = step_metrics(pol_t, rewards_t, torch.cat(loss_rows) if loss_rows else torch.zeros(0))
-        for k, v in sums.items():
-            window[k] = window.get(k, torch.tensor(0.0)) + v
-        counted += len(batch)
+        window_batches.append(batch)
         bar.update(1)
         if step % cfg.logging_steps == 0 or step == len(plan):
-            reduced = {k: accelerator.reduce(v.to(accelerator.device), "sum").item() / counted for k, v in window.items()}
-            record = {"step": step, "epoch": step / len(plan) * cfg.epochs, **reduced,
+            record = {"step": step, "epoch": step / len(plan) * cfg.epochs,
+                      **objective.logged(_reduced(accelerator, window, objective.metrics), window_batches,
+                                         plan[:step]),
                       "grad_norm": _scalar(grad_norm), "learning_rate": lr}
-            window, counted = {}, 0
+            window, window_batches = {}, []
             if accelerator.is_main_process:
                 records.append(record)
                 append_log(job.log_path, record)
                 accelerator.log(trackers.step_values(record), step=step)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+                bar.set_postfix(objective.postfix(record))
         if cfg.save_steps and step % cfg.save_steps == 0 and step < len(plan):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
@@ -244,6 +279,13 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     accelerator.wait_for_everyone()
     trained = accelerator.unwrap_model(module).release()
     return TrainResult(_save(trained, job, accelerator.is_main_process), len(plan), runtime, records)
+
+
+def _reduced(accelerator, window: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, float]:
+    """The window's metric sums over every rank, in one collective; a rank without rows adds zeros."""
+    values = torch.stack([window.get(k, torch.tensor(0.0)).float() for k in keys])
+    total = accelerator.reduce(values.to(accelerator.device), "sum").cpu()
+    return dict(zip(keys, total.tolist()))
 
 
 def _save(trained, job: TrainJob, main: bool):
@@ -291,4 +333,3 @@ def _row_logps(module, row, ld_alpha: float | None) -> tuple[torch.Tensor, torch
     weights = row_weights(row, ld_alpha)
     pol = raw if weights is None else slot_sums(tokens * weights.to(tokens.device), row.slots.to(tokens.device), len(row))
     return pol, -raw[:, 0]
-

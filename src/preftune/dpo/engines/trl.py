@@ -1,15 +1,10 @@
-"""The reference engine: TRL's DPOTrainer behind preftune's `train(job)` interface.
+"""The reference DPO engine: TRL's DPOTrainer behind preftune's `train(job)` interface.
 
-Traps handled here (measured, see docs): DPOConfig defaults to bf16, which runs ~10× slower on CPUs
-without bf16 units, so bf16/fp16 follow --precision (fp32 on CPU by default); pairs arrive already fitted to max_length (TRL would cut the
-summary's end or drop the pair); the prompt column is always passed; the reference is the initial
-policy (TRL reloads it from the same folder, or disables the LoRA adapter). Checkpoints are the
-Trainer's own (model, optimizer, scheduler, RNG states, trainer_state.json), marked complete by
-`CheckpointMarker` as engines/__init__.py describes.
-
-Losses: `trl_loss_settings` maps preftune's --loss (and --ld-alpha, --nll-weight) to DPOConfig's
-loss_type / loss_weights / ld_alpha; R-DPO and SimPO are not in TRL's DPOTrainer and are refused with
-the config (config.ENGINE_LOSSES), before any work.
+Pairs arrive fitted to max_length (TRL would cut the summary or drop the pair); the prompt column is
+always passed; bf16/fp16 follow --precision (DPOConfig's bf16 default is ~10× slower on most CPUs); the
+reference is the initial policy. `trl_loss_settings` maps --loss/--ld-alpha/--nll-weight to TRL's
+loss_type/loss_weights/ld_alpha (R-DPO and SimPO are refused by the config). The callbacks and
+`save_trained` here serve the SFT engine (trl_sft.py) too. Conventions: docs/engines.md.
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ from preftune.dpo.engines.base import (
     write_checkpoint_marker,
 )
 from preftune.errors import PreftuneError
-from preftune.models import load_model
+from preftune.models import disable_dropout, load_model
 from preftune.precision import resolve
 from preftune.runs import trackers
 
@@ -50,12 +45,13 @@ class JsonlLogger(TrainerCallback):
 
 
 class ProgressBar(ProgressCallback):
-    """The Trainer's progress bar, showing loss and accuracy as the fast engine's does, instead of
-    printing every logged dict (they are in train_log.jsonl; run summaries go through `logging`)."""
+    """The Trainer's progress bar, showing loss and accuracy (DPO's reward accuracy, SFT's token accuracy) as
+    the fast engine's does, instead of printing every logged dict (they are in train_log.jsonl)."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
-            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs.get('rewards/accuracies', 0):.2f}")
+            acc = logs.get("rewards/accuracies", logs.get("mean_token_accuracy", 0))
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{acc:.2f}")
 
 
 class CheckpointMarker(TrainerCallback):
@@ -156,11 +152,21 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         peft_config=lora_config(job) if job.cfg.lora else None,
         callbacks=[step_log, marker],
     )
+    # TRL zeroes nn.Dropout modules only: functional dropout rates (Llama's attention, OPT, Falcon) too
+    for m in (trainer.model, trainer.ref_model):
+        if m is not None:
+            disable_dropout(m)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ProgressBar)
     marker.start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
     runtime = marker.elapsed()
+    return TrainResult(save_trained(trainer, job), output.global_step, runtime, step_log.records)
+
+
+def save_trained(trainer, job: TrainJob):
+    """The trained model into job.out_dir (under LoRA: the adapter in adapter/, the merged model beside it);
+    returns the model rank 0 evaluates (None on other ranks of an FSDP run)."""
     trained = trainer.model
     if job.cfg.lora:
         if trainer.is_world_process_zero():
@@ -172,4 +178,4 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         trainer.save_model(str(job.out_dir))  # every rank calls it (FSDP/DeepSpeed gather); rank 0 writes
         if job.cfg.fsdp:  # rank 0 evaluates alone: the saved model, whole, not its shard
             trained = load_model(str(job.out_dir)) if trainer.is_world_process_zero() else None
-    return TrainResult(trained, output.global_step, runtime, step_log.records)
+    return trained
