@@ -37,6 +37,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import preftune
+from preftune import fmt
 from preftune.config import DataPushConfig
 from preftune.data.folder import SPLIT_FILES, STATS_FILE, is_prepared_dir, load_prepared
 from preftune.data.pairs import Pair
@@ -47,10 +48,7 @@ from preftune.hub.models import (
     DEFAULT_STAGE,
     TOKEN_HELP,
     Upload,
-    _fmt,
-    _plain,
     claim_stage,
-    count,
     fresh_folder,
     hub_dataset,
     hub_errors,
@@ -273,7 +271,7 @@ def split_rows(source: Source) -> list[tuple]:
             continue
         longer = sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs)
         batches = Counter(str(p.meta.get("batch")) for p in pairs if p.meta.get("batch"))
-        rows.append((split, f"{len(pairs):,}", f"{len({p.post_id for p in pairs}):,}", f"{longer:.3f}",
+        rows.append((split, f"{len(pairs):,}", f"{len({p.post_id for p in pairs}):,}", fmt.number(longer, 3),
                      ", ".join(f"{b} ({n:,})" for b, n in sorted(batches.items()))))
     return rows
 
@@ -284,18 +282,18 @@ def split_rule(source: Source) -> str:
                 "--dataset OWNER/NAME` splits by `post_id`).")
     config, fraction = _section(source.stats, "config"), _section(source.stats, "fraction")
     return (f"By post: all pairs of a post are in one split, so no post is in two of train / validation / test. "
-            f"Validation takes {_plain(config.get('eval_fraction'))} and test {_plain(config.get('test_fraction', 0.0))} "
-            f"of the pairs, as whole posts, drawn with seed {_plain(config.get('seed'))}; before that, a fraction "
-            f"{_plain(config.get('fraction'))} of the {_fmt(count(fraction.get('of')))} cleaned pairs was sampled "
-            f"with the same seed ({_fmt(count(fraction.get('taken')))} pairs).")
+            f"Validation takes {fmt.setting(config.get('eval_fraction'))} and test {fmt.setting(config.get('test_fraction', 0.0))} "
+            f"of the pairs, as whole posts, drawn with seed {fmt.setting(config.get('seed'))}; before that, a fraction "
+            f"{fmt.setting(config.get('fraction'))} of the {fmt.number(fmt.count(fraction.get('of')))} cleaned pairs was sampled "
+            f"with the same seed ({fmt.number(fmt.count(fraction.get('taken')))} pairs).")
 
 
 def row_counts(source: Source) -> list[tuple[str, str]]:
     """Rows read, kept and skipped (each reason with its count), from the reading's tally."""
     rows = _section(source.stats, "rows")
     skipped = rows.get("skipped") if isinstance(rows.get("skipped"), dict) else {}
-    out = [("rows read", _fmt(count(rows.get("total")))), ("pairs kept after cleaning", _fmt(count(rows.get("kept"))))]
-    out += [(f"skipped: {reason}", _fmt(count(n))) for reason, n in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
+    out = [("rows read", fmt.number(fmt.count(rows.get("total")))), ("pairs kept after cleaning", fmt.number(fmt.count(rows.get("kept"))))]
+    out += [(f"skipped: {reason}", fmt.number(fmt.count(n))) for reason, n in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
     if not skipped:
         out.append(("skipped", "none"))
     return out

@@ -31,13 +31,13 @@ import contextlib
 import importlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from preftune import fmt
 from preftune.config import DEFAULT_MODEL, PushConfig
 from preftune.errors import PreftuneError
 from preftune.hubids import is_hub_id
@@ -82,45 +82,6 @@ class Upload:
 
 
 # ---- the model card ------------------------------------------------------------------------------
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value or abs(value) >= 1e7 else f"{value:.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-
-def number(value) -> float | None:
-    """A finite number, or None (absent, null, NaN, or not a number: a gap, shown as n/a)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return value if ok else None
-
-
-def interval(value) -> list[float] | None:
-    """A [low, high] pair of finite numbers, or None."""
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(number(v) is not None for v in value):
-        return list(value)
-    return None
-
-
-def count(value) -> int | None:
-    """A count (an integer ≥ 0), or None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _plain(value) -> str:
-    """A setting as the user gave it (5e-06, 0.1), not rounded."""
-    return "n/a" if value is None else str(value)
-
-
-def _with_ci(value, ci=None, n=None, method: str = "Wilson") -> str:
-    """"0.6458 (95% CI 0.5051–0.7673, Wilson, n=48)"; n/a for a gap."""
-    if value is None:
-        return "n/a" + (f" (n={n})" if n is not None else "")
-    notes = ([f"95% CI {_fmt(ci[0])}–{_fmt(ci[1])}, {method}"] if ci else []) + ([f"n={n}"] if n is not None else [])
-    return _fmt(value) + (f" ({', '.join(notes)})" if notes else "")
 
 
 def base_model_of(run: Run, override: str | None) -> str | None:
@@ -230,20 +191,20 @@ def eval_results(results: list[tuple[str, dict]], run: Run):
 
 def result_rows(m: dict) -> list[tuple[str, str]]:
     """A result file as model-card rows, with intervals and n."""
-    rows = [("preference accuracy (implicit reward)", _with_ci(m.get("accuracy"), m.get("accuracy_ci95"), m.get("n"))),
+    rows = [("preference accuracy (implicit reward)", fmt.with_ci(m.get("accuracy"), m.get("accuracy_ci95"), m.get("n"))),
             ("length-balanced accuracy (length alone scores 0.5)",
-             _with_ci(m.get("length_balanced_accuracy"), m.get("length_balanced_ci95"), None, "Agresti–Caffo"))]
+             fmt.with_ci(m.get("length_balanced_accuracy"), m.get("length_balanced_ci95"), None, "Agresti–Caffo"))]
     for key, label in (*STRATUM_METRICS.items(), ("equal_length", "accuracy where both summaries are equally long")):
         s = m.get(key) or {}
         if key != "equal_length" or s.get("n"):
-            rows.append((label, _with_ci(s.get("accuracy"), s.get("ci95"), s.get("n"))))
-    rows += [(label, _fmt(m.get(key))) for key, label in [
+            rows.append((label, fmt.with_ci(s.get("accuracy"), s.get("ci95"), s.get("n"))))
+    rows += [(label, fmt.number(m.get(key))) for key, label in [
         ("longer_wins_baseline", "'longer summary wins' baseline on the same pairs"),
         ("mean_margin", "mean reward margin"), ("mean_chosen_reward", "mean reward, chosen"),
         ("mean_rejected_reward", "mean reward, rejected"),
         ("mean_logp_drift", "mean log-prob drift from the base model"),
         ("reference_logp_accuracy", "base model's own likelihood accuracy")]]
-    rows += [(f"accuracy at labeller confidence {group}", _with_ci(s.get("accuracy"), s.get("ci95"), s.get("n")))
+    rows += [(f"accuracy at labeller confidence {group}", fmt.with_ci(s.get("accuracy"), s.get("ci95"), s.get("n")))
              for group, s in (m.get("accuracy_by_confidence") or {}).items()]
     return rows
 
@@ -255,7 +216,7 @@ def _runs(n) -> str:
 def result_note(name: str, m: dict, run: Run, kind: str) -> str:
     """What the pairs of a result are, and whether training could have seen them."""
     split, label = m.get("split") or "validation", dataset_label(m.get("dataset") or run.dataset)
-    n, posts, unit = _fmt(m.get("n")), _fmt(m.get("posts")), m.get("length_unit") or "characters (an older preftune)"
+    n, posts, unit = fmt.number(m.get("n")), fmt.number(m.get("posts")), m.get("length_unit") or "characters (an older preftune)"
     if kind in ("held-out", "own"):
         return (f"{n} preference pairs from {posts} posts that training never saw (the split is by post), in "
                 f"`{name}`; lengths in {unit}.")
@@ -292,12 +253,11 @@ def judge_rows(judge: dict | None) -> list[tuple[str, str]]:
     judged = run_folder.judge_summary(judge)
     if judged.get("judge_win_rate") is None:
         return []
-    ci = judged["judge_win_rate_ci95"] or [None, None]
     return [("judged win rate over the base model (greedy, reward-model judge)",
-             f"{_fmt(judged['judge_win_rate'])} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])}, n={judged['judge_n']})"),
-            ("length-controlled judged win rate", _fmt(judged["judge_length_controlled_win_rate"])),
+             fmt.with_ci(judged["judge_win_rate"], judged["judge_win_rate_ci95"], judged["judge_n"], method=None)),
+            ("length-controlled judged win rate", fmt.number(judged["judge_length_controlled_win_rate"])),
             ("judge's verdict strength", f"{judged['judge_verdict_strength']} (reward model held-out accuracy "
-                                         f"{_fmt(judged['judge_rm_accuracy'])})")]
+                                         f"{fmt.number(judged['judge_rm_accuracy'])})")]
 
 
 def judge_title(judge: dict | None, run: Run) -> str:
@@ -330,28 +290,28 @@ def model_card(run_dir: Path, repo_id: str, cfg: PushConfig):
         eval_results=eval_results(results, run) or None,
     )
     fit = run.config.get("fit") if isinstance(run.config.get("fit"), dict) else {}
-    hyperparameters = [(k.replace("_", " "), _plain(train.get(k))) for k in
+    hyperparameters = [(k.replace("_", " "), fmt.setting(train.get(k))) for k in
                        ("lr", "batch_size", "epochs", "beta", "loss", "max_length", "engine", "lora", "grad_accum")]
-    hyperparameters += [("optimizer steps", _fmt(metrics.get("steps"))),
-                        ("train time (s)", _fmt(metrics.get("train_runtime_s"), 1)),
-                        ("tokens/s", _fmt(metrics.get("tokens_per_s"), 1)), ("seed", _fmt(data.get("seed")))]
+    hyperparameters += [("optimizer steps", fmt.number(metrics.get("steps"))),
+                        ("train time (s)", fmt.number(metrics.get("train_runtime_s"), 1)),
+                        ("tokens/s", fmt.number(metrics.get("tokens_per_s"), 1)), ("seed", fmt.number(data.get("seed")))]
     if train.get("lora"):
         hyperparameters += [("LoRA r / alpha / targets",
                              f"{train.get('lora_r')} / {train.get('lora_alpha')} / {train.get('lora_targets')}")]
     evaluation = dict(results).get(run_folder.EVAL_FILE) or {}
 
     def trimmed(split: str) -> str:
-        return _fmt((fit.get(split) or {}).get("trimmed") if isinstance(fit.get(split), dict) else None)
+        return fmt.number((fit.get(split) or {}).get("trimmed") if isinstance(fit.get(split), dict) else None)
 
     data_rows = [("dataset", f"`{dataset_label(dataset)}`" + (f" ([{dataset_id}](https://huggingface.co/datasets/{dataset_id}))"
                                              if dataset_id else "")),
-                 ("fraction of the cleaned pairs used", _plain(data.get("fraction"))),
-                 ("validation fraction of posts", _plain(data.get("eval_fraction"))),
-                 ("test fraction of posts", _plain(data.get("test_fraction")) if run.has_test_split else
+                 ("fraction of the cleaned pairs used", fmt.setting(data.get("fraction"))),
+                 ("validation fraction of posts", fmt.setting(data.get("eval_fraction"))),
+                 ("test fraction of posts", fmt.setting(data.get("test_fraction")) if run.has_test_split else
                   "none (the run predates the test split)"),
                  ("split", "by post: no post in two of train / validation / test"),
-                 ("training pairs", _fmt(metrics.get("train_pairs"))),
-                 ("validation pairs scored", _fmt(evaluation.get("n"))),
+                 ("training pairs", fmt.number(metrics.get("train_pairs"))),
+                 ("validation pairs scored", fmt.number(evaluation.get("n"))),
                  ("pairs with their post trimmed to fit max_length",
                   f"{trimmed('train')} train, {trimmed('eval')} validation"
                   + (f", {trimmed('test')} test" if "test" in fit else ""))]

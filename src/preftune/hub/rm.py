@@ -23,23 +23,23 @@ from typing import Any
 
 from preftune.config import PushConfig
 from preftune.errors import PreftuneError
+from preftune.fmt import count
+from preftune.fmt import finite as number
+from preftune.fmt import finite_pair as interval
+from preftune.fmt import number as _fmt
+from preftune.fmt import setting as _plain
+from preftune.fmt import with_ci as _with_ci
 from preftune.hub.models import (
     CARD,
     DEFAULT_STAGE,
     KNOWN_LICENSES,
     Upload,
-    _fmt,
-    _plain,
-    _with_ci,
     claim_stage,
-    count,
     fresh_folder,
     hub_dataset,
     hub_token,
-    interval,
     link_files,
     namespace_of,
-    number,
     publish,
     repo_id_for,
 )

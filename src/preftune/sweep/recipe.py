@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from preftune import fmt
 from preftune.config import DataConfig, check_value
 from preftune.errors import DataError, PreftuneError
 from preftune.launch import single_process
@@ -368,8 +369,8 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
     return summary
 
 
-def _f(x, spec=".3f") -> str:
-    return "–" if x is None else format(x, spec)
+def _f(x, digits: int = 3) -> str:
+    return fmt.number(x, digits, gap="–")
 
 
 def format_summary(s: dict) -> str:
@@ -379,10 +380,10 @@ def format_summary(s: dict) -> str:
         mark = "*" if r["path"] == s["selected_path"] else " "
         lines.append(f"{mark} {r['run']:<52}{_f(r['accuracy']):>7}{_f(r['length_balanced_accuracy']):>7}"
                      f"{_f(r['chosen_shorter_accuracy']):>9}{_f(r['chosen_longer_accuracy']):>8}"
-                     f"{_f(r['longer_wins_baseline']):>12}{_f(r['wall_s'], '.0f'):>8}")
+                     f"{_f(r['longer_wins_baseline']):>12}{_f(r['wall_s'], 0):>8}")
     t = s["test"] or {}
     lines += ["", f"selected {s['selected_run']}, on test (n={t.get('n')}): accuracy {_f(t.get('accuracy'))}, "
-              f"length-balanced {_f(t.get('length_balanced_accuracy'))} {t.get('length_balanced_ci95')}, "
+              f"length-balanced {fmt.cell(t.get('length_balanced_accuracy'), t.get('length_balanced_ci95'))}, "
               f"longer wins {_f(t.get('longer_wins_baseline'))}",
               f"total wall time of all steps: {s['wall_s_total']:.0f} s"]
     return "\n".join(lines)

@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from preftune import fmt
 from preftune.config import ReportConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
 from preftune.runs import folder as run_folder
@@ -85,6 +86,7 @@ PLOTS = {
                    "validation pairs per run.",
 }
 PREDATES = "n/a (run predates the test split)"
+GAP = "–"  # a table cell with no value
 
 
 # ---- reading runs --------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def _gap_on_damage(read: Callable[[], dict | None], what: str) -> dict:
 def result_columns(result: dict, prefix: str = "") -> dict:
     """One result file's metrics as flat leaderboard keys (intervals as _low/_high); gaps are None."""
     def interval(ci) -> tuple:
-        return tuple(ci) if isinstance(ci, (list, tuple)) else (None, None)
+        return tuple(fmt.finite_pair(ci) or (None, None))
 
     row = {f"{prefix}accuracy": result.get("accuracy"),
            f"{prefix}length_balanced_accuracy": result.get("length_balanced_accuracy")}
@@ -181,7 +183,7 @@ def eval_data(run: Run, evaluation: dict) -> str:
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return fmt.finite(value) is not None
 
 
 def rankable(row: dict, rank_by: str) -> bool:
@@ -302,22 +304,13 @@ def write_leaderboard(root: Path, rows: list[dict]) -> None:
     run_folder.atomic_write_json(root / "leaderboard.json", [{k: r.get(k) for k in FIELDS} for r in rows])
 
 
-def number(value, fmt: str) -> str:
-    """A number for a table cell: "–" for a gap, compact for a huge value (so columns stay narrow)."""
-    if not _finite(value):
-        return "–"
-    return f"{value:.3g}" if abs(value) >= 1e7 else fmt.format(value)
-
-
 def with_interval(row: dict, key: str, ci: str, n: str | None = None) -> str:
     """"0.625 [0.47–0.76] n=40" from a row's value, interval and count keys ("–" for a gap)."""
-    value = number(row.get(key), "{:.3f}")
-    if value == "–":
-        return value
-    low, high = row.get(f"{ci}_low"), row.get(f"{ci}_high")
-    if _finite(low) and _finite(high):
-        value += f" [{low:.2f}–{high:.2f}]"
-    return value + (f" n={row[n]}" if n and row.get(n) is not None else "")
+    return fmt.cell(row.get(key), (row.get(f"{ci}_low"), row.get(f"{ci}_high")), row.get(n) if n else None, gap=GAP)
+
+
+def number(value, digits: int, sign: bool = False) -> str:
+    return fmt.number(value, digits, sign=sign, gap=GAP)
 
 
 def columns(prefix: str = "") -> list[tuple[str, Callable[[dict], str]]]:
@@ -332,7 +325,7 @@ def columns(prefix: str = "") -> list[tuple[str, Callable[[dict], str]]]:
                                                   f"{p}chosen_longer_n")),
         ("chosen shorter", lambda r: with_interval(r, f"{p}chosen_shorter_accuracy", f"{p}chosen_shorter_ci95",
                                                    f"{p}chosen_shorter_n")),
-        ("longer wins", lambda r: number(r.get(f"{p}longer_wins_baseline"), "{:.3f}")),
+        ("longer wins", lambda r: number(r.get(f"{p}longer_wins_baseline"), 3)),
     ]
 
 
@@ -340,11 +333,11 @@ COLUMNS = [
     ("#", lambda r: "–" if r["rank"] is None else str(r["rank"])),
     ("run", lambda r: r["run"]),
     *columns(),
-    ("margin", lambda r: number(r.get("mean_margin"), "{:+.4f}")),
-    ("drift", lambda r: number(r.get("mean_logp_drift"), "{:+.3f}")),
-    ("train s", lambda r: number(r.get("train_runtime_s"), "{:.1f}")),
-    ("tokens/s", lambda r: number(r.get("tokens_per_s"), "{:.0f}")),
-    ("final loss", lambda r: number(r.get("final_loss"), "{:.4f}")),
+    ("margin", lambda r: number(r.get("mean_margin"), 4, sign=True)),
+    ("drift", lambda r: number(r.get("mean_logp_drift"), 3, sign=True)),
+    ("train s", lambda r: number(r.get("train_runtime_s"), 1)),
+    ("tokens/s", lambda r: number(r.get("tokens_per_s"), 0)),
+    ("final loss", lambda r: number(r.get("final_loss"), 4)),
     ("trained", lambda r: r.get("chain") or "–"),
 ]
 TEST_COLUMNS = [("#", COLUMNS[0][1]), ("run", COLUMNS[1][1]), *columns("test_")]
@@ -524,7 +517,7 @@ def plot_accuracy_grid(rows: list[dict], path: Path, rank_by: str = DEFAULT_RANK
             for j, value in enumerate(line):
                 missing = math.isnan(value)
                 bright = (value - vmin) / (vmax - vmin) > 0.6 if not missing else False
-                ax.text(j, i, "–" if missing else number(value, "{:.3f}"), ha="center", va="center", fontsize=10,
+                ax.text(j, i, "–" if missing else number(value, 3), ha="center", va="center", fontsize=10,
                         color="grey" if missing else "black" if bright else "white")
         ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
         ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
