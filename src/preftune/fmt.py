@@ -10,6 +10,7 @@ table cell "0.625 [0.47–0.76] n=40".
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 GAP = "n/a"
@@ -19,6 +20,10 @@ def finite(value: Any) -> float | int | None:
     """The value when it is a finite number (bools are not numbers), else None."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return value if ok else None
+
+
+def is_finite(value: Any) -> bool:
+    return finite(value) is not None
 
 
 def finite_pair(value: Any) -> list[float] | None:
@@ -84,3 +89,19 @@ def cell(value: Any, ci: Any = None, n: Any = None, digits: int = 3, *, ci_digit
         return shown
     interval = span(ci, digits - 1 if ci_digits is None else ci_digits, as_percent=as_percent)
     return shown + (f" [{interval}]" if interval else "") + (f" n={n}" if n is not None else "")
+
+
+def display_width(text: str) -> int:
+    """Columns a string takes in a terminal: wide (CJK) characters 2, combining marks 0."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def fit_cell(text: str, width: int = 48) -> str:
+    """One line (control characters shown as spaces) of at most `width` columns, shortened in the middle."""
+    text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in str(text))
+    if display_width(text) <= width:
+        return text
+    head, tail = text[: width // 2 - 1], text[-(width - width // 2):]
+    while display_width(head) + display_width(tail) + 1 > width:
+        head, tail = head[:-1], tail[1:]
+    return head + "…" + tail

@@ -56,7 +56,7 @@ from preftune.hub.models import (
     publish,
 )
 from preftune.runs.folder import CONFIG_FILE, RM_CONFIG_FILE
-from preftune.sweep.report import dataset_label
+from preftune.sweep.leaderboard import dataset_label
 
 logger = logging.getLogger(__name__)
 

@@ -43,14 +43,8 @@ from preftune.errors import PreftuneError
 from preftune.hubids import is_hub_id
 from preftune.runs import folder as run_folder
 from preftune.runs.folder import Run, open_run
-from preftune.sweep.report import (
-    CURVES_NOTE,
-    RANKINGS,
-    data_groups,
-    dataset_label,
-    leaderboard,
-    plot_curves,
-)
+from preftune.sweep.leaderboard import RANKINGS, data_groups, dataset_label, leaderboard
+from preftune.sweep.plots import CURVES_NOTE, plot_curves
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from preftune.hub.models import (
 )
 from preftune.hubids import is_hub_id
 from preftune.runs.folder import RM_CONFIG_FILE, RM_EVAL_FILE, read_json, require_key
-from preftune.sweep.report import dataset_label
+from preftune.sweep.leaderboard import dataset_label
 
 logger = logging.getLogger(__name__)
 
