@@ -43,14 +43,14 @@ from preftune.data.folder import SPLIT_FILES, STATS_FILE, is_prepared_dir, load_
 from preftune.data.pairs import Pair
 from preftune.data.sources import SHIPPED, broken_link, path_kind
 from preftune.errors import PreftuneError
-from preftune.hub.models import (
+from preftune.hub.card import hub_dataset
+from preftune.hub.upload import (
     CARD,
     DEFAULT_STAGE,
     TOKEN_HELP,
     Upload,
     claim_stage,
     fresh_folder,
-    hub_dataset,
     hub_errors,
     hub_token,
     publish,
@@ -64,7 +64,7 @@ SPLITS = ("train", "validation", "test")
 PREFERENCES_FILE = "preferences.jsonl"
 RAW_FILE = "raw/preferences.jsonl"
 LICENSE_FILE = "LICENSE"
-TLDR = "openai/summarize_from_feedback"  # the shipped sample is a part of it (preftune.hub.models.HUB_DATASETS)
+TLDR = "openai/summarize_from_feedback"  # the shipped sample is a part of it (preftune.hub.card.HUB_DATASETS)
 WHAT = ("pass a folder written by `preftune data prepare` (train.jsonl, eval.jsonl, test.jsonl, stats.json), or the "
         f"demo's {PREFERENCES_FILE} or the folder holding it")
 

@@ -29,14 +29,13 @@ from preftune.fmt import finite_pair as interval
 from preftune.fmt import number as _fmt
 from preftune.fmt import setting as _plain
 from preftune.fmt import with_ci as _with_ci
-from preftune.hub.models import (
+from preftune.hub.card import KNOWN_LICENSES, hub_dataset
+from preftune.hub.upload import (
     CARD,
     DEFAULT_STAGE,
-    KNOWN_LICENSES,
     Upload,
     claim_stage,
     fresh_folder,
-    hub_dataset,
     hub_token,
     link_files,
     namespace_of,
