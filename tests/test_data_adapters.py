@@ -20,19 +20,15 @@ from conftest import (
 
 from preftune.config import DataConfig
 from preftune.data.adapters import (
-    ChatFields,
-    RowError,
-    RowSkip,
-    apply_column_map,
     detect_format,
     hh_rlhf,
-    parse_column_map,
     prompt_chosen_rejected,
     summarize_from_feedback,
-    text_id,
     ultrafeedback,
 )
+from preftune.data.columns import apply_column_map, parse_column_map
 from preftune.data.prepare import Reading, iter_pairs, load_pairs, prepare
+from preftune.data.rows import ChatFields, RowError, RowSkip, text_id
 from preftune.errors import PreftuneError
 
 HH = SHARED_DATA / "anthropic_hh_rlhf_test"

@@ -31,7 +31,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
-    from preftune.data.adapters import parse_column_map
+    from preftune.data.columns import parse_column_map
     from preftune.runs.dpo import train
 
     data_cfg, train_cfg = from_args(DataConfig, ns), from_args(TrainConfig, ns)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from preftune.data.adapters import ChatFields, PairFields, RowError
+from preftune.data.rows import ChatFields, PairFields, RowError
 from preftune.errors import PreftuneError
 
 

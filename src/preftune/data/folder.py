@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preftune.data.adapters import RowError, group_id, preview, require, wrong_type
 from preftune.data.pairs import CUTS, Pair
+from preftune.data.rows import RowError, group_id, preview, require, wrong_type
 from preftune.data.sources import (
     SHIPPED,
     JsonFieldError,

@@ -100,7 +100,7 @@ def _settable() -> dict[str, Any]:
 
 def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, SweepConfig]:
     """(data, base train, grid) configs from merged settings; each class validates its own fields."""
-    from preftune.data.adapters import parse_column_map
+    from preftune.data.columns import parse_column_map
 
     grid = SweepConfig(**{k: v for k, v in settings.items() if k in GRID_KEYS})
     data_names = {f.name for f in dataclasses.fields(DataConfig)}
