@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from preftune.data.columns import COLUMNS, guess_column
+from preftune.data.files import names
 from preftune.data.rows import (
     ChatFields,
     PairFields,
@@ -35,7 +36,6 @@ from preftune.data.rows import (
     with_body,
     wrong_type,
 )
-from preftune.data.sources import names
 from preftune.errors import PreftuneError
 
 

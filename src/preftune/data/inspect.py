@@ -21,10 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from preftune.config import DataConfig
+from preftune.data.files import names
 from preftune.data.pairs import Pair
 from preftune.data.prepare import Reading, iter_pairs
 from preftune.data.sequence import with_eos
-from preftune.data.sources import describe, names
+from preftune.data.sources import describe
 from preftune.data.split import confidence_counts
 from preftune.data.truncate import fit_pair, pair_length, unfit_reason
 

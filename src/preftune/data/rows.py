@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from preftune.data.sources import names
+from preftune.data.files import names
 
 
 class RowError(Exception):
