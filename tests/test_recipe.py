@@ -154,10 +154,10 @@ def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(t
 
 
 def test_a_settings_range_comes_from_the_command_its_section_runs():
-    from preftune.sweep.recipe import SECTION_VERBS, VERB_CONFIGS, _field_meta
+    from preftune.sweep.recipe import SECTION_VERBS, VERB_CONFIGS, section_rules
 
     assert set(SECTION_VERBS.values()) <= set(VERB_CONFIGS)  # every section's command has its config classes
     # `split` is DataConfig's (any nonempty name) and JudgeConfig's (validation|test): each command its own
-    assert _field_meta("split", ("judge",))["choices"] == ("validation", "test")
-    assert "choices" not in _field_meta("split", ("sweep",))
-    assert _field_meta("simpo_gamma", ("sweep",)) is not None and _field_meta("simpo_gamma", ("judge",)) is None
+    assert section_rules(("judge",))["split"]["choices"] == ("validation", "test")
+    assert "choices" not in section_rules(("sweep",))["split"]
+    assert "simpo_gamma" in section_rules(("sweep",)) and "simpo_gamma" not in section_rules(("judge",))

@@ -37,7 +37,7 @@ from preftune.config import (
     flag_name,
     run_name,
 )
-from preftune.config.files import coerce, load_config_file
+from preftune.config.files import coerce, field_rules, load_config_file
 from preftune.errors import PreftuneError
 from preftune.runs import trackers
 from preftune.runs.folder import atomic_write_json
@@ -89,10 +89,13 @@ def expand(grid: SweepConfig, base: TrainConfig) -> list[PlannedRun]:
 # ---- settings: YAML file + flags ----------------------------------------------------------------
 
 
+SETTINGS = (SweepConfig, DataConfig, TrainConfig, ReportConfig)  # a name two hold is the first one's (the grid's)
+
+
 def _settable() -> dict[str, Any]:
     """Every setting a sweep takes, name → type hint (the grid's, then the data's, then the train's)."""
     hints = dict(typing.get_type_hints(SweepConfig))
-    for cls in (DataConfig, TrainConfig, ReportConfig):
+    for cls in SETTINGS[1:]:
         hints.update({k: v for k, v in typing.get_type_hints(cls).items()
                       if k not in hints and k not in NOT_SWEPT})
     return hints
@@ -233,7 +236,7 @@ def _parse_list(text: str, hint: Any, flag: str) -> tuple:
 def settings_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     """The --config file's settings, overridden by the flags given (absent flags are not in `ns`)."""
     hints = _settable()
-    settings = load_config_file(Path(ns.config), hints) if ns.config else {}
+    settings = load_config_file(Path(ns.config), hints, rules=field_rules(SETTINGS)) if ns.config else {}
     for key, value in vars(ns).items():
         if key in GRID_KEYS:
             settings[key] = _parse_list(value, hints[key], flag_name(key))

@@ -33,8 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import preftune.config as config
 from preftune import fmt
-from preftune.config import DataConfig, check_value
+from preftune.config import DataConfig
+from preftune.config.files import check_setting, field_rules, parser_hints, read_yaml
 from preftune.errors import DataError, PreftuneError
 from preftune.launch import single_process
 from preftune.runs.folder import (
@@ -75,27 +77,8 @@ RANK_KEYS_ALLOWED = ("length_balanced_accuracy", "accuracy", "chosen_shorter_acc
 # ---- the file ------------------------------------------------------------------------------------
 
 
-def _lines(path: Path, text: str) -> dict[tuple[str, ...], int]:
-    """(section, key) → line number, for messages."""
-    import yaml
-
-    out: dict[tuple[str, ...], int] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = (*prefix, str(k.value))
-                out[key] = k.start_mark.line + 1
-                if len(key) < 3:
-                    walk(v, key)
-
-    walk(yaml.compose(text), ())
-    return out
-
-
 def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tuple]]:
     from preftune.cli import build_parser
-    from preftune.config.files import parser_hints
 
     parser = build_parser()
     for word in verb:
@@ -107,62 +90,38 @@ def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tup
     return parser_hints(parser)
 
 
-def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
-    """A section's settings, each checked against the command's flags: the same rules as --config
-    (`config_files.check_setting`), and each value against its config field's range. Returned as written:
-    each step's command reads them again from the settings file the recipe writes for it."""
-    from preftune.config.files import check_setting
+def section_rules(verb: tuple[str, ...]) -> dict:
+    """Each setting's field metadata (choices, range) in `verb`'s config classes, its own first."""
+    return field_rules(tuple(getattr(config, name) for name in VERB_CONFIGS[verb]))
 
+
+def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
+    """A section's settings, each checked as a --config file's are (config.files.check_setting) against the
+    command's flags and its config fields' ranges. Returned as written: each step's command reads them
+    again from the settings file the recipe writes for it."""
     line = lines.get(where)
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise DataError(str(path), line, ".".join(where), "expected a mapping of settings (key: value)")
     hints, choices = _command_hints(verb)
+    rules = section_rules(verb)
     skip = SET_BY_RECIPE.get(where[0], ())  # `runs.NAME` sections: where[0] is "runs"
     for key, value in values.items():
         at = lines.get((*where, str(key)), line)
         name = ".".join((*where, str(key)))
         if key in skip:
             raise DataError(str(path), at, name, "set by the recipe (each step's output goes under output_dir)")
-        checked = check_setting(key, value, hints, choices,
-                                lambda message, at=at, name=name: DataError(str(path), at, name, message),
-                                what=f"setting for `preftune {' '.join(verb)}`")
-        meta = _field_meta(key, verb)
-        for value in checked if isinstance(checked, tuple) else (checked,):
-            try:
-                if meta is not None and value is not None:
-                    check_value(value, meta, "value")
-            except PreftuneError as e:
-                raise DataError(str(path), at, name, str(e).replace("value ", "", 1)) from None
+        check_setting(key, value, hints, choices,
+                      lambda message, at=at, name=name: DataError(str(path), at, name, message),
+                      what=f"setting for `preftune {' '.join(verb)}`", rule=rules.get(key))
     return values
-
-
-def _field_meta(key: str, verb: tuple[str, ...]) -> dict | None:
-    """The metadata (choices, range) of the field named `key` in `verb`'s config classes: a sweep's grid
-    flags take free lists, and ranges are checked only when a config is built; the recipe checks them
-    before any step."""
-    import preftune.config as config
-
-    for name in VERB_CONFIGS[verb]:
-        field = {f.name: f for f in dataclasses.fields(getattr(config, name))}.get(key)
-        if field is not None:
-            return {k: v for k, v in field.metadata.items() if v is not None}
-    return None
 
 
 def load_recipe(path: Path) -> dict:
     """The recipe file, every section checked against its command's flags before anything runs."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise PreftuneError(f"recipe {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        recipe, lines = yaml.safe_load(text), _lines(path, text)
-    except yaml.YAMLError as e:
-        raise PreftuneError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    recipe, lines = read_yaml(path, "recipe")
     if not isinstance(recipe, dict):
         raise DataError(str(path), 1, None, "expected a mapping with sections: " + ", ".join(TOP_KEYS))
     for key in recipe:
