@@ -388,3 +388,14 @@ def test_column_map_helpers():
     assert row == {"prompt": "p", "chosen": "a", "rejected": "b"}
     with pytest.raises(RowError, match=r"missing column \(found: good, prompt\); --column-map rejected=bad"):
         apply_column_map({"prompt": "p", "good": "a"}, mapping)
+
+
+def test_every_declared_adapter_is_registered_in_detection_order():
+    """config/registries.py FORMATS names the formats (and --format's choices); an adapter declared in
+    data/adapters.py but missing there would never be detected or chosen."""
+    from preftune.config.registries import FORMATS
+    from preftune.data.adapters import _DECLARED, ADAPTERS
+
+    assert set(_DECLARED) == set(FORMATS) and tuple(ADAPTERS) == FORMATS
+    assert all(name == adapter.name for name, adapter in ADAPTERS.items())
+    assert FORMATS.index("preftune_pairs") < FORMATS.index("prompt_chosen_rejected")  # a superset detects first

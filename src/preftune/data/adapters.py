@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from preftune.config.registries import FORMATS
 from preftune.data.columns import COLUMNS, guess_column
 from preftune.data.files import names
 from preftune.data.rows import (
@@ -281,7 +282,7 @@ def _choice_label(row: dict) -> str | None:
     return f"choice {row['choice']}" if row.get("choice") in (0, 1) else None
 
 
-ADAPTERS: dict[str, Adapter] = {
+_DECLARED: dict[str, Adapter] = {
     "summarize_from_feedback": Adapter(
         "summarize_from_feedback",
         summarize_from_feedback,
@@ -290,7 +291,7 @@ ADAPTERS: dict[str, Adapter] = {
         columns=("info", "summaries", "choice"),
         label=_choice_label,
     ),
-    "preftune_pairs": Adapter(  # before prompt_chosen_rejected: its columns are a superset
+    "preftune_pairs": Adapter(
         "preftune_pairs", preftune_pairs, _is_preftune_pairs,
         "pairs published by `preftune data push` (prompt, chosen, rejected, post_id, body_span, cut, turns, "
         "meta): read back exactly as prepared",
@@ -321,6 +322,8 @@ ADAPTERS: dict[str, Adapter] = {
         chat=True,
     ),
 }
+# name → adapter, in the order of config/registries.py FORMATS (detection tries them in that order)
+ADAPTERS: dict[str, Adapter] = {name: _DECLARED[name] for name in FORMATS}
 
 def detect_format(row: dict, source: str) -> Adapter:
     """The adapter whose `detect` accepts the first row; else an error naming what is missing."""

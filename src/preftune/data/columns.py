@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from preftune.config import registries
 from preftune.data.rows import RowError
 from preftune.errors import PreftuneError
 
-# The names --column-map maps onto (NAME=COLUMN): every column some adapter reads.
-COLUMNS = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected",
-           "info", "summaries", "choice")
+COLUMNS = registries.COLUMNS  # the names --column-map maps onto (NAME=COLUMN)
 
 
 def parse_column_map(spec: str | None) -> dict[str, str]:
