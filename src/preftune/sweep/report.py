@@ -32,7 +32,13 @@ from preftune.sweep.leaderboard import (
     score_chosen,
     write_leaderboard,
 )
-from preftune.sweep.plots import PLOTS, plot_accuracy_grid, plot_curves, plot_length_strata, plot_margins
+from preftune.sweep.plots import (
+    PLOTS,
+    plot_accuracy_grid,
+    plot_curves,
+    plot_length_strata,
+    plot_margins,
+)
 
 logger = logging.getLogger(__name__)
 

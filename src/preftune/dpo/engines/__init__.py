@@ -27,8 +27,10 @@ tracking:` and hands `tracking` to its tracker API — accelerate's (`Accelerato
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
+from preftune.config import registries
 from preftune.dpo.engines.base import (  # noqa: F401
     CHECKPOINT_MARKER,
     CHECKPOINTS_DIR,
@@ -42,16 +44,14 @@ from preftune.dpo.engines.base import (  # noqa: F401
 )
 
 
-def _trl(job: TrainJob) -> TrainResult:
-    from preftune.dpo.engines.trl import train
+def _engine(module: str) -> Callable[[TrainJob], TrainResult]:
+    """The engine whose train(job) is in `module`, imported on first use (TRL only when it trains)."""
+    def train(job: TrainJob) -> TrainResult:
+        return importlib.import_module(module).train(job)
 
-    return train(job)
-
-
-def _fast(job: TrainJob) -> TrainResult:
-    from preftune.dpo.engines.fast import train
-
-    return train(job)
+    return train
 
 
-ENGINES: dict[str, Callable[[TrainJob], TrainResult]] = {"fast": _fast, "trl": _trl}
+# name → engine, from the names and modules in config/registries.py
+ENGINES: dict[str, Callable[[TrainJob], TrainResult]] = {name: _engine(module)
+                                                         for name, module in registries.ENGINES.items()}
