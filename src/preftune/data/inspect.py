@@ -1,14 +1,9 @@
 """`preftune data inspect`: what is in a preference dataset, before training on it.
 
-One streaming pass over SRC through the same adapter `prepare` uses: rows kept and skipped (by
-reason), distinct prompts, label balance (where the format has labels), repeated comparisons (as
-`prepare` will resolve them), ties and empty fields; then token lengths with the model's tokenizer
-on a seeded reservoir sample of at most --length-sample pairs (all of them when there are fewer),
-and how many of those exceed --max-length (measured exactly as TRL tokenizes) and would be trimmed or
-skipped by training.
-
-Memory: rows are streamed; what is kept per pair is two 8-byte digests (distinct prompts; repeated
-comparisons), so a 1 GB JSON-lines file costs tens of MB, plus the sample of --length-sample pairs.
+One streaming pass over SRC through the adapter `prepare` uses: rows kept and skipped (by reason),
+distinct prompts, label balance, repeated comparisons, ties and empty fields; then token lengths with
+the model's tokenizer on a seeded sample of at most --length-sample pairs, and how many exceed
+--max-length. Per pair only two 8-byte digests are kept, so memory stays small. Details: docs/data.md.
 """
 
 from __future__ import annotations

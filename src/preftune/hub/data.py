@@ -1,28 +1,10 @@
 """`preftune data push DIR --repo-id OWNER/NAME`: preference pairs → a Hugging Face Hub dataset repo.
 
-DIR is either
-- a prepared folder (`preftune data prepare`: train.jsonl, eval.jsonl = validation, test.jsonl,
-  stats.json): its splits are pushed as they are; or
-- the demo's captured votes, `preferences.jsonl` (summarize_from_feedback comparison rows; the file,
-  or a folder holding one, such as the run folder `preftune serve` writes it into): read and cleaned
-  as `data prepare` reads such rows (duplicate and conflicting votes resolved, each drop counted), all
-  in one `train` split; the file itself is kept beside, as raw/preferences.jsonl.
-
-The repo holds one Parquet file per non-empty split, data/<split>-00000-of-00001.parquet, which
-`datasets.load_dataset("OWNER/NAME")` reads back row for row, and README.md, the dataset card. Its YAML
-carries `configs` (which files are which split) and `dataset_info` (features and split sizes) as
-`datasets`' own push_to_hub writes them, with license, tags and size; its text says where the pairs
-come from and under which license, the counts per split, the rows skipped and why, the split rule (by
-post) and the seed. Data from OpenAI's summarize_from_feedback (the shipped TL;DR sample) carries the
-Modified MIT notice it is distributed under, in the card and as LICENSE.
-
-A row is preftune's pair, as in a prepared folder's JSON lines: prompt, chosen, rejected, post_id,
-source, body_span, cut, turns, meta. Two differences, both for a public repo: `meta` (its keys differ
-by format) is a JSON text, and `source` names the file and line without the folders.
-
-Safety is `preftune push`'s: the source is never written (a dry run stages into --stage-dir or
-hub_upload/ beside DIR, as STAGE/datasets/NAME, refused before any work when that is, is inside or
-contains DIR); the token is handed to the client only; Hub failures are one line saying what to do.
+DIR is a prepared folder (its splits pushed as they are) or the demo's `preferences.jsonl` (cleaned as
+`data prepare` reads it, one `train` split). The repo holds one Parquet file per split, which
+`datasets.load_dataset("OWNER/NAME")` reads back row for row, and a dataset card (source, license, counts,
+skips, the split rule and seed; OpenAI's data carries its Modified MIT notice). Staging, safety and the
+token are hub/upload.py's. Details: docs/sweeps-and-hub.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """`preftune judge RUN_DIR`: did DPO make the summaries better?
 
-Held-out preference accuracy says the policy *ranks* human pairs; only generation says it *writes*
-better summaries. For N held-out posts (never trained on, by the policy or by the reward model) the
-tuned model and its base each write a TL;DR (greedy, and sampled at T=0.7) with preftune.judge.generate's
-decoder (batched by prompt length, stopping at the end of the summary's line), a reward model
-(`preftune rm train`: its quality head when it has one, its length-corrected score when it has a
-length correction) scores both, and the judge reports:
-- the tuned model's win rate over the base (ties count half) with a 95% Wilson interval;
-- mean reward and mean length of each side; lengths in tokens of the policy's tokenizer;
-- what length does to it: the win rate where the tuned summary is longer / shorter / as long, the
-  length-balanced win rate (their mean, with an Agresti–Caffo interval: a judge that only counts
-  length scores 0.5 on it whatever the lengths), the length-controlled win rate (a logistic
-  regression of the outcome on the length difference read at equal length, as AlpacaEval's LC win
-  rate, Dubois et al. 2024; 95% interval by bootstrap over posts) and the win rate on length-matched
-  pairs (Wilson interval);
-- the win rate of each model against the human reference summary where the data has one
-  (policy "ref" in OpenAI's batch18);
-- a verdict whose strength follows the reward model's LENGTH-BALANCED held-out accuracy
-  (preftune.judge.reward.rm_strength): an RM that is a length counter gives a WEAK verdict however high
-  its raw accuracy.
-Everything lands in RUN_DIR/judge.json, per-post samples included, so every number can be recomputed.
+For N held-out posts the tuned model and its base each write a TL;DR (greedy, and sampled at T=0.7) with
+judge/generate.py's decoder; a reward model (`preftune rm train`) scores both. Reported: the tuned win
+rate over the base with its interval, mean reward and length of each side, what length does to it
+(win rates by length stratum, length-balanced, length-controlled, length-matched), each side against
+the human reference, and a verdict whose strength follows the reward model's length-balanced accuracy.
+Everything lands in RUN_DIR/judge.json, per-post samples included. Details: docs/reward-and-judge.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """`preftune sweep`: one DPO run per point of a grid over lr × batch size × epochs (× beta × loss × its settings).
 
-The data are prepared and tokenized once for the whole sweep (`train.prepare_run_data`); each run then
-trains and evaluates (`train.run`) into ROOT/<run name>/, and `preftune report ROOT` ends the sweep.
-
-Safe to kill and re-run the same command: a run folder gets its final name only once complete; a
-re-run skips finished runs (after checking they were trained with the same settings), resumes an
-interrupted one from its last complete checkpoint (with --save-steps), and starts any other over. A
-lock keeps two sweeps out of one ROOT.
-
-Settings come from a YAML file (--config; every key is a flag's name, see examples/sweep.yaml), from
-flags, or both: a flag wins over the file, the file over the defaults. With --report-to, every run is
-logged to one tracker project (--tracker-project, default ROOT's name) under its folder name.
+The data are prepared and tokenized once; each run trains and evaluates into ROOT/<run name>/, and
+`preftune report ROOT` ends the sweep. Safe to kill and re-run: finished runs are skipped (after checking
+their settings), an interrupted one resumes from its last checkpoint (--save-steps), a lock keeps two
+sweeps out of one ROOT. Settings come from a YAML file (--config, read by config/files.py), flags, or
+both. Details: docs/sweeps-and-hub.md.
 """
 
 from __future__ import annotations

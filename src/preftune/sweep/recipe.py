@@ -1,24 +1,10 @@
 """`preftune recipe FILE.yaml`: a whole training recipe from one file, resumable.
 
-Steps, each a preftune command run in its own process (so each frees its memory), in this order:
-  1. rm      `preftune rm train`  → ROOT/reward_model        (the judge's length-debiased reward model)
-  2. sft     `preftune sft`       → ROOT/sft/<run>           (optional; the DPO runs then start from it)
-  3. runs    `preftune sweep`     → ROOT/runs/<objective>/<run>, one sweep per entry of `runs`
-  4. select  the run with the best validation `select.rank_by` (eval.json) among every run of step 3
-  5. test    `preftune eval RUN --split test`                → test.json of the selected run only
-  6. judge   `preftune judge RUN --split test`               → judge_test.json of the selected run only
-and ROOT/recipe.json: the wall time of every step, every run's validation numbers, the selection, and the
-selected run's test and judge numbers. Test numbers are computed for the selected run alone, after the
-choice, so nothing is tuned on them.
-
-The file's sections: `output_dir` (ROOT); `data` (data settings shared by every step, so every step sees
-the same post-disjoint train / validation / test split); `rm`, `sft`, `judge` (that command's settings);
-`dpo` (settings shared by every DPO run) and `runs` (objective name → its own settings, e.g. `loss`,
-`beta`); `select` (`rank_by`). Keys are the commands' flag names with underscores, checked before any
-step runs: a wrong key or value names the file, line and key.
-
-Resumable: a step whose output is complete is skipped (its recorded wall time kept); a DPO step that was
-killed resumes through its sweep (checkpoints with `save_steps`). ROOT/recipe_state.json holds the times.
+Steps, each a preftune command in its own process: the reward model, SFT (optional), one DPO sweep per
+objective, selection on validation, then the selected run alone on test and judged; ROOT/recipe.json
+records every step's wall time and numbers. The file's sections are checked before any step runs with
+the settings-file reader of config/files.py; a finished step is skipped, a killed one resumes. Steps,
+sections and the measured recipe: docs/recipe.md.
 """
 
 from __future__ import annotations
