@@ -1,5 +1,5 @@
 """The `preftune` command: verbs only. Each parses its flags (generated from the config dataclasses)
-and calls one function. Every verb with settings also takes `--config FILE.yaml` (config_files.py).
+and calls one function. Every verb with settings also takes `--config FILE.yaml` (config/files.py).
 User errors, a mistyped flag included, print one line and exit 2; no traceback."""
 
 from __future__ import annotations
