@@ -15,6 +15,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from preftune import fmt
 from preftune.config import DataConfig
 from preftune.data.files import names
 from preftune.data.pairs import Pair
@@ -163,7 +164,7 @@ def inspect_data(cfg: DataConfig, tokenizer, tokenizer_name: str, max_length: in
 
 
 def _share(n: int, total: int) -> str:
-    return f"{n:,} ({n / total:.1%})" if total else f"{n:,}"
+    return f"{n:,} ({fmt.percent(n / total)})" if total else f"{n:,}"
 
 
 def _counts(d: dict) -> str:
@@ -185,7 +186,7 @@ def format_report(r: dict) -> str:
         ("distinct prompts", f"{r['distinct_prompts']:,}"),
         ("label balance", ", ".join(f"{k}: {_share(v, sum(r['labels'].values()))}" for k, v in r["labels"].items())
          if r["labels"] else "not in this format"),
-        ("chosen is longer", f"{r['chosen_longer']:.1%} of kept pairs" if r["chosen_longer"] is not None else "-"),
+        ("chosen is longer", f"{fmt.percent(r['chosen_longer'])} of kept pairs" if r["chosen_longer"] is not None else "-"),
         ("repeated pairs", f"{_counts(r['repeated'])} → {r['pairs_after_cleaning']:,} pairs after `prepare`"),
         ("identical pairs", f"{r['identical_pairs']:,} (chosen == rejected, skipped)"),
         ("empty fields", _counts(r["empty_fields"])),
