@@ -82,7 +82,7 @@ def test_dpo_from_sft_records_the_chain(sft_run, tmp_path):
     assert chain_text(open_run(run).chain) == "base → SFT → DPO"
     assert "SFT (lr 0.01, bs 4, 2 epochs, 8 rows of chosen)" in chain_text(chain, settings=True)
 
-    from preftune.sweep.report import run_row
+    from preftune.sweep.leaderboard import run_row
     assert run_row(open_run(run))["chain"] == "base → SFT → DPO"
     del config["chain"]
     (run / CONFIG_FILE).write_text(json.dumps(config))

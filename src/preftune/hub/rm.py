@@ -23,29 +23,28 @@ from typing import Any
 
 from preftune.config import PushConfig
 from preftune.errors import PreftuneError
-from preftune.hub.models import (
+from preftune.fmt import count
+from preftune.fmt import finite as number
+from preftune.fmt import finite_pair as interval
+from preftune.fmt import number as _fmt
+from preftune.fmt import setting as _plain
+from preftune.fmt import with_ci as _with_ci
+from preftune.hub.card import KNOWN_LICENSES, hub_dataset
+from preftune.hub.upload import (
     CARD,
     DEFAULT_STAGE,
-    KNOWN_LICENSES,
     Upload,
-    _fmt,
-    _plain,
-    _with_ci,
     claim_stage,
-    count,
     fresh_folder,
-    hub_dataset,
     hub_token,
-    interval,
     link_files,
     namespace_of,
-    number,
     publish,
     repo_id_for,
 )
 from preftune.hubids import is_hub_id
 from preftune.runs.folder import RM_CONFIG_FILE, RM_EVAL_FILE, read_json, require_key
-from preftune.sweep.report import dataset_label
+from preftune.sweep.leaderboard import dataset_label
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import preftune
 from preftune.config import SFT_CHOSEN, DataConfig, SFTConfig
-from preftune.data.adapters import RowError, RowSkip, text_id
 from preftune.data.fit import fit
 from preftune.data.pairs import Pair, Tally
+from preftune.data.rows import RowError, RowSkip, text_id
 from preftune.data.sequence import with_eos
 from preftune.errors import DataError, PreftuneError
 from preftune.runs import folder as run_folder
@@ -263,7 +263,7 @@ def add_cli(verbs) -> None:
 
 def _cmd(ns) -> None:
     from preftune.config import from_args
-    from preftune.data.adapters import parse_column_map
+    from preftune.data.columns import parse_column_map
 
     data_cfg, cfg = from_args(DataConfig, ns), from_args(SFTConfig, ns)
     parse_column_map(data_cfg.column_map)

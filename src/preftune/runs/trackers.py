@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from preftune import log
+from preftune.config.registries import TRACKERS
 from preftune.errors import PreftuneError
 from preftune.runs.folder import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-# --report-to name → the package it needs (config.TRACKER_NAMES is 'none' + these; a test checks)
-PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
+PACKAGES = TRACKERS  # --report-to name → the package it needs (config/registries.py)
 TRACKING_DIR = "tracking"
 RECORD_FILE = "tracking.json"
 
