@@ -28,7 +28,8 @@ CONFIGS = [DataConfig, TrainConfig, EvalConfig, RewardConfig, JudgeConfig, Serve
 
 
 def test_names_match_the_registries():
-    from preftune.data.adapters import ADAPTERS, COLUMNS
+    from preftune.data.adapters import ADAPTERS
+    from preftune.data.columns import COLUMNS
     from preftune.data.sources import SHIPPED
     from preftune.dpo.engines import ENGINES
     from preftune.dpo.losses import LOSSES

@@ -3,6 +3,7 @@ valid configs, flags win over the file and the file over the defaults, and a bad
 naming the file, line and key (with the closest valid key for a typo), before any work."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 import yaml
@@ -135,3 +136,43 @@ def test_a_config_file_that_is_not_there(where, message, tmp_path, capsys):
     assert main(["train", "--config", str(where(tmp_path))]) == 2
     err = capsys.readouterr().err
     assert f"preftune: error: --config {tmp_path}" in err and message in err and err.count("\n") == 1
+
+
+def test_one_reader_parses_every_settings_file():
+    """--config files, sweep files and recipes go through config/files.py: no other module parses YAML."""
+    import re
+
+    parsers = sorted(p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("*.py")
+                     if re.search(r"yaml\.(safe_load|load|compose|full_load)\(", p.read_text(encoding="utf-8")))
+    assert parsers == ["preftune/config/files.py"]
+
+
+@pytest.mark.parametrize("reader", ["train", "sweep", "recipe"])
+def test_every_reader_words_a_file_error_the_same(reader, tmp_path, capsys):
+    """The same two mistakes, in a --config file, a sweep file and a recipe section: the same messages."""
+    def run(text: str) -> str:
+        if reader == "recipe":
+            path = tmp_path / "recipe.yaml"
+            path.write_text(f"output_dir: {tmp_path / 'r'}\nruns:\n  dpo:\n" + "".join(f"    {t}\n" for t in text))
+            argv = ["recipe", str(path)]
+        else:
+            path = tmp_path / "c.yaml"
+            path.write_text("".join(f"{t}\n" for t in text))
+            argv = [reader, "--config", str(path), "--output-dir", str(tmp_path / "runs")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        return err.replace(str(path), "FILE")
+
+    key, line = ("runs.dpo.lrr", 5) if reader == "recipe" else ("lrr", 2)
+    assert "FILE: not valid YAML" in run(["lr: [1"])
+    assert f"FILE:{line}: field '{key}': unknown setting" in run(["lr: 1.0e-6", "lrr: 2"])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
+
+
+def test_read_yaml_gives_the_line_of_every_key(tmp_path):
+    from preftune.config.files import read_yaml
+
+    values, lines = read_yaml(Path(write(tmp_path, "a: 1\nb:\n  c:\n    d: 2\n")))
+    assert values == {"a": 1, "b": {"c": {"d": 2}}}
+    assert lines == {("a",): 1, ("b",): 2, ("b", "c"): 3, ("b", "c", "d"): 4}

@@ -20,19 +20,15 @@ from conftest import (
 
 from preftune.config import DataConfig
 from preftune.data.adapters import (
-    ChatFields,
-    RowError,
-    RowSkip,
-    apply_column_map,
     detect_format,
     hh_rlhf,
-    parse_column_map,
     prompt_chosen_rejected,
     summarize_from_feedback,
-    text_id,
     ultrafeedback,
 )
+from preftune.data.columns import apply_column_map, parse_column_map
 from preftune.data.prepare import Reading, iter_pairs, load_pairs, prepare
+from preftune.data.rows import ChatFields, RowError, RowSkip, text_id
 from preftune.errors import PreftuneError
 
 HH = SHARED_DATA / "anthropic_hh_rlhf_test"
@@ -392,3 +388,14 @@ def test_column_map_helpers():
     assert row == {"prompt": "p", "chosen": "a", "rejected": "b"}
     with pytest.raises(RowError, match=r"missing column \(found: good, prompt\); --column-map rejected=bad"):
         apply_column_map({"prompt": "p", "good": "a"}, mapping)
+
+
+def test_every_declared_adapter_is_registered_in_detection_order():
+    """config/registries.py FORMATS names the formats (and --format's choices); an adapter declared in
+    data/adapters.py but missing there would never be detected or chosen."""
+    from preftune.config.registries import FORMATS
+    from preftune.data.adapters import _DECLARED, ADAPTERS
+
+    assert set(_DECLARED) == set(FORMATS) and tuple(ADAPTERS) == FORMATS
+    assert all(name == adapter.name for name, adapter in ADAPTERS.items())
+    assert FORMATS.index("preftune_pairs") < FORMATS.index("prompt_chosen_rejected")  # a superset detects first

@@ -1,7 +1,10 @@
 """The docs point at files that exist: every relative Markdown link in README.md and docs/*.md, every
 repository path they mention (`docs/…`, `src/…`, `tests/…`, …), and every docs/ file a module's
-docstring sends the reader to."""
+docstring sends the reader to. And the layout stays readable: the README is a front page (≤ 150 lines),
+module docstrings say what a module owns in ≤ 10 lines (the rest lives in docs/), no module is over
+500 lines, and at most 12 modules sit at the top of src/preftune/ (the rest is in the wings)."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -36,3 +39,42 @@ def test_docstrings_point_to_docs_that_exist():
 def test_links_are_found():
     assert links("see [a](docs/a.md#x), [b](https://x.org) and [c](#top)") == ["docs/a.md"]
     assert REPO_PATH.findall("run `tests/test_x.py` or bench/results/.") == ["tests/test_x.py", "bench/results/"]
+
+
+MODULES = sorted((REPO / "src" / "preftune").rglob("*.py"))
+README_LINES, DOCSTRING_LINES, MODULE_LINES, TOP_MODULES = 150, 10, 500, 12
+
+
+def docstring_lines(path: Path) -> int:
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")), clean=False)
+    return len(doc.splitlines()) if doc else 0
+
+
+def test_the_readme_is_a_front_page():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= README_LINES
+    assert "bash scripts/main.sh" in text and "bash scripts/test.sh" in text  # the two commands
+    assert "docs/architecture.md" in text and "## Commands" in text
+
+
+def test_module_docstrings_are_short():
+    long = {p.relative_to(REPO).as_posix(): n for p in MODULES if (n := docstring_lines(p)) > DOCSTRING_LINES}
+    assert long == {}, f"move the explanation into docs/ (at most {DOCSTRING_LINES} lines): {long}"
+
+
+def test_no_module_is_over_500_lines():
+    big = {p.relative_to(REPO).as_posix(): n for p in MODULES
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) > MODULE_LINES}
+    assert big == {}, f"split these by concern: {big}"
+
+
+def test_few_modules_at_the_top():
+    top = sorted(p.name for p in (REPO / "src" / "preftune").glob("*.py"))
+    assert len(top) <= TOP_MODULES, top
+
+
+def test_the_layout_checks_measure_what_they_say(tmp_path):
+    """docstring_lines counts the module docstring's lines (not a function's), 0 for none."""
+    (tmp_path / "a.py").write_text('"""one\ntwo\nthree"""\n\ndef f():\n    """1\n2\n3\n4"""\n')
+    (tmp_path / "b.py").write_text("x = 1\n")
+    assert docstring_lines(tmp_path / "a.py") == 3 and docstring_lines(tmp_path / "b.py") == 0

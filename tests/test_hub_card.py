@@ -7,7 +7,7 @@ import json
 from test_report import fake_eval, fake_run, give_test_split, old_eval
 
 from preftune.config import PushConfig
-from preftune.hub.models import model_card
+from preftune.hub.card import model_card
 
 
 def card_of(run) -> str:

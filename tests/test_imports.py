@@ -106,10 +106,38 @@ def test_no_import_cycles():
     assert cycles == [], "import cycles:\n" + "\n".join(" → ".join(c) for c in cycles)
 
 
-def test_config_is_a_leaf():
-    """The configs hold names and ranges: they import only each other, the error type and the hub-id rule."""
-    configs = {"preftune.config", "preftune.config.fields", "preftune.config.publish"}
-    assert set().union(*(graph()[name] for name in configs)) <= configs | {"preftune.errors", "preftune.hubids"}
+# What preftune.config may import: the error type, the hub-id rule, and the registries' names as plain
+# data (config/registries.py, which imports nothing; the registries are built from it).
+CONFIG_IMPORTS = {"preftune.errors", "preftune.hubids", "preftune.config.registries", "preftune.config.fields",
+                  "preftune.config.publish"}
+
+
+def closure(name: str, edges: dict[str, set[str]]) -> set[str]:
+    """Every preftune module `name` imports, directly or through others."""
+    seen, todo = set(), [name]
+    while todo:
+        for nxt in edges[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_config_imports_only_names():
+    """config holds names and ranges: it imports the registries' name tables and nothing that trains."""
+    edges = graph()
+    assert edges["preftune.config"] <= CONFIG_IMPORTS
+    assert edges["preftune.config.registries"] == set()
+    assert closure("preftune.config", edges) <= CONFIG_IMPORTS  # errors and hubids import no wing either
+
+
+def test_the_cli_and_config_load_no_torch():
+    """`preftune --help` and config stay fast: importing them loads no torch, transformers or trl."""
+    code = ("import sys, preftune.cli, preftune.config.files; "
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_no_module_imports_fcntl():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from preftune.errors import PreftuneError
-from preftune.sweep.recipe import load_recipe, run_recipe, select_run
+from preftune.sweep.recipe import format_summary, load_recipe, run_recipe, select_run
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = "data:\n  fraction: 0.03\n  seed: 3\n"
@@ -59,6 +59,18 @@ def test_selection_uses_validation_and_breaks_ties_by_accuracy(tmp_path):
     best, rows = select_run(runs, "length_balanced_accuracy")
     assert best == runs[2] and [r["accuracy"] for r in rows] == [0.7, 0.6, 0.65]
     assert select_run(runs, "accuracy")[0] == runs[0]
+
+
+def test_the_summary_writes_gaps_and_the_test_interval_as_every_table_does():
+    row = {"run": "dpo/r", "path": "/x/dpo/r", "accuracy": 0.6061, "length_balanced_accuracy": None,
+           "chosen_shorter_accuracy": 0.5217, "chosen_longer_accuracy": 0.6238, "longer_wins_baseline": 0.652,
+           "wall_s": None}
+    text = format_summary({"recipe": "r.yaml", "runs_compared": 1, "rank_by": "accuracy", "runs": [row],
+                           "selected_path": "/x/dpo/r", "selected_run": "dpo/r", "wall_s_total": 12.0,
+                           "test": {"n": 155, "accuracy": 0.652, "length_balanced_accuracy": 0.5864,
+                                    "length_balanced_ci95": [0.5121, 0.6607], "longer_wins_baseline": 0.645}})
+    assert "* dpo/r" in text and "0.606" in text and "–" in text  # a gap is a dash, never "None"
+    assert "length-balanced 0.586 [0.51–0.66]" in text and "None" not in text
 
 
 def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monkeypatch):
@@ -142,10 +154,10 @@ def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(t
 
 
 def test_a_settings_range_comes_from_the_command_its_section_runs():
-    from preftune.sweep.recipe import SECTION_VERBS, VERB_CONFIGS, _field_meta
+    from preftune.sweep.recipe import SECTION_VERBS, VERB_CONFIGS, section_rules
 
     assert set(SECTION_VERBS.values()) <= set(VERB_CONFIGS)  # every section's command has its config classes
     # `split` is DataConfig's (any nonempty name) and JudgeConfig's (validation|test): each command its own
-    assert _field_meta("split", ("judge",))["choices"] == ("validation", "test")
-    assert "choices" not in _field_meta("split", ("sweep",))
-    assert _field_meta("simpo_gamma", ("sweep",)) is not None and _field_meta("simpo_gamma", ("judge",)) is None
+    assert section_rules(("judge",))["split"]["choices"] == ("validation", "test")
+    assert "choices" not in section_rules(("sweep",))["split"]
+    assert "simpo_gamma" in section_rules(("sweep",)) and "simpo_gamma" not in section_rules(("judge",))

@@ -15,13 +15,10 @@ import pytest
 from preftune.config import ReportConfig, run_name
 from preftune.runs.results import open_run
 from preftune.stats import wilson_interval
-from preftune.sweep.report import (
-    FIELDS,
-    PLOTS,
-    display_width,
-    format_leaderboard,
-    report,
-)
+from preftune.fmt import display_width
+from preftune.sweep.leaderboard import FIELDS
+from preftune.sweep.plots import PLOTS
+from preftune.sweep.report import format_leaderboard, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -330,7 +327,7 @@ def test_the_ranking_choices_match_the_metrics_report_knows():
     import dataclasses
 
     from preftune.config import PushConfig
-    from preftune.sweep.report import RANKINGS
+    from preftune.sweep.leaderboard import RANKINGS
 
     choices = [{f.name: f for f in dataclasses.fields(cls)}["rank_by"].metadata["choices"]
                for cls in (ReportConfig, PushConfig)]
@@ -402,7 +399,7 @@ def test_max_eval_pairs_is_part_of_the_data(tmp_path):
 
 
 def test_smoothing_is_a_bias_corrected_moving_average():
-    from preftune.sweep.report import smooth, smoothing_span
+    from preftune.sweep.plots import smooth, smoothing_span
 
     assert smooth([0.7] * 50) == pytest.approx([0.7] * 50)  # no pull towards 0 at the start
     assert smooth([1.0, 0.0, 1.0], span=1) == [1.0, 0.0, 1.0]  # span 1: the values themselves
@@ -415,7 +412,7 @@ def test_smoothing_is_a_bias_corrected_moving_average():
 
 
 def test_curves_draw_the_raw_values_faint_under_the_smoothed_line():
-    from preftune.sweep.report import _pyplot, plot_smoothed, smooth
+    from preftune.sweep.plots import _pyplot, plot_smoothed, smooth
 
     plt = _pyplot()
     fig, ax = plt.subplots()

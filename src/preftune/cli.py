@@ -1,5 +1,5 @@
 """The `preftune` command: verbs only. Each parses its flags (generated from the config dataclasses)
-and calls one function. Every verb with settings also takes `--config FILE.yaml` (config_files.py).
+and calls one function. Every verb with settings also takes `--config FILE.yaml` (config/files.py).
 User errors, a mistyped flag included, print one line and exit 2; no traceback."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def cmd_train(ns: argparse.Namespace) -> None:
-    from preftune.data.adapters import parse_column_map
+    from preftune.data.columns import parse_column_map
     from preftune.runs.dpo import train
 
     data_cfg, train_cfg = from_args(DataConfig, ns), from_args(TrainConfig, ns)

@@ -12,11 +12,12 @@ import logging
 
 import torch
 
+from preftune.config.registries import PRECISIONS
 from preftune.errors import PreftuneError
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in PRECISIONS.items()}  # --precision → the compute dtype
 ACCELERATE_NAMES = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # accelerate's `mixed_precision`
 
 

@@ -1,16 +1,9 @@
 """Statistics shared by evaluation, the reward model and the judge: pure functions, no torch.
 
-Intervals (all 95%):
-- a proportion (accuracy, win rate): Wilson score interval (Wilson 1927);
-- length-balanced accuracy, the mean of two independent stratum accuracies: Wald interval on
-  Agresti–Caffo-adjusted proportions p̃ = (x + 1)/(n + 2) (Agresti & Caffo 2000), which stays sane
-  at 0/n and n/n where a plain Wald interval collapses to a point.
-
-Length strata: a pair is "chosen longer" when len(chosen) > len(rejected), "chosen shorter" when
-len(chosen) < len(rejected), "equal length" otherwise (reported apart, left out of the balanced
-mean). Length-balanced accuracy = ½(acc_longer + acc_shorter): any pure length counter — "longer
-wins", "shorter wins" — scores exactly 0.5 on it, so anything above 0.5 is signal beyond length
-(Singhal et al. 2023, arXiv:2310.03716, balance data the same way).
+Intervals are 95%: Wilson for a proportion (accuracy, win rate); Wald on Agresti–Caffo-adjusted
+proportions for the length-balanced accuracy, the mean of the chosen-longer and chosen-shorter
+accuracies (equal lengths reported apart), on which any pure length counter scores exactly 0.5.
+What each metric means and why: docs/evaluation.md.
 """
 
 from __future__ import annotations

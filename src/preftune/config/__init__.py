@@ -1,12 +1,11 @@
 """Typed configs, one dataclass per concern, with help text on every field.
 
-This module holds names and ranges only: it imports no engine, loss, adapter or torch (a test checks
-that the name tuples below match the registries they stand for). The CLI is generated from these
-classes (config/fields.py: `add_arguments`), so a flag's name, type, default, allowed values and help
-live in one place; the settings every trainer takes are defined once (`RUN_SETTINGS`). A field's own
-rule is metadata on the field, checked for every config; `check()` holds only rules between fields.
-The publishing commands' configs are in config/publish.py. A new field is one line:
-`name: type = _opt(default, "help", gt=0)`.
+This module holds names and ranges only: it imports no engine, loss, adapter or torch (the registries'
+names come from config/registries.py, which the registries are built from). The CLI is generated from
+these classes (config/fields.py: `add_arguments`), so a flag's name, type, default, allowed values and
+help live in one place; the settings every trainer takes are defined once (`RUN_SETTINGS`). A field's
+own rule is metadata on the field, checked for every config; `check()` holds only rules between fields.
+The publishing commands' configs are in config/publish.py.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from preftune.config import registries
 from preftune.config.fields import (  # noqa: F401 - the machinery, for `from preftune.config import ...` callers
     Config,
     _default,
@@ -39,21 +39,18 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_DATASET = "tldr-sample"
 DEFAULT_RM = "distilbert/distilbert-base-uncased"
 
-# Names of the registries the flags choose from (tests/test_config.py checks they match):
-LOSS_NAMES = ("sigmoid", "hinge", "ipo", "sigmoid_norm", "rdpo", "simpo", "ld_dpo")  # preftune.dpo.losses.LOSSES
-ENGINE_NAMES = ("fast", "trl")  # preftune.dpo.engines.ENGINES
-# The losses each engine trains (the fast engine: all; TRL's DPOTrainer has no R-DPO or SimPO):
-# preftune.dpo.engines.trl.TRL_LOSSES for 'trl'. Checked with the config, before any work.
-ENGINE_LOSSES = {"fast": LOSS_NAMES, "trl": ("sigmoid", "hinge", "ipo", "sigmoid_norm", "ld_dpo")}
+# Names of the registries the flags choose from, from config/registries.py, the plain-data tables the
+# registries themselves are built from (so a name is written once, and config imports no torch):
+LOSS_NAMES = tuple(registries.LOSSES)  # preftune.dpo.losses.LOSSES
+ENGINE_NAMES = tuple(registries.ENGINES)  # preftune.dpo.engines.ENGINES
+ENGINE_LOSSES = registries.ENGINE_LOSSES  # the losses each engine trains; checked with the config, before any work
 # A loss's own setting → the loss that reads it (preftune.dpo.losses.LOSS_PARAMS / ld_alpha); set with any
 # other loss it would be ignored, so it is refused.
 LOSS_FIELDS = {"rdpo_alpha": "rdpo", "simpo_gamma": "simpo", "ld_alpha": "ld_dpo"}
-FORMAT_NAMES = ("auto", "summarize_from_feedback", "preftune_pairs", "prompt_chosen_rejected", "hh_rlhf",
-                "conversational", "ultrafeedback")  # 'auto' + preftune.data.adapters.ADAPTERS
-COLUMN_NAMES = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected", "info",
-                "summaries", "choice")  # preftune.data.adapters.COLUMNS (--column-map NAMEs)
-TRACKER_NAMES = ("none", "tensorboard", "trackio", "wandb", "mlflow")  # 'none' + preftune.runs.trackers.PACKAGES
-PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")  # 'auto' + preftune.precision.DTYPES
+FORMAT_NAMES = ("auto", *registries.FORMATS)  # 'auto' + preftune.data.adapters.ADAPTERS
+COLUMN_NAMES = registries.COLUMNS  # preftune.data.columns.COLUMNS (--column-map NAMEs)
+TRACKER_NAMES = ("none", *registries.TRACKERS)  # 'none' + preftune.runs.trackers.PACKAGES
+PRECISION_NAMES = ("auto", *registries.PRECISIONS)  # 'auto' + preftune.precision.DTYPES
 # The fast engine's tokens per forward when --pack-tokens is not given, by device (bench/README.md): on CPU
 # one pair per forward (measured: rows of 2-8 pairs are no faster and hold more activations); on a GPU
 # rows of several pairs, which one pair cannot fill (not measured here: no GPU was available).

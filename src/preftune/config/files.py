@@ -1,26 +1,24 @@
-"""Settings files: `--config FILE.yaml` on every command, as `trl dpo --config` takes one.
+"""Settings files: one reader (`read_yaml`, `check_setting`) for `--config FILE.yaml` on every command,
+sweep files and recipes, so every file error is one line naming the file, the line and the key.
 
-A file's keys are the command's flags with underscores (`max_pairs: 48` is `--max-pairs 48`; examples/
-has one per command). A flag on the command line wins over the file, the file over the defaults. An
-unknown key, a value of the wrong type or outside a flag's choices is a one-line error naming the file,
-the line and the key (and, for an unknown key, the closest valid one).
-
-How it is wired: `add_config_file_options` gives every command of the parser a --config flag
-(`cli.build_parser` calls it once, so verbs defined in other modules need nothing), and `parse_args`
-parses the command line, makes the file's values that command's defaults, and parses it again over
-them. `preftune sweep` reads its file itself (its grid keys take lists), with the same
-`load_config_file` and `coerce`.
+A file's keys are the command's flags with underscores; a flag on the command line wins over the file,
+the file over the defaults. `add_config_file_options` gives every command a --config flag and
+`parse_args` makes the file's values that command's defaults; `preftune sweep` (grid keys take lists)
+and `preftune recipe` (sections) check their files with the same functions. Details:
+docs/settings-files.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from preftune.config import check_value
 from preftune.errors import DataError, PreftuneError
 
 CONFIG_DEST = "config"
@@ -55,32 +53,61 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     raise PreftuneError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def load_config_file(path: Path, hints: dict[str, Any], choices: dict[str, tuple] | None = None) -> dict[str, Any]:
-    """The settings of a YAML file, each checked against `hints` (key → type hint) and `choices`:
-    an unknown key or a wrong value names the file, line and key."""
+def read_yaml(path: Path, what: str = "--config") -> tuple[Any, dict[tuple[str, ...], int]]:
+    """A settings file's YAML and the line of each key, by its path of keys ((section, key) → line): the one
+    loader of --config files, sweep files and recipes. `what` names the file in "not found" messages."""
     import yaml
 
     if not path.is_file():
-        raise PreftuneError(f"--config {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+        raise PreftuneError(f"{what} {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
     text = path.read_text(encoding="utf-8")
     try:
         node, values = yaml.compose(text), yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PreftuneError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                at = (*prefix, str(key.value))
+                lines[at] = key.start_mark.line + 1
+                walk(value, at)
+
+    walk(node, ())
+    return values, lines
+
+
+def field_rules(classes: tuple[type, ...]) -> dict[str, Mapping]:
+    """Each setting's field metadata (choices, range) in the config `classes`; a name two classes share
+    takes the first one's rule."""
+    rules: dict[str, Mapping] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            rules.setdefault(f.name, f.metadata)
+    return rules
+
+
+def load_config_file(path: Path, hints: dict[str, Any], choices: dict[str, tuple] | None = None,
+                     rules: dict[str, Mapping] | None = None) -> dict[str, Any]:
+    """The settings of a YAML file, each checked against `hints` (key → type hint), `choices` and
+    `rules` (key → field metadata): an unknown key or a wrong value names the file, line and key."""
+    values, lines = read_yaml(path)
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise DataError(str(path), 1, None, "expected a mapping of settings (key: value)")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
     return {key: check_setting(key, value, hints, choices,
-                               lambda message, key=key: DataError(str(path), lines.get(key), str(key), message))
+                               lambda message, key=key: DataError(str(path), lines.get((str(key),)), str(key), message),
+                               rule=(rules or {}).get(key))
             for key, value in values.items()}
 
 
 def check_setting(key: Any, value: Any, hints: dict[str, Any], choices: dict[str, tuple] | None, error,
-                  what: str = "setting") -> Any:
-    """One setting of a file against a command's `hints` and `choices` (each value of a list): the
-    coerced value, or raises `error(message)` (the caller's DataError naming its file, line and key)."""
+                  what: str = "setting", rule: Mapping | None = None) -> Any:
+    """One setting of a file against a command's `hints`, `choices` and its field's `rule` (range, each
+    value of a list): the coerced value, or raises `error(message)` (the caller's DataError naming its
+    file, line and key)."""
     if key not in hints:
         close = difflib.get_close_matches(str(key).replace("-", "_"), hints, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(hints)}"
@@ -93,6 +120,11 @@ def check_setting(key: Any, value: Any, hints: dict[str, Any], choices: dict[str
     for item in value if isinstance(value, tuple) else (value,):
         if allowed and item not in allowed:
             raise error(f"unknown value {item!r}; choose one of: {', '.join(map(str, allowed))}")
+        if rule is not None and item is not None:
+            try:
+                check_value(item, rule, "value")
+            except PreftuneError as e:
+                raise error(str(e).removeprefix("value ")) from None
     return value
 
 

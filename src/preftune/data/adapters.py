@@ -1,71 +1,43 @@
-"""Row adapters: one small pure function per source format, registered by name.
+"""Row adapters: one small pure function per source format, registered by name in `ADAPTERS`.
 
-An adapter turns one raw row into `PairFields` (prompt, chosen, rejected, the post id that groups
-rows for the split, and the span of the prompt that may be trimmed to fit --max-length), or, for
-message lists, into `ChatFields` that `preftune.data.chat` renders with the model's chat template.
-It raises `RowError` for a malformed row (the caller adds file and line) and `RowSkip` for the
-documented, counted skips. Adding a format = one row function + one `ADAPTERS` entry.
-
-How each format may be trimmed to fit --max-length (`PairFields.cut`, applied in `truncate.py`;
-completions are never cut):
-  "end"    cut the end of `body_span` at a token boundary (TL;DR/CNN-DM: the post, keeping its start)
-  "start"  cut the start of `body_span` at a token boundary (plain prompts: keep the end, next to the reply)
-  "turns"  drop the oldest whole turns: remove prompt[body_span[0]:t] for the first t in `turns` that fits
-           (dialogues: HH-RLHF and chat; the system message and the last user turn always stay)
+An adapter turns one raw row into `PairFields` or `ChatFields` (data/rows.py), raising `RowError` for a
+malformed row and `RowSkip` for a documented, counted skip. Adding a format = one row function + one
+`ADAPTERS` entry; `preftune data formats` and `--format` list them. Each format's fields, how its
+prompt may be trimmed to fit --max-length, and its errors: docs/data.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from preftune.data.sources import names
-
-
-class RowError(Exception):
-    """A malformed row: names the field and what is wrong with it."""
-
-    def __init__(self, field: str, message: str):
-        self.field, self.message = field, message
-        super().__init__(f"field '{field}': {message}")
-
-
-class RowSkip(Exception):
-    """A row skipped by design (counted and reported under `reason`)."""
-
-    def __init__(self, reason: str, field: str | None = None):
-        self.reason, self.field = reason, field
-        super().__init__(reason)
-
-
-@dataclass(frozen=True)
-class PairFields:
-    prompt: str
-    chosen: str
-    rejected: str
-    post_id: str
-    # [start, end) character span of `prompt` that may be cut to fit --max-length (the post body).
-    body_span: tuple[int, int] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    cut: str = "end"  # how body_span is trimmed: "end" | "start" | "turns" (see the module docstring)
-    turns: tuple[int, ...] = ()  # cut="turns": offsets in `prompt` where a droppable turn ends
-
-
-@dataclass(frozen=True)
-class ChatFields:
-    """A pair of message lists, rendered to text with the model's chat template by `data.chat`."""
-
-    prompt: list[dict]  # [{role, content}], ends before the reply
-    chosen: list[dict]  # the preferred reply: assistant message(s)
-    rejected: list[dict]
-    post_id: str
-    meta: dict[str, Any] = field(default_factory=dict)
+from preftune.config.registries import FORMATS
+from preftune.data.columns import COLUMNS, guess_column
+from preftune.data.files import names
+from preftune.data.rows import (
+    ChatFields,
+    PairFields,
+    RowError,
+    RowSkip,
+    group_id,
+    messages,
+    not_empty,
+    number,
+    optional_text,
+    preview,
+    reply,
+    require,
+    require_columns,
+    row_id,
+    text,
+    text_id,
+    with_body,
+    wrong_type,
+)
+from preftune.errors import PreftuneError
 
 
 @dataclass(frozen=True)
@@ -77,61 +49,6 @@ class Adapter:
     columns: tuple[str, ...] = ()  # the columns a row needs: named when detection finds none that fits
     label: Callable[[dict], str | None] | None = None  # the row's label, for `data inspect`'s balance
     chat: bool = False  # convert returns ChatFields: needs a tokenizer's chat template
-
-
-# ---- helpers -------------------------------------------------------------------------------------
-
-
-def preview(value: Any, n: int = 40) -> str:
-    """The start of a value for an error message (bounded: a value may be megabytes)."""
-    text = value[:n] if isinstance(value, (str, bytes)) else str(value)[:n]
-    return repr(text)
-
-
-def wrong_type(path: str, want: str, value: Any, hint: str = "") -> RowError:
-    return RowError(path, f"expected {want}, got {type(value).__name__} {preview(value)}{hint}")
-
-
-def require(obj: dict, key: str, kind: type | tuple[type, ...], path: str) -> Any:
-    """obj[key], checked to exist and have type `kind`; `path` names the field in errors."""
-    if not isinstance(obj, dict):
-        parent = path.rsplit(".", 1)[0] if "." in path else path
-        raise wrong_type(parent, "an object", obj)
-    if key not in obj:
-        raise RowError(path, f"missing (found: {names(obj)})")
-    value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise wrong_type(path, kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind),
-                         value)
-    return value
-
-
-def optional_text(obj: dict, key: str, path: str) -> str:
-    """obj[key] when it is text, "" when absent or null; another type is an error."""
-    value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise wrong_type(path, "str (or null)", value)
-    return value
-
-
-def group_id(value: Any, path: str) -> str | None:
-    """A post/prompt id as text (ints too); None when absent or empty."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise wrong_type(path, "str or int", value)
-    return str(value)
-
-
-def text_id(text: str) -> str:
-    """A stable id for rows whose source gives none (e.g. OpenAI's edit_b2 file): hash of the text."""
-    return "sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-def with_body(head: str, body: str, tail: str) -> tuple[str, tuple[int, int]]:
-    return head + body + tail, (len(head), len(head) + len(body))
 
 
 # ---- summarize_from_feedback (OpenAI comparisons: TL;DR and CNN/DM rows) ------------------------
@@ -157,8 +74,8 @@ def summarize_from_feedback(row: dict) -> PairFields:
     if choice not in (0, 1):
         raise RowError("choice", f"must be 0 or 1, got {choice}")
     texts = [require(s, "text", str, f"summaries[{i}].text") for i, s in enumerate(summaries)]
-    for i, text in enumerate(texts):
-        if not text.strip():
+    for i, summary in enumerate(texts):
+        if not summary.strip():
             raise RowSkip("empty summary", f"summaries[{i}].text")
     if texts[0] == texts[1]:
         raise RowSkip("identical pair", "summaries")
@@ -214,36 +131,6 @@ def _is_summarize_from_feedback(row: dict) -> bool:
 
 
 # ---- prompt / chosen / rejected as text ----------------------------------------------------------
-
-
-def require_columns(row: dict, expected: tuple[str, ...]) -> None:
-    """A clear error naming the missing, found and expected columns."""
-    missing = [c for c in expected if c not in row]
-    if missing:
-        raise RowError(missing[0], f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                       f"(found: {names(row)}; expected: {', '.join(expected)})")
-
-
-def text(row: dict, key: str) -> str:
-    value = row[key]
-    if isinstance(value, str):
-        return value
-    hint = " (a message list: use --format conversational or ultrafeedback)" if isinstance(value, list) else ""
-    raise wrong_type(key, "str", value, hint)
-
-
-def not_empty(**fields: str) -> None:
-    for key, value in fields.items():
-        if not value.strip():
-            raise RowSkip(f"empty {key}", key)
-
-
-def row_id(row: dict, fallback: str) -> str:
-    """The grouping key of the split: the row's post_id/prompt_id column, else a hash of the prompt."""
-    for key in ("post_id", "prompt_id"):
-        if (value := group_id(row.get(key), key)) is not None:
-            return value
-    return text_id(fallback)
 
 
 def prompt_chosen_rejected(row: dict) -> PairFields:
@@ -316,38 +203,7 @@ def hh_rlhf(row: dict) -> PairFields:
                       cut="turns", turns=turns)
 
 
-# ---- message lists (chat) -------------------------------------------------------------------------
-
-ROLES = ("system", "user", "assistant", "tool")
-
-
-def messages(value: Any, path: str) -> list[dict]:
-    """A list of {role, content} messages, checked; other keys of a message are not kept."""
-    if not isinstance(value, list):
-        raise RowError(path, f"expected a list of messages {{role, content}}, got {type(value).__name__} "
-                       f"{str(value)[:40]!r}")
-    out = []
-    for i, message in enumerate(value):
-        where = f"{path}[{i}]"
-        if not isinstance(message, dict):
-            raise RowError(where, f"expected a message {{role, content}}, got {type(message).__name__}")
-        role = require(message, "role", str, f"{where}.role")
-        if role not in ROLES:
-            raise RowError(f"{where}.role", f"unknown role '{role}'; expected one of: {', '.join(ROLES)}")
-        out.append({"role": role, "content": require(message, "content", str, f"{where}.content")})
-    return out
-
-
-def reply(msgs: list[dict], path: str, offset: int = 0) -> list[dict]:
-    """A completion: non-empty message(s) that start and end with the assistant's (a reply ending with a
-    user turn would teach the model to write the user's words). `offset`: index of msgs[0] in the field."""
-    if not msgs or not any(m["content"].strip() for m in msgs):
-        raise RowSkip(f"empty {path}", path)
-    for i, where in ((0, "start"), (len(msgs) - 1, "end")):
-        if msgs[i]["role"] != "assistant":
-            raise RowError(f"{path}[{offset + i}].role", f"a reply must {where} with an assistant message, got "
-                           f"'{msgs[i]['role']}'")
-    return msgs
+# ---- message lists (chat) -----------------------------------------------------------------------
 
 
 def conversational(row: dict) -> ChatFields:
@@ -364,14 +220,6 @@ def conversational(row: dict) -> ChatFields:
     if chosen == rejected:
         raise RowSkip("identical pair", "chosen")
     return ChatFields(prompt, chosen, rejected, row_id(row, json.dumps(prompt, sort_keys=True)))
-
-
-def number(row: dict, key: str) -> float | None:
-    value = row.get(key)
-    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                              or not math.isfinite(value)):
-        raise wrong_type(key, "a finite number", value)
-    return value
 
 
 def ultrafeedback(row: dict) -> ChatFields:
@@ -434,7 +282,7 @@ def _choice_label(row: dict) -> str | None:
     return f"choice {row['choice']}" if row.get("choice") in (0, 1) else None
 
 
-ADAPTERS: dict[str, Adapter] = {
+_DECLARED: dict[str, Adapter] = {
     "summarize_from_feedback": Adapter(
         "summarize_from_feedback",
         summarize_from_feedback,
@@ -443,7 +291,7 @@ ADAPTERS: dict[str, Adapter] = {
         columns=("info", "summaries", "choice"),
         label=_choice_label,
     ),
-    "preftune_pairs": Adapter(  # before prompt_chosen_rejected: its columns are a superset
+    "preftune_pairs": Adapter(
         "preftune_pairs", preftune_pairs, _is_preftune_pairs,
         "pairs published by `preftune data push` (prompt, chosen, rejected, post_id, body_span, cut, turns, "
         "meta): read back exactly as prepared",
@@ -474,64 +322,14 @@ ADAPTERS: dict[str, Adapter] = {
         chat=True,
     ),
 }
-
-# ---- --column-map ---------------------------------------------------------------------------------
-
-COLUMNS = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen", "score_rejected",
-           "info", "summaries", "choice")
-
-
-def parse_column_map(spec: str | None) -> dict[str, str]:
-    """'chosen=good,rejected=bad' → {'chosen': 'good', 'rejected': 'bad'} (NAME=COLUMN)."""
-    from preftune.errors import PreftuneError
-
-    mapping: dict[str, str] = {}
-    for item in (spec or "").split(","):
-        if not item.strip():
-            continue
-        name, sep, column = (part.strip() for part in item.partition("="))
-        if not sep or not name or not column:
-            raise PreftuneError(f"--column-map: expected NAME=COLUMN pairs separated by commas, got {item!r}")
-        if name not in COLUMNS:
-            raise PreftuneError(f"--column-map: unknown name '{name}'; names: {', '.join(COLUMNS)}")
-        if name in mapping:
-            raise PreftuneError(f"--column-map: '{name}' is mapped twice")
-        if column in mapping.values():  # e.g. chosen=a,rejected=a: every pair would be identical
-            other = next(n for n, c in mapping.items() if c == column)
-            raise PreftuneError(f"--column-map: column '{column}' is mapped to both {other} and {name}")
-        mapping[name] = column
-    return mapping
-
-
-def apply_column_map(row: dict, mapping: dict[str, str]) -> dict:
-    """The row with its columns renamed NAME ← COLUMN; a mapped column the row lacks is an error."""
-    if not mapping:
-        return row
-    for name, column in mapping.items():
-        if column not in row:
-            raise RowError(column, f"missing column (found: {', '.join(sorted(row))}); --column-map {name}={column}")
-    out = {k: v for k, v in row.items() if k not in mapping.values()}
-    out.update({name: row[column] for name, column in mapping.items()})
-    return out
-
-
-def source_field(field_path: str | None, mapping: dict[str, str]) -> str | None:
-    """A field path in the user's column names: 'chosen[0].role' → 'good[0].role' for chosen=good."""
-    if not field_path or not mapping:
-        return field_path
-    for name, column in mapping.items():
-        if field_path == name or field_path.startswith((name + "[", name + ".")):
-            return column + field_path[len(name):]
-    return field_path
-
+# name → adapter, in the order of config/registries.py FORMATS (detection tries them in that order)
+ADAPTERS: dict[str, Adapter] = {name: _DECLARED[name] for name in FORMATS}
 
 def detect_format(row: dict, source: str) -> Adapter:
     """The adapter whose `detect` accepts the first row; else an error naming what is missing."""
     for adapter in ADAPTERS.values():
         if adapter.detect(row):
             return adapter
-    from preftune.errors import PreftuneError
-
     raise PreftuneError(f"{source}: cannot detect the data format from the columns ({names(row)}): "
                         f"{missing_columns(row)}; formats: `preftune data formats`")
 
@@ -562,17 +360,7 @@ def missing_columns(row: dict) -> str:
     return what
 
 
-def guess_column(name: str, unused: list[str], n_missing: int) -> str:
-    """The user's column for `name`: one spelled the same but for case/spaces, else the only unused one."""
-    for column in unused:
-        if column.strip().lower() == name:
-            return column
-    return unused[0] if n_missing == 1 and len(unused) == 1 else "COLUMN"
-
-
 def get_adapter(name: str) -> Adapter:
     if name not in ADAPTERS:
-        from preftune.errors import PreftuneError
-
         raise PreftuneError(f"unknown --format '{name}'; choose one of: auto, {', '.join(ADAPTERS)}")
     return ADAPTERS[name]

@@ -1,14 +1,9 @@
 """Length balancing (Singhal et al. 2023, arXiv:2310.03716): subsample preference pairs so that "the
-longer completion wins" is exactly 50% in every band of length difference, so a model cannot learn
-length as a proxy for preference. The one home of this operation: `--length-balance` (DPO, the
-reward model) and the reward model's `--debias balance` both call `balanced_indices`.
-
-Δ = len(chosen) − len(rejected) in tokens of the model's tokenizer. Bands are |Δ| // BALANCE_BIN
-(Singhal et al.'s 10-token bins), so the band of Δ ∈ [10, 20) is the mirror of Δ ∈ (−20, −10]; each band
-keeps as many chosen-longer as chosen-shorter pairs, a seeded sample of the larger side.
-
-Equal-length pairs (Δ = 0) are all kept: that bin is its own mirror, a pair in it has no longer side,
-so it cannot teach "longer wins" (nor "shorter wins"), and dropping it would only lose data.
+longer completion wins" is exactly 50% in every band of length difference Δ = len(chosen) − len(rejected)
+(tokens; bands of BALANCE_BIN tokens of |Δ|, each keeping a seeded sample as large as its mirror).
+Equal-length pairs are all kept: they have no longer side to teach. The one home of this operation:
+`--length-balance` (DPO, the reward model) and `--debias balance` call `balanced_indices`. Details:
+docs/data.md.
 """
 
 from __future__ import annotations

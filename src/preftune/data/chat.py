@@ -1,21 +1,17 @@
 """Render message lists with the model's chat template into the plain text TRL and preftune tokenize.
 
-Both tokenize a pair as tokenizer(prompt + completion + eos), adding EOS only when the completion
-does not already end with it (TRL's DPOTrainer, mirrored by `preftune.dpo.logps.tokenize_completion`).
-Rendered chats fall into two known traps (a TRL/axolotl bug class), avoided here:
-- double BOS: a template that writes BOS as text (`{{ bos_token }}`) for a tokenizer that adds BOS
-  itself. The text BOS is removed when, and only when, the tokenizer adds one.
-- double EOS: a template that ends a turn with EOS plus a newline (`…<|im_end|>\\n`) makes TRL append
-  a second EOS. Whitespace after a final EOS is removed so the reply ends with exactly one.
-The prompt is rendered with the generation prompt (`<|im_start|>assistant\\n`); a reply is what the
-conversation with the reply adds to it.
+A pair is tokenized as tokenizer(prompt + completion + eos), EOS added only when the completion does not
+end with it (as TRL's DPOTrainer). Two traps of rendered chats are avoided here: a double BOS (a template
+that writes BOS as text for a tokenizer that adds one) and a double EOS (a turn ending in EOS + "\n").
+The prompt ends with the generation prompt; a reply is what the conversation with the reply adds to it.
+Details: docs/data.md.
 """
 
 from __future__ import annotations
 
 import os
 
-from preftune.data.adapters import ChatFields, PairFields, RowError
+from preftune.data.rows import ChatFields, PairFields, RowError
 from preftune.errors import PreftuneError
 
 

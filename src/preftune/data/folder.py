@@ -14,16 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preftune.data.adapters import RowError, group_id, preview, require, wrong_type
+from preftune.data.files import JsonFieldError, first_line, loads, text_lines
 from preftune.data.pairs import CUTS, Pair
-from preftune.data.sources import (
-    SHIPPED,
-    JsonFieldError,
-    first_line,
-    loads,
-    path_kind,
-    text_lines,
-)
+from preftune.data.rows import RowError, group_id, preview, require, wrong_type
+from preftune.data.sources import SHIPPED, path_kind
 from preftune.data.split import split_stats
 from preftune.errors import DataError, PreftuneError
 

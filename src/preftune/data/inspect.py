@@ -1,14 +1,9 @@
 """`preftune data inspect`: what is in a preference dataset, before training on it.
 
-One streaming pass over SRC through the same adapter `prepare` uses: rows kept and skipped (by
-reason), distinct prompts, label balance (where the format has labels), repeated comparisons (as
-`prepare` will resolve them), ties and empty fields; then token lengths with the model's tokenizer
-on a seeded reservoir sample of at most --length-sample pairs (all of them when there are fewer),
-and how many of those exceed --max-length (measured exactly as TRL tokenizes) and would be trimmed or
-skipped by training.
-
-Memory: rows are streamed; what is kept per pair is two 8-byte digests (distinct prompts; repeated
-comparisons), so a 1 GB JSON-lines file costs tens of MB, plus the sample of --length-sample pairs.
+One streaming pass over SRC through the adapter `prepare` uses: rows kept and skipped (by reason),
+distinct prompts, label balance, repeated comparisons, ties and empty fields; then token lengths with
+the model's tokenizer on a seeded sample of at most --length-sample pairs, and how many exceed
+--max-length. Per pair only two 8-byte digests are kept, so memory stays small. Details: docs/data.md.
 """
 
 from __future__ import annotations
@@ -20,11 +15,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from preftune import fmt
 from preftune.config import DataConfig
+from preftune.data.files import names
 from preftune.data.pairs import Pair
 from preftune.data.prepare import Reading, iter_pairs
 from preftune.data.sequence import with_eos
-from preftune.data.sources import describe, names
+from preftune.data.sources import describe
 from preftune.data.split import confidence_counts
 from preftune.data.truncate import fit_pair, pair_length, unfit_reason
 
@@ -167,7 +164,7 @@ def inspect_data(cfg: DataConfig, tokenizer, tokenizer_name: str, max_length: in
 
 
 def _share(n: int, total: int) -> str:
-    return f"{n:,} ({n / total:.1%})" if total else f"{n:,}"
+    return f"{n:,} ({fmt.percent(n / total)})" if total else f"{n:,}"
 
 
 def _counts(d: dict) -> str:
@@ -189,7 +186,7 @@ def format_report(r: dict) -> str:
         ("distinct prompts", f"{r['distinct_prompts']:,}"),
         ("label balance", ", ".join(f"{k}: {_share(v, sum(r['labels'].values()))}" for k, v in r["labels"].items())
          if r["labels"] else "not in this format"),
-        ("chosen is longer", f"{r['chosen_longer']:.1%} of kept pairs" if r["chosen_longer"] is not None else "-"),
+        ("chosen is longer", f"{fmt.percent(r['chosen_longer'])} of kept pairs" if r["chosen_longer"] is not None else "-"),
         ("repeated pairs", f"{_counts(r['repeated'])} → {r['pairs_after_cleaning']:,} pairs after `prepare`"),
         ("identical pairs", f"{r['identical_pairs']:,} (chosen == rejected, skipped)"),
         ("empty fields", _counts(r["empty_fields"])),

@@ -15,17 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from preftune.config import TRAIN_OPTIONS, DataConfig, check_fractions
-from preftune.data.adapters import (
-    Adapter,
-    ChatFields,
-    RowError,
-    RowSkip,
-    apply_column_map,
-    detect_format,
-    get_adapter,
-    parse_column_map,
-    source_field,
-)
+from preftune.data.adapters import Adapter, detect_format, get_adapter
+from preftune.data.columns import apply_column_map, parse_column_map, source_field
 from preftune.data.folder import (
     PREPARED_MARKER,
     Prepared,
@@ -37,6 +28,7 @@ from preftune.data.folder import (
     write_prepared,
 )
 from preftune.data.pairs import Pair, Tally
+from preftune.data.rows import ChatFields, RowError, RowSkip
 from preftune.data.sources import describe, iter_records
 from preftune.data.split import longer_wins, split_by_post, split_stats, take_fraction
 from preftune.errors import DataError, PreftuneError

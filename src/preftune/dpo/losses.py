@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from preftune.config import registries
+
 Tensor = torch.Tensor
 LossFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 
@@ -116,19 +118,11 @@ def nll_term(chosen_logps: Tensor, chosen_tokens: Tensor | int) -> Tensor:
     return -chosen_logps.sum() / chosen_tokens
 
 
-# name → loss. A sweep's `loss` axis and --loss are validated against this registry (the TRL engine
-# maps each name it supports to TRL's settings: engines/trl.py TRL_LOSSES). A loss that ignores the
-# reference (SimPO) says so with a `reference_free = True` attribute: the fast engine then skips the
-# reference pass (`is_reference_free`); one that needs LD-weighted log-probs, `length_desensitised = True`.
-LOSSES: dict[str, LossFn] = {
-    "sigmoid": sigmoid_loss,
-    "hinge": hinge_loss,
-    "ipo": ipo_loss,
-    "sigmoid_norm": sigmoid_norm_loss,
-    "rdpo": rdpo_loss,
-    "simpo": simpo_loss,
-    "ld_dpo": ld_dpo_loss,
-}
+# name → loss, from config/registries.py (which --loss and a sweep's `loss` axis are validated
+# against; the TRL engine maps each name it supports to TRL's settings: engines/trl.py TRL_LOSSES). A loss
+# that ignores the reference (SimPO) says so with a `reference_free = True` attribute: the fast engine then
+# skips the reference pass (`is_reference_free`); one that needs LD-weighted log-probs, `length_desensitised = True`.
+LOSSES: dict[str, LossFn] = {name: globals()[function] for name, function in registries.LOSSES.items()}
 
 # loss → {its keyword argument: the TrainConfig field that sets it} (config.LOSS_FIELDS is the inverse)
 LOSS_PARAMS: dict[str, dict[str, str]] = {"rdpo": {"alpha": "rdpo_alpha"}, "simpo": {"gamma": "simpo_gamma"}}

@@ -2,9 +2,8 @@
 
 The reference model never changes during DPO, so log π_ref of a pair is a pure function of the
 reference's weights and the pair's tokens (which already encode the text, the tokenizer and the
-truncation). The cache is keyed by exactly those: a hash of the weight files, and
-`PackedPair.key`. Every run of a sweep, every re-run, and evaluation share it; any change to an
-input changes a key, so a stale value is never read.
+truncation). The cache is keyed by exactly those (a hash of the weight files, `PackedPair.key`):
+every run of a sweep, re-run and evaluation share it, and a stale value is never read.
 
 Layout: $PREFTUNE_CACHE/ref_logps/<weights hash>[-<precision>][-ld<α>].jsonl, one {"key", "chosen",
 "rejected"} per line, appended under a file lock (several runs may fill it at once). LD-DPO's weighted

@@ -1,5 +1,5 @@
 """`preftune push PATH`: a run folder, a sweep's best runs (--best N) or a reward model folder, each to
-its own pusher (preftune.hub.models for runs, preftune.hub.rm for reward models; both share hub.py's staging,
+its own pusher (hub/models.py for runs, hub/rm.py for reward models; both share hub/upload.py's staging,
 safety checks and Hub errors). The verb lives here so that neither pusher imports the other."""
 
 from __future__ import annotations

@@ -1,28 +1,10 @@
 """`preftune data push DIR --repo-id OWNER/NAME`: preference pairs → a Hugging Face Hub dataset repo.
 
-DIR is either
-- a prepared folder (`preftune data prepare`: train.jsonl, eval.jsonl = validation, test.jsonl,
-  stats.json): its splits are pushed as they are; or
-- the demo's captured votes, `preferences.jsonl` (summarize_from_feedback comparison rows; the file,
-  or a folder holding one, such as the run folder `preftune serve` writes it into): read and cleaned
-  as `data prepare` reads such rows (duplicate and conflicting votes resolved, each drop counted), all
-  in one `train` split; the file itself is kept beside, as raw/preferences.jsonl.
-
-The repo holds one Parquet file per non-empty split, data/<split>-00000-of-00001.parquet, which
-`datasets.load_dataset("OWNER/NAME")` reads back row for row, and README.md, the dataset card. Its YAML
-carries `configs` (which files are which split) and `dataset_info` (features and split sizes) as
-`datasets`' own push_to_hub writes them, with license, tags and size; its text says where the pairs
-come from and under which license, the counts per split, the rows skipped and why, the split rule (by
-post) and the seed. Data from OpenAI's summarize_from_feedback (the shipped TL;DR sample) carries the
-Modified MIT notice it is distributed under, in the card and as LICENSE.
-
-A row is preftune's pair, as in a prepared folder's JSON lines: prompt, chosen, rejected, post_id,
-source, body_span, cut, turns, meta. Two differences, both for a public repo: `meta` (its keys differ
-by format) is a JSON text, and `source` names the file and line without the folders.
-
-Safety is `preftune push`'s: the source is never written (a dry run stages into --stage-dir or
-hub_upload/ beside DIR, as STAGE/datasets/NAME, refused before any work when that is, is inside or
-contains DIR); the token is handed to the client only; Hub failures are one line saying what to do.
+DIR is a prepared folder (its splits pushed as they are) or the demo's `preferences.jsonl` (cleaned as
+`data prepare` reads it, one `train` split). The repo holds one Parquet file per split, which
+`datasets.load_dataset("OWNER/NAME")` reads back row for row, and a dataset card (source, license, counts,
+skips, the split rule and seed; OpenAI's data carries its Modified MIT notice). Staging, safety and the
+token are hub/upload.py's. Details: docs/sweeps-and-hub.md.
 """
 
 from __future__ import annotations
@@ -37,28 +19,26 @@ from importlib.resources import files
 from pathlib import Path
 
 import preftune
+from preftune import fmt
 from preftune.config import DataPushConfig
 from preftune.data.folder import SPLIT_FILES, STATS_FILE, is_prepared_dir, load_prepared
 from preftune.data.pairs import Pair
 from preftune.data.sources import SHIPPED, broken_link, path_kind
 from preftune.errors import PreftuneError
-from preftune.hub.models import (
+from preftune.hub.card import hub_dataset
+from preftune.hub.upload import (
     CARD,
     DEFAULT_STAGE,
     TOKEN_HELP,
     Upload,
-    _fmt,
-    _plain,
     claim_stage,
-    count,
     fresh_folder,
-    hub_dataset,
     hub_errors,
     hub_token,
     publish,
 )
 from preftune.runs.folder import CONFIG_FILE, RM_CONFIG_FILE
-from preftune.sweep.report import dataset_label
+from preftune.sweep.leaderboard import dataset_label
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +46,7 @@ SPLITS = ("train", "validation", "test")
 PREFERENCES_FILE = "preferences.jsonl"
 RAW_FILE = "raw/preferences.jsonl"
 LICENSE_FILE = "LICENSE"
-TLDR = "openai/summarize_from_feedback"  # the shipped sample is a part of it (preftune.hub.models.HUB_DATASETS)
+TLDR = "openai/summarize_from_feedback"  # the shipped sample is a part of it (preftune.hub.card.HUB_DATASETS)
 WHAT = ("pass a folder written by `preftune data prepare` (train.jsonl, eval.jsonl, test.jsonl, stats.json), or the "
         f"demo's {PREFERENCES_FILE} or the folder holding it")
 
@@ -273,7 +253,7 @@ def split_rows(source: Source) -> list[tuple]:
             continue
         longer = sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs)
         batches = Counter(str(p.meta.get("batch")) for p in pairs if p.meta.get("batch"))
-        rows.append((split, f"{len(pairs):,}", f"{len({p.post_id for p in pairs}):,}", f"{longer:.3f}",
+        rows.append((split, f"{len(pairs):,}", f"{len({p.post_id for p in pairs}):,}", fmt.number(longer, 3),
                      ", ".join(f"{b} ({n:,})" for b, n in sorted(batches.items()))))
     return rows
 
@@ -284,18 +264,18 @@ def split_rule(source: Source) -> str:
                 "--dataset OWNER/NAME` splits by `post_id`).")
     config, fraction = _section(source.stats, "config"), _section(source.stats, "fraction")
     return (f"By post: all pairs of a post are in one split, so no post is in two of train / validation / test. "
-            f"Validation takes {_plain(config.get('eval_fraction'))} and test {_plain(config.get('test_fraction', 0.0))} "
-            f"of the pairs, as whole posts, drawn with seed {_plain(config.get('seed'))}; before that, a fraction "
-            f"{_plain(config.get('fraction'))} of the {_fmt(count(fraction.get('of')))} cleaned pairs was sampled "
-            f"with the same seed ({_fmt(count(fraction.get('taken')))} pairs).")
+            f"Validation takes {fmt.setting(config.get('eval_fraction'))} and test {fmt.setting(config.get('test_fraction', 0.0))} "
+            f"of the pairs, as whole posts, drawn with seed {fmt.setting(config.get('seed'))}; before that, a fraction "
+            f"{fmt.setting(config.get('fraction'))} of the {fmt.number(fmt.count(fraction.get('of')))} cleaned pairs was sampled "
+            f"with the same seed ({fmt.number(fmt.count(fraction.get('taken')))} pairs).")
 
 
 def row_counts(source: Source) -> list[tuple[str, str]]:
     """Rows read, kept and skipped (each reason with its count), from the reading's tally."""
     rows = _section(source.stats, "rows")
     skipped = rows.get("skipped") if isinstance(rows.get("skipped"), dict) else {}
-    out = [("rows read", _fmt(count(rows.get("total")))), ("pairs kept after cleaning", _fmt(count(rows.get("kept"))))]
-    out += [(f"skipped: {reason}", _fmt(count(n))) for reason, n in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
+    out = [("rows read", fmt.number(fmt.count(rows.get("total")))), ("pairs kept after cleaning", fmt.number(fmt.count(rows.get("kept"))))]
+    out += [(f"skipped: {reason}", fmt.number(fmt.count(n))) for reason, n in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
     if not skipped:
         out.append(("skipped", "none"))
     return out

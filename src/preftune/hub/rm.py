@@ -17,23 +17,22 @@ from typing import Any
 
 from preftune.config import PushConfig
 from preftune.errors import PreftuneError
-from preftune.hub.models import (
+from preftune.fmt import count
+from preftune.fmt import finite as number
+from preftune.fmt import finite_pair as interval
+from preftune.fmt import number as _fmt
+from preftune.fmt import setting as _plain
+from preftune.fmt import with_ci as _with_ci
+from preftune.hub.card import KNOWN_LICENSES, hub_dataset
+from preftune.hub.upload import (
     CARD,
     DEFAULT_STAGE,
-    KNOWN_LICENSES,
     Upload,
-    _fmt,
-    _plain,
-    _with_ci,
     claim_stage,
-    count,
     fresh_folder,
-    hub_dataset,
     hub_token,
-    interval,
     link_files,
     namespace_of,
-    number,
     publish,
     repo_id_for,
 )
@@ -46,7 +45,7 @@ from preftune.runs.folder import (
     require_key,
     reward_model_config,
 )
-from preftune.sweep.report import dataset_label
+from preftune.sweep.leaderboard import dataset_label
 
 logger = logging.getLogger(__name__)
 

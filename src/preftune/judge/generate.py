@@ -1,24 +1,12 @@
 """THE decoder of preftune: one decoding config and one seeded token choice, for the judge (batched)
 and the demo (streamed token by token), so the same seed gives the same summary on both paths.
 
-    from preftune.judge.generate import Decoding, generate, stream_texts
     outs = generate(model, tokenizer, prompts, Decoding(temperature=0.7, seed=1))
     outs[0].text, outs[0].tokens, outs[0].ended      # " my summary", 12, "eos"
-    for texts in stream_texts([base, tuned], tokenizer, prompt_ids, Decoding(0.7, 0.95, 64, seed=1)): ...
-    for sides in stream_sides(...): sides[0].text, sides[0].tokens, sides[0].ended   # ended "" while writing
 
-Token choice (`next_tokens`): greedy is the argmax; sampling applies transformers' temperature and
-top-p warpers (exactly as `generate(do_sample=True)` would) and draws each row from its OWN
-`torch.Generator` seeded with `Decoding.seed`. A row's draws therefore depend on its prompt and the
-seed only, never on the batch it sits in, on other threads (torch's global RNG is never used), or
-on which path decodes it. `generate` runs transformers' `model.generate` greedily with that choice
-as its last logits processor; `stream_tokens` steps the model with a KV cache.
-
-Prompts are fed exactly as DPO trained on them (`tokenizer(prompt)`, no chat template). A TL;DR is
-one line: generation STOPS at the end of the summary's first line (`LineEnd`, a stopping criterion,
-not a cut after max_new_tokens) or at EOS; `generate` batches prompts of similar token length,
-left-padded so every row's continuation starts at the same column. How each ended: "eos",
-"newline" or "length" (reached max_new_tokens).
+Each row samples from its own seeded torch.Generator (never the global RNG), so its draws depend on its
+prompt and seed only; a TL;DR is one line, so generation stops at its end (`LineEnd`) or at EOS.
+Details: docs/reward-and-judge.md.
 """
 
 from __future__ import annotations

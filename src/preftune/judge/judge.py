@@ -1,25 +1,11 @@
 """`preftune judge RUN_DIR`: did DPO make the summaries better?
 
-Held-out preference accuracy says the policy *ranks* human pairs; only generation says it *writes*
-better summaries. For N held-out posts (never trained on, by the policy or by the reward model) the
-tuned model and its base each write a TL;DR (greedy, and sampled at T=0.7) with preftune.judge.generate's
-decoder (batched by prompt length, stopping at the end of the summary's line), a reward model
-(`preftune rm train`: its quality head when it has one, its length-corrected score when it has a
-length correction) scores both, and the judge reports:
-- the tuned model's win rate over the base (ties count half) with a 95% Wilson interval;
-- mean reward and mean length of each side; lengths in tokens of the policy's tokenizer;
-- what length does to it: the win rate where the tuned summary is longer / shorter / as long, the
-  length-balanced win rate (their mean, with an Agresti–Caffo interval: a judge that only counts
-  length scores 0.5 on it whatever the lengths), the length-controlled win rate (a logistic
-  regression of the outcome on the length difference read at equal length, as AlpacaEval's LC win
-  rate, Dubois et al. 2024; 95% interval by bootstrap over posts) and the win rate on length-matched
-  pairs (Wilson interval);
-- the win rate of each model against the human reference summary where the data has one
-  (policy "ref" in OpenAI's batch18);
-- a verdict whose strength follows the reward model's LENGTH-BALANCED held-out accuracy
-  (preftune.judge.reward.rm_strength): an RM that is a length counter gives a WEAK verdict however high
-  its raw accuracy.
-Everything lands in RUN_DIR/judge.json, per-post samples included, so every number can be recomputed.
+For N held-out posts the tuned model and its base each write a TL;DR (greedy, and sampled at T=0.7) with
+judge/generate.py's decoder; a reward model (`preftune rm train`) scores both. Reported: the tuned win
+rate over the base with its interval, mean reward and length of each side, what length does to it
+(win rates by length stratum, length-balanced, length-controlled, length-matched), each side against
+the human reference, and a verdict whose strength follows the reward model's length-balanced accuracy.
+Everything lands in RUN_DIR/judge.json, per-post samples included. Details: docs/reward-and-judge.md.
 """
 
 from __future__ import annotations
@@ -34,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from preftune import fmt
 from preftune.config import JudgeConfig, add_arguments, from_args
 from preftune.data.prepare import Pair
 from preftune.data.truncate import fit_pair, sequence_length
@@ -246,12 +233,9 @@ def _head(prompt: str) -> str:
 # ---- verdict -------------------------------------------------------------------------------------
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1%}"
-
-
-def _ci(c) -> str:
-    return "" if not c else f" [{c[0]:.1%}, {c[1]:.1%}]"
+def _pct(x: float | None, ci=None) -> str:
+    """"64.2% [55.0%–72.1%]"; n/a for a gap."""
+    return fmt.cell(x, ci, digits=1, ci_digits=1, as_percent=True, gap=fmt.GAP)
 
 
 def decoding_verdict(name: str, res: dict) -> str:
@@ -265,11 +249,12 @@ def decoding_verdict(name: str, res: dict) -> str:
         what = "no detectable difference between tuned and base"
     longer = res["tuned"]["mean_tokens"] - res["base"]["mean_tokens"]
     bl = tb["by_length"]
-    return (f"{name}: {what} (win rate {tb['win_rate']:.1%}, 95% CI {lo:.1%}–{hi:.1%}, n={tb['n']}); tuned "
+    return (f"{name}: {what} (win rate {fmt.percent(tb['win_rate'])}, 95% CI "
+            f"{fmt.span(tb['ci95'], 1, as_percent=True)}, n={tb['n']}); tuned "
             f"summaries are {abs(longer):.1f} tokens {'longer' if longer >= 0 else 'shorter'} on average; "
             "length-controlled win rate "
-            f"{_pct(tb['length_controlled_win_rate'])}{_ci(tb['length_controlled_ci95'])}, length-balanced "
-            f"{_pct(bl['length_balanced_win_rate'])}{_ci(bl['length_balanced_ci95'])}.")
+            f"{_pct(tb['length_controlled_win_rate'], tb['length_controlled_ci95'])}, length-balanced "
+            f"{_pct(bl['length_balanced_win_rate'], bl['length_balanced_ci95'])}.")
 
 
 # ---- a run folder --------------------------------------------------------------------------------
@@ -426,30 +411,30 @@ def format_report(r: dict) -> str:
         lm, bl = tb["length_matched"], tb["by_length"]
         rows = [
             (f"[{name}]", f"{'tuned':>10}  {'base':>10}"),
-            ("mean reward", f"{t['mean_reward']:>10.3f}  {b['mean_reward']:>10.3f}"),
-            ("mean length (tokens)", f"{t['mean_tokens']:>10.1f}  {b['mean_tokens']:>10.1f}"),
-            ("mean length (chars)", f"{t['mean_chars']:>10.1f}  {b['mean_chars']:>10.1f}"),
-            ("tuned win rate over base", f"{_pct(tb['win_rate'])}{_ci(tb['ci95'])}  "
+            ("mean reward", f"{fmt.number(t['mean_reward'], 3):>10}  {fmt.number(b['mean_reward'], 3):>10}"),
+            ("mean length (tokens)", f"{fmt.number(t['mean_tokens'], 1):>10}  {fmt.number(b['mean_tokens'], 1):>10}"),
+            ("mean length (chars)", f"{fmt.number(t['mean_chars'], 1):>10}  {fmt.number(b['mean_chars'], 1):>10}"),
+            ("tuned win rate over base", f"{_pct(tb['win_rate'], tb['ci95'])}  "
                                          f"({tb['wins']} wins, {tb['ties']} ties, {tb['losses']} losses)"),
-            ("  where tuned is longer", f"{_pct(bl['a_longer']['accuracy'])}{_ci(bl['a_longer']['ci95'])}  "
+            ("  where tuned is longer", f"{_pct(bl['a_longer']['accuracy'], bl['a_longer']['ci95'])}  "
                                         f"(n={bl['a_longer']['n']})"),
-            ("  where tuned is shorter", f"{_pct(bl['a_shorter']['accuracy'])}{_ci(bl['a_shorter']['ci95'])}  "
+            ("  where tuned is shorter", f"{_pct(bl['a_shorter']['accuracy'], bl['a_shorter']['ci95'])}  "
                                          f"(n={bl['a_shorter']['n']})"),
-            ("length-balanced win rate", f"{_pct(bl['length_balanced_win_rate'])}{_ci(bl['length_balanced_ci95'])}"),
-            ("length-controlled win rate", f"{_pct(tb['length_controlled_win_rate'])}"
-                                           f"{_ci(tb['length_controlled_ci95'])}  (bootstrap over posts)"),
-            ("win rate, length-matched pairs", f"{_pct(lm['win_rate'])}{_ci(lm['ci95'])}  (n={lm['n']})"),
+            ("length-balanced win rate", f"{_pct(bl['length_balanced_win_rate'], bl['length_balanced_ci95'])}"),
+            ("length-controlled win rate", f"{_pct(tb['length_controlled_win_rate'], tb['length_controlled_ci95'])}"
+                                           "  (bootstrap over posts)"),
+            ("win rate, length-matched pairs", f"{_pct(lm['win_rate'], lm['ci95'])}  (n={lm['n']})"),
             ("the longer summary won", _pct(tb["longer_won"])),
         ]
-        rows += [(f"{side} win rate over human ref", f"{_pct(vr['win_rate'])}{_ci(vr['ci95'])}  (n={vr['n']})")
+        rows += [(f"{side} win rate over human ref", f"{_pct(vr['win_rate'], vr['ci95'])}  (n={vr['n']})")
                  for side in SIDES if (vr := res.get(f"{side}_vs_reference"))]
         lines += [f"    {label:<32}{value}" for label, value in rows] + [""]
     for ex in r["examples"]:
         lines.append(f"  example ({ex['decoding']}): {ex['post'].splitlines()[-1][:100]}")
-        lines.append(f"    tuned ({ex['reward_tuned']:+.3f}): {ex['tuned'].strip()[:200]}")
-        lines.append(f"    base  ({ex['reward_base']:+.3f}): {ex['base'].strip()[:200]}")
+        lines.append(f"    tuned ({fmt.number(ex['reward_tuned'], 3, sign=True)}): {ex['tuned'].strip()[:200]}")
+        lines.append(f"    base  ({fmt.number(ex['reward_base'], 3, sign=True)}): {ex['base'].strip()[:200]}")
         if ex["reference"]:
-            lines.append(f"    human ({ex['reward_reference']:+.3f}): {ex['reference'].strip()[:200]}")
+            lines.append(f"    human ({fmt.number(ex['reward_reference'], 3, sign=True)}): {ex['reference'].strip()[:200]}")
     return "\n".join(lines)
 
 

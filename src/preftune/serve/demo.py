@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from preftune.data.adapters import text_id, tldr_prompt
+from preftune.data.adapters import tldr_prompt
+from preftune.data.rows import text_id
 from preftune.errors import PreftuneError
 from preftune.runs.folder import CHAIN_LABELS, EVAL_PAIRS_FILE
 from preftune.runs.results import Run, open_run, read_pairs

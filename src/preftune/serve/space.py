@@ -194,7 +194,7 @@ def push_space(folder: Path, space_id: str, private: bool) -> str:
     Hub failures become one-line errors that say what to do (preftune.hub.models.hub_errors, as `push` does)."""
     from huggingface_hub import HfApi
 
-    from preftune.hub.models import hub_errors
+    from preftune.hub.upload import hub_errors
 
     api = HfApi(token=_token())
     with hub_errors(space_id):
@@ -205,7 +205,7 @@ def push_space(folder: Path, space_id: str, private: bool) -> str:
 
 
 def _token() -> str:
-    from preftune.hub.models import TOKEN_HELP, hub_token
+    from preftune.hub.upload import TOKEN_HELP, hub_token
 
     token = hub_token()
     if token is None:
@@ -216,7 +216,7 @@ def _token() -> str:
 def whoami() -> str:
     from huggingface_hub import HfApi
 
-    from preftune.hub.models import hub_errors
+    from preftune.hub.upload import hub_errors
 
     with hub_errors(None):
         return HfApi(token=_token()).whoami()["name"]

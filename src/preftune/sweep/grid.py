@@ -1,16 +1,10 @@
 """`preftune sweep`: one DPO run per point of a grid over lr × batch size × epochs (× beta × loss × its settings).
 
-The data are prepared and tokenized once for the whole sweep (`train.prepare_run_data`); each run then
-trains and evaluates (`train.run`) into ROOT/<run name>/, and `preftune report ROOT` ends the sweep.
-
-Safe to kill and re-run the same command: a run folder gets its final name only once complete; a
-re-run skips finished runs (after checking they were trained with the same settings), resumes an
-interrupted one from its last complete checkpoint (with --save-steps), and starts any other over. A
-lock keeps two sweeps out of one ROOT.
-
-Settings come from a YAML file (--config; every key is a flag's name, see examples/sweep.yaml), from
-flags, or both: a flag wins over the file, the file over the defaults. With --report-to, every run is
-logged to one tracker project (--tracker-project, default ROOT's name) under its folder name.
+The data are prepared and tokenized once; each run trains and evaluates into ROOT/<run name>/, and
+`preftune report ROOT` ends the sweep. Safe to kill and re-run: finished runs are skipped (after checking
+their settings), an interrupted one resumes from its last checkpoint (--save-steps), a lock keeps two
+sweeps out of one ROOT. Settings come from a YAML file (--config, read by config/files.py), flags, or
+both. Details: docs/sweeps-and-hub.md.
 """
 
 from __future__ import annotations
@@ -37,7 +31,7 @@ from preftune.config import (
     flag_name,
     run_name,
 )
-from preftune.config.files import coerce, load_config_file
+from preftune.config.files import coerce, field_rules, load_config_file
 from preftune.errors import PreftuneError
 from preftune.runs import trackers
 from preftune.runs.folder import atomic_write_json, partial_of
@@ -89,10 +83,13 @@ def expand(grid: SweepConfig, base: TrainConfig) -> list[PlannedRun]:
 # ---- settings: YAML file + flags ----------------------------------------------------------------
 
 
+SETTINGS = (SweepConfig, DataConfig, TrainConfig, ReportConfig)  # a name two hold is the first one's (the grid's)
+
+
 def _settable() -> dict[str, Any]:
     """Every setting a sweep takes, name → type hint (the grid's, then the data's, then the train's)."""
     hints = dict(typing.get_type_hints(SweepConfig))
-    for cls in (DataConfig, TrainConfig, ReportConfig):
+    for cls in SETTINGS[1:]:
         hints.update({k: v for k, v in typing.get_type_hints(cls).items()
                       if k not in hints and k not in NOT_SWEPT})
     return hints
@@ -100,7 +97,7 @@ def _settable() -> dict[str, Any]:
 
 def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, SweepConfig]:
     """(data, base train, grid) configs from merged settings; each class validates its own fields."""
-    from preftune.data.adapters import parse_column_map
+    from preftune.data.columns import parse_column_map
 
     grid = SweepConfig(**{k: v for k, v in settings.items() if k in GRID_KEYS})
     data_names = {f.name for f in dataclasses.fields(DataConfig)}
@@ -233,7 +230,7 @@ def _parse_list(text: str, hint: Any, flag: str) -> tuple:
 def settings_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     """The --config file's settings, overridden by the flags given (absent flags are not in `ns`)."""
     hints = _settable()
-    settings = load_config_file(Path(ns.config), hints) if ns.config else {}
+    settings = load_config_file(Path(ns.config), hints, rules=field_rules(SETTINGS)) if ns.config else {}
     for key, value in vars(ns).items():
         if key in GRID_KEYS:
             settings[key] = _parse_list(value, hints[key], flag_name(key))

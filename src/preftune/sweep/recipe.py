@@ -1,24 +1,10 @@
 """`preftune recipe FILE.yaml`: a whole training recipe from one file, resumable.
 
-Steps, each a preftune command run in its own process (so each frees its memory), in this order:
-  1. rm      `preftune rm train`  → ROOT/reward_model        (the judge's length-debiased reward model)
-  2. sft     `preftune sft`       → ROOT/sft/<run>           (optional; the DPO runs then start from it)
-  3. runs    `preftune sweep`     → ROOT/runs/<objective>/<run>, one sweep per entry of `runs`
-  4. select  the run with the best validation `select.rank_by` (eval.json) among every run of step 3
-  5. test    `preftune eval RUN --split test`                → test.json of the selected run only
-  6. judge   `preftune judge RUN --split test`               → judge_test.json of the selected run only
-and ROOT/recipe.json: the wall time of every step, every run's validation numbers, the selection, and the
-selected run's test and judge numbers. Test numbers are computed for the selected run alone, after the
-choice, so nothing is tuned on them.
-
-The file's sections: `output_dir` (ROOT); `data` (data settings shared by every step, so every step sees
-the same post-disjoint train / validation / test split); `rm`, `sft`, `judge` (that command's settings);
-`dpo` (settings shared by every DPO run) and `runs` (objective name → its own settings, e.g. `loss`,
-`beta`); `select` (`rank_by`). Keys are the commands' flag names with underscores, checked before any
-step runs: a wrong key or value names the file, line and key.
-
-Resumable: a step whose output is complete is skipped (its recorded wall time kept); a DPO step that was
-killed resumes through its sweep (checkpoints with `save_steps`). ROOT/recipe_state.json holds the times.
+Steps, each a preftune command in its own process: the reward model, SFT (optional), one DPO sweep per
+objective, selection on validation, then the selected run alone on test and judged; ROOT/recipe.json
+records every step's wall time and numbers. The file's sections are checked before any step runs with
+the settings-file reader of config/files.py; a finished step is skipped, a killed one resumes. Steps,
+sections and the measured recipe: docs/recipe.md.
 """
 
 from __future__ import annotations
@@ -33,7 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from preftune.config import DataConfig, check_value
+import preftune.config as config
+from preftune import fmt
+from preftune.config import DataConfig
+from preftune.config.files import check_setting, field_rules, parser_hints, read_yaml
 from preftune.errors import DataError, PreftuneError
 from preftune.launch import single_process
 from preftune.runs.folder import (
@@ -74,27 +63,8 @@ RANK_KEYS_ALLOWED = ("length_balanced_accuracy", "accuracy", "chosen_shorter_acc
 # ---- the file ------------------------------------------------------------------------------------
 
 
-def _lines(path: Path, text: str) -> dict[tuple[str, ...], int]:
-    """(section, key) → line number, for messages."""
-    import yaml
-
-    out: dict[tuple[str, ...], int] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = (*prefix, str(k.value))
-                out[key] = k.start_mark.line + 1
-                if len(key) < 3:
-                    walk(v, key)
-
-    walk(yaml.compose(text), ())
-    return out
-
-
 def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tuple]]:
     from preftune.cli import build_parser
-    from preftune.config.files import parser_hints
 
     parser = build_parser()
     for word in verb:
@@ -106,62 +76,38 @@ def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tup
     return parser_hints(parser)
 
 
-def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
-    """A section's settings, each checked against the command's flags: the same rules as --config
-    (`config_files.check_setting`), and each value against its config field's range. Returned as written:
-    each step's command reads them again from the settings file the recipe writes for it."""
-    from preftune.config.files import check_setting
+def section_rules(verb: tuple[str, ...]) -> dict:
+    """Each setting's field metadata (choices, range) in `verb`'s config classes, its own first."""
+    return field_rules(tuple(getattr(config, name) for name in VERB_CONFIGS[verb]))
 
+
+def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
+    """A section's settings, each checked as a --config file's are (config.files.check_setting) against the
+    command's flags and its config fields' ranges. Returned as written: each step's command reads them
+    again from the settings file the recipe writes for it."""
     line = lines.get(where)
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise DataError(str(path), line, ".".join(where), "expected a mapping of settings (key: value)")
     hints, choices = _command_hints(verb)
+    rules = section_rules(verb)
     skip = SET_BY_RECIPE.get(where[0], ())  # `runs.NAME` sections: where[0] is "runs"
     for key, value in values.items():
         at = lines.get((*where, str(key)), line)
         name = ".".join((*where, str(key)))
         if key in skip:
             raise DataError(str(path), at, name, "set by the recipe (each step's output goes under output_dir)")
-        checked = check_setting(key, value, hints, choices,
-                                lambda message, at=at, name=name: DataError(str(path), at, name, message),
-                                what=f"setting for `preftune {' '.join(verb)}`")
-        meta = _field_meta(key, verb)
-        for value in checked if isinstance(checked, tuple) else (checked,):
-            try:
-                if meta is not None and value is not None:
-                    check_value(value, meta, "value")
-            except PreftuneError as e:
-                raise DataError(str(path), at, name, str(e).replace("value ", "", 1)) from None
+        check_setting(key, value, hints, choices,
+                      lambda message, at=at, name=name: DataError(str(path), at, name, message),
+                      what=f"setting for `preftune {' '.join(verb)}`", rule=rules.get(key))
     return values
-
-
-def _field_meta(key: str, verb: tuple[str, ...]) -> dict | None:
-    """The metadata (choices, range) of the field named `key` in `verb`'s config classes: a sweep's grid
-    flags take free lists, and ranges are checked only when a config is built; the recipe checks them
-    before any step."""
-    import preftune.config as config
-
-    for name in VERB_CONFIGS[verb]:
-        field = {f.name: f for f in dataclasses.fields(getattr(config, name))}.get(key)
-        if field is not None:
-            return {k: v for k, v in field.metadata.items() if v is not None}
-    return None
 
 
 def load_recipe(path: Path) -> dict:
     """The recipe file, every section checked against its command's flags before anything runs."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise PreftuneError(f"recipe {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        recipe, lines = yaml.safe_load(text), _lines(path, text)
-    except yaml.YAMLError as e:
-        raise PreftuneError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    recipe, lines = read_yaml(path, "recipe")
     if not isinstance(recipe, dict):
         raise DataError(str(path), 1, None, "expected a mapping with sections: " + ", ".join(TOP_KEYS))
     for key in recipe:
@@ -369,8 +315,8 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
     return summary
 
 
-def _f(x, spec=".3f") -> str:
-    return "–" if x is None else format(x, spec)
+def _f(x, digits: int = 3) -> str:
+    return fmt.number(x, digits, gap="–")
 
 
 def format_summary(s: dict) -> str:
@@ -380,10 +326,10 @@ def format_summary(s: dict) -> str:
         mark = "*" if r["path"] == s["selected_path"] else " "
         lines.append(f"{mark} {r['run']:<52}{_f(r['accuracy']):>7}{_f(r['length_balanced_accuracy']):>7}"
                      f"{_f(r['chosen_shorter_accuracy']):>9}{_f(r['chosen_longer_accuracy']):>8}"
-                     f"{_f(r['longer_wins_baseline']):>12}{_f(r['wall_s'], '.0f'):>8}")
+                     f"{_f(r['longer_wins_baseline']):>12}{_f(r['wall_s'], 0):>8}")
     t = s["test"] or {}
     lines += ["", f"selected {s['selected_run']}, on test (n={t.get('n')}): accuracy {_f(t.get('accuracy'))}, "
-              f"length-balanced {_f(t.get('length_balanced_accuracy'))} {t.get('length_balanced_ci95')}, "
+              f"length-balanced {fmt.cell(t.get('length_balanced_accuracy'), t.get('length_balanced_ci95'))}, "
               f"longer wins {_f(t.get('longer_wins_baseline'))}",
               f"total wall time of all steps: {s['wall_s_total']:.0f} s"]
     return "\n".join(lines)

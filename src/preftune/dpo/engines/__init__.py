@@ -9,8 +9,10 @@ apart: docs/engines.md describes them.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
+from preftune.config import registries
 from preftune.dpo.engines.base import (  # noqa: F401
     CHECKPOINT_MARKER,
     CHECKPOINTS_DIR,
@@ -25,18 +27,15 @@ from preftune.dpo.engines.base import (  # noqa: F401
 )
 
 
-def _trl(job: TrainJob) -> TrainResult:
-    if job.objective == "sft":
-        from preftune.dpo.engines.trl_sft import train
-    else:
-        from preftune.dpo.engines.trl import train
-    return train(job)
+def _engine(modules: dict[str, str]) -> Callable[[TrainJob], TrainResult]:
+    """The engine whose train(job) for each objective is in modules[objective], imported on first use
+    (TRL only when it trains)."""
+    def train(job: TrainJob) -> TrainResult:
+        return importlib.import_module(modules[job.objective]).train(job)
+
+    return train
 
 
-def _fast(job: TrainJob) -> TrainResult:
-    from preftune.dpo.engines.fast import train
-
-    return train(job)
-
-
-ENGINES: dict[str, Callable[[TrainJob], TrainResult]] = {"fast": _fast, "trl": _trl}
+# name → engine, from the names and modules in config/registries.py
+ENGINES: dict[str, Callable[[TrainJob], TrainResult]] = {name: _engine(modules)
+                                                         for name, modules in registries.ENGINES.items()}
