@@ -145,3 +145,19 @@ def test_two_processes_train_the_reward_model_a_single_process_trains(tiny_model
         assert [r[key] for r in logs[1]] == pytest.approx([r[key] for r in logs[0]], rel=1e-4, abs=1e-6), key
     a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_two_processes_write_one_sft_run(tiny_model, tmp_path):
+    """`sft` under torchrun (the fast engine: the engine's own test holds it to one process's numbers):
+    every rank trains its share of each batch, rank 0 alone writes the one folder."""
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone", "-m", "preftune",
+           "sft", "--model", str(tiny_model), "--output-dir", str(tmp_path), "--lr", "1e-2", "--batch-size", "4",
+           "--max-rows", "8", "--max-length", "192", "--fraction", "0.03", "--seed", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["sft_model_lr0.01_bs4_epoch1"]
+    run = tmp_path / "sft_model_lr0.01_bs4_epoch1"
+    config = json.loads((run / "preftune_config.json").read_text())
+    assert (config["kind"], config["world_size"], config["per_device_batch_size"]) == ("sft", 2, 2)
+    assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").open()] == [1, 2]  # logged once each
+    assert (run / "model.safetensors").is_file() and (run / "tokenizer.json").is_file()

@@ -56,8 +56,8 @@ def test_a_single_process_command_refuses_any_multi_process_launch(environ, aske
 
 
 def test_a_plain_launch_of_a_single_process_command_passes():
-    single_process("sft", {})
-    single_process("sft", {"RANK": "0", "WORLD_SIZE": "1", "ACCELERATE_USE_FSDP": "false"})
+    single_process("recipe", {})
+    single_process("recipe", {"RANK": "0", "WORLD_SIZE": "1", "ACCELERATE_USE_FSDP": "false"})
 
 
 # ---- two processes: every rank gets the same answer, or the same error ----------------------------------
@@ -131,10 +131,6 @@ def test_two_ranks_get_one_answer_or_one_error(tmp_path):
 
 def single_process_argv(command: str, tiny_model: Path, out: Path) -> list[str]:
     """Arguments that would really train (tiny model, few pairs) were the launch not refused first."""
-    data = ["--fraction", "0.03", "--seed", "3"]
-    if command == "sft":
-        return ["sft", "--model", str(tiny_model), "--output-dir", str(out), "--max-rows", "4", "--max-length", "256",
-                *data]
     recipe = out.parent / "recipe.yaml"
     recipe.write_text(textwrap.dedent(f"""\
         output_dir: {out}
@@ -147,7 +143,7 @@ def single_process_argv(command: str, tiny_model: Path, out: Path) -> list[str]:
     return ["recipe", str(recipe)]
 
 
-@pytest.mark.parametrize("command", ["sft", "recipe"])
+@pytest.mark.parametrize("command", ["recipe"])  # train, sft and rm train run multi-process
 def test_a_single_process_command_under_torchrun_stops_before_any_work(tiny_model, tmp_path, command):
     out = tmp_path / "out"
     done = subprocess.run([*TORCHRUN, "-m", "preftune", *single_process_argv(command, tiny_model, out)],

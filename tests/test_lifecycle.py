@@ -1,7 +1,8 @@
 """The run lifecycle every trainer shares (runs/lifecycle.py): NAME.partial → NAME, what makes two runs
 the same run (old folders without a `kind` included), the log rewound to a checkpoint; and, for each
-command (`train`, `rm train`), a process SIGKILLed mid-training and run again with the same command ends
-with the same folder as an uninterrupted run; each command's --help offers the lifecycle's flags."""
+command (`train`, `rm train`, `sft` with each engine), a process SIGKILLed mid-training and run again
+with the same command ends with the same folder as an uninterrupted run; each command's --help offers
+the lifecycle's flags."""
 
 import json
 import os
@@ -137,7 +138,10 @@ COMMANDS = {  # command → (its argv, its folder's name): 4 optimizer steps eac
     "train": (["train", "--max-pairs", "8", "--max-eval-pairs", "4", "--no-gradient-checkpointing"],
               "dpo_model_lr0.01_bs2_epoch1"),
     "rm train": (["rm", "train", "--max-pairs", "8", "--max-eval-pairs", "4", "--debias", "none"], "reward_model"),
+    "sft fast": (["sft", "--max-rows", "8", "--engine", "fast"], "sft_model_lr0.01_bs2_epoch1"),
+    "sft trl": (["sft", "--max-rows", "8", "--engine", "trl"], "sft_model_lr0.01_bs2_epoch1"),
 }
+KINDS = {"train": "dpo", "rm train": "rm", "sft fast": "sft", "sft trl": "sft"}
 
 
 def preftune(argv: list[str], tmp_path: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
@@ -157,7 +161,7 @@ def test_killed_and_run_again_matches_an_uninterrupted_run(command, tiny_model, 
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     partial = tmp_path / "killed" / f"{name}.partial"
     assert steps_logged(partial) == [1, 2, 3] and not (tmp_path / "killed" / name).exists()
-    assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert sorted(p.name for p in (partial / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
 
     resumed = preftune([*argv, "--output-dir", str(tmp_path / "killed")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -174,7 +178,7 @@ def test_killed_and_run_again_matches_an_uninterrupted_run(command, tiny_model, 
               for r in (run, reference)]
     assert losses[0] == losses[1]
     config = json.loads((run / "preftune_config.json").read_text())
-    assert config["kind"] == ("rm" if command == "rm train" else "dpo") and config["world_size"] == 1
+    assert config["kind"] == KINDS[command] and config["world_size"] == 1
     assert [e["kind"] for e in config["chain"]] == ["base", config["kind"]] and config["chain"][-1]["run"] == name
 
 

@@ -539,7 +539,11 @@ def test_a_folder_of_either_shape_is_read_alike_by_judge_and_push(plain_rm, tmp_
     from before kinds (rm_config.json): the judge opens both alike; `push` finds both, reads the same steps
     and time, and its card names the files each holds."""
     from preftune.config import PushConfig
-    from preftune.hub.rm import is_reward_model_dir, read_reward_model, reward_model_card
+    from preftune.hub.rm import (
+        is_reward_model_dir,
+        read_reward_model,
+        reward_model_card,
+    )
 
     old = old_rm_folder(plain_rm, tmp_path / "old_rm")
     assert open_reward_model(old).config["train_post_ids"] == open_reward_model(plain_rm).config["train_post_ids"]

@@ -1,7 +1,7 @@
-"""`preftune sft` on a tiny model: the loss falls, only summary tokens carry loss, the folder loads and
-records its rows' posts (never a validation or test post), a DPO run trained from it records the chain
-base → SFT → DPO (and reports/cards show it), CarperAI TL;DR SFT rows load in preftune's prompt format, and
-bad rows stop with file, row and field."""
+"""`preftune sft` on a tiny model, with each engine: the loss falls, the folder loads and records its rows'
+posts (never a validation or test post), a DPO run trained from it records the chain base → SFT → DPO (and
+reports/cards show it), CarperAI TL;DR SFT rows load in preftune's prompt format, and bad rows stop with
+file, row and field."""
 
 import json
 from pathlib import Path
@@ -16,7 +16,7 @@ from preftune.models import load_model, load_tokenizer
 from preftune.runs.dpo import train
 from preftune.runs.folder import CONFIG_FILE, chain_text, run_dirs
 from preftune.runs.results import open_run
-from preftune.runs.sft import build_trainer, file_rows, sft, tldr_sft_row
+from preftune.runs.sft import file_rows, sft
 
 DATA = DataConfig(fraction=0.03, seed=3)
 MINI = SHARED_DATA / "openai_summarize_tldr_carperai_mini"
@@ -27,9 +27,9 @@ def sft_cfg(model: Path, out: Path, **kw) -> SFTConfig:
     return SFTConfig(**{**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def sft_run(tiny_model, tmp_path_factory):
-    return sft(DATA, sft_cfg(tiny_model, tmp_path_factory.mktemp("runs")))
+@pytest.fixture(scope="module", params=["fast", "trl"])
+def sft_run(request, tiny_model, tmp_path_factory):
+    return sft(DATA, sft_cfg(tiny_model, tmp_path_factory.mktemp("runs"), engine=request.param))
 
 
 def test_loss_falls_and_folder_loads(sft_run):
@@ -40,6 +40,7 @@ def test_loss_falls_and_folder_loads(sft_run):
     load_model(str(sft_run)), load_tokenizer(str(sft_run))
     config = json.loads((sft_run / CONFIG_FILE).read_text())
     assert config["kind"] == "sft" and config["sft"]["max_rows"] == 8 and config["fit"]["kept"] == 8
+    assert config["world_size"] == 1 and config["per_device_batch_size"] == 4
     assert json.loads((sft_run / "metrics.json").read_text())["train_rows"] == 8
     assert not list(sft_run.parent.glob("*.partial"))
     assert run_dirs(sft_run.parent)[0] == []  # not a DPO run: `report` does not rank it
@@ -52,21 +53,6 @@ def test_sft_posts_are_train_posts_only(sft_run):
     posts = set(json.loads((sft_run / CONFIG_FILE).read_text())["post_ids"])
     assert posts and held_out and not posts & held_out
     assert posts <= {p.post_id for p in prepared.train}
-
-
-def test_only_summary_tokens_carry_loss(tiny_model, tmp_path):
-    """TRL's collated labels: -100 over the prompt, and exactly the summary + one EOS after it."""
-    tokenizer = load_tokenizer(str(tiny_model))
-    row = tldr_sft_row({"prompt": "SUBREDDIT: r/a\nTITLE: t\nPOST: I went out to buy bread.\nTL;DR: ",
-                        "label": "Bought bread."}, "x:1")
-    trainer = build_trainer(str(tiny_model), tokenizer, [row], sft_cfg(tiny_model, tmp_path), 0, tmp_path)
-    batch = trainer.data_collator([trainer.train_dataset[0]])
-    labels, ids = batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
-    n_prompt = len(tokenizer(row.prompt)["input_ids"])
-    assert all(x == -100 for x in labels[:n_prompt])
-    kept = [x for x in labels if x != -100]
-    assert kept == ids[n_prompt:]
-    assert tokenizer.decode(kept) == " Bought bread." + tokenizer.eos_token
 
 
 def test_dpo_from_sft_records_the_chain(sft_run, tmp_path):

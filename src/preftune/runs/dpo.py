@@ -27,20 +27,9 @@ from preftune.models import ResolvedModel, load_tokenizer, resolve_model
 from preftune.runs import folder as run_folder
 from preftune.runs import trackers
 from preftune.runs.folder import EVAL_PAIRS_FILE, TEST_PAIRS_FILE
-from preftune.runs.lifecycle import Lifecycle, begin
+from preftune.runs.lifecycle import Lifecycle, begin, per_device_batch
 
 logger = logging.getLogger(__name__)
-
-
-def per_device_batch(cfg: TrainConfig, world_size: int) -> int:
-    """--batch-size is pairs per optimizer step across all processes and accumulation steps."""
-    per_step = world_size * cfg.grad_accum
-    if cfg.batch_size % per_step:
-        raise PreftuneError(
-            f"--batch-size {cfg.batch_size} is not divisible by processes ({world_size}) × "
-            f"--grad-accum ({cfg.grad_accum}) = {per_step}"
-        )
-    return cfg.batch_size // per_step
 
 
 def sequence_tokens(tokenizer, pairs: list[Pair]) -> int:
@@ -87,7 +76,7 @@ def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig) -> RunData:
 def train(data_cfg: DataConfig, cfg: TrainConfig) -> Path:
     """`preftune train`: check the launch and destination, prepare the data, then one run."""
     life = begin("dpo", cfg)  # before any work
-    per_device_batch(cfg, life.world_size)
+    per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
     return run(prepare_run_data(data_cfg, cfg), cfg, life=life)
 
 
@@ -98,7 +87,7 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None, life: Lifecycl
     `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
     interrupted run of the same settings is resumed from its last complete checkpoint."""
     life = life or begin("dpo", cfg, name)
-    per_device = per_device_batch(cfg, life.world_size)
+    per_device = per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
     resolved, tokenizer, data_cfg = data.model, data.tokenizer, data.data_cfg
     train_pairs, eval_pairs = data.train_pairs, data.eval_pairs
     resume = life.open(data_cfg)

@@ -159,6 +159,15 @@ def same_resume(partial: Path, resume: Path | None) -> None:
 # ---- one run -----------------------------------------------------------------------------------------
 
 
+def per_device_batch(batch_size: int, grad_accum: int, world_size: int) -> int:
+    """--batch-size is rows (pairs) per optimizer step across all processes and accumulation steps."""
+    per_step = world_size * grad_accum
+    if batch_size % per_step:
+        raise PreftuneError(f"--batch-size {batch_size} is not divisible by processes ({world_size}) × "
+                            f"--grad-accum ({grad_accum}) = {per_step}")
+    return batch_size // per_step
+
+
 def begin(kind: str, cfg: Any, name: str | None = None) -> Lifecycle:
     """Before any work: this process is one rank of one process group (or alone), --precision runs here,
     --report-to's package is installed, and ROOT/NAME is free (or --overwrite): each checked once, the

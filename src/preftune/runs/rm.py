@@ -50,7 +50,7 @@ from preftune.judge.reward import (
 from preftune.models import ResolvedModel, disable_dropout, resolve_model
 from preftune.runs import trackers
 from preftune.runs.folder import RM_EVAL_FILE, atomic_write_json
-from preftune.runs.lifecycle import Lifecycle, begin
+from preftune.runs.lifecycle import Lifecycle, begin, per_device_batch
 from preftune.stats import pearson
 
 if TYPE_CHECKING:
@@ -385,8 +385,7 @@ def prepare_rm_data(data_cfg: DataConfig, cfg: RewardConfig, tokenizer) -> Rewar
 def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     """`preftune rm train`: prepare + split + fit the data, train, measure held-out accuracy, write the folder."""
     life = begin("rm", cfg)  # before any work
-    if cfg.batch_size % life.world_size:
-        raise PreftuneError(f"--batch-size {cfg.batch_size} is not divisible by the {life.world_size} processes")
+    per_device_batch(cfg.batch_size, 1, life.world_size)  # every rank an equal share of a full batch
     resolved = resolve_reward_model(cfg.model)
     logger.info(f"rm: {cfg.model} ← {resolved.source}")
     check_model(cfg, resolved)

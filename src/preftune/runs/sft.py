@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from pathlib import Path
 
 from preftune.config import SFT_CHOSEN, DataConfig, SFTConfig
 from preftune.data.fit import fit
 from preftune.data.pairs import Pair, Tally
 from preftune.data.rows import RowError, RowSkip, text_id
-from preftune.data.sequence import with_eos
 from preftune.errors import DataError, PreftuneError
-from preftune.runs.folder import TRAIN_LOG_FILE
-from preftune.runs.lifecycle import begin
+from preftune.runs.lifecycle import begin, per_device_batch
 from preftune.runs.results import read_train_log
 
 logger = logging.getLogger(__name__)
@@ -129,64 +126,14 @@ def load_rows(data_cfg: DataConfig, cfg: SFTConfig, tokenizer) -> tuple[list[Pai
 # ---- training ------------------------------------------------------------------------------------
 
 
-def sft_dataset(rows: list[Pair], eos: str):
-    """TRL's prompt/completion format; the completion ends with exactly one EOS (TRL adds none then)."""
-    from datasets import Dataset
-
-    return Dataset.from_list([{"prompt": r.prompt, "completion": with_eos(r.chosen, eos)} for r in rows])
-
-
-def sft_args(cfg: SFTConfig, out_dir: Path, seed: int):
-    import torch
-    from trl import SFTConfig as TRLSFTConfig
-
-    from preftune.dpo.engines.base import CHECKPOINTS_DIR
-    from preftune.precision import resolve
-
-    precision = resolve(cfg.precision)  # never TRL's bf16 default: ~10x slower on CPUs without bf16 units
-    return TRLSFTConfig(
-        output_dir=str(out_dir / CHECKPOINTS_DIR),
-        learning_rate=cfg.lr,
-        per_device_train_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs,
-        max_length=cfg.max_length,  # rows arrive fitted: TRL's right-truncation never cuts a summary
-        completion_only_loss=True,
-        packing=False,
-        activation_checkpointing=cfg.gradient_checkpointing,  # TRL's default is on
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        disable_tqdm=False,
-    )
-
-
-def build_trainer(model_path: str, tokenizer, rows: list[Pair], cfg: SFTConfig, seed: int, out_dir: Path):
-    """TRL's SFTTrainer over the rows, logging each step to out_dir/train_log.jsonl."""
-    from transformers import set_seed
-    from trl import SFTTrainer
-
-    from preftune.dpo.engines.trl import JsonlLogger
-    from preftune.models import load_model
-
-    set_seed(seed)
-    trainer = SFTTrainer(model=load_model(model_path), args=sft_args(cfg, out_dir, seed),
-                         train_dataset=sft_dataset(rows, tokenizer.eos_token), processing_class=tokenizer,
-                         callbacks=[JsonlLogger(out_dir / TRAIN_LOG_FILE)])
-    return trainer
-
-
 def sft(data_cfg: DataConfig, cfg: SFTConfig, name: str | None = None) -> Path:
-    """`preftune sft`: rows → fitted rows → SFTTrainer → ROOT/NAME (written as NAME.partial). Returns it."""
-    from preftune.launch import single_process
+    """`preftune sft`: rows → fitted rows → engine (objective "sft") → ROOT/NAME (written as NAME.partial).
+    Under torchrun every rank trains; rank 0 writes. Returns the folder."""
+    from preftune.dpo.engines import ENGINES, TrainJob
     from preftune.models import load_tokenizer, resolve_model
 
-    single_process("sft")  # several processes would each train and write alone
     life = begin("sft", cfg, name)  # before any work
+    per_device = per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
     resolved = resolve_model(cfg.model)
     logger.info(f"model: {cfg.model} ← {resolved.source}")
     tokenizer = load_tokenizer(resolved.path)
@@ -195,28 +142,30 @@ def sft(data_cfg: DataConfig, cfg: SFTConfig, name: str | None = None) -> Path:
     if not rows:
         raise PreftuneError("no SFT rows left after fitting to --max-length")
 
-    life.open(data_cfg)
-    partial = life.partial
-    trainer = build_trainer(resolved.path, tokenizer, rows, cfg, data_cfg.seed, partial)
-    logger.info(f"sft: {life.name}: {len(rows):,} rows × {cfg.epochs} epoch(s), batch {cfg.batch_size}, lr {cfg.lr}")
-    start = time.perf_counter()
-    output = trainer.train()
-    runtime = time.perf_counter() - start
-    trainer.save_model(str(partial))
-    tokenizer.save_pretrained(partial)
-
-    log = read_train_log(life.log_path)
-    logger.info(f"sft: {output.global_step} steps in {runtime:.1f} s ({runtime / (len(rows) * cfg.epochs):.2f} s/row)")
+    resume = life.open(data_cfg)
+    job = TrainJob(resolved.path, tokenizer, rows, cfg, data_cfg.seed, life.partial, per_device, life.log_path,
+                   resume_from=resume, objective="sft")
+    logger.info(f"sft: {life.name}: {len(rows):,} rows × {cfg.epochs} epoch(s), batch {cfg.batch_size} "
+                f"({life.world_size} process(es) × {per_device} × {cfg.grad_accum} accumulation), lr {cfg.lr}, "
+                f"engine {cfg.engine}, {'LoRA' if cfg.lora else 'full fine-tune'}")
+    result = ENGINES[cfg.engine](job)
+    if life.rank != 0:
+        return life.final
+    tokenizer.save_pretrained(life.partial)
+    log = read_train_log(life.log_path)  # the whole run's, a resumed one's included
+    per_row = result.runtime_s / (len(rows) * cfg.epochs)
+    logger.info(f"sft: {result.steps} steps in {result.runtime_s:.1f} s ({per_row:.2f} s/row)")
     data_label = SFT_CHOSEN if cfg.sft_data == SFT_CHOSEN else Path(cfg.sft_data).name or cfg.sft_data
     return life.finish(data_cfg, {
-        "steps": output.global_step,
-        "train_runtime_s": round(runtime, 2),
+        "steps": result.steps,
+        "train_runtime_s": round(result.runtime_s, 2),
         "train_rows": len(rows),
-        "rows_per_s": len(rows) * cfg.epochs / runtime,
-        "s_per_row": runtime / (len(rows) * cfg.epochs),
+        "rows_per_s": 1 / per_row,
+        "s_per_row": per_row,
         "first_loss": log[0].get("loss") if log else None,
     }, {
         "model_source": resolved.source,
+        "per_device_batch_size": per_device,
         "sft_source": source,
         "fit": fits,
         # the posts imitated (sorted ids): with --sft-data chosen all from the preference data's train split

@@ -124,7 +124,7 @@ class Tracking:
                 env["MLFLOW_RUN_ID"] = self.run_id
         return env
 
-    # ---- how a run reaches its tracker (and `step_logger`, `log_final_metrics` below) ----
+    # ---- how a run reaches its tracker (and `log_final_metrics` below) ----
 
     def trainer_args(self) -> dict[str, Any]:
         """TrainingArguments fields for a transformers Trainer (DPOTrainer, RewardTrainer)."""
