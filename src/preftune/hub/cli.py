@@ -22,6 +22,6 @@ def add_cli(verbs) -> None:
     parser = verbs.add_parser("push", help="push a run (or a sweep's best runs, or a reward model) to the Hugging "
                               "Face Hub with a model card")
     parser.add_argument("path", metavar="RUN_DIR|ROOT|RM_DIR", help="a run folder; with --best N, a folder of runs; "
-                        "or a reward model folder from `preftune rm train` (it holds rm_config.json)")
+                        "or a reward model folder from `preftune rm train`")
     add_arguments(parser, PushConfig)
     parser.set_defaults(func=lambda ns: push(Path(ns.path), from_args(PushConfig, ns)))

@@ -91,7 +91,7 @@ def load_rm_tokenizer(path: str):
 
 @dataclass(frozen=True)
 class RewardModelFolder:
-    """A reward model folder from `preftune rm train`, its rm_config.json and rm_eval.json checked."""
+    """A reward model folder from `preftune rm train`, its settings and rm_eval.json checked."""
 
     path: Path
     config: dict
