@@ -40,7 +40,12 @@ def pairs(tiny_tokenizer):
 
 def cpu_logps(model_path, tokenizer, pairs) -> torch.Tensor:
     """(N, 2) fp32 log-probs of the pairs computed on the CPU: what the GPU paths must reproduce."""
-    from preftune.dpo.logps import PairLogpsModule, default_pack_tokens, pack_pair, pairs_logps
+    from preftune.dpo.logps import (
+        PairLogpsModule,
+        default_pack_tokens,
+        pack_pair,
+        pairs_logps,
+    )
     from preftune.models import load_model
 
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
@@ -75,7 +80,7 @@ def test_evaluation_scores_on_the_gpu_as_the_cpu_does(tiny_model, tiny_tokenizer
 def test_the_reference_pass_runs_on_the_gpu(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch,
                                             precision, atol, rtol):
     """bf16: an autocast pass, so only close to fp32 (sums of ~30 tokens' log-probs, bf16's 8-bit mantissa)."""
-    import preftune.dpo.refcache as refcache
+    from preftune.dpo import refcache
     from preftune.dpo.logps import pack_pair
     from preftune.models import load_model
 
@@ -97,7 +102,7 @@ def test_the_reference_pass_runs_on_the_gpu(tiny_model, tiny_tokenizer, pairs, t
 
 def test_the_judge_generates_on_the_gpu_reproducibly(tiny_model, monkeypatch):
     """Sampling draws from per-row generators on the model's device: the same seed gives the same text."""
-    import preftune.judge.generate as generate
+    from preftune.judge import generate
     from preftune.judge.generate import Decoding
     from preftune.judge.judge import model_generator
 
@@ -110,7 +115,8 @@ def test_the_judge_generates_on_the_gpu_reproducibly(tiny_model, monkeypatch):
 
     monkeypatch.setattr(generate, "generate_many", spy)
     decodings = [Decoding(max_new_tokens=8), Decoding(temperature=0.7, top_p=0.95, max_new_tokens=8, seed=1)]
-    runs = [model_generator(str(tiny_model), 2, "tiny")([PROMPT, PROMPT[:60] + "\nTL;DR:"], decodings) for _ in range(2)]
+    prompts = [PROMPT, PROMPT[:60] + "\nTL;DR:"]
+    runs = [model_generator(str(tiny_model), 2, "tiny")(prompts, decodings) for _ in range(2)]
     assert devices == ["cuda", "cuda"]
     texts = [{name: [g.text for g in gens] for name, gens in run.items()} for run in runs]
     assert texts[0] == texts[1] and any(g.tokens for gens in runs[0].values() for g in gens)
@@ -135,18 +141,19 @@ def test_the_demo_streams_and_scores_on_the_gpu(tiny_model):
 def test_the_fast_engine_trains_in_bf16_on_the_gpu(tiny_model, tiny_tokenizer, pairs, tmp_path, monkeypatch):
     """--precision auto: the policy and the reference run under bf16 autocast on the GPU; 2 steps move
     every weight; step 1's loss is log 2 (policy = reference) up to bf16 rounding of two packings."""
-    import preftune.dpo.engines.fast as fast
     from preftune.config import TrainConfig
-    from preftune.dpo.engines import ENGINES, TrainJob
+    from preftune.dpo.engines import ENGINES, TrainJob, fast
     from preftune.models import load_model
 
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
     computed_in = []  # (device, dtype) of a decoder MLP's output, every forward of every loaded model
 
+    def watch(module, inputs, out):
+        computed_in.append((out.device.type, out.dtype))
+
     def load_and_watch(*args, **kwargs):
         model = load_model(*args, **kwargs)
-        hook = lambda module, inputs, out: computed_in.append((out.device.type, out.dtype))  # noqa: E731
-        model.model.layers[0].mlp.down_proj.register_forward_hook(hook)
+        model.model.layers[0].mlp.down_proj.register_forward_hook(watch)
         return model
 
     monkeypatch.setattr(fast, "load_model", load_and_watch)
@@ -168,7 +175,7 @@ def test_the_fast_engine_trains_in_bf16_on_the_gpu(tiny_model, tiny_tokenizer, p
 
 def torchrun(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--standalone", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def preftune_train(tiny_model, out: Path, *extra: str) -> subprocess.CompletedProcess:
