@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -135,15 +136,24 @@ def run_parts(parts: dict, report: dict, save) -> None:
         save(report)
 
 
+def run_process(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """cmd in a process group of its own, killed whole at the timeout (a hung torchrun or NCCL child of
+    it would otherwise hold the GPU through the next parts); ChildFailed then, with its stderr tail."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise ChildFailed(f"timed out after {timeout} s: {' '.join(cmd[1:4])}\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run_child(cmd: list[str], env: dict, timeout: int) -> dict:
     """Run one child process; its `RESULT {json}` line, else ChildFailed with the end of its stderr."""
     t0 = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired as e:
-        tail = (e.stderr or b"")[-3000:]
-        raise ChildFailed(f"timed out after {timeout} s: {' '.join(cmd[1:4])}\n"
-                          f"{tail.decode(errors='replace') if isinstance(tail, bytes) else tail}") from None
+    done = run_process(cmd, env, timeout)
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise ChildFailed(f"exit {done.returncode}: {' '.join(cmd[1:4])}\n{done.stderr[-3000:]}")
@@ -245,17 +255,16 @@ def gpu_test_files(tests: Path = REPO / "tests") -> list[str]:
     return sorted(str(p.relative_to(REPO)) for p in tests.glob("test_*.py") if "mark.gpu" in p.read_text())
 
 
-def gpu_tests(dry_run: bool, work: Path) -> dict:
-    """`pytest -m gpu` over the modules that use the marker. On a GPU every test must pass; in a dry run
-    (no CUDA) every one must be collected and skip."""
+def gpu_tests(dry_run: bool, cuda: bool, work: Path) -> dict:
+    """`pytest -m gpu` over the modules that use the marker. With a GPU every test must pass (a skip
+    fails the check); in a dry run without one, every test must be collected and skip."""
     xml, files = work / "gpu_tests.xml", gpu_test_files()
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}", "-q", "-rfEs",
            *files]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=child_env(work),
-                          timeout=TIMEOUT_S["gpu_tests"])
+    done = run_process(cmd, child_env(work), TIMEOUT_S["gpu_tests"])
     tests = parse_junit(xml) if xml.is_file() else []
     counts = {o: sum(t["outcome"] == o for t in tests) for o in ("passed", "failed", "error", "skipped")}
-    expected = "skipped" if dry_run else "passed"
+    expected = "skipped" if dry_run and not cuda else "passed"
     wrong = [t["test"] for t in tests if t["outcome"] != expected]
     ok = done.returncode == 0 and bool(tests) and not wrong
     error = None if ok else (f"pytest exit {done.returncode}; {len(wrong)} of {len(tests)} tests not {expected}: "
@@ -434,7 +443,7 @@ def main() -> int:
               "parts": {}}
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     data = functools.partial(inputs, args.model or DEFAULT_MODEL, args.random_weights, mode, work)
-    parts = {"gpu_tests": lambda: gpu_tests(args.dry_run, work),
+    parts = {"gpu_tests": lambda: gpu_tests(args.dry_run, check["cuda"], work),
              "benchmark": lambda: benchmark(data(), mode, work),
              "one_b": lambda: one_b(data(), mode, work)}
     for name in PARTS:

@@ -173,9 +173,10 @@ def test_the_fast_engine_trains_in_bf16_on_the_gpu(tiny_model, tiny_tokenizer, p
     assert not unmoved, unmoved
 
 
-def torchrun(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: str, env: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--standalone", *args]
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def preftune_train(tiny_model, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -83,7 +85,33 @@ def test_each_pytest_outcome_is_read_from_the_junit_file(check, tmp_path):
 
 def test_the_preflight_names_a_missing_or_too_old_package(check):
     assert check.package_status("pytest>=8")["ok"] is True
-    assert check.package_status("pytest>=999") == {"name": "pytest", "wanted": ">=999",
-                                                   "installed": check.package_status("pytest")["installed"], "ok": False}
+    installed = check.package_status("pytest")["installed"]
+    assert check.package_status("pytest>=999") == {"name": "pytest", "wanted": ">=999", "installed": installed,
+                                                   "ok": False}
     assert check.package_status("no-such-package-xyz>=1")["installed"] is None
     assert {"torch", "transformers", "trl", "pytest"} <= {r.split(">")[0].split("<")[0] for r in check.requirements()}
+
+
+def test_a_child_that_outlives_its_timeout_is_killed_with_its_own_children(check, tmp_path):
+    """A hung torchrun (or its NCCL worker) must not hold the GPU through the parts after it."""
+    pid_file = tmp_path / "grandchild.pid"
+    grandchild = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    code = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+            "time.sleep(120)")
+    started = time.monotonic()
+    with pytest.raises(check.ChildFailed, match="timed out after 3 s"):
+        check.run_process([sys.executable, "-c", code], dict(os.environ), timeout=3)
+    assert time.monotonic() - started < 60  # not waiting for the grandchild's pipes to close
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.1)
+    assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    """Running (a killed process the init process has not reaped yet is a zombie: not running)."""
+    try:
+        return " Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    except FileNotFoundError:
+        return False
