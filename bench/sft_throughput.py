@@ -111,7 +111,8 @@ def child(args) -> None:
 
 def run_child(engine: str, common: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--child", engine, *common]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{engine} failed:\n{done.stderr[-4000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))

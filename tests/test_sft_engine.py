@@ -200,8 +200,26 @@ def test_lora_runs_of_both_engines_agree_and_save_a_merged_model(tiny_model, tin
         q = "model.layers.0.self_attn.q_proj.weight"
         assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])
     for a, b in zip(logs["fast"], logs["trl"], strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
     assert logs["fast"][1]["loss"] < logs["fast"][0]["loss"]
+
+
+@pytest.mark.parametrize("engine", ["fast", "trl"])
+def test_the_step_log_reaches_the_tracker(tiny_model, tiny_tokenizer, rows, tmp_path, engine):
+    """--report-to tensorboard: every logged SFT key, at its step, as train/<key>."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = sft_cfg(tiny_model, tmp_path, batch_size=3, engine=engine, report_to="tensorboard")
+    out = tmp_path / f"sft_{engine}"
+    out.mkdir()
+    result = ENGINES[engine](TrainJob(str(tiny_model), tiny_tokenizer, rows, cfg, 0, out, 3, out / "log.jsonl",
+                                      objective="sft"))
+    events = EventAccumulator(str(tmp_path / "tracking" / "tensorboard" / out.name))
+    events.Reload()
+    for key in set(SFT_LOG_KEYS) - {"step"}:
+        scalars = {e.step: e.value for e in events.Scalars(f"train/{key}")}
+        assert scalars == pytest.approx({r["step"]: r[key] for r in result.log}, rel=1e-6), key
 
 
 def test_an_unknown_objective_is_refused(tiny_model, tiny_tokenizer, rows, tmp_path):
@@ -264,9 +282,12 @@ def test_two_processes_follow_one_process(tiny_model, tmp_path, mode):
         assert "sharded across 2 processes" in done.stdout + done.stderr  # DTensor parameters seen, not assumed
     assert len(two) == len(single) == 2
     for a, b in zip(two, single):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
-        assert a["mean_token_accuracy"] == pytest.approx(b["mean_token_accuracy"]) and a["num_tokens"] == b["num_tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["mean_token_accuracy"] == pytest.approx(b["mean_token_accuracy"])
+        assert a["num_tokens"] == b["num_tokens"]
     assert two[-1]["loss"] < two[0]["loss"]
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
-    logits = [AutoModelForCausalLM.from_pretrained(r)(input_ids=ids).logits for r in (tmp_path / mode, tmp_path / "single")]
+    logits = [AutoModelForCausalLM.from_pretrained(r)(input_ids=ids).logits
+              for r in (tmp_path / mode, tmp_path / "single")]
     assert torch.allclose(*logits, atol=1e-3)  # the saved model is whole and the same
