@@ -1,6 +1,7 @@
 """The benchmark scripts' pure parts: issue 13's targets per device, the headline ratios, which earlier
 results may join a run (same settings, same clean commit), the report's wording; and bench/bucketing.py's
-padded batch computing exactly what one pair per forward computes (so its timings compare equal work)."""
+padded batch computing exactly what one pair per forward computes (so its timings compare equal work); and
+bench/sft_throughput.py's targets and its --tiny run, end to end."""
 
 from __future__ import annotations
 
@@ -192,3 +193,52 @@ def test_bucketed_single_and_packed_compute_the_same_logps_and_gradients(tiny):
         for name, g in grads["single"].items():
             assert (grads[way][name] - g).norm() <= 1e-4 * g.norm().clamp(min=1e-12), (way, name)
     assert model.config._attn_implementation == attention  # each way leaves the model's attention as it found it
+
+
+# ---- bench/sft_throughput.py ------------------------------------------------------------------------
+
+
+def sft_report(fast_rows_per_s: float, fast_rss: float) -> dict:
+    engine = {"rows": 8, "steps": 2, "train_s": 1.0, "s_per_row": 0.1, "s_per_step": 0.5, "tokens_per_s": 1.0,
+              "peak_gpu_mem_gib": None, "first_loss": 2.0, "last_loss": 1.0, "load_avg_1min": [0.1, 0.2]}
+    return {"machine": {"kind": "cpu"},
+            "engines": {"trl": {**engine, "rows_per_s": 0.5, "peak_rss_gib": 8.0},
+                        "fast": {**engine, "rows_per_s": fast_rows_per_s, "peak_rss_gib": fast_rss}}}
+
+
+@pytest.mark.parametrize("fast,rss,met", [(2.0, 3.0, (True, True)), (1.0, 4.5, (False, False))])
+def test_the_sft_targets_are_fast_3x_trl_at_half_its_memory(fast, rss, met):
+    sft = bench_module("sft_throughput")
+    r = sft_report(fast, rss)
+    sft.summarize(r)
+    assert r["ratio_vs_trl"] == pytest.approx(fast / 0.5) and r["rss_ratio_vs_trl"] == pytest.approx(rss / 8.0)
+    assert (r["targets"]["ratio_vs_trl"]["met"], r["targets"]["rss_ratio_vs_trl"]["met"]) == met
+    assert r["targets"]["ratio_vs_trl"]["target"] == "≥ 3" and r["targets"]["rss_ratio_vs_trl"]["target"] == "≤ 0.5"
+    del r["engines"]["fast"]
+    r.pop("ratio_vs_trl"), r.pop("rss_ratio_vs_trl")
+    sft.summarize(r)  # one engine measured so far: no ratio, no verdict
+    assert "ratio_vs_trl" not in r and r["targets"] == {}
+
+
+def test_the_sft_benchmark_tiny_mode_trains_both_engines_and_writes_its_report(tmp_path):
+    """`--tiny`: a random 2-layer model, 8 rows at batch 4, both engines in their own process; the report
+    has every engine's numbers, the ratios of those numbers, and where they came from."""
+    import json
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "sft_throughput.py"), "--tiny", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "sft_throughput.json").read_text())
+    assert set(r["engines"]) == {"trl", "fast"} and r["setup"]["tiny"] is True and r["setup"]["rows"] == 8
+    for e in r["engines"].values():
+        assert e["rows"] == 8 and e["steps"] == 2 and e["rows_per_s"] == pytest.approx(8 / e["train_s"])
+        assert e["peak_rss_gib"] > 0.1 and len(e["load_avg_1min"]) == 2 and e["last_loss"] > 0
+    fast, trl = r["engines"]["fast"], r["engines"]["trl"]
+    assert r["ratio_vs_trl"] == pytest.approx(fast["rows_per_s"] / trl["rows_per_s"])
+    assert r["rss_ratio_vs_trl"] == pytest.approx(fast["peak_rss_gib"] / trl["peak_rss_gib"])
+    assert set(r["targets"]) == {"ratio_vs_trl", "rss_ratio_vs_trl"}
+    run = r["invocations"][0]
+    assert run["argv"] == ["--tiny", "--out", str(tmp_path)] and run["sections"] == ["trl", "fast"]
+    assert {"commit", "dirty", "started", "load_at_start"} <= run.keys()
+    assert "TINY run" in (tmp_path / "sft_throughput.md").read_text()

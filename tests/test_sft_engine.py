@@ -16,7 +16,14 @@ import torch
 from preftune.config import DataConfig, SFTConfig
 from preftune.data.fit import fit
 from preftune.data.prepare import prepare
-from preftune.dpo.engines import ENGINES, SFT_LOG_KEYS, TrainJob, latest_checkpoint
+from preftune.dpo.engines import (
+    CHECKPOINTS_DIR,
+    ENGINES,
+    SFT_LOG_KEYS,
+    TrainJob,
+    latest_checkpoint,
+    read_checkpoint_marker,
+)
 from preftune.dpo.engines.fast import SFTObjective
 from preftune.dpo.logps import (
     PairLogpsModule,
@@ -155,21 +162,64 @@ def test_a_fast_run_moves_every_weight_and_the_loss_falls(tiny_model, tiny_token
     assert [k for k in before if torch.equal(before[k], after[k])] == []
 
 
-def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_tokenizer, rows, tmp_path):
-    """Uninterrupted 4 steps vs 2 steps → checkpoint → resume for 2 more: identical final weights."""
-    settings = dict(batch_size=3, epochs=2, pack_tokens=1100)
-    straight = ENGINES["fast"](job(tiny_model, tiny_tokenizer, rows, tmp_path / "straight", **settings))
+@pytest.mark.parametrize("engine", ["fast", "trl"])
+def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_tokenizer, rows, tmp_path, engine):
+    """Uninterrupted 4 steps vs 2 steps → checkpoint → resume for 2 more: the same final weights and log."""
+    settings = dict(batch_size=3, epochs=2, pack_tokens=1100, engine=engine)
+    straight = ENGINES[engine](job(tiny_model, tiny_tokenizer, rows, tmp_path / "straight", **settings))
     saving = job(tiny_model, tiny_tokenizer, rows, tmp_path / "saving", save_steps=2, **settings)
-    ENGINES["fast"](saving)
-    checkpoint = latest_checkpoint(saving.out_dir)
-    assert checkpoint is not None and checkpoint.name == "checkpoint-2"
+    ENGINES[engine](saving)
+    checkpoint = saving.out_dir / CHECKPOINTS_DIR / "checkpoint-2"  # (TRL also saves the last step)
+    assert latest_checkpoint(saving.out_dir) is not None and read_checkpoint_marker(checkpoint)["step"] == 2
     resumed_job = job(tiny_model, tiny_tokenizer, rows, tmp_path / "resumed", **settings)
     resumed_job.resume_from = checkpoint
-    resumed = ENGINES["fast"](resumed_job)
+    resumed = ENGINES[engine](resumed_job)
     assert resumed.steps == straight.steps == 4 and [r["step"] for r in resumed.log] == [3, 4]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.log == straight.log[2:]  # num_tokens counts the steps before the checkpoint too
+    # the fast engine's num_tokens counts the steps before the checkpoint too; TRL 1.16 restarts its count
+    skip = {"num_tokens"} if engine == "trl" else set()
+    for mine, theirs in zip(resumed.log, straight.log[2:], strict=True):
+        assert {k: v for k, v in mine.items() if k not in skip} == pytest.approx(
+            {k: v for k, v in theirs.items() if k not in skip})
+
+
+def test_lora_runs_of_both_engines_agree_and_save_a_merged_model(tiny_model, tiny_tokenizer, rows, tmp_path):
+    """The same LoRA init (seeded before the adapter), the same two steps; each folder holds the adapter
+    and the merged model, which loads without peft and differs from the base."""
+    from transformers import AutoModelForCausalLM
+
+    settings = dict(batch_size=6, epochs=2, lora=True, lora_r=4, lora_alpha=8, lr=5e-2)
+    logs = {}
+    for engine in ("trl", "fast"):
+        result = ENGINES[engine](job(tiny_model, tiny_tokenizer, rows, tmp_path / engine, engine=engine, **settings))
+        logs[engine] = result.log
+        assert (tmp_path / engine / "adapter" / "adapter_config.json").is_file()
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / engine)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        q = "model.layers.0.self_attn.q_proj.weight"
+        assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])
+    for a, b in zip(logs["fast"], logs["trl"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    assert logs["fast"][1]["loss"] < logs["fast"][0]["loss"]
+
+
+@pytest.mark.parametrize("engine", ["fast", "trl"])
+def test_the_step_log_reaches_the_tracker(tiny_model, tiny_tokenizer, rows, tmp_path, engine):
+    """--report-to tensorboard: every logged SFT key, at its step, as train/<key>."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = sft_cfg(tiny_model, tmp_path, batch_size=3, engine=engine, report_to="tensorboard")
+    out = tmp_path / f"sft_{engine}"
+    out.mkdir()
+    result = ENGINES[engine](TrainJob(str(tiny_model), tiny_tokenizer, rows, cfg, 0, out, 3, out / "log.jsonl",
+                                      objective="sft"))
+    events = EventAccumulator(str(tmp_path / "tracking" / "tensorboard" / out.name))
+    events.Reload()
+    for key in set(SFT_LOG_KEYS) - {"step"}:
+        scalars = {e.step: e.value for e in events.Scalars(f"train/{key}")}
+        assert scalars == pytest.approx({r["step"]: r[key] for r in result.log}, rel=1e-6), key
 
 
 def test_an_unknown_objective_is_refused(tiny_model, tiny_tokenizer, rows, tmp_path):
@@ -232,9 +282,12 @@ def test_two_processes_follow_one_process(tiny_model, tmp_path, mode):
         assert "sharded across 2 processes" in done.stdout + done.stderr  # DTensor parameters seen, not assumed
     assert len(two) == len(single) == 2
     for a, b in zip(two, single):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
-        assert a["mean_token_accuracy"] == pytest.approx(b["mean_token_accuracy"]) and a["num_tokens"] == b["num_tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["mean_token_accuracy"] == pytest.approx(b["mean_token_accuracy"])
+        assert a["num_tokens"] == b["num_tokens"]
     assert two[-1]["loss"] < two[0]["loss"]
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
-    logits = [AutoModelForCausalLM.from_pretrained(r)(input_ids=ids).logits for r in (tmp_path / mode, tmp_path / "single")]
+    logits = [AutoModelForCausalLM.from_pretrained(r)(input_ids=ids).logits
+              for r in (tmp_path / mode, tmp_path / "single")]
     assert torch.allclose(*logits, atol=1e-3)  # the saved model is whole and the same

@@ -66,10 +66,11 @@ def rank_rows(batch: list[int], packed: list[PackedPair], pack_tokens: int, rank
 
 
 # ---- objectives: what differs between DPO and SFT ----------------------------------------------------
-# Each has `packed` (one segment per training row), `begin_step(batch)`, `row_loss(module, members)` →
-# (this row's share of the step's loss, its metric sums, keyed by `metrics`) and `logged(sums, window,
-# done)` → the values a logged step records. A row's share is scaled so that the shares summed over every row of every rank
-# are the step's loss: the loop multiplies by the world size, which DDP/FSDP's gradient average divides.
+# Each has `packed` (one segment per training row), `begin_step(batch)` (called for every step of the plan,
+# those a resumed run skips too), `row_loss(module, members)` → (this row's share of the step's loss, its
+# metric sums, keyed by `metrics`) and `logged(sums, window)` → the values a logged step records. The
+# shares of every row of every rank sum to the step's loss: the loop multiplies a share by the world
+# size, which DDP/FSDP's gradient average divides.
 
 
 def step_metrics(pol: torch.Tensor, rewards: torch.Tensor, losses: torch.Tensor) -> dict:
@@ -112,7 +113,7 @@ class DPOObjective:
         sums = step_metrics(pol.detach().float().cpu(), rewards.float().cpu(), losses.detach().float().cpu())
         return losses.sum() / len(self.batch), sums
 
-    def logged(self, sums: dict[str, float], window: list[list[int]], done: list[list[int]]) -> dict:
+    def logged(self, sums: dict[str, float], window: list[list[int]]) -> dict:
         pairs = sum(len(b) for b in window)
         return {k: v / pairs for k, v in sums.items()}
 
@@ -130,9 +131,11 @@ class SFTObjective:
 
     def __init__(self, job: TrainJob, precision: str):
         self.packed = [pack_completion(job.tokenizer, p.prompt, p.chosen) for p in job.pairs]
+        self.seen = 0  # prompt and completion tokens of every row so far (TRL's num_tokens)
 
     def begin_step(self, batch: list[int]) -> None:
         self.tokens = sum(self.packed[j].chosen_len for j in batch)  # known to every rank: no collective
+        self.seen += sum(len(self.packed[j]) for j in batch)
 
     def row_loss(self, module, members: list[int]) -> tuple[torch.Tensor, dict]:
         nll, top1 = sft_row_nll(module, pack_row([self.packed[j] for j in members]))
@@ -140,11 +143,9 @@ class SFTObjective:
         return loss, {"loss": loss.detach().float().cpu(), "correct": top1.sum().float().cpu(),
                       "completion_tokens": torch.tensor(float(len(top1)))}
 
-    def logged(self, sums: dict[str, float], window: list[list[int]], done: list[list[int]]) -> dict:
-        # TRL: the loss is the mean of the window's step losses; num_tokens counts prompt and completion
-        # tokens of every row trained so far; the accuracy is over the window's completion tokens
-        return {"loss": sums["loss"] / len(window),
-                "num_tokens": float(sum(len(self.packed[j]) for b in done for j in b)),
+    def logged(self, sums: dict[str, float], window: list[list[int]]) -> dict:
+        # as TRL: the loss is the mean of the window's step losses; the accuracy is over its completion tokens
+        return {"loss": sums["loss"] / len(window), "num_tokens": float(self.seen),
                 "mean_token_accuracy": sums["correct"] / sums["completion_tokens"]}
 
     @staticmethod
@@ -232,10 +233,10 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
     bar = tqdm(total=len(plan), initial=done, desc=f"train ({cfg.engine}, {job.objective})", unit="step",
                disable=not accelerator.is_main_process)
     for step, batch in enumerate(plan, start=1):
+        objective.begin_step(batch)
         if step <= done:  # resumed: the plan is a pure function of the seed, so skipping replays it exactly
             continue
         rows, most = rank_rows(batch, packed, pack_tokens, rank, world)
-        objective.begin_step(batch)
         # FSDP gathers weights in every forward, so every rank runs as many as the busiest; DDP syncs only
         # in the last backward, so a rank needs one forward at least (a dummy when it has no rows)
         forwards = most if cfg.fsdp else max(len(rows), 1)
@@ -257,8 +258,7 @@ def _train(job: TrainJob, tracking: trackers.Tracking | None) -> TrainResult:
         bar.update(1)
         if step % cfg.logging_steps == 0 or step == len(plan):
             record = {"step": step, "epoch": step / len(plan) * cfg.epochs,
-                      **objective.logged(_reduced(accelerator, window, objective.metrics), window_batches,
-                                         plan[:step]),
+                      **objective.logged(_reduced(accelerator, window, objective.metrics), window_batches),
                       "grad_norm": _scalar(grad_norm), "learning_rate": lr}
             window, window_batches = {}, []
             if accelerator.is_main_process:
