@@ -165,7 +165,7 @@ def test_a_fast_run_moves_every_weight_and_the_loss_falls(tiny_model, tiny_token
 @pytest.mark.parametrize("engine", ["fast", "trl"])
 def test_resume_from_a_checkpoint_replays_the_run_exactly(tiny_model, tiny_tokenizer, rows, tmp_path, engine):
     """Uninterrupted 4 steps vs 2 steps → checkpoint → resume for 2 more: the same final weights and log."""
-    settings = dict(batch_size=3, epochs=2, pack_tokens=1100, engine=engine)
+    settings = dict(batch_size=3, epochs=2, engine=engine, **({"pack_tokens": 1100} if engine == "fast" else {}))
     straight = ENGINES[engine](job(tiny_model, tiny_tokenizer, rows, tmp_path / "straight", **settings))
     saving = job(tiny_model, tiny_tokenizer, rows, tmp_path / "saving", save_steps=2, **settings)
     ENGINES[engine](saving)
