@@ -8,6 +8,7 @@ import torch
 from preftune.dpo.logps import ld_token_weights
 from preftune.dpo.losses import (
     LOSSES,
+    confidence_weights,
     configured,
     hinge_loss,
     ipo_loss,
@@ -22,6 +23,8 @@ from preftune.dpo.losses import (
     sigmoid_loss,
     sigmoid_norm_loss,
     simpo_loss,
+    smoothed_nll,
+    smooths,
 )
 
 
@@ -214,3 +217,74 @@ def test_pair_rewards_by_hand():
     assert {reward_name(n) for n in ("sigmoid", "hinge", "ipo", "rdpo")} == {"dpo"}
     assert (reward_name("simpo"), reward_name("sigmoid_norm"), reward_name("ld_dpo")) == ("simpo", "per_token",
                                                                                           "ld_dpo")
+
+
+# ---- label smoothing (conservative DPO) and confidence weights ----------------------------------------
+
+
+def test_label_smoothing_by_hand():
+    """B = −log σ(−z) = z − log σ(z), so (1−ε)·(−log σ(z)) + ε·B = −log σ(z) + ε·z. Margins z as above:
+    sigmoid, β = 0.5, h = 3 → z = 1.5, ε = 0.1: 0.2014133 + 0.15 = 0.3514133;
+    sigmoid_norm, β = 2, Δ = 1.25 → z = 2.5, ε = 0.2: 0.0788897 + 0.5 = 0.5788897;
+    rdpo, z = 1.5 + 0.1·6 = 2.1, ε = 0.1: 0.1155195 + 0.21 = 0.3255195;
+    simpo, z = 2 − 1 = 1, ε = 0.25: 0.3132617 + 0.25 = 0.5632617. Rewards do not change."""
+    losses, cr, rr = sigmoid_loss(*ARGS, beta=0.5, label_smoothing=0.1)
+    assert losses.item() == pytest.approx(0.3514133, abs=1e-6) and (cr.item(), rr.item()) == (1.0, -0.5)
+    norm = sigmoid_norm_loss(*ARGS, beta=2.0, nc=logps(2), nr=logps(4), label_smoothing=0.2)[0]
+    assert norm.item() == pytest.approx(0.5788897, abs=1e-6)
+    rdpo = rdpo_loss(*ARGS, beta=0.5, nc=logps(10), nr=logps(4), alpha=0.1, label_smoothing=0.1)[0]
+    assert rdpo.item() == pytest.approx(0.3255195, abs=1e-6)
+    simpo = simpo_loss(logps(-8.0), logps(-15.0), None, None, beta=2.0, nc=logps(4), nr=logps(5), gamma=1.0,
+                       label_smoothing=0.25)[0]
+    assert simpo.item() == pytest.approx(0.5632617, abs=1e-6)
+    assert torch.equal(ld_dpo_loss(*ARGS, 0.5, label_smoothing=0.1)[0], losses)  # DPO's, on LD log-probs
+    assert torch.equal(sigmoid_loss(*ARGS, beta=0.5, label_smoothing=0.0)[0], sigmoid_loss(*ARGS, beta=0.5)[0])
+
+
+def test_label_smoothing_stops_pushing_at_one_minus_epsilon():
+    """d/dz [−log σ(z) + ε·z] = −σ(−z) + ε: at z = 1.5, ε = 0.1: −(1 − 0.8175745) + 0.1 = −0.0824255 (still
+    pushing the margin up, less than DPO's −0.1824255); zero at σ(z) = 0.9, z = log 9; pulling back beyond.
+    At π = π_ref (z = 0) the loss stays log 2 for every ε."""
+    z = torch.tensor([1.5, math.log(9), 4.0], dtype=torch.float64, requires_grad=True)
+    smoothed_nll(z, 0.1).sum().backward()
+    assert z.grad[0].item() == pytest.approx(-0.0824255, abs=1e-6)
+    assert z.grad[1].item() == pytest.approx(0.0, abs=1e-12) and z.grad[2].item() > 0
+    zero = torch.zeros(1, dtype=torch.float64)
+    assert smoothed_nll(zero, 0.3).item() == pytest.approx(math.log(2))
+
+
+def test_the_sigmoid_family_is_what_config_lets_label_smoothing_apply_to():
+    from preftune.config import SMOOTHED_LOSSES, TRL_SMOOTHED_LOSSES, TrainConfig
+
+    assert tuple(n for n in LOSSES if smooths(n)) == SMOOTHED_LOSSES and not smooths("hinge") and not smooths("ipo")
+    assert set(TRL_SMOOTHED_LOSSES) <= set(SMOOTHED_LOSSES)
+    assert configured(TrainConfig(loss="rdpo", rdpo_alpha=0.1, label_smoothing=0.1)).keywords == {
+        "alpha": 0.1, "label_smoothing": 0.1}
+    assert configured(TrainConfig(label_smoothing=0.1))(*ARGS, 0.5)[0].item() == pytest.approx(0.3514133, abs=1e-6)
+
+
+def test_simpo_smoothing_matches_trl_cpo_trainers():
+    """TRL's CPOTrainer smooths SimPO as conservative DPO does: the same ε formula on the same margin."""
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo import CPOTrainer
+
+    torch.manual_seed(0)
+    pc, pr = -20 * torch.rand(6, dtype=torch.float64), -20 * torch.rand(6, dtype=torch.float64)
+    nc, nr = torch.randint(1, 30, (6,)), torch.randint(1, 30, (6,))
+    trainer = SimpleNamespace(alpha=0.0, beta=2.0, simpo_gamma=1.0, loss_type="simpo", label_smoothing=0.2,
+                              accelerator=SimpleNamespace(device="cpu"))
+    trl_losses = CPOTrainer.cpo_loss(trainer, pc / nc, pr / nr)[0]
+    assert torch.allclose(simpo_loss(pc, pr, None, None, 2.0, nc, nr, gamma=1.0, label_smoothing=0.2)[0], trl_losses)
+    assert not torch.allclose(simpo_loss(pc, pr, None, None, 2.0, nc, nr, gamma=1.0)[0], trl_losses)
+
+
+def test_confidence_weights_by_hand():
+    """Strengths 1, 4, 3, 4 (extra.confidence e.g. 4, 9, 2, 1): mean 3, weights 1/3, 4/3, 1, 4/3 (mean 1).
+    Per-pair losses 0.6, 0.3, 0.9, 0.2: weighted batch mean (0.2 + 0.4 + 0.9 + 0.2667) / 4 = 0.441667, where
+    the plain mean is 0.5: the barely-sure pair's large loss counts a third."""
+    w = confidence_weights([1, 4, 3, 4])
+    assert torch.allclose(w, torch.tensor([1 / 3, 4 / 3, 1.0, 4 / 3])) and w.mean().item() == pytest.approx(1.0)
+    losses = torch.tensor([0.6, 0.3, 0.9, 0.2])
+    assert (w * losses).mean().item() == pytest.approx(0.441667, abs=1e-6)
+    assert confidence_weights([2, 0, 2, 4]).tolist() == [1.0, 0.0, 1.0, 2.0]  # raw 5 (unsure): weight 0

@@ -47,6 +47,10 @@ ENGINE_LOSSES = registries.ENGINE_LOSSES  # the losses each engine trains; check
 # A loss's own setting → the loss that reads it (preftune.dpo.losses.LOSS_PARAMS / ld_alpha); set with any
 # other loss it would be ignored, so it is refused.
 LOSS_FIELDS = {"rdpo_alpha": "rdpo", "simpo_gamma": "simpo", "ld_alpha": "ld_dpo"}
+# The sigmoid family, −log σ(margin), which --label-smoothing applies to (preftune.dpo.losses.smooths), and those
+# of it the TRL engine smooths (engines/trl.py: TRL 1.16 smooths only summed log-ratios, in its "robust" loss)
+SMOOTHED_LOSSES = ("sigmoid", "sigmoid_norm", "rdpo", "simpo", "ld_dpo")
+TRL_SMOOTHED_LOSSES = ("sigmoid", "ld_dpo")
 FORMAT_NAMES = ("auto", *registries.FORMATS)  # 'auto' + preftune.data.adapters.ADAPTERS
 COLUMN_NAMES = registries.COLUMNS  # preftune.data.columns.COLUMNS (--column-map NAMEs)
 TRACKER_NAMES = ("none", *registries.TRACKERS)  # 'none' + preftune.runs.trackers.PACKAGES
@@ -203,6 +207,17 @@ class TrainConfig(Config):
     nll_weight: float = _opt(
         0.0, "Add this × the NLL of the chosen completion (mean per token over the batch, TRL's 'sft' term) to "
         "any --loss: RPO (arXiv:2404.19733) uses 1.0; keeps chosen likelihood from falling. 0: off.", ge=0)
+    label_smoothing: float = _opt(
+        0.0, "Conservative DPO (Mitchell 2023): take each label as flipped with probability ε, loss −(1−ε)·log σ(z) − "
+        "ε·log σ(−z) for the sigmoid-family losses (sigmoid, sigmoid_norm, rdpo, simpo, ld_dpo; not hinge or ipo). "
+        "TL;DR's labellers agree on ~3 pairs in 4, i.e. each flips ~0.15 of labels (docs/losses.md). --engine trl: "
+        "sigmoid and ld_dpo only. 0: off.",
+        ge=0, lt=0.5)
+    confidence_weight: bool = _opt(
+        False, "Weight each training pair's loss by its labeller's confidence strength |extra.confidence − 5| (1 barely "
+        "… 4 sure), divided by the mean over the training pairs (weights average 1; docs/losses.md). "
+        "summarize_from_feedback rows only: a training pair without a confidence is an error. --engine fast only "
+        "(TRL's DPOTrainer has no per-pair weights).")
     lora: bool = run_setting("lora")
     lora_r: int = run_setting("lora_r")
     lora_alpha: int = run_setting("lora_alpha")
@@ -237,7 +252,21 @@ class TrainConfig(Config):
         if self.loss not in ENGINE_LOSSES[self.engine]:
             raise PreftuneError(f"--loss {self.loss} is not available with --engine {self.engine} (TRL's DPOTrainer "
                                 f"has no such loss); use --engine fast")
+        self.check_label_noise()
         check_tuning(self)
+
+    def check_label_noise(self) -> None:
+        """--label-smoothing: the sigmoid family only, and with --engine trl what TRL smooths;
+        --confidence-weight: the fast engine only."""
+        if self.label_smoothing and self.loss not in SMOOTHED_LOSSES:
+            raise PreftuneError(f"--label-smoothing applies to the sigmoid-family losses ({', '.join(SMOOTHED_LOSSES)}), "
+                                f"got --loss {self.loss}")
+        if self.label_smoothing and self.engine == "trl" and self.loss not in TRL_SMOOTHED_LOSSES:
+            raise PreftuneError(f"--label-smoothing with --loss {self.loss} is not available with --engine trl (TRL "
+                                "smooths only summed log-ratios: sigmoid, ld_dpo); use --engine fast")
+        if self.confidence_weight and self.engine != "fast":
+            raise PreftuneError(f"--confidence-weight is not available with --engine {self.engine} (TRL's DPOTrainer "
+                                "has no per-pair weights); use --engine fast")
 
     @property
     def run_name(self) -> str:

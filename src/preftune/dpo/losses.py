@@ -4,14 +4,16 @@ Every loss takes the summed log-probs (B,) of the chosen and rejected completion
 the frozen reference, β, and the completions' token counts (B,), and returns `(losses, chosen_rewards,
 rejected_rewards)`, each (B,), rewards detached. The implicit reward of a completion y for prompt x is
     r(x, y) = β · (log π(y|x) − log π_ref(y|x))                    (DPO paper, Rafailov et al. 2023, Eq. 5)
-A loss's own settings are keyword arguments, filled from TrainConfig by `configured` (`LOSS_PARAMS`).
-The reward a run is evaluated and served with: `RewardRule` (`reward_rule`, `pair_rewards`). The TRL
-engine trains with TRL's implementation of each loss; these are the reference for everything else.
+A loss's own settings are keyword arguments, filled from TrainConfig by `configured` (`LOSS_PARAMS`); the
+sigmoid family takes `label_smoothing` too (`smoothed_nll`). The reward a run is evaluated and served with:
+`RewardRule` (`reward_rule`, `pair_rewards`). The TRL engine trains with TRL's implementation of each loss;
+these are the reference for everything else.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,9 +36,20 @@ def _logits(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> Tensor:
     return (pc - pr) - (rc - rr)
 
 
-def sigmoid_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc=None, nr=None):
+def smoothed_nll(z: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """−(1 − ε)·log σ(z) − ε·log σ(−z), (B,): the sigmoid family's loss of its margin z when each label is
+    flipped with probability ε (conservative DPO, Mitchell 2023; TRL's label_smoothing before 1.0). ε = 0 is
+    −log σ(z); at z = 0 it is log 2 for every ε. Its gradient vanishes at σ(z) = 1 − ε, not at z = ∞."""
+    losses = -F.logsigmoid(z)
+    if label_smoothing:
+        losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-z)
+    return losses
+
+
+def sigmoid_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc=None, nr=None,
+                 label_smoothing: float = 0.0):
     """DPO: −log σ(β·h)   (Rafailov et al. 2023, Eq. 7). At initialisation (π = π_ref) it is log 2."""
-    losses = -F.logsigmoid(beta * _logits(pc, pr, rc, rr))
+    losses = smoothed_nll(beta * _logits(pc, pr, rc, rr), label_smoothing)
     return losses, implicit_rewards(pc, rc, beta), implicit_rewards(pr, rr, beta)
 
 
@@ -56,41 +69,44 @@ def ipo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Te
 
 
 def rdpo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Tensor, nr: Tensor,
-              alpha: float = 0.01):
+              alpha: float = 0.01, label_smoothing: float = 0.0):
     """R-DPO: −log σ(β·h + α·(|y_w| − |y_l|))   (Park et al. 2024, arXiv:2403.19159, Eq. 9), lengths in
     tokens. From the objective r − α|y|: the α term grants a longer chosen completion its length, so the
     policy need not learn length to win the margin. Rewards are DPO's β·log-ratios (the α term is an
     allowance, not reward)."""
-    losses = -F.logsigmoid(beta * _logits(pc, pr, rc, rr) + alpha * (nc - nr))
+    losses = smoothed_nll(beta * _logits(pc, pr, rc, rr) + alpha * (nc - nr), label_smoothing)
     return losses, implicit_rewards(pc, rc, beta), implicit_rewards(pr, rr, beta)
 
 
-def sigmoid_norm_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Tensor, nr: Tensor):
+def sigmoid_norm_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc: Tensor, nr: Tensor,
+                      label_smoothing: float = 0.0):
     """Length-normalised DPO: −log σ(β·((log π(y_w) − log π_ref(y_w))/|y_w| − (log π(y_l) − log π_ref(y_l))/|y_l|))
     (arXiv:2407.15229; TRL loss_type "sigmoid_norm"). Per-token log-ratios are ~|y| times smaller than
     summed ones, so β must be larger (2–5; Tülu 3 uses 5). Rewards stay the summed β·log-ratios, as TRL
     logs them (evaluation ranks by the per-token ones: `pair_rewards`)."""
     chosen, rejected = (pc - rc) / nc.clamp(min=1), (pr - rr) / nr.clamp(min=1)
-    losses = -F.logsigmoid(beta * (chosen - rejected))
+    losses = smoothed_nll(beta * (chosen - rejected), label_smoothing)
     return losses, implicit_rewards(pc, rc, beta), implicit_rewards(pr, rr, beta)
 
 
-def simpo_loss(pc: Tensor, pr: Tensor, rc, rr, beta: float, nc: Tensor, nr: Tensor, gamma: float = 1.0):
+def simpo_loss(pc: Tensor, pr: Tensor, rc, rr, beta: float, nc: Tensor, nr: Tensor, gamma: float = 1.0,
+               label_smoothing: float = 0.0):
     """SimPO: −log σ(β/|y_w|·log π(y_w) − β/|y_l|·log π(y_l) − γ)   (Meng et al. 2024, arXiv:2405.14734,
     Eq. 6). No reference model (rc, rr are ignored); γ is TRL CPOConfig's `simpo_gamma` (the margin
     itself, not γ/β). Rewards: β·mean token log-prob, the paper's Eq. 4."""
     chosen, rejected = beta * pc / nc.clamp(min=1), beta * pr / nr.clamp(min=1)
-    losses = -F.logsigmoid(chosen - rejected - gamma)
+    losses = smoothed_nll(chosen - rejected - gamma, label_smoothing)
     return losses, chosen.detach(), rejected.detach()
 
 
 simpo_loss.reference_free = True
 
 
-def ld_dpo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc=None, nr=None):
+def ld_dpo_loss(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, nc=None, nr=None,
+                label_smoothing: float = 0.0):
     """LD-DPO: DPO's −log σ(β·h) on length-desensitised log-probs (arXiv:2409.06411, Eq. 12; TRL's
     DPOConfig.ld_alpha): pc..rr must come from `ld_logps`, for the policy and the reference alike."""
-    return sigmoid_loss(pc, pr, rc, rr, beta)
+    return sigmoid_loss(pc, pr, rc, rr, beta, label_smoothing=label_smoothing)
 
 
 ld_dpo_loss.length_desensitised = True
@@ -139,11 +155,28 @@ def ld_alpha(cfg) -> float | None:
     return getattr(cfg, "ld_alpha", 0.5) if getattr(LOSSES[cfg.loss], "length_desensitised", False) else None
 
 
+def smooths(name: str) -> bool:
+    """Whether the registered loss `name` is of the sigmoid family, so takes --label-smoothing (the
+    names are config.SMOOTHED_LOSSES, which the flag is checked against)."""
+    return "label_smoothing" in inspect.signature(LOSSES[name]).parameters
+
+
 def configured(cfg) -> LossFn:
-    """The run's loss with its own settings bound, called as loss(pc, pr, rc, rr, beta, nc, nr)."""
+    """The run's loss with its own settings bound, called as loss(pc, pr, rc, rr, beta, nc, nr).
+    --label-smoothing is bound when set (runs saved before it existed have none)."""
     fn = LOSSES[cfg.loss]
     params = {arg: getattr(cfg, name) for arg, name in LOSS_PARAMS.get(cfg.loss, {}).items()}
+    if getattr(cfg, "label_smoothing", 0.0):
+        params["label_smoothing"] = cfg.label_smoothing
     return functools.partial(fn, **params) if params else fn
+
+
+def confidence_weights(strengths: list[int]) -> Tensor:
+    """(N,) --confidence-weight's weight of each training pair: its labeller's confidence strength
+    |extra.confidence − 5| (0 … 4) over the mean strength of the N pairs, so the weights average 1 and
+    the loss keeps its scale. Linear in the strength: why, docs/losses.md."""
+    s = torch.tensor(strengths, dtype=torch.float64)
+    return (s / s.mean()).float()
 
 
 # ---- the implicit reward a run is evaluated with --------------------------------------------------

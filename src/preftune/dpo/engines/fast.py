@@ -10,11 +10,14 @@ and the LM head runs on completion positions only. How and why: docs/engines.md.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import torch
 from tqdm.auto import tqdm
 
+from preftune.data.options import confidence_strength
+from preftune.data.pairs import Pair
 from preftune.dpo.engines.base import (
     TrainJob,
     TrainResult,
@@ -35,13 +38,21 @@ from preftune.dpo.logps import (
     row_weights,
     slot_sums,
 )
-from preftune.dpo.losses import configured, is_reference_free, ld_alpha
+from preftune.dpo.losses import (
+    confidence_weights,
+    configured,
+    is_reference_free,
+    ld_alpha,
+)
 from preftune.dpo.refcache import reference_logps
+from preftune.errors import PreftuneError
 from preftune.models import disable_dropout, load_model
 from preftune.precision import ACCELERATE_NAMES, DTYPES, resolve
 from preftune.runs import trackers
 
 MAX_GRAD_NORM = 1.0  # HF Trainer's default, which the TRL engines use
+
+logger = logging.getLogger(__name__)
 
 
 def batches(n: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
@@ -88,15 +99,37 @@ def step_metrics(pol: torch.Tensor, rewards: torch.Tensor, losses: torch.Tensor)
     }
 
 
+def pair_weights(pairs: list[Pair]) -> torch.Tensor:
+    """(N,) --confidence-weight's weights (`losses.confidence_weights`) of the training pairs, logged by
+    strength; refused when a pair has no labeller confidence or none is above unsure (all weights 0)."""
+    strengths = [confidence_strength(p) for p in pairs]
+    missing = [p.source for p, s in zip(pairs, strengths) if s is None]
+    if missing:
+        raise PreftuneError(f"--confidence-weight: {len(missing):,} of {len(pairs):,} training pairs have no labeller "
+                            f"confidence (e.g. {missing[0]}); only summarize_from_feedback rows with extra.confidence "
+                            "carry one: drop --confidence-weight, or add --min-confidence 1 to train on those that do")
+    if not any(strengths):
+        raise PreftuneError(f"--confidence-weight: all {len(pairs):,} training pairs have confidence strength 0 "
+                            f"(extra.confidence 5, e.g. {pairs[0].source}), so every weight would be 0")
+    weights = confidence_weights(strengths)
+    by_strength = {s: round(weights[strengths.index(s)].item(), 3) for s in sorted(set(strengths))}
+    logger.info(f"train: --confidence-weight: weight by confidence strength {by_strength} "
+                f"(mean strength {sum(strengths) / len(strengths):.3f} over {len(pairs):,} pairs)")
+    return weights
+
+
 class DPOObjective:
-    """Pairs `[prompt | chosen | rejected]` against the reference: a registered loss (`dpo.losses`), plus
-    --nll-weight × the chosen tokens' NLL; logs TRL DPOTrainer's keys (`engines.LOG_KEYS`)."""
+    """Pairs `[prompt | chosen | rejected]` against the reference: a registered loss (`dpo.losses`), each
+    pair's weighted by --confidence-weight, plus --nll-weight × the chosen tokens' NLL (unweighted: a
+    token mean over the batch, as TRL's); logs TRL DPOTrainer's keys (`engines.LOG_KEYS`)."""
 
     metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                "logps/rejected")  # step_metrics' keys
 
     def __init__(self, job: TrainJob, precision: str):
         self.cfg, self.loss_fn, self.ld_alpha = job.cfg, configured(job.cfg), ld_alpha(job.cfg)
+        # (N,) or None; before the reference pass, so a refusal costs no work
+        self.weights = pair_weights(job.pairs) if getattr(job.cfg, "confidence_weight", False) else None
         self.packed = [pack_pair(job.tokenizer, p.prompt, p.chosen, p.rejected) for p in job.pairs]
         self.ref = reference(job, self.packed, precision)  # first, so the reference is gone before training
 
@@ -109,6 +142,8 @@ class DPOObjective:
         pairs = [self.packed[j] for j in members]
         pol, nll = _row_logps(module, pack_row(pairs), self.ld_alpha)  # (k, 2), (k,)
         losses, rewards = _losses(self.loss_fn, pol, self.ref[members].to(pol.device), self.cfg.beta, pairs)
+        if self.weights is not None:  # before the batch mean: Σ w_i·ℓ_i / B
+            losses = losses * self.weights[members].to(losses.device, losses.dtype)
         losses = losses + self.nll_scale * nll  # per pair: their mean is the DPO mean + α·token-mean NLL
         sums = step_metrics(pol.detach().float().cpu(), rewards.float().cpu(), losses.detach().float().cpu())
         return losses.sum() / len(self.batch), sums

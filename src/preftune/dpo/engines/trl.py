@@ -2,9 +2,10 @@
 
 Pairs arrive fitted to max_length (TRL would cut the summary or drop the pair); the prompt column is
 always passed; bf16/fp16 follow --precision (DPOConfig's bf16 default is ~10× slower on most CPUs); the
-reference is the initial policy. `trl_loss_settings` maps --loss/--ld-alpha/--nll-weight to TRL's
-loss_type/loss_weights/ld_alpha (R-DPO and SimPO are refused by the config). The callbacks and
-`save_trained` here serve the SFT engine (trl_sft.py) too. Conventions: docs/engines.md.
+reference is the initial policy. `trl_loss_settings` maps --loss/--ld-alpha/--nll-weight/--label-smoothing
+to TRL's loss_type/loss_weights/ld_alpha/label_smoothing (the config refuses R-DPO, SimPO and
+--confidence-weight). The callbacks and `save_trained` here serve the SFT engine (trl_sft.py) too.
+Conventions: docs/engines.md.
 """
 
 from __future__ import annotations
@@ -77,14 +78,27 @@ TRL_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo", "sigmoid_nor
 
 
 def trl_loss_settings(cfg) -> dict:
-    """DPOConfig's loss_type, loss_weights and ld_alpha for the run's loss; --nll-weight adds TRL's "sft"
-    term (the chosen tokens' mean NLL) with that weight."""
+    """DPOConfig's loss_type, loss_weights, label_smoothing and ld_alpha for the run's loss; --nll-weight adds
+    TRL's "sft" term (the chosen tokens' mean NLL) with that weight. --label-smoothing ε: TRL 1.16's "sigmoid"
+    ignores label_smoothing, which only its "robust" loss R_ε = ((1−ε)·A − ε·B)/(1−2ε) reads (A = −log σ(βh),
+    B = −log σ(−βh)); conservative DPO (1−ε)·A + ε·B is exactly 2(1−ε)·A − (1−2ε)·R_ε, so the two terms with
+    those weights (ε < 0.5). Both are on summed log-ratios: sigmoid_norm is not smoothed (config refuses it)."""
     if cfg.loss not in TRL_LOSSES:
         raise PreftuneError(f"--loss {cfg.loss} is not in TRL's DPOTrainer; use --engine fast")
+    if getattr(cfg, "confidence_weight", False):
+        raise PreftuneError("--confidence-weight is not available with --engine trl (TRL's DPOTrainer has no "
+                            "per-pair weights); use --engine fast")
+    eps = getattr(cfg, "label_smoothing", 0.0)
     types, weights = [TRL_LOSSES[cfg.loss]], [1.0]
+    if eps:
+        if types != ["sigmoid"]:
+            raise PreftuneError(f"--label-smoothing with --loss {cfg.loss} is not available with --engine trl; "
+                                "use --engine fast")
+        types, weights = ["sigmoid", "robust"], [2 * (1 - eps), -(1 - 2 * eps)]
     if cfg.nll_weight:
         types, weights = types + ["sft"], weights + [cfg.nll_weight]
-    return {"loss_type": types, "loss_weights": weights, "ld_alpha": cfg.ld_alpha if cfg.loss == "ld_dpo" else None}
+    return {"loss_type": types, "loss_weights": weights, "label_smoothing": eps,
+            "ld_alpha": cfg.ld_alpha if cfg.loss == "ld_dpo" else None}
 
 
 def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
