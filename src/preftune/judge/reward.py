@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from preftune import fmt
 from preftune.config import DEFAULT_RM
 from preftune.data.balance import token_lengths
 from preftune.data.prepare import Pair
@@ -284,12 +285,13 @@ def pairwise_metrics(chosen_r: torch.Tensor, rejected_r: torch.Tensor, pairs: li
     return out
 
 
-def _f(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
+def _f(x: float | None, sign: bool = False) -> str:
+    return fmt.number(x, 3 if sign else 4, sign=sign, gap="n/a")
 
 
 def _ci(c) -> str:
-    return "" if not c else f"  (95% CI {c[0]:.3f}–{c[1]:.3f})"
+    interval = fmt.span(c, 3)
+    return f"  (95% CI {interval})" if interval else ""
 
 
 def format_rm_table(m: dict) -> str:
@@ -304,9 +306,9 @@ def format_rm_table(m: dict) -> str:
         if s:
             rows.append((f"  accuracy where {label}", f"{_f(s['accuracy'])}{_ci(s['ci95'])}  (n={s['n']})"))
     rows += [
-        ("reward vs length (tokens): Pearson", f"{_f(m.get('reward_length_pearson'), '+.3f')}"
+        ("reward vs length (tokens): Pearson", f"{_f(m.get('reward_length_pearson'), sign=True)}"
                                               f"  (over {m.get('correlation_n', 0)} held-out summaries)"),
-        ("reward vs length (tokens): Spearman", _f(m.get("reward_length_spearman"), "+.3f")),
+        ("reward vs length (tokens): Spearman", _f(m.get("reward_length_spearman"), sign=True)),
         ("'longer wins' baseline", _f(m["longer_wins_baseline"])),
         ("RM ranks the longer summary first", _f(m["rm_picks_longer"])),
         ("Bradley–Terry loss", f"{_f(m['bt_loss'])}  (log 2 = 0.6931 at chance)"),
@@ -329,14 +331,14 @@ def rm_strength(rm_eval: dict) -> tuple[str, str]:
     folder predates the measure); moderate: above 0.5 but below BALANCED_OK; ok: from BALANCED_OK."""
     acc, n = rm_eval["accuracy"], rm_eval["n"]
     bal, ci = rm_eval.get("length_balanced_accuracy"), rm_eval.get("length_balanced_ci95")
-    raw = f"{acc:.1%} raw accuracy on {n} held-out human pairs"
+    raw = f"{fmt.percent(acc)} raw accuracy on {n} held-out human pairs"
     if bal is None or not ci:
         return "weak", (f"WEAK VERDICT: the reward model has {raw}, but no length-balanced accuracy (trained before "
                         "preftune measured it, or its held-out pairs lack a length stratum), so it cannot be told "
                         "apart from a length counter; retrain it with `preftune rm train`.")
     lo, hi = ci
-    said = (f"the reward model's length-balanced accuracy is {bal:.1%} (95% CI {lo:.1%}–{hi:.1%}; a length counter "
-            f"scores 50%; {raw}, {LITERATURE_NOTE})")
+    said = (f"the reward model's length-balanced accuracy is {fmt.percent(bal)} (95% CI "
+            f"{fmt.span(ci, 1, as_percent=True)}; a length counter scores 50%; {raw}, {LITERATURE_NOTE})")
     if lo <= 0.5:
         return "weak", (f"WEAK VERDICT: {said}. Beyond length it is not distinguishable from chance, so its "
                         "preferences cannot say which summaries are better; read the numbers below as description, "
