@@ -128,6 +128,13 @@ def partial_of(final: Path) -> Path:
     return final.with_name(final.name + PARTIAL_SUFFIX)
 
 
+def lock_of(final: Path) -> Path:
+    """ROOT/.NAME.lock: the lock a writer of ROOT/NAME holds (runs/lock.py); beside the folder, so it
+    outlives the rename NAME.partial → NAME."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.lock")
+
+
 def is_partial(path: Path) -> bool:
     """A NAME.partial folder's path (an interrupted or running run)."""
     return Path(path).name.endswith(PARTIAL_SUFFIX)

@@ -1,7 +1,8 @@
 """One lifecycle for the three trainers — `train` (dpo), `sft`, `rm train` (rm) — described in docs/runs.md.
 
 `begin`, before any work: the launch is one process group, the precision runs here, the tracker is
-installed, ROOT/NAME may be written (checked once, agreed by every rank). `Lifecycle.open`: the resume
+installed and can write, ROOT/NAME may be written (checked once, agreed by every rank) and is locked
+(runs/lock.py) until `finish` or the `with` block ends. `Lifecycle.open`: the resume
 point every rank agrees on, then rank 0 sets up NAME.partial (the run's spec first, so a re-run can tell
 its checkpoints are this run's) and rewinds its log to that checkpoint. `Lifecycle.tracking`: --report-to.
 `Lifecycle.finish` (rank 0): metrics.json and preftune_config.json (one schema, `kind` dpo | sft | rm,
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,13 +55,26 @@ EVAL_ONLY = ("evaluate", "max_eval_pairs")
 # ---- the destination: ROOT/NAME, written as ROOT/NAME.partial ---------------------------------------
 
 
+def make_root(root: Path) -> None:
+    """ROOT (--output-dir) as a writable folder, created if needed, or a one-line error before any work."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise PreftuneError(f"--output-dir {root} is a file, not a folder; pass a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreftuneError(f"--output-dir {root}: cannot create it ({e.strerror or e}); pass another folder") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PreftuneError(f"--output-dir {root} is not writable; pass another folder")
+
+
 def check_destination(final: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing ROOT/NAME unless --overwrite."""
+    """Refuse to replace an existing ROOT/NAME unless --overwrite; a file there is never replaced."""
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
     if final.exists() and not final.is_dir():
         raise PreftuneError(f"{final} exists and is a file, not a folder; move it away first")
+    if final.exists() and not overwrite:
+        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
 
 
 def begin_partial(final: Path, resume: bool = False) -> Path:
@@ -182,7 +197,13 @@ def begin(kind: str, cfg: Any, name: str | None = None) -> Lifecycle:
         raise PreftuneError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node N")
     trackers.require(cfg.report_to)
     life = Lifecycle(kind, cfg, name or cfg.run_name, rank, world_size)
-    agreed(check_destination, life.final, cfg.overwrite)  # every rank's disk: the same answer on every rank
+    from_rank_zero(life.lock)  # the rank that writes: ROOT exists, and no other process writes ROOT/NAME
+    try:
+        agreed(check_destination, life.final, cfg.overwrite)  # every rank's disk: the same answer on every rank
+        agreed(trackers.check_paths, cfg, life.name)  # where --report-to writes: folders, writable
+    except BaseException:
+        life.release()
+        raise
     return life
 
 
@@ -197,6 +218,26 @@ class Lifecycle:
     world_size: int
     started: float = field(default_factory=time.perf_counter)
     resume_from: Path | None = None  # the checkpoint `open` agreed on
+    held: Any = None  # rank 0: the FolderLock on ROOT/NAME (runs/lock.py), from `begin` to `finish`
+
+    def lock(self) -> None:
+        """Rank 0: make ROOT and take ROOT/NAME's lock (a second writer is refused in one line)."""
+        from preftune.runs.lock import run_lock
+
+        make_root(self.cfg.output_dir)
+        self.held = run_lock(self.final).acquire()
+
+    def release(self) -> None:
+        """Let go of ROOT/NAME's lock (the OS also does, when the process dies)."""
+        if self.held is not None:
+            self.held.release()
+            self.held = None
+
+    def __enter__(self) -> Lifecycle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     @property
     def final(self) -> Path:
@@ -267,5 +308,6 @@ class Lifecycle:
             "chain": model_chain(self.cfg.model) + [chain or self.chain_entry()],  # base → [SFT →] DPO
         })
         final = finish_partial(self.partial)  # checkpoints kept until now: a kill in evaluation resumes
+        self.release()
         logger.info(f"run: {final}")
         return final

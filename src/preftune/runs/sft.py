@@ -19,7 +19,7 @@ from preftune.data.fit import fit
 from preftune.data.pairs import Pair, Tally
 from preftune.data.rows import RowError, RowSkip, text_id
 from preftune.errors import DataError, PreftuneError
-from preftune.runs.lifecycle import begin, per_device_batch
+from preftune.runs.lifecycle import Lifecycle, begin, per_device_batch
 from preftune.runs.results import read_train_log
 
 logger = logging.getLogger(__name__)
@@ -129,10 +129,14 @@ def load_rows(data_cfg: DataConfig, cfg: SFTConfig, tokenizer) -> tuple[list[Pai
 def sft(data_cfg: DataConfig, cfg: SFTConfig, name: str | None = None) -> Path:
     """`preftune sft`: rows → fitted rows → engine (objective "sft") → ROOT/NAME (written as NAME.partial).
     Under torchrun every rank trains; rank 0 writes. Returns the folder."""
+    with begin("sft", cfg, name) as life:  # before any work; ROOT/NAME locked until the run is written
+        return _sft(data_cfg, cfg, life)
+
+
+def _sft(data_cfg: DataConfig, cfg: SFTConfig, life: Lifecycle) -> Path:
     from preftune.dpo.engines import ENGINES, TrainJob
     from preftune.models import load_tokenizer, resolve_model
 
-    life = begin("sft", cfg, name)  # before any work
     per_device = per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
     resolved = resolve_model(cfg.model)
     logger.info(f"model: {cfg.model} ← {resolved.source}")

@@ -49,6 +49,50 @@ def require(report_to: str) -> None:
                             f"run `pip install {package}`{extra}")
 
 
+def writable_folder(path: Path, what: str) -> None:
+    """`path` is (made) a folder this process can write into; else a one-line error naming it and `what`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PreftuneError(f"{what}: {path} is a file, not a folder; move it away or change {what}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreftuneError(f"{what}: cannot create {path} ({e.strerror or e}); change {what}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PreftuneError(f"{what}: {path} is not writable; change {what}")
+
+
+def check_paths(cfg: Any, run: str) -> None:
+    """Before any work: every folder `--report-to` will write for run `run` is a writable folder (created
+    here), so a tracker that cannot write stops the command before training, not after it."""
+    if cfg.report_to == "none":
+        return
+    tracking = Tracking(cfg.report_to, project_name(cfg), run, Path(cfg.output_dir))
+    flag = f"--report-to {cfg.report_to}"
+    where = {"tensorboard": [(tracking.tensorboard_root / run, f"{flag} (--output-dir)")],
+             "trackio": [(_trackio_store(tracking), "TRACKIO_DIR" if "TRACKIO_DIR" in os.environ
+                          else f"{flag} (--output-dir)")],
+             "wandb": [(Path(os.environ.get("WANDB_DIR") or tracking.folder), "WANDB_DIR" if "WANDB_DIR" in os.environ
+                        else f"{flag} (--output-dir)")],
+             "mlflow": [] if "MLFLOW_TRACKING_URI" in os.environ else [(tracking.folder / "mlruns", f"{flag} (--output-dir)")]}
+    for path, what in where[cfg.report_to]:
+        writable_folder(path, what)
+
+
+def check_written(tracking: Tracking) -> None:
+    """After training (rank 0): the local tracker wrote the run where tracking.json says; trackio and
+    TensorBoard only warn when they cannot, which must fail the command, not pass as tracked."""
+    if tracking.report_to == "tensorboard":
+        folder = tracking.tensorboard_root / tracking.run
+        if not any(p.name.startswith("events.out.tfevents") for p in folder.rglob("*") if p.is_file()):
+            raise PreftuneError(f"--report-to tensorboard wrote no event file under {folder}; the run is not tracked")
+    elif tracking.report_to == "trackio":
+        db = _trackio_store(tracking) / f"{tracking.project}.db"
+        if not db.is_file():
+            raise PreftuneError(f"--report-to trackio wrote nothing to {db}; the run is not tracked (is the trackio "
+                                "store, TRACKIO_DIR, writable?)")
+
+
 def project_name(cfg: Any) -> str:
     """--tracker-project, else the --output-dir folder's name (`runs` for ROOT=runs)."""
     return cfg.tracker_project or Path(cfg.output_dir).resolve().name or "preftune"
@@ -242,6 +286,8 @@ def reporting(cfg: Any, run_dir: Path, run: str, settings: dict, resumed_step: i
                            f"{_trackio_store(tracking)}, so this run is logged there, not in {wanted}")
     with _environment(tracking.environment()):
         yield tracking
+    if log.rank() == 0:
+        check_written(tracking)
     if cfg.report_to == "mlflow" and log.rank() == 0:  # the id MLflow gave the run: the eval metrics go to it
         import mlflow
 
