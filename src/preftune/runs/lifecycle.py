@@ -293,6 +293,7 @@ class Lifecycle:
     def finish(self, data_cfg: Any, metrics: dict, record: dict, chain: dict | None = None) -> Path:
         """Rank 0, once every other file is in NAME.partial: metrics.json (with the last logged values and
         this invocation's wall time) and preftune_config.json, then NAME.partial → NAME. Returns NAME."""
+        trackers.check_written(self.partial, Path(self.cfg.output_dir))  # before the run counts as finished
         log = read_train_log(self.log_path)
         atomic_write_json(self.partial / METRICS_FILE, {
             **metrics, "final": {k: v for k, v in (log[-1] if log else {}).items() if k != "step"},

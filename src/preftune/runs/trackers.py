@@ -49,17 +49,20 @@ def require(report_to: str) -> None:
                             f"run `pip install {package}`{extra}")
 
 
-def writable_folder(path: Path, what: str) -> None:
-    """`path` is (made) a folder this process can write into; else a one-line error naming it and `what`."""
+def writable_folder(path: Path, flag: str, what: str) -> None:
+    """`path` is (made) a folder this process can write into; else a one-line error naming `flag`, the
+    path in the way and `what` to change."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise PreftuneError(f"{what}: {path} is a file, not a folder; move it away or change {what}")
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == path else f" (it writes to {path})"
+        raise PreftuneError(f"{flag}: {blocker} is a file, not a folder{where}; move it away or change {what}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PreftuneError(f"{what}: cannot create {path} ({e.strerror or e}); change {what}") from None
+        raise PreftuneError(f"{flag}: cannot create {path} ({e.strerror or e}); change {what}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise PreftuneError(f"{what}: {path} is not writable; change {what}")
+        raise PreftuneError(f"{flag}: {path} is not writable; change {what}")
 
 
 def check_paths(cfg: Any, run: str) -> None:
@@ -68,29 +71,43 @@ def check_paths(cfg: Any, run: str) -> None:
     if cfg.report_to == "none":
         return
     tracking = Tracking(cfg.report_to, project_name(cfg), run, Path(cfg.output_dir))
-    flag = f"--report-to {cfg.report_to}"
-    where = {"tensorboard": [(tracking.tensorboard_root / run, f"{flag} (--output-dir)")],
-             "trackio": [(_trackio_store(tracking), "TRACKIO_DIR" if "TRACKIO_DIR" in os.environ
-                          else f"{flag} (--output-dir)")],
-             "wandb": [(Path(os.environ.get("WANDB_DIR") or tracking.folder), "WANDB_DIR" if "WANDB_DIR" in os.environ
-                        else f"{flag} (--output-dir)")],
-             "mlflow": [] if "MLFLOW_TRACKING_URI" in os.environ else [(tracking.folder / "mlruns", f"{flag} (--output-dir)")]}
-    for path, what in where[cfg.report_to]:
-        writable_folder(path, what)
+    env = {"trackio": "TRACKIO_DIR", "wandb": "WANDB_DIR", "mlflow": "MLFLOW_TRACKING_URI"}.get(cfg.report_to)
+    if env and env in os.environ:
+        if cfg.report_to == "mlflow":
+            return  # a server or a store of the user's choice: MLflow checks it
+        folder, what = (_trackio_store(tracking) if cfg.report_to == "trackio" else Path(os.environ[env])), env
+    else:
+        folder = {"tensorboard": tracking.tensorboard_root / run, "trackio": _trackio_store(tracking),
+                  "wandb": tracking.folder, "mlflow": tracking.folder / "mlruns"}[cfg.report_to]
+        what = "--output-dir"
+    writable_folder(folder, f"--report-to {cfg.report_to}", what)
 
 
-def check_written(tracking: Tracking) -> None:
-    """After training (rank 0): the local tracker wrote the run where tracking.json says; trackio and
-    TensorBoard only warn when they cannot, which must fail the command, not pass as tracked."""
+def check_written(run_dir: Path, root: Path) -> None:
+    """Once a run is logged (rank 0): its local tracker (run_dir/tracking.json's) wrote it where the record
+    says; trackio and TensorBoard only warn when they cannot, which must fail the command, not pass as
+    tracked. No record: nothing to check."""
+    tracking = _from_record(_read_record(run_dir) or {}, Path(root))
+    if tracking is None:
+        return
     if tracking.report_to == "tensorboard":
         folder = tracking.tensorboard_root / tracking.run
         if not any(p.name.startswith("events.out.tfevents") for p in folder.rglob("*") if p.is_file()):
             raise PreftuneError(f"--report-to tensorboard wrote no event file under {folder}; the run is not tracked")
     elif tracking.report_to == "trackio":
         db = _trackio_store(tracking) / f"{tracking.project}.db"
-        if not db.is_file():
-            raise PreftuneError(f"--report-to trackio wrote nothing to {db}; the run is not tracked (is the trackio "
-                                "store, TRACKIO_DIR, writable?)")
+        if not db.is_file() or tracking.run not in _trackio_runs(tracking.project):
+            raise PreftuneError(f"--report-to trackio could not write run {tracking.run} to {db}; the run is not "
+                                "tracked (check that the trackio store, TRACKIO_DIR, is writable)")
+
+
+def _trackio_runs(project: str) -> list[str]:
+    try:
+        from trackio.sqlite_storage import SQLiteStorage
+
+        return list(SQLiteStorage.get_runs(project))
+    except Exception:  # noqa: BLE001 - an unreadable store holds no run
+        return []
 
 
 def project_name(cfg: Any) -> str:
@@ -286,8 +303,6 @@ def reporting(cfg: Any, run_dir: Path, run: str, settings: dict, resumed_step: i
                            f"{_trackio_store(tracking)}, so this run is logged there, not in {wanted}")
     with _environment(tracking.environment()):
         yield tracking
-    if log.rank() == 0:
-        check_written(tracking)
     if cfg.report_to == "mlflow" and log.rank() == 0:  # the id MLflow gave the run: the eval metrics go to it
         import mlflow
 
