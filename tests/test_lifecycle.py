@@ -264,3 +264,41 @@ def test_the_run_lock_is_the_oss_a_killed_holder_leaves_none(tmp_path):
     assert life.held is None
     with begin("dpo", cfg):  # released by the `with`: taken again in the same process
         pass
+
+
+# ---- the chain of the model a run starts from ------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"kind": "sft", "chain": [{"kind": "ba', "not valid JSON"),
+    ('["sft"]', "expected a JSON object, got a list"),
+    ('{"kind": "sft", "run_name": "s"}', "key 'chain' must be a list of steps"),
+    ('{"kind": "sft", "chain": [{"kind": "base"}, "sft"]}', "key 'chain' must be a list of steps"),
+])
+def test_a_damaged_config_of_the_starting_model_is_an_error_before_any_work(tmp_path, content, message):
+    """A damaged SFT config silently dropped the SFT step from the DPO run's chain (base → DPO)."""
+    from preftune.runs.lifecycle import begin
+
+    model = tmp_path / "sft_model_lr1e-05_bs8_epoch1"
+    model.mkdir()
+    (model / "preftune_config.json").write_text(content)
+    with pytest.raises(PreftuneError, match=f"^{model / 'preftune_config.json'}: {message}"):
+        begin("dpo", TrainConfig(model=str(model), output_dir=str(tmp_path / "runs")))
+    assert [p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_the_chain_of_a_starting_run_is_read_at_begin(tmp_path):
+    from preftune.runs.lifecycle import begin
+
+    model = tmp_path / "sft"
+    model.mkdir()
+    (model / "preftune_config.json").write_text(json.dumps(
+        {"kind": "sft", "chain": [{"kind": "base", "model": "m"}, {"kind": "sft", "run": "sft", "path": "/gone"}]}))
+    with begin("dpo", TrainConfig(model=str(model), output_dir=str(tmp_path / "runs"))) as life:
+        assert [e["kind"] for e in life.base_chain] == ["base", "sft"]
+        assert life.base_chain[-1]["path"] == str(model.resolve())
+    old_dpo = tmp_path / "old"  # a DPO run from before kinds and chains: base → DPO, rebuilt
+    old_dpo.mkdir()
+    (old_dpo / "preftune_config.json").write_text(json.dumps({"train": {"model": "tiny"}}))
+    with begin("dpo", TrainConfig(model=str(old_dpo), output_dir=str(tmp_path / "runs"))) as life:
+        assert [e["kind"] for e in life.base_chain] == ["base", "dpo"]

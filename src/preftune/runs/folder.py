@@ -321,16 +321,19 @@ def chain_of(config: dict, name: str, path: str | None = None) -> list[dict]:
 
 def model_chain(spec: str) -> list[dict]:
     """The chain of the model a new run starts from: a preftune run folder's own chain (its last entry's
-    path set to where it is now), else the model itself as the base."""
+    path set to where it is now), else the model itself as the base. A run folder whose preftune_config.json
+    is damaged is an error naming it: the chain would silently lose its steps (an SFT before this DPO)."""
     folder = Path(spec).expanduser()
-    config = None
-    if folder.is_dir():
-        try:
-            config = read_json(folder / CONFIG_FILE, missing_ok=True)
-        except PreftuneError:
-            config = None
-    if not config:
+    path = folder / CONFIG_FILE
+    if not folder.is_dir() or not path.exists():
         return [{"kind": "base", "model": spec}]
+    config = read_json(path)  # damaged: one line naming the file
+    chain = config.get("chain")
+    if "chain" in config or config.get("kind") not in (None, DPO_KIND):  # only an old DPO run has none
+        if not (isinstance(chain, list) and chain and all(isinstance(e, dict) and isinstance(e.get("kind"), str)
+                                                          for e in chain)):
+            raise PreftuneError(f"{path}: key 'chain' must be a list of steps ({{\"kind\": ...}}, oldest first), got "
+                                f"{json_kind(chain)}; the file is damaged: re-create the run (--model {spec})")
     chain = chain_of(config, folder.name)
     chain[-1]["path"] = str(folder.resolve())
     return chain

@@ -201,6 +201,7 @@ def begin(kind: str, cfg: Any, name: str | None = None) -> Lifecycle:
     try:
         agreed(check_destination, life.final, cfg.overwrite)  # every rank's disk: the same answer on every rank
         agreed(trackers.check_paths, cfg, life.name)  # where --report-to writes: folders, writable
+        life.base_chain = agreed(model_chain, cfg.model)  # a damaged model folder's config: an error now
     except BaseException:
         life.release()
         raise
@@ -218,6 +219,7 @@ class Lifecycle:
     world_size: int
     started: float = field(default_factory=time.perf_counter)
     resume_from: Path | None = None  # the checkpoint `open` agreed on
+    base_chain: list | None = None  # the chain of the model it starts from (`model_chain`), read in `begin`
     held: Any = None  # rank 0: the FolderLock on ROOT/NAME (runs/lock.py), from `begin` to `finish`
 
     def lock(self) -> None:
@@ -306,7 +308,8 @@ class Lifecycle:
             SETTINGS_KEY[self.kind]: asdict(self.cfg),
             "world_size": self.world_size,
             **record,
-            "chain": model_chain(self.cfg.model) + [chain or self.chain_entry()],  # base → [SFT →] DPO
+            "chain": (self.base_chain if self.base_chain is not None else model_chain(self.cfg.model))
+            + [chain or self.chain_entry()],  # base → [SFT →] DPO
         })
         final = finish_partial(self.partial)  # checkpoints kept until now: a kill in evaluation resumes
         self.release()
