@@ -11,6 +11,7 @@ the chain base → [SFT →] DPO), then NAME.partial → NAME.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from preftune.runs.folder import (
     atomic_write_text,
     final_of,
     is_partial,
+    lock_of,
     model_chain,
     partial_of,
     read_json,
@@ -66,6 +68,16 @@ def make_root(root: Path) -> None:
         raise PreftuneError(f"--output-dir {root}: cannot create it ({e.strerror or e}); pass another folder") from None
     if not os.access(root, os.W_OK | os.X_OK):
         raise PreftuneError(f"--output-dir {root} is not writable; pass another folder")
+
+
+def remove_if_empty(root: Path, lock_file: Path) -> None:
+    """Remove `lock_file`, then `root` if only empty folders are left in it (a file anywhere: kept)."""
+    lock_file.unlink(missing_ok=True)
+    for folder, _, files in sorted(os.walk(root), key=lambda w: -len(Path(w[0]).parts)):
+        if files:
+            return
+        with contextlib.suppress(OSError):
+            Path(folder).rmdir()
 
 
 def check_destination(final: Path, overwrite: bool) -> None:
@@ -203,7 +215,7 @@ def begin(kind: str, cfg: Any, name: str | None = None) -> Lifecycle:
         agreed(trackers.check_paths, cfg, life.name)  # where --report-to writes: folders, writable
         life.base_chain = agreed(model_chain, cfg.model)  # a damaged model folder's config: an error now
     except BaseException:
-        life.release()
+        life.release(failed=True)
         raise
     return life
 
@@ -221,25 +233,31 @@ class Lifecycle:
     resume_from: Path | None = None  # the checkpoint `open` agreed on
     base_chain: list | None = None  # the chain of the model it starts from (`model_chain`), read in `begin`
     held: Any = None  # rank 0: the FolderLock on ROOT/NAME (runs/lock.py), from `begin` to `finish`
+    made_root: bool = False  # rank 0: ROOT did not exist before `begin` made it
 
     def lock(self) -> None:
         """Rank 0: make ROOT and take ROOT/NAME's lock (a second writer is refused in one line)."""
         from preftune.runs.lock import run_lock
 
+        self.made_root = not Path(self.cfg.output_dir).exists()
         make_root(self.cfg.output_dir)
         self.held = run_lock(self.final).acquire()
 
-    def release(self) -> None:
-        """Let go of ROOT/NAME's lock (the OS also does, when the process dies)."""
-        if self.held is not None:
-            self.held.release()
-            self.held = None
+    def release(self, failed: bool = False) -> None:
+        """Let go of ROOT/NAME's lock (the OS also does, when the process dies). A command that `failed`
+        leaves no ROOT it made holding nothing but its lock and empty folders (a bad flag leaves nothing)."""
+        if self.held is None:
+            return
+        self.held.release()
+        self.held = None
+        if failed and self.made_root:
+            remove_if_empty(Path(self.cfg.output_dir), lock_of(self.final))
 
     def __enter__(self) -> Lifecycle:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, kind, *exc) -> None:
+        self.release(failed=kind is not None)
 
     @property
     def final(self) -> Path:
