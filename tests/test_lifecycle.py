@@ -227,7 +227,7 @@ def test_a_second_writer_of_a_running_run_is_refused_and_the_first_finishes(tiny
                                          "or write elsewhere (another --output-dir or --name)")
         assert sorted(p.relative_to(partial) for p in partial.rglob("*")) == before  # untouched
         (tmp_path / "go").touch()
-        out, err = first.communicate(timeout=240)
+        err = first.communicate(timeout=240)[1]
     finally:
         first.kill()
     assert first.returncode == 0, err[-3000:]

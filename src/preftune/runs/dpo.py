@@ -87,8 +87,8 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None, life: Lifecycl
     `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
     interrupted run of the same settings is resumed from its last complete checkpoint."""
     if life is None:
-        with begin("dpo", cfg, name) as life:
-            return run(data, cfg, life=life)
+        with begin("dpo", cfg, name) as begun:
+            return run(data, cfg, life=begun)
     per_device = per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
     resolved, tokenizer, data_cfg = data.model, data.tokenizer, data.data_cfg
     train_pairs, eval_pairs = data.train_pairs, data.eval_pairs

@@ -329,11 +329,11 @@ def model_chain(spec: str) -> list[dict]:
         return [{"kind": "base", "model": spec}]
     config = read_json(path)  # damaged: one line naming the file
     chain = config.get("chain")
-    if "chain" in config or config.get("kind") not in (None, DPO_KIND):  # only an old DPO run has none
-        if not (isinstance(chain, list) and chain and all(isinstance(e, dict) and isinstance(e.get("kind"), str)
-                                                          for e in chain)):
-            raise PreftuneError(f"{path}: key 'chain' must be a list of steps ({{\"kind\": ...}}, oldest first), got "
-                                f"{json_kind(chain)}; the file is damaged: re-create the run (--model {spec})")
+    steps = isinstance(chain, list) and chain and all(isinstance(e, dict) and isinstance(e.get("kind"), str)
+                                                      for e in chain)
+    if ("chain" in config or config.get("kind") not in (None, DPO_KIND)) and not steps:  # old DPO runs have none
+        raise PreftuneError(f"{path}: key 'chain' must be a list of steps ({{\"kind\": ...}}, oldest first), got "
+                            f"{json_kind(chain)}; the file is damaged: re-create the run (--model {spec})")
     chain = chain_of(config, folder.name)
     chain[-1]["path"] = str(folder.resolve())
     return chain
