@@ -232,6 +232,7 @@ def test_a_second_writer_of_a_running_run_is_refused_and_the_first_finishes(tiny
         first.kill()
     assert first.returncode == 0, err[-3000:]
     assert steps_logged(tmp_path / "runs" / name) == [1, 2, 3, 4] and not partial.exists()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [name]  # its lock file gone with it
 
 
 LOCK_HOLDER = """

@@ -243,11 +243,14 @@ class Lifecycle:
         make_root(self.cfg.output_dir)
         self.held = run_lock(self.final).acquire()
 
-    def release(self, failed: bool = False) -> None:
-        """Let go of ROOT/NAME's lock (the OS also does, when the process dies). A command that `failed`
-        leaves no ROOT it made holding nothing but its lock and empty folders (a bad flag leaves nothing)."""
+    def release(self, failed: bool = False, done: bool = False) -> None:
+        """Let go of ROOT/NAME's lock (the OS also does, when the process dies). A finished run (`done`)
+        takes its lock file with it; a command that `failed` leaves no ROOT it made holding nothing but
+        its lock and empty folders (a bad flag leaves nothing)."""
         if self.held is None:
             return
+        if done:  # unlinked while held: a writer that opens it now is refused, one after finds NAME done
+            lock_of(self.final).unlink(missing_ok=True)
         self.held.release()
         self.held = None
         if failed and self.made_root:
@@ -330,6 +333,6 @@ class Lifecycle:
             + [chain or self.chain_entry()],  # base → [SFT →] DPO
         })
         final = finish_partial(self.partial)  # checkpoints kept until now: a kill in evaluation resumes
-        self.release()
+        self.release(done=True)
         logger.info(f"run: {final}")
         return final
