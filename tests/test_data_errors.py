@@ -232,6 +232,36 @@ def test_ultrafeedback_tied_scores_are_a_counted_skip(capsys, tmp_path, chat_mod
           "--model", chat_model)
 
 
+@pytest.mark.parametrize("over, field, message", [
+    ({"score_chosen": 2.0, "score_rejected": 9.0}, "score_chosen",
+     "2.0 is below score_rejected 9.0: are chosen and rejected swapped?"),
+    ({"score_chosen": float("nan"), "score_rejected": 1.0}, "score_chosen", "expected a finite number, got float 'nan'"),
+    ({"score_chosen": 9.0, "score_rejected": float("-inf")}, "score_rejected",
+     "expected a finite number, got float '-inf'"),
+    ({"score_chosen": "9", "score_rejected": 1}, "score_chosen", "expected a finite number, got str '9'"),
+    ({"score_chosen": 9.0}, "score_rejected", "missing while score_chosen is given: both scores, or neither"),
+])
+def test_bad_scores_of_prompt_chosen_rejected_rows(capsys, tmp_path, over, field, message):
+    """Score columns were "detected" and ignored: NaN, inf and swapped scores passed."""
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in [triple(0, score_chosen=5, score_rejected=1), triple(1),
+                                                         triple(2, **over)]))
+    fails(capsys, src, tmp_path, f"{src}:3: field '{field}': {message}")
+
+
+def test_scores_of_prompt_chosen_rejected_rows_are_used(capsys, tmp_path):
+    """Tied scores are a counted skip (nothing is preferred); the others are kept in the pair's meta."""
+    from preftune.config import DataConfig
+    from preftune.data.prepare import prepare as prepare_pairs
+
+    src = write_jsonl(tmp_path / "a.jsonl", [triple(0, score_chosen=8, score_rejected=3.5),
+                                             triple(1, score_chosen=4, score_rejected=4), triple(2)])
+    skips(capsys, src, tmp_path, "kept 2 / 3; skipped 1: tied scores (1)", f"{src}:2 score_chosen")
+    pairs = prepare_pairs(DataConfig(dataset=str(src), eval_fraction=0.0, test_fraction=0.0)).train
+    assert sorted((p.chosen, tuple(sorted(p.meta.items()))) for p in pairs) == [
+        (" good 0", (("score_chosen", 8), ("score_rejected", 3.5))), (" good 2", ())]
+
+
 # ---- --column-map --------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import torch
 from preftune.data.prepare import Pair
 from preftune.dpo.evaluate import PairLogps, format_table, preference_metrics
 from preftune.dpo.logps import completion_logps, tokenize_completion
+from preftune.errors import PreftuneError
 from preftune.models import load_model
 from preftune.stats import wilson_interval
 
@@ -136,3 +137,78 @@ def test_each_loss_is_evaluated_by_its_own_implicit_reward():
                       lp.chosen_tokens, lp.rejected_tokens)
     assert preference_metrics(moved, 1.0, pairs, "simpo")["mean_margin"] == 2.0
     assert "implicit reward: simpo" in format_table(m)
+
+
+# ---- a run's test result: computed once; a run without test pairs says which flag gives them ----------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model, tmp_path_factory):
+    from preftune.config import DataConfig, TrainConfig
+    from preftune.runs.dpo import train
+
+    cfg = TrainConfig(output_dir=str(tmp_path_factory.mktemp("runs")), model=str(tiny_model), lr=1e-2, batch_size=4,
+                      max_length=192, max_pairs=8, max_eval_pairs=4, gradient_checkpointing=False, evaluate=False)
+    return train(DataConfig(fraction=0.03, seed=3), cfg)
+
+
+def test_a_test_result_is_computed_once_unless_recompute_test(tiny_run, tmp_path, capsys, caplog):
+    """A later `eval --split test` silently replaced the test result it promised to compute once."""
+    import json
+    import shutil
+
+    from preftune.cli import main
+
+    run = shutil.copytree(tiny_run, tmp_path / tiny_run.name)
+    assert main(["eval", str(run), "--split", "test"]) == 0
+    stored = json.loads((run / "test.json").read_text())
+    (run / "test.json").write_text(json.dumps({**stored, "note": "the first result"}))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "test"]) == 2
+    assert capsys.readouterr().err == (
+        f"preftune: error: {run / 'test.json'} exists: a run's test result is computed once, so that nothing is "
+        "chosen on test; pass --recompute-test to compute it again (it replaces the stored one)\n")
+    assert json.loads((run / "test.json").read_text())["note"] == "the first result"
+    assert main(["eval", str(run), "--split", "validation"]) == 0  # validation: as often as wanted
+    assert main(["eval", str(run), "--split", "validation"]) == 0
+    with caplog.at_level("WARNING"):
+        assert main(["eval", str(run), "--split", "test", "--recompute-test"]) == 0
+    assert "--recompute-test: computing test.json of" in caplog.text
+    again = json.loads((run / "test.json").read_text())
+    assert "note" not in again and again["accuracy"] == stored["accuracy"]
+
+
+def without_test_split(run, tmp_path):
+    """The run as trained with --test-fraction 0: an empty test_pairs.jsonl, test_fraction 0 recorded."""
+    import json
+    import shutil
+
+    copy = shutil.copytree(run, tmp_path / run.name)
+    (copy / "test_pairs.jsonl").write_text("")
+    config = json.loads((copy / "preftune_config.json").read_text())
+    config["data"]["test_fraction"] = 0.0
+    (copy / "preftune_config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_a_run_without_test_pairs_names_the_flag_that_gives_them(tiny_run, tmp_path, capsys):
+    """`eval --split test` said "--eval-fraction 0?" and `judge --split test` "no post fits the reward
+    model's max_length"; the report names --test-fraction too."""
+    from preftune.cli import main
+    from preftune.config import JudgeConfig
+    from preftune.judge.judge import load_posts
+    from preftune.runs.results import open_run
+    from preftune.sweep.leaderboard import chosen_test_result
+
+    run = without_test_split(tiny_run, tmp_path)
+    message = (f"{run} has no test split: it was trained with --test-fraction 0 (test_pairs.jsonl is empty); train it "
+               "again with --test-fraction > 0 (e.g. 0.1) for test pairs, or use --dataset SRC")
+    assert main(["eval", str(run), "--split", "test"]) == 2
+    assert capsys.readouterr().err == f"preftune: error: {message}\n"
+    for full_split in (False, True):
+        with pytest.raises(PreftuneError) as error:
+            load_posts(open_run(run), JudgeConfig(split="test", full_split=full_split))
+        assert str(error.value) == message
+    selection = {"rank_by": "accuracy", "rank": 1, "runs_compared": 1}
+    assert chosen_test_result(open_run(run), selection) == (
+        None, "n/a (no test split: trained with --test-fraction 0; train with --test-fraction > 0 for one)")

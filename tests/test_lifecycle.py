@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_rewind_drops_later_log_lines_a_torn_line_and_other_checkpoints(tmp_path
 # `preftune ARGV`, SIGKILLing itself right after the per-step log line of step KILL_AT is written (every
 # trainer writes it through engines.base.append_log): with --save-steps 2 and step 3, after checkpoint-2.
 DRIVER = """
-import importlib, os, pkgutil, signal, sys
+import importlib, os, pkgutil, signal, sys, time
 import preftune.dpo.engines as engines
 import preftune.dpo.engines.base as base
 import preftune.runs.rm
@@ -121,11 +122,16 @@ from preftune.cli import main
 for info in pkgutil.iter_modules(engines.__path__):
     importlib.import_module(f"preftune.dpo.engines.{info.name}")
 kill_at, append_log = int(os.environ.get("KILL_AT", "0")), base.append_log
+pause_at, pause_dir = int(os.environ.get("PAUSE_AT", "0")), os.environ.get("PAUSE_DIR", "")
 
 def append_then_die(path, record):
     append_log(path, record)
     if record.get("step") == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
+    if record.get("step") == pause_at:  # say so, then wait for PAUSE_DIR/go
+        open(os.path.join(pause_dir, "paused"), "w").close()
+        while not os.path.exists(os.path.join(pause_dir, "go")):
+            time.sleep(0.05)
 
 for module in list(sys.modules.values()):
     if getattr(module, "append_log", None) is append_log and module.__name__.startswith("preftune."):
@@ -144,8 +150,12 @@ COMMANDS = {  # command → (its argv, its folder's name): 4 optimizer steps eac
 KINDS = {"train": "dpo", "rm train": "rm", "sft fast": "sft", "sft trl": "sft"}
 
 
+def driver_env(tmp_path: Path, **extra: str) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache"), **extra}
+
+
 def preftune(argv: list[str], tmp_path: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1", "PREFTUNE_CACHE": str(tmp_path / "cache")}
+    env = driver_env(tmp_path, KILL_AT=str(kill_at))
     return subprocess.run([sys.executable, "-c", DRIVER, *argv], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -191,3 +201,105 @@ def test_every_trainer_offers_the_lifecycles_flags(command, capsys):
     out = capsys.readouterr().out
     for flag in ("--report-to", "--tracker-project", "--precision", "--save-steps", "--config", "--overwrite"):
         assert flag in out, flag
+
+
+# ---- one writer per run folder -------------------------------------------------------------------
+
+
+def test_a_second_writer_of_a_running_run_is_refused_and_the_first_finishes(tiny_model, tmp_path):
+    """Two real processes: the first `sft` pauses after step 2 with NAME.partial live; the same command
+    run meanwhile stops in one line naming the folder, touches nothing, and the first finishes."""
+    args, name = COMMANDS["sft fast"]
+    argv = [sys.executable, "-c", DRIVER, *args, "--model", str(tiny_model), *TINY, "--output-dir", str(tmp_path / "runs")]
+    first = subprocess.Popen(argv, env=driver_env(tmp_path, PAUSE_AT="2", PAUSE_DIR=str(tmp_path)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "paused").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.1)
+        partial = tmp_path / "runs" / f"{name}.partial"
+        before = sorted(p.relative_to(partial) for p in partial.rglob("*"))
+        second = preftune([*args, "--model", str(tiny_model), *TINY, "--output-dir", str(tmp_path / "runs")], tmp_path)
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"preftune: error: another process is writing {tmp_path / 'runs' / name} (a preftune run "
+                                         f"holds {tmp_path / 'runs' / ('.' + name + '.lock')}); wait for it to finish, "
+                                         "or write elsewhere (another --output-dir or --name)")
+        assert sorted(p.relative_to(partial) for p in partial.rglob("*")) == before  # untouched
+        (tmp_path / "go").touch()
+        err = first.communicate(timeout=240)[1]
+    finally:
+        first.kill()
+    assert first.returncode == 0, err[-3000:]
+    assert steps_logged(tmp_path / "runs" / name) == [1, 2, 3, 4] and not partial.exists()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [name]  # its lock file gone with it
+
+
+LOCK_HOLDER = """
+import sys, time
+from preftune.config import TrainConfig
+from preftune.runs.lifecycle import begin
+life = begin("dpo", TrainConfig(output_dir=sys.argv[1]))
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_run_lock_is_the_oss_a_killed_holder_leaves_none(tmp_path):
+    """A process that dies holding ROOT/NAME's lock (SIGKILL: nothing of it runs) does not block the re-run."""
+    from preftune.runs.lifecycle import begin
+
+    cfg = TrainConfig(output_dir=str(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path)], env=driver_env(tmp_path),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(PreftuneError, match=f"another process is writing {tmp_path / cfg.run_name} "):
+            begin("dpo", cfg)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    assert (tmp_path / f".{cfg.run_name}.lock").exists()  # the file stays behind; the lock does not
+    with begin("dpo", cfg) as life:
+        assert life.held is not None
+    assert life.held is None
+    with begin("dpo", cfg):  # released by the `with`: taken again in the same process
+        pass
+
+
+# ---- the chain of the model a run starts from ------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"kind": "sft", "chain": [{"kind": "ba', "not valid JSON"),
+    ('["sft"]', "expected a JSON object, got a list"),
+    ('{"kind": "sft", "run_name": "s"}', "key 'chain' must be a list of steps"),
+    ('{"kind": "sft", "chain": [{"kind": "base"}, "sft"]}', "key 'chain' must be a list of steps"),
+])
+def test_a_damaged_config_of_the_starting_model_is_an_error_before_any_work(tmp_path, content, message):
+    """A damaged SFT config silently dropped the SFT step from the DPO run's chain (base → DPO)."""
+    from preftune.runs.lifecycle import begin
+
+    model = tmp_path / "sft_model_lr1e-05_bs8_epoch1"
+    model.mkdir()
+    (model / "preftune_config.json").write_text(content)
+    with pytest.raises(PreftuneError, match=f"^{model / 'preftune_config.json'}: {message}"):
+        begin("dpo", TrainConfig(model=str(model), output_dir=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()  # nothing left behind
+
+
+def test_the_chain_of_a_starting_run_is_read_at_begin(tmp_path):
+    from preftune.runs.lifecycle import begin
+
+    model = tmp_path / "sft"
+    model.mkdir()
+    (model / "preftune_config.json").write_text(json.dumps(
+        {"kind": "sft", "chain": [{"kind": "base", "model": "m"}, {"kind": "sft", "run": "sft", "path": "/gone"}]}))
+    with begin("dpo", TrainConfig(model=str(model), output_dir=str(tmp_path / "runs"))) as life:
+        assert [e["kind"] for e in life.base_chain] == ["base", "sft"]
+        assert life.base_chain[-1]["path"] == str(model.resolve())
+    old_dpo = tmp_path / "old"  # a DPO run from before kinds and chains: base → DPO, rebuilt
+    old_dpo.mkdir()
+    (old_dpo / "preftune_config.json").write_text(json.dumps({"train": {"model": "tiny"}}))
+    with begin("dpo", TrainConfig(model=str(old_dpo), output_dir=str(tmp_path / "runs"))) as life:
+        assert [e["kind"] for e in life.base_chain] == ["base", "dpo"]

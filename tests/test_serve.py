@@ -333,3 +333,26 @@ def test_concurrent_votes_through_the_api_all_land(server):
     shown = {(r["summaries"][0]["text"].lstrip(), r["summaries"][1]["text"].lstrip()) for r in rows}
     assert shown == {(b, t) for _, b, t in messages}
     assert all(r["summaries"][1]["policy"].startswith("dpo:") for r in rows)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: (tmp / "f", (tmp / "f").write_text("x"))[0] / "votes.jsonl", "{tmp}/f is a file, not a folder"),
+    (lambda tmp: (tmp / "f", (tmp / "f").write_text("x"))[0] / "deeper" / "votes.jsonl", "{tmp}/f is a file, not a folder"),
+    (lambda tmp: (tmp / "d", (tmp / "d").mkdir())[0], "{tmp}/d is a folder; pass a file"),
+])
+def test_a_feedback_file_that_cannot_be_written_is_refused_before_the_models_load(run_dir, tmp_path, capsys,
+                                                                                 monkeypatch, make, message):
+    """`serve --feedback` below a file was found only by the first vote (an error in the page)."""
+    from preftune.cli import main
+    from preftune.serve import app
+
+    def no(*args, **kwargs):
+        raise AssertionError("reached: the check must come first")
+
+    monkeypatch.setattr(Demo, "load", no)
+    monkeypatch.setattr(app, "launch", no)
+    path = make(tmp_path)
+    assert main(["serve", str(run_dir), "--feedback", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"preftune: error: --feedback {path}")
+    assert message.format(tmp=tmp_path) in err and err.count("\n") == 1

@@ -109,3 +109,78 @@ def test_sft_on_carperai_file(tiny_model, tmp_path):
     run = sft(DATA, sft_cfg(tiny_model, tmp_path, sft_data=str(MINI / "valid.jsonl"), max_rows=4, epochs=1))
     config = json.loads((run / CONFIG_FILE).read_text())
     assert config["sft_source"]["source"].endswith("valid.jsonl") and config["chain"][-1]["rows"] == 4
+
+
+def tldr_rows(split: str, n: int) -> list[dict]:
+    return [{"prompt": f"SUBREDDIT: r/x\nPOST: {split} post {i}.\nTL;DR: ", "label": f"{split} {i}"} for i in range(n)]
+
+
+def split_folder(root: Path) -> Path:
+    """train 5, valid 3, test 2 rows, each file named for its split (CarperAI's names; a hub-style shard)."""
+    root.mkdir()
+    write_jsonl(root / "train.jsonl", tldr_rows("train", 5))
+    write_jsonl(root / "valid.jsonl", tldr_rows("valid", 3))
+    (root / "data").mkdir()
+    write_jsonl(root / "data" / "test-00000-of-00001.jsonl", tldr_rows("test", 2))
+    return root
+
+
+@pytest.mark.parametrize("split, want", [("train", ["train"] * 5), ("valid", ["valid"] * 3),
+                                         ("validation", ["valid"] * 3), ("test", ["test"] * 2)])
+def test_a_folder_of_split_files_is_read_split_by_split(tmp_path, split, want):
+    """--sft-data FOLDER --sft-split train read every file: validation and test rows were imitated."""
+    rows, tally = file_rows(str(split_folder(tmp_path / "tldr")), split)
+    assert [r.chosen.split()[0] for r in rows] == want and tally.total == len(want)
+
+
+@pytest.mark.parametrize("make, split, message", [
+    (split_folder, "dev2", "--sft-split dev2: {root} has no dev2 split file; its splits: test, train, validation"),
+    (lambda root: (split_folder(root), write_jsonl(root / "extra.jsonl", tldr_rows("x", 1)))[0], "train",
+     "{root}/extra.jsonl: a file not named for a split (train*, valid*, test*) among split files in {root}"),
+    (lambda root: (root.mkdir(), write_jsonl(root / "rows.jsonl", tldr_rows("x", 2)))[1].parent, "test",
+     "--sft-split test: no file in {root} is named for a split (train*, valid*, test*); its files are one split, "
+     "train: drop --sft-split"),
+    (lambda root: (root.mkdir(), write_jsonl(root / "rows.jsonl", tldr_rows("x", 2)))[1], "valid",
+     "--sft-split valid: {root}/rows.jsonl is one file, with no splits to pick from"),
+])
+def test_a_split_that_cannot_be_picked_is_refused(tmp_path, make, split, message):
+    root = tmp_path / "tldr"
+    spec = make(root)
+    with pytest.raises(PreftuneError) as error:
+        file_rows(str(spec), split)
+    assert message.format(root=root) in str(error.value)
+
+
+def test_sft_split_with_chosen_is_refused(tmp_path):
+    with pytest.raises(PreftuneError, match="--sft-split test applies to --sft-data FILE/FOLDER/hub id, not to "
+                                            "--sft-data chosen"):
+        sft(DATA, sft_cfg("unused", tmp_path, sft_split="test"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_training_pair_options_choose_the_imitated_summaries(tiny_tokenizer):
+    """sft ignored --min-confidence / --length-balance but recorded them: now the chosen summaries come
+    from the train pairs `train` would keep, and the run records what was removed."""
+    from preftune.data.options import confidence_strength, select_train_pairs
+    from preftune.runs.sft import chosen_rows, load_rows
+
+    data = DataConfig(fraction=0.03, seed=3, min_confidence=3, length_balance=True)
+    rows, info = load_rows(data, SFTConfig(), tiny_tokenizer)
+    train = prepare(data, tokenizer=tiny_tokenizer).train
+    kept, _ = select_train_pairs(train, data, tiny_tokenizer)
+    assert 0 < len(kept) < len(train)
+    assert [(r.prompt, r.chosen) for r in rows] == [(r.prompt, r.chosen) for r in chosen_rows(kept)]
+    strength = {(p.prompt, p.chosen): confidence_strength(p) for p in kept}
+    assert all(strength[(r.prompt, r.chosen)] >= 3 for r in rows)
+    options = info["train_options"]
+    assert options["min_confidence"]["threshold"] == 3 and "length_balance" in options
+    assert info["train_pairs"] == len(kept)
+
+
+@pytest.mark.parametrize("flags, named", [({"min_confidence": 2}, "--min-confidence"),
+                                          ({"length_balance": True}, "--length-balance")])
+def test_training_pair_options_with_sft_rows_are_refused(tmp_path, flags, named):
+    rows = write_jsonl(tmp_path / "rows.jsonl", tldr_rows("train", 2))
+    with pytest.raises(PreftuneError, match=f"^{named} choose among preference pairs; --sft-data {rows} holds SFT rows"):
+        sft(DataConfig(**flags), sft_cfg("unused", tmp_path / "runs", sft_data=str(rows)))
+    assert not (tmp_path / "runs").exists()

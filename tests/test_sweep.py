@@ -136,7 +136,7 @@ def test_bad_flags(capsys, tmp_path, argv, message):
 
 
 @pytest.mark.parametrize("where, message", [
-    (lambda tmp: str(write_file(tmp / "f")), "is a file, not a folder; pass a folder for the sweep's runs"),
+    (lambda tmp: str(write_file(tmp / "f")), "is a file, not a folder; pass a folder"),
     (lambda tmp: "/dev/null", "--output-dir /dev/null is a file, not a folder"),
     (lambda tmp: str(write_file(tmp / "f") / "runs"), "/f/runs: cannot create it (Not a directory)"),
     (lambda tmp: " ", "--output-dir is empty"),
@@ -183,10 +183,10 @@ def test_lock_keeps_a_second_sweep_out(tmp_path):
                               env=env, timeout=60).stdout
 
     with sweep_lock(tmp_path):
-        with pytest.raises(PreftuneError, match="another `preftune sweep` is running in"):
+        with pytest.raises(PreftuneError, match="another process is writing .* \\(`preftune sweep` holds"):
             with sweep_lock(tmp_path):
                 pass
-        assert f"another `preftune sweep` is running in {tmp_path}" in other_process()
+        assert f"another process is writing {tmp_path} (`preftune sweep` holds" in other_process()
     assert other_process() == "locked\n"  # released at the end of the first
 
 

@@ -214,3 +214,49 @@ def test_a_sweep_logs_its_runs_to_one_trackio_project(tiny_model, tmp_path):
     assert {c["lr"] for c in store["configs"]} == {0.01, 0.005}
     accuracy = json.loads((root / names[0] / "eval.json").read_text())["accuracy"]
     assert [e["eval/accuracy"] for e in store["logs"][names[0]] if "eval/accuracy" in e] == [accuracy]
+
+
+# ---- a tracker that cannot write ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", [["train"], ["sft"], ["rm", "train"]])
+@pytest.mark.parametrize("blocked", ["tracking", "tracking/tensorboard"])
+def test_a_tensorboard_folder_that_is_a_file_is_refused_before_any_work(verb, blocked, tiny_model, tmp_path, capsys):
+    """It failed after the reference pass (train) and left NAME.partial behind."""
+    root = tmp_path / "runs"
+    (root / blocked).parent.mkdir(parents=True, exist_ok=True)
+    (root / blocked).write_text("not a folder")
+    argv = [*verb, "--model", str(tiny_model), "--fraction", "0.03", "--max-length", "192", "--report-to", "tensorboard",
+            "--output-dir", str(root)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--report-to tensorboard: {root / blocked} is a file, not a folder (it writes to " in err
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.name.endswith(".lock")) == \
+        sorted({"tracking", blocked})  # no NAME.partial: nothing was started
+
+
+def test_a_trackio_store_that_cannot_write_fails_the_run(tiny_model, tmp_path):
+    """trackio only warns when it cannot write its store (here the project's database is a folder): the
+    run exited 0 with tracking.json saying where it was logged. Now the command fails, unfinished."""
+    store, root = tmp_path / "store", tmp_path / "runs"
+    (store / "runs.db").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PREFTUNE_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1", "TRACKIO_DIR": str(store)}
+    argv = ["train", "--model", str(tiny_model), "--batch-size", "4", "--max-pairs", "8", "--max-eval-pairs", "4",
+            "--max-length", "192", "--fraction", "0.03", "--report-to", "trackio", "--output-dir", str(root)]
+    done = subprocess.run([sys.executable, "-m", "preftune", *argv], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"preftune: error: --report-to trackio could not write run dpo_model_lr5e-06_bs4_epoch1 to {store / 'runs.db'}; "
+        "the run is not tracked (check that the trackio store, TRACKIO_DIR, is writable)")
+    assert not (root / "dpo_model_lr5e-06_bs4_epoch1").exists()
+
+
+def test_a_trackio_store_that_is_a_file_is_refused_before_any_work(tmp_path):
+    store = tmp_path / "store"
+    store.write_text("a file")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TRACKIO_DIR": str(store)}
+    done = subprocess.run([sys.executable, "-m", "preftune", "sft", "--report-to", "trackio", "--output-dir",
+                           str(tmp_path / "runs")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr == f"preftune: error: --report-to trackio: {store} is a file, not a folder; move it away or change TRACKIO_DIR\n"

@@ -42,7 +42,7 @@ def cmd_train(ns: argparse.Namespace) -> None:
 def cmd_eval(ns: argparse.Namespace) -> None:
     from preftune.dpo.evaluate import evaluate_run
 
-    evaluate_run(Path(ns.run_dir), from_args(EvalConfig, ns))
+    evaluate_run(Path(ns.run_dir), from_args(EvalConfig, ns), recompute_test=ns.recompute_test)
 
 
 def cmd_env(ns: argparse.Namespace) -> None:
@@ -95,6 +95,8 @@ def add_cli(verbs) -> None:
     ev = verbs.add_parser("eval", help="held-out preference accuracy, margins and drift of a run folder")
     ev.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")
     add_arguments(ev, EvalConfig)
+    ev.add_argument("--recompute-test", action="store_true", help="compute the run's test result (test.json) "
+                    "again, replacing it: it is computed once, so without this an existing one is an error")
     ev.set_defaults(func=cmd_eval)
 
     env = verbs.add_parser("env", help="versions, torch build and devices, caches, offline defaults: paste it into "

@@ -133,13 +133,32 @@ def _is_summarize_from_feedback(row: dict) -> bool:
 # ---- prompt / chosen / rejected as text ----------------------------------------------------------
 
 
+def scores(row: dict) -> dict:
+    """score_chosen / score_rejected, used: both finite numbers (else the row is an error), chosen's above
+    rejected's (below: an error, the pair looks swapped; equal: a counted skip, nothing is preferred);
+    kept in the pair's meta. A row with neither has none; one without the other is an error."""
+    values = number(row, "score_chosen"), number(row, "score_rejected")
+    if values == (None, None):
+        return {}
+    if None in values:
+        given, missing = ("score_chosen", "score_rejected") if values[0] is not None else ("score_rejected",
+                                                                                           "score_chosen")
+        raise RowError(missing, f"missing while {given} is given: both scores, or neither")
+    if values[0] == values[1]:
+        raise RowSkip("tied scores", "score_chosen")
+    if values[0] < values[1]:
+        raise RowError("score_chosen", f"{values[0]} is below score_rejected {values[1]}: are chosen "
+                       "and rejected swapped?")
+    return {"score_chosen": values[0], "score_rejected": values[1]}
+
+
 def prompt_chosen_rejected(row: dict) -> PairFields:
     require_columns(row, ("prompt", "chosen", "rejected"))
     prompt, chosen, rejected = text(row, "prompt"), text(row, "chosen"), text(row, "rejected")
     not_empty(prompt=prompt, chosen=chosen, rejected=rejected)
     if chosen == rejected:
         raise RowSkip("identical pair", "chosen")
-    return PairFields(prompt, chosen, rejected, row_id(row, prompt), (0, len(prompt)), cut="start")
+    return PairFields(prompt, chosen, rejected, row_id(row, prompt), (0, len(prompt)), meta=scores(row), cut="start")
 
 
 # ---- preftune's own pairs, as `preftune data push` publishes them --------------------------------
@@ -243,15 +262,7 @@ def ultrafeedback(row: dict) -> ChatFields:
             raise RowError("prompt", f"{preview(row['prompt'])} is not the conversation's last user turn "
                            f"{(users or [''])[-1][:40]!r}")
     completions = reply(chosen[n:], "chosen", n), reply(rejected[n:], "rejected", n)
-    scores = number(row, "score_chosen"), number(row, "score_rejected")
-    if None not in scores:
-        if scores[0] == scores[1]:
-            raise RowSkip("tied scores", "score_chosen")
-        if scores[0] < scores[1]:
-            raise RowError("score_chosen", f"{scores[0]} is below score_rejected {scores[1]}: are chosen "
-                           "and rejected swapped?")
-    meta = {k: v for k, v in zip(("score_chosen", "score_rejected"), scores) if v is not None}
-    return ChatFields(prompt, *completions, row_id(row, json.dumps(prompt, sort_keys=True)), meta)
+    return ChatFields(prompt, *completions, row_id(row, json.dumps(prompt, sort_keys=True)), scores(row))
 
 
 # ---- the registry ---------------------------------------------------------------------------------
@@ -299,7 +310,8 @@ _DECLARED: dict[str, Adapter] = {
     ),
     "prompt_chosen_rejected": Adapter(
         "prompt_chosen_rejected", prompt_chosen_rejected, _is_text_triple,
-        "prompt, chosen, rejected as text (optional post_id/prompt_id groups rows for the split)",
+        "prompt, chosen, rejected as text (optional post_id/prompt_id groups rows for the split; optional "
+        "score_chosen/score_rejected: finite, chosen's above rejected's, ties skipped)",
         columns=("prompt", "chosen", "rejected"),
     ),
     "hh_rlhf": Adapter(

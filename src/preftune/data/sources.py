@@ -2,9 +2,9 @@
 line or row number), in a deterministic order.
 
 A SRC is a shipped sample's name, a local file (data/files.py reads one), a folder of such files (read
-recursively), a folder written by `datasets`' `save_to_disk`, or a hub id. Whether SRC is a path or a
-hub id is `preftune.hubids`' one rule: a path that looks local but does not exist is "not found" at
-once, never a Hub request. Everything the file system can refuse (a missing or unreadable file or
+recursively; split by split where a command picks one), a `datasets` `save_to_disk` folder, or a hub id.
+Whether SRC is a path or a hub id is `preftune.hubids`' one rule: a path that looks local but does not
+exist is "not found" at once, never a Hub request. Everything the file system can refuse (a missing or unreadable file or
 folder, a broken symbolic link, a device) is one line naming the path, never a silently smaller dataset.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from importlib import resources
@@ -74,8 +75,11 @@ def describe(spec: str) -> str:
     return f"hub dataset {spec}" if kind == "missing" and is_hub_id(spec) else f"local path {spec}"
 
 
-def iter_records(spec: str, hub_config: str | None = None, split: str = "train") -> Iterator[Record]:
-    """Yield every row of SRC, in a deterministic order (folders: files sorted by path)."""
+def iter_records(spec: str, hub_config: str | None = None, split: str = "train",
+                 split_flag: str | None = None) -> Iterator[Record]:
+    """Yield every row of SRC, in a deterministic order (folders: files sorted by path). With `split_flag`
+    (the flag that set `split`, e.g. --sft-split) a folder of split files (`split_files`) yields only that
+    split's files, and a file or plain folder refuses a split other than train."""
     if not spec or not spec.strip():
         raise PreftuneError("--dataset is empty: pass a file, a folder, a shipped sample "
                             f"({', '.join(SHIPPED)}) or a hub id (owner/name)")
@@ -90,11 +94,19 @@ def iter_records(spec: str, hub_config: str | None = None, split: str = "train")
             _unused_flags(spec, hub_config, None)
             yield from _iter_saved(path, split)
         else:
-            _unused_flags(spec, hub_config, split)
-            for file in data_files(path):
+            files = data_files(path)
+            if split_flag:
+                _unused_flags(spec, hub_config, None)
+                files = files_of_split(path, files, split, split_flag)
+            else:
+                _unused_flags(spec, hub_config, split)
+            for file in files:
                 yield from iter_file(file)
     elif kind == "file":
-        _unused_flags(spec, hub_config, split)
+        if split_flag and canonical_split(split) != "train":
+            raise PreftuneError(f"{split_flag} {split}: {spec} is one file, with no splits to pick from; pass the "
+                                f"file of that split, or a folder of split files")
+        _unused_flags(spec, hub_config, None if split_flag else split)
         yield from iter_file(path)
     elif kind == "broken link":
         raise broken_link(path)
@@ -116,6 +128,43 @@ def _unused_flags(spec: str, hub_config: str | None, split: str | None) -> None:
         logger.warning(f"data: --hub-config {hub_config} applies to hub datasets only; ignored for {spec}")
     if split not in (None, "train"):
         logger.warning(f"data: --split {split} applies to hub datasets and saved DatasetDicts only; ignored for {spec}")
+
+
+# a split file's name starts with its split: train.jsonl, valid.jsonl, eval.jsonl (a prepared folder's
+# validation split), test-00000-of-00001.parquet (a hub dataset's files)
+SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+               "eval": "validation", "dev": "validation", "test": "test"}
+
+
+def canonical_split(name: str) -> str:
+    """A split's name as preftune says it (train, validation, test); other names as they are."""
+    return SPLIT_NAMES.get(name.lower(), name)
+
+
+def split_of(file: Path) -> str | None:
+    """The split a data file's name says it holds (its name up to the first '.', '-' or '_'), else None."""
+    first = re.split(r"[.\-_]", file.name, maxsplit=1)[0].lower()
+    return SPLIT_NAMES.get(first)
+
+
+def files_of_split(folder: Path, files: list[Path], split: str, flag: str) -> list[Path]:
+    """The files of `split` in a folder of split files (every data file's name says its split); a folder
+    whose files say none is one split, train. A folder mixing both, or without `split`, is one line."""
+    named = {f: split_of(f) for f in files}
+    if not any(named.values()):
+        if canonical_split(split) != "train":
+            raise PreftuneError(f"{flag} {split}: no file in {folder} is named for a split (train*, valid*, "
+                                f"test*); its files are one split, train: drop {flag}")
+        return files
+    unnamed = [f for f, s in named.items() if s is None]
+    if unnamed:
+        raise PreftuneError(f"{unnamed[0]}: a file not named for a split (train*, valid*, test*) among split files in "
+                            f"{folder}; rename it or move it out, so no row is read into the wrong split")
+    wanted = [f for f, s in named.items() if s == canonical_split(split)]
+    if not wanted:
+        present = sorted({s for s in named.values() if s})
+        raise PreftuneError(f"{flag} {split}: {folder} has no {split} split file; its splits: {', '.join(present)}")
+    return wanted
 
 
 def data_files(folder: Path) -> list[Path]:

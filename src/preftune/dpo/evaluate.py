@@ -237,14 +237,28 @@ def other_dataset_pairs(run: Run, split: str, dataset: str, tokenizer) -> list[P
     return fit(tokenizer, held, run.max_length, split)[0]
 
 
+def check_test_once(run: Run, name: str, recompute: bool) -> None:
+    """A test result is computed once per run: an existing one is replaced only with `recompute`
+    (--recompute-test), and then it says so."""
+    path = run.path / name
+    if not name.startswith("test") or not path.exists():
+        return
+    if not recompute:
+        raise PreftuneError(f"{path} exists: a run's test result is computed once, so that nothing is chosen on test; "
+                            "pass --recompute-test to compute it again (it replaces the stored one)")
+    logger.warning(f"eval: --recompute-test: computing {name} of {run.name} again; the stored result is replaced")
+
+
 def evaluate_split(run: Run, split: str = "validation", dataset: str | None = None, max_pairs: int | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, recompute_test: bool = False) -> dict:
     """Score a run on `split` (of its own data, or of `dataset`), write the result file, return it.
-    `extra` is stored alongside (the report's record of how the run was selected)."""
+    `extra` is stored alongside (the report's record of how the run was selected). A test result that
+    exists is an error unless `recompute_test`."""
     from preftune.data.fit import subsample
     from preftune.models import load_model, load_tokenizer, resolve_model
 
     name = run_folder.result_file(split, dataset)  # checks the split before any work
+    check_test_once(run, name, recompute_test)
     run.require_model()
     held = run.pairs(split) if dataset is None else None  # a damaged pairs file stops here, before loading
     tokenizer = load_tokenizer(str(run.path))
@@ -262,11 +276,11 @@ def evaluate_split(run: Run, split: str = "validation", dataset: str | None = No
     return result
 
 
-def evaluate_run(run_dir: Path, cfg) -> dict:
+def evaluate_run(run_dir: Path, cfg, recompute_test: bool = False) -> dict:
     """`preftune eval RUN`: evaluate a run folder on its validation (or --split test) pairs, or on
-    --dataset's; print the table and write the result file."""
+    --dataset's; print the table and write the result file (a test one once, unless --recompute-test)."""
     run = open_run(run_dir)
-    metrics = evaluate_split(run, cfg.split, cfg.dataset, cfg.max_eval_pairs)
+    metrics = evaluate_split(run, cfg.split, cfg.dataset, cfg.max_eval_pairs, recompute_test=recompute_test)
     logger.info(format_table(metrics))
     logger.info(f"eval: {run.path / run_folder.result_file(cfg.split, cfg.dataset)}")
     return metrics

@@ -309,8 +309,7 @@ def load_posts(run: Run, cfg: JudgeConfig) -> tuple[list[Post], str]:
     """The held-out posts of cfg.split: the run's saved pairs file, or (--full-split) the whole split
     re-prepared from the run's data config."""
     if not cfg.full_split:
-        pairs = run.eval_pairs() if cfg.split == "validation" else run.test_pairs()
-        return held_out_posts(pairs), pairs_file(cfg.split)
+        return held_out_posts(run.pairs(cfg.split)), pairs_file(cfg.split)  # none: which flag gives some
     from preftune.data.fit import fit
     from preftune.data.prepare import prepare
     from preftune.models import load_tokenizer
@@ -319,7 +318,7 @@ def load_posts(run: Run, cfg: JudgeConfig) -> tuple[list[Post], str]:
     prepared = prepare(run.data_config(), tokenizer=tokenizer)
     held = prepared.eval if cfg.split == "validation" else prepared.test
     if not held:
-        raise PreftuneError(f"{run.path}: its data config has no {cfg.split} split (trained with --test-fraction 0?)")
+        raise PreftuneError(run.no_pairs(cfg.split))
     held, _ = fit(tokenizer, held, run.max_length, "judge")
     return held_out_posts(held), f"{cfg.split} split"
 

@@ -75,9 +75,9 @@ def prepare_run_data(data_cfg: DataConfig, cfg: TrainConfig) -> RunData:
 
 def train(data_cfg: DataConfig, cfg: TrainConfig) -> Path:
     """`preftune train`: check the launch and destination, prepare the data, then one run."""
-    life = begin("dpo", cfg)  # before any work
-    per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
-    return run(prepare_run_data(data_cfg, cfg), cfg, life=life)
+    with begin("dpo", cfg) as life:  # before any work; ROOT/NAME locked until the run is written
+        per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
+        return run(prepare_run_data(data_cfg, cfg), cfg, life=life)
 
 
 def run(data: RunData, cfg: TrainConfig, name: str | None = None, life: Lifecycle | None = None) -> Path:
@@ -86,7 +86,9 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None, life: Lifecycl
 
     `name` is the folder name (default cfg.run_name; a sweep adds suffixes when beta/loss vary). An
     interrupted run of the same settings is resumed from its last complete checkpoint."""
-    life = life or begin("dpo", cfg, name)
+    if life is None:
+        with begin("dpo", cfg, name) as begun:
+            return run(data, cfg, life=begun)
     per_device = per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
     resolved, tokenizer, data_cfg = data.model, data.tokenizer, data.data_cfg
     train_pairs, eval_pairs = data.train_pairs, data.eval_pairs

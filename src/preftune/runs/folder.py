@@ -128,6 +128,13 @@ def partial_of(final: Path) -> Path:
     return final.with_name(final.name + PARTIAL_SUFFIX)
 
 
+def lock_of(final: Path) -> Path:
+    """ROOT/.NAME.lock: the lock a writer of ROOT/NAME holds (runs/lock.py); beside the folder, so it
+    outlives the rename NAME.partial → NAME."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.lock")
+
+
 def is_partial(path: Path) -> bool:
     """A NAME.partial folder's path (an interrupted or running run)."""
     return Path(path).name.endswith(PARTIAL_SUFFIX)
@@ -314,16 +321,19 @@ def chain_of(config: dict, name: str, path: str | None = None) -> list[dict]:
 
 def model_chain(spec: str) -> list[dict]:
     """The chain of the model a new run starts from: a preftune run folder's own chain (its last entry's
-    path set to where it is now), else the model itself as the base."""
+    path set to where it is now), else the model itself as the base. A run folder whose preftune_config.json
+    is damaged is an error naming it: the chain would silently lose its steps (an SFT before this DPO)."""
     folder = Path(spec).expanduser()
-    config = None
-    if folder.is_dir():
-        try:
-            config = read_json(folder / CONFIG_FILE, missing_ok=True)
-        except PreftuneError:
-            config = None
-    if not config:
+    path = folder / CONFIG_FILE
+    if not folder.is_dir() or not path.exists():
         return [{"kind": "base", "model": spec}]
+    config = read_json(path)  # damaged: one line naming the file
+    chain = config.get("chain")
+    steps = isinstance(chain, list) and chain and all(isinstance(e, dict) and isinstance(e.get("kind"), str)
+                                                      for e in chain)
+    if ("chain" in config or config.get("kind") not in (None, DPO_KIND)) and not steps:  # old DPO runs have none
+        raise PreftuneError(f"{path}: key 'chain' must be a list of steps ({{\"kind\": ...}}, oldest first), got "
+                            f"{json_kind(chain)}; the file is damaged: re-create the run (--model {spec})")
     chain = chain_of(config, folder.name)
     chain[-1]["path"] = str(folder.resolve())
     return chain

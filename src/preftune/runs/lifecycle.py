@@ -1,7 +1,8 @@
 """One lifecycle for the three trainers — `train` (dpo), `sft`, `rm train` (rm) — described in docs/runs.md.
 
 `begin`, before any work: the launch is one process group, the precision runs here, the tracker is
-installed, ROOT/NAME may be written (checked once, agreed by every rank). `Lifecycle.open`: the resume
+installed and can write, ROOT/NAME may be written (checked once, agreed by every rank) and is locked
+(runs/lock.py) until `finish` or the `with` block ends. `Lifecycle.open`: the resume
 point every rank agrees on, then rank 0 sets up NAME.partial (the run's spec first, so a re-run can tell
 its checkpoints are this run's) and rewinds its log to that checkpoint. `Lifecycle.tracking`: --report-to.
 `Lifecycle.finish` (rank 0): metrics.json and preftune_config.json (one schema, `kind` dpo | sft | rm,
@@ -10,8 +11,10 @@ the chain base → [SFT →] DPO), then NAME.partial → NAME.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +35,7 @@ from preftune.runs.folder import (
     atomic_write_text,
     final_of,
     is_partial,
+    lock_of,
     model_chain,
     partial_of,
     read_json,
@@ -53,13 +57,36 @@ EVAL_ONLY = ("evaluate", "max_eval_pairs")
 # ---- the destination: ROOT/NAME, written as ROOT/NAME.partial ---------------------------------------
 
 
+def make_root(root: Path) -> None:
+    """ROOT (--output-dir) as a writable folder, created if needed, or a one-line error before any work."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise PreftuneError(f"--output-dir {root} is a file, not a folder; pass a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreftuneError(f"--output-dir {root}: cannot create it ({e.strerror or e}); pass another folder") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PreftuneError(f"--output-dir {root} is not writable; pass another folder")
+
+
+def remove_if_empty(root: Path, lock_file: Path) -> None:
+    """Remove `lock_file`, then `root` if only empty folders are left in it (a file anywhere: kept)."""
+    lock_file.unlink(missing_ok=True)
+    for folder, _, files in sorted(os.walk(root), key=lambda w: -len(Path(w[0]).parts)):
+        if files:
+            return
+        with contextlib.suppress(OSError):
+            Path(folder).rmdir()
+
+
 def check_destination(final: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing ROOT/NAME unless --overwrite."""
+    """Refuse to replace an existing ROOT/NAME unless --overwrite; a file there is never replaced."""
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
     if final.exists() and not final.is_dir():
         raise PreftuneError(f"{final} exists and is a file, not a folder; move it away first")
+    if final.exists() and not overwrite:
+        raise PreftuneError(f"{final} already exists; pass --overwrite to replace it")
 
 
 def begin_partial(final: Path, resume: bool = False) -> Path:
@@ -182,7 +209,14 @@ def begin(kind: str, cfg: Any, name: str | None = None) -> Lifecycle:
         raise PreftuneError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node N")
     trackers.require(cfg.report_to)
     life = Lifecycle(kind, cfg, name or cfg.run_name, rank, world_size)
-    agreed(check_destination, life.final, cfg.overwrite)  # every rank's disk: the same answer on every rank
+    from_rank_zero(life.lock)  # the rank that writes: ROOT exists, and no other process writes ROOT/NAME
+    try:
+        agreed(check_destination, life.final, cfg.overwrite)  # every rank's disk: the same answer on every rank
+        agreed(trackers.check_paths, cfg, life.name)  # where --report-to writes: folders, writable
+        life.base_chain = agreed(model_chain, cfg.model)  # a damaged model folder's config: an error now
+    except BaseException:
+        life.release(failed=True)
+        raise
     return life
 
 
@@ -197,6 +231,36 @@ class Lifecycle:
     world_size: int
     started: float = field(default_factory=time.perf_counter)
     resume_from: Path | None = None  # the checkpoint `open` agreed on
+    base_chain: list | None = None  # the chain of the model it starts from (`model_chain`), read in `begin`
+    held: Any = None  # rank 0: the FolderLock on ROOT/NAME (runs/lock.py), from `begin` to `finish`
+    made_root: bool = False  # rank 0: ROOT did not exist before `begin` made it
+
+    def lock(self) -> None:
+        """Rank 0: make ROOT and take ROOT/NAME's lock (a second writer is refused in one line)."""
+        from preftune.runs.lock import run_lock
+
+        self.made_root = not Path(self.cfg.output_dir).exists()
+        make_root(self.cfg.output_dir)
+        self.held = run_lock(self.final).acquire()
+
+    def release(self, failed: bool = False, done: bool = False) -> None:
+        """Let go of ROOT/NAME's lock (the OS also does, when the process dies). A finished run (`done`)
+        takes its lock file with it; a command that `failed` leaves no ROOT it made holding nothing but
+        its lock and empty folders (a bad flag leaves nothing)."""
+        if self.held is None:
+            return
+        if done:  # unlinked while held: a writer that opens it now is refused, one after finds NAME done
+            lock_of(self.final).unlink(missing_ok=True)
+        self.held.release()
+        self.held = None
+        if failed and self.made_root:
+            remove_if_empty(Path(self.cfg.output_dir), lock_of(self.final))
+
+    def __enter__(self) -> Lifecycle:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self.release(failed=kind is not None)
 
     @property
     def final(self) -> Path:
@@ -252,6 +316,7 @@ class Lifecycle:
     def finish(self, data_cfg: Any, metrics: dict, record: dict, chain: dict | None = None) -> Path:
         """Rank 0, once every other file is in NAME.partial: metrics.json (with the last logged values and
         this invocation's wall time) and preftune_config.json, then NAME.partial → NAME. Returns NAME."""
+        trackers.check_written(self.partial, Path(self.cfg.output_dir))  # before the run counts as finished
         log = read_train_log(self.log_path)
         atomic_write_json(self.partial / METRICS_FILE, {
             **metrics, "final": {k: v for k, v in (log[-1] if log else {}).items() if k != "step"},
@@ -264,8 +329,10 @@ class Lifecycle:
             SETTINGS_KEY[self.kind]: asdict(self.cfg),
             "world_size": self.world_size,
             **record,
-            "chain": model_chain(self.cfg.model) + [chain or self.chain_entry()],  # base → [SFT →] DPO
+            "chain": (self.base_chain if self.base_chain is not None else model_chain(self.cfg.model))
+            + [chain or self.chain_entry()],  # base → [SFT →] DPO
         })
         final = finish_partial(self.partial)  # checkpoints kept until now: a kill in evaluation resumes
+        self.release(done=True)
         logger.info(f"run: {final}")
         return final

@@ -276,7 +276,21 @@ class Run:
         return read_pairs(self.path / TEST_PAIRS_FILE)
 
     def pairs(self, split: str) -> list:
-        return self.eval_pairs() if split == "validation" else self.test_pairs()
+        """The run's own pairs of `split`, to score: none is an error naming the flag that would give some."""
+        pairs = self.eval_pairs() if split == "validation" else self.test_pairs()
+        if not pairs:
+            raise PreftuneError(self.no_pairs(split))
+        return pairs
+
+    def no_pairs(self, split: str) -> str:
+        """Why the run has no `split` pairs, and which flag of `train` would have given it some."""
+        flag, key = ("--eval-fraction", "eval_fraction") if split == "validation" else ("--test-fraction", "test_fraction")
+        fraction = self.config["data"].get(key)
+        if not fraction:
+            return (f"{self.path} has no {split} split: it was trained with {flag} 0 ({pairs_file(split)} is empty); "
+                    f"train it again with {flag} > 0 (e.g. 0.1) for {split} pairs, or use --dataset SRC")
+        return (f"{self.path} has no {split} pairs: {flag} {fraction} of its data gave none ({pairs_file(split)} is "
+                f"empty); train it again with a larger {flag} or more data, or use --dataset SRC")
 
     def fingerprint(self, split: str) -> str:
         """What a result on the run's own `split` depends on: the pairs' bytes and the weights' sizes and

@@ -384,7 +384,11 @@ def prepare_rm_data(data_cfg: DataConfig, cfg: RewardConfig, tokenizer) -> Rewar
 
 def train_reward_model(data_cfg: DataConfig, cfg: RewardConfig) -> Path:
     """`preftune rm train`: prepare + split + fit the data, train, measure held-out accuracy, write the folder."""
-    life = begin("rm", cfg)  # before any work
+    with begin("rm", cfg) as life:  # before any work; ROOT/NAME locked until the run is written
+        return _train_reward_model(data_cfg, cfg, life)
+
+
+def _train_reward_model(data_cfg: DataConfig, cfg: RewardConfig, life: Lifecycle) -> Path:
     per_device_batch(cfg.batch_size, 1, life.world_size)  # every rank an equal share of a full batch
     resolved = resolve_reward_model(cfg.model)
     logger.info(f"rm: {cfg.model} ← {resolved.source}")

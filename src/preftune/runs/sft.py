@@ -3,9 +3,10 @@ fine-tune the base model on the task's references first, so DPO's reference mode
 
 Rows are (prompt, summary + one EOS) in the exact text DPO sees, fitted to --max-length by DPO's rule
 (the post is trimmed, never the summary), with the loss on the summary tokens only. --sft-data `chosen`:
-the chosen summaries of the preference data's TRAIN split (Preferred-FT, DPO paper §6); or a file/hub id
-of CarperAI/openai_summarize_tldr-style rows. docs/sft.md has the details; the run folder, resume,
-trackers and the chain base → SFT → DPO are the lifecycle's (runs/lifecycle.py, docs/runs.md).
+the chosen summaries of the preference data's TRAIN pairs (after --min-confidence / --length-balance;
+Preferred-FT, DPO paper §6); or a file, folder (one split of it) or hub id of CarperAI TL;DR rows.
+docs/sft.md has the details; the run folder, resume, trackers and the chain base → SFT → DPO are the
+lifecycle's (runs/lifecycle.py, docs/runs.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from preftune.data.fit import fit
 from preftune.data.pairs import Pair, Tally
 from preftune.data.rows import RowError, RowSkip, text_id
 from preftune.errors import DataError, PreftuneError
-from preftune.runs.lifecycle import begin, per_device_batch
+from preftune.runs.lifecycle import Lifecycle, begin, per_device_batch
 from preftune.runs.results import read_train_log
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,12 @@ def tldr_sft_row(row: dict, source: str) -> Pair:
 
 
 def file_rows(spec: str, split: str) -> tuple[list[Pair], Tally]:
-    """Every TL;DR SFT row of a file, folder or hub id; a malformed row stops with file, row and field."""
+    """Every TL;DR SFT row of `split` of a file, folder (of split files: train*, valid*, test*) or hub id; a
+    malformed row stops with file, row and field."""
     from preftune.data.sources import iter_records
 
     rows, tally = [], Tally()
-    for rec in iter_records(spec, None, split):
+    for rec in iter_records(spec, None, split, split_flag="--sft-split"):  # a folder: only that split's files
         tally.total += 1
         where = f"{rec.source}:{rec.line}"
         try:
@@ -106,15 +108,18 @@ def sample(rows: list[Pair], n: int | None, seed: int) -> list[Pair]:
 def load_rows(data_cfg: DataConfig, cfg: SFTConfig, tokenizer) -> tuple[list[Pair], dict]:
     """The SFT rows (before fitting) and what to record about where they came from."""
     if cfg.sft_data == SFT_CHOSEN:
+        from preftune.data.options import select_train_pairs
         from preftune.data.prepare import prepare
 
         prepared = prepare(data_cfg, tokenizer=tokenizer)
-        rows = chosen_rows(prepared.train)
+        # --min-confidence / --length-balance: the train pairs whose chosen summaries are imitated, as `train`'s
+        train_pairs, options = select_train_pairs(prepared.train, data_cfg, tokenizer)
+        rows = chosen_rows(train_pairs)
         held_out = {p.post_id for p in prepared.validation + prepared.test}
         if any(r.post_id in held_out for r in rows):  # split_by_post guarantees this; a regression must not pass
             raise PreftuneError("internal error: an SFT row's post is in the validation or test split")
-        info = {"source": SFT_CHOSEN, "dataset": data_cfg.dataset, "train_pairs": len(prepared.train),
-                "distinct_chosen": len(rows), "held_out_posts": len(held_out)}
+        info = {"source": SFT_CHOSEN, "dataset": data_cfg.dataset, "train_pairs": len(train_pairs),
+                "distinct_chosen": len(rows), "held_out_posts": len(held_out), "train_options": options}
         return rows, info
     rows, tally = file_rows(cfg.sft_data, cfg.sft_split)
     logger.info(f"sft data: {cfg.sft_data}: {tally.summary()}")
@@ -126,13 +131,30 @@ def load_rows(data_cfg: DataConfig, cfg: SFTConfig, tokenizer) -> tuple[list[Pai
 # ---- training ------------------------------------------------------------------------------------
 
 
+def check_options(data_cfg: DataConfig, cfg: SFTConfig) -> None:
+    """Refuse, before any work, an option these SFT rows cannot apply (a run records what it applied)."""
+    if cfg.sft_data == SFT_CHOSEN and cfg.sft_split != "train":
+        raise PreftuneError(f"--sft-split {cfg.sft_split} applies to --sft-data FILE/FOLDER/hub id, not to --sft-data "
+                            "chosen (always the preference data's train split): drop --sft-split")
+    picked = [flag for flag, on in (("--min-confidence", data_cfg.min_confidence is not None),
+                                    ("--length-balance", data_cfg.length_balance)) if on]
+    if cfg.sft_data != SFT_CHOSEN and picked:
+        raise PreftuneError(f"{' and '.join(picked)} choose among preference pairs; --sft-data {cfg.sft_data} holds SFT "
+                            f"rows (prompt, label), not pairs: drop {' and '.join(picked)}, or use --sft-data chosen")
+
+
 def sft(data_cfg: DataConfig, cfg: SFTConfig, name: str | None = None) -> Path:
     """`preftune sft`: rows → fitted rows → engine (objective "sft") → ROOT/NAME (written as NAME.partial).
     Under torchrun every rank trains; rank 0 writes. Returns the folder."""
+    check_options(data_cfg, cfg)
+    with begin("sft", cfg, name) as life:  # before any work; ROOT/NAME locked until the run is written
+        return _sft(data_cfg, cfg, life)
+
+
+def _sft(data_cfg: DataConfig, cfg: SFTConfig, life: Lifecycle) -> Path:
     from preftune.dpo.engines import ENGINES, TrainJob
     from preftune.models import load_tokenizer, resolve_model
 
-    life = begin("sft", cfg, name)  # before any work
     per_device = per_device_batch(cfg.batch_size, cfg.grad_accum, life.world_size)
     resolved = resolve_model(cfg.model)
     logger.info(f"model: {cfg.model} ← {resolved.source}")

@@ -49,6 +49,67 @@ def require(report_to: str) -> None:
                             f"run `pip install {package}`{extra}")
 
 
+def writable_folder(path: Path, flag: str, what: str) -> None:
+    """`path` is (made) a folder this process can write into; else a one-line error naming `flag`, the
+    path in the way and `what` to change."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == path else f" (it writes to {path})"
+        raise PreftuneError(f"{flag}: {blocker} is a file, not a folder{where}; move it away or change {what}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PreftuneError(f"{flag}: cannot create {path} ({e.strerror or e}); change {what}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PreftuneError(f"{flag}: {path} is not writable; change {what}")
+
+
+def check_paths(cfg: Any, run: str) -> None:
+    """Before any work: every folder `--report-to` will write for run `run` is a writable folder (created
+    here), so a tracker that cannot write stops the command before training, not after it."""
+    if cfg.report_to == "none":
+        return
+    tracking = Tracking(cfg.report_to, project_name(cfg), run, Path(cfg.output_dir))
+    env = {"trackio": "TRACKIO_DIR", "wandb": "WANDB_DIR", "mlflow": "MLFLOW_TRACKING_URI"}.get(cfg.report_to)
+    if env and env in os.environ:
+        if cfg.report_to == "mlflow":
+            return  # a server or a store of the user's choice: MLflow checks it
+        folder, what = (_trackio_store(tracking) if cfg.report_to == "trackio" else Path(os.environ[env])), env
+    else:
+        folder = {"tensorboard": tracking.tensorboard_root / run, "trackio": _trackio_store(tracking),
+                  "wandb": tracking.folder, "mlflow": tracking.folder / "mlruns"}[cfg.report_to]
+        what = "--output-dir"
+    writable_folder(folder, f"--report-to {cfg.report_to}", what)
+
+
+def check_written(run_dir: Path, root: Path) -> None:
+    """Once a run is logged (rank 0): its local tracker (run_dir/tracking.json's) wrote it where the record
+    says; trackio and TensorBoard only warn when they cannot, which must fail the command, not pass as
+    tracked. No record: nothing to check."""
+    tracking = _from_record(_read_record(run_dir) or {}, Path(root))
+    if tracking is None:
+        return
+    if tracking.report_to == "tensorboard":
+        folder = tracking.tensorboard_root / tracking.run
+        if not any(p.name.startswith("events.out.tfevents") for p in folder.rglob("*") if p.is_file()):
+            raise PreftuneError(f"--report-to tensorboard wrote no event file under {folder}; the run is not tracked")
+    elif tracking.report_to == "trackio":
+        db = _trackio_store(tracking) / f"{tracking.project}.db"
+        if not db.is_file() or tracking.run not in _trackio_runs(tracking.project):
+            raise PreftuneError(f"--report-to trackio could not write run {tracking.run} to {db}; the run is not "
+                                "tracked (check that the trackio store, TRACKIO_DIR, is writable)")
+
+
+def _trackio_runs(project: str) -> list[str]:
+    try:
+        from trackio.sqlite_storage import SQLiteStorage
+
+        return list(SQLiteStorage.get_runs(project))
+    except Exception:  # noqa: BLE001 - an unreadable store holds no run
+        return []
+
+
 def project_name(cfg: Any) -> str:
     """--tracker-project, else the --output-dir folder's name (`runs` for ROOT=runs)."""
     return cfg.tracker_project or Path(cfg.output_dir).resolve().name or "preftune"

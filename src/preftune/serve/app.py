@@ -34,7 +34,7 @@ from preftune.serve.demo import (  # noqa: E402
     reward_text,
     spec_from_run,
 )
-from preftune.serve.feedback import append_jsonl, comparison_row  # noqa: E402
+from preftune.serve.feedback import append_jsonl, check_writable, comparison_row  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SIDES = ("base", "DPO-tuned")
@@ -233,8 +233,9 @@ def serve(run_dir: Path, cfg: ServeConfig) -> None:
     """`preftune serve`: load the run and its base model, then serve until interrupted."""
     limits = Limits(cfg.max_post_chars, cfg.max_prompt_tokens, cfg.max_new_tokens_cap)
     demo = Demo(spec_from_run(run_dir, cfg.base, limits))
-    loaded = demo.load()
     feedback = Path(cfg.feedback) if cfg.feedback else Path(run_dir) / "preferences.jsonl"
+    check_writable(feedback)  # before the models load: a vote must never be the first to find out
+    loaded = demo.load()
     logger.info(f"serve: tuned {demo.spec.name} ← {loaded.sources[0]}")
     logger.info(f"serve: base {demo.spec.base} ← {loaded.sources[1]}")
     if loaded.reference_source:

@@ -3,7 +3,8 @@
 
 Several clicks can arrive at once (gradio runs handlers in a thread pool; several servers may share
 a file): each row is one write of one line while holding an exclusive lock (`filelock`, on
-FILE.lock beside the file, on every platform), so rows never interleave and none is lost.
+FILE.lock beside the file, on every platform), so rows never interleave and none is lost. The file is
+checked writable when the server starts (`check_writable`), not at the first vote.
 """
 
 from __future__ import annotations
@@ -32,6 +33,27 @@ def comparison_row(post_id: str, subreddit: str, title: str, post: str, texts: l
         "split": "demo",
         "extra": {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})},
     }
+
+
+def check_writable(path: Path, flag: str = "--feedback") -> None:
+    """Before the demo loads its models: votes can be appended to `path` (and its FILE.lock made beside
+    it), else one line naming the path in the way. Its folder is created; the file itself is not."""
+    from preftune.errors import PreftuneError
+
+    path = Path(path)
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise PreftuneError(f"{flag} {path}: {blocker} is a file, not a folder; pass a file in a folder")
+    if path.is_dir():
+        raise PreftuneError(f"{flag} {path} is a folder; pass a file (e.g. {path / 'preferences.jsonl'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # opened as a vote opens it, nothing written
+    except OSError as e:
+        raise PreftuneError(f"{flag} {path}: cannot write it ({e.strerror or e}); pass another file") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PreftuneError(f"{flag} {path}: its folder {path.parent} is not writable; pass another file")
 
 
 def lock_for(path: Path) -> FileLock:

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import os
 import time
 import typing
 from dataclasses import asdict, dataclass, replace
@@ -40,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 GRID_KEYS = tuple(f.name for f in dataclasses.fields(SweepConfig))
 NOT_SWEPT = ("overwrite",)  # a sweep never replaces a finished run: it skips it
-LOCK_FILE = ".sweep.lock"
 PLAN_FILE = "sweep.json"
 
 
@@ -114,22 +112,12 @@ def build_configs(settings: dict[str, Any]) -> tuple[DataConfig, TrainConfig, Sw
 # ---- the sweep -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def sweep_lock(root: Path):
     """Hold ROOT/.sweep.lock for the sweep, without waiting: a second sweep into ROOT is refused. The
-    lock is the OS's (flock / LockFileEx), so it is released even when the holder is SIGKILLed."""
-    from filelock import FileLock, Timeout
+    lock is the OS's (runs/lock.py), so it is released even when the holder is SIGKILLed."""
+    from preftune.runs.lock import root_lock
 
-    lock = FileLock(root / LOCK_FILE, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise PreftuneError(f"another `preftune sweep` is running in {root} (it holds {root / LOCK_FILE}); "
-                            "wait for it to finish or use another --output-dir") from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return root_lock(root, "sweep")
 
 
 def differences(stored: dict, wanted: dict) -> list[str]:
@@ -167,18 +155,6 @@ def write_plan(root: Path, data_cfg: DataConfig, base: TrainConfig, grid: SweepC
     atomic_write_json(root / PLAN_FILE, plan)
 
 
-def make_root(root: Path) -> None:
-    """ROOT as a writable folder (created if needed), or a one-line error before any work."""
-    if root.exists() and not root.is_dir():
-        raise PreftuneError(f"--output-dir {root} is a file, not a folder; pass a folder for the sweep's runs")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PreftuneError(f"--output-dir {root}: cannot create it ({e.strerror or e})") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise PreftuneError(f"--output-dir {root} is not writable")
-
-
 def plan(held: contextlib.ExitStack, root: Path, runs: list[PlannedRun], data_cfg: DataConfig, base: TrainConfig,
          grid: SweepConfig) -> dict[str, str]:
     """Take ROOT's lock (held until `held` closes), read each run's state, write ROOT/sweep.json. Returns
@@ -196,6 +172,7 @@ def sweep(data_cfg: DataConfig, base: TrainConfig, grid: SweepConfig, report_cfg
     filesystem, would see no run finished)."""
     from preftune.launch import agreed, check_launch, from_rank_zero
     from preftune.runs.dpo import prepare_run_data, run
+    from preftune.runs.lifecycle import make_root
     from preftune.sweep.report import report
 
     rank = check_launch()[0]  # first: a launch that is not one process group stops before the lock and the plan

@@ -225,7 +225,7 @@ def chosen_test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
     if not run.has_test_split:
         return None, PREDATES
     if (run.path / TEST_PAIRS_FILE).stat().st_size == 0:
-        return None, "n/a (no test pairs: trained with --test-fraction 0)"
+        return None, "n/a (no test split: trained with --test-fraction 0; train with --test-fraction > 0 for one)"
     stored = gap_on_damage(lambda: run.evaluation("test"), "test metrics (recomputed)")
     if stored and stored.get("fingerprint") == run.fingerprint("test"):
         if stored.get("selection") != selection:
@@ -236,10 +236,12 @@ def chosen_test_result(run: Run, selection: dict) -> tuple[dict | None, str]:
         evaluate_split,  # torch: only when a test result is due
     )
 
+    stale = (run.path / run_folder.TEST_FILE).exists()  # its weights or test pairs changed since (or it is damaged)
     logger.info(f"report: scoring {run.name} on its test pairs (chosen on validation, #{selection['rank']} of "
-                f"{selection['runs_compared']})")
+                f"{selection['runs_compared']})" + ("; its test.json is stale (the weights or test pairs changed "
+                                                    "since), so it is computed again" if stale else ""))
     try:
-        return evaluate_split(run, "test", extra={"selection": selection}), "computed"
+        return evaluate_split(run, "test", extra={"selection": selection}, recompute_test=stale), "computed"
     except PreftuneError as e:
         logger.warning(f"warning: {run.name}: test metrics not computed: {e}")
         return None, f"not computed ({e})"
