@@ -77,7 +77,7 @@ def test_accuracy_by_labeller_confidence():
     assert groups["9"]["n"] == 2 and groups["9"]["accuracy"] == 1.0 and groups["3"]["accuracy"] == 0.5
     assert groups["3"]["ci95"] == pytest.approx(wilson_interval(1, 2))
     table = format_table({"split": "validation", "dataset": "d", **m})
-    assert "accuracy by labeller confidence:" in table and "   9  1.0000  [0.342, 1.000]  n=2" in table
+    assert "accuracy by labeller confidence:" in table and "   9  1.0000 [0.342–1.000] n=2" in table
 
 
 def test_non_finite_margins_are_counted_and_kept_out_of_the_accuracy(capsys):
@@ -92,11 +92,11 @@ def test_the_printed_table_shows_intervals_and_n():
     table = format_table({"split": "test", "dataset": "tldr-sample", **m})
     assert table.startswith("evaluation on the test split of tldr-sample: 4 pairs from 4 posts, beta=0.5, lengths "
                             "in tokens")
-    assert "  DPO implicit-reward accuracy                  0.7500  [0.301, 0.954]  n=4\n" in table
-    assert "  length-balanced accuracy (length alone: 0.5)  0.7500  [0.426, 1.000]\n" in table
-    assert "  accuracy where chosen is longer               1.0000  [0.342, 1.000]  n=2\n" in table
-    assert "  accuracy where chosen is shorter              0.5000  [0.095, 0.905]  n=2\n" in table
-    assert "  accuracy where lengths are equal              n/a  n=0\n" in table
+    assert "  DPO implicit-reward accuracy                  0.7500 [0.301–0.954] n=4\n" in table
+    assert "  length-balanced accuracy (length alone: 0.5)  0.7500 [0.426–1.000]\n" in table
+    assert "  accuracy where chosen is longer               1.0000 [0.342–1.000] n=2\n" in table
+    assert "  accuracy where chosen is shorter              0.5000 [0.095–0.905] n=2\n" in table
+    assert "  accuracy where lengths are equal              n/a n=0\n" in table
     assert "  'longer wins' baseline accuracy               0.5000\n" in table
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from preftune import fmt
 from preftune.data.prepare import Pair
 from preftune.dpo.logps import (
     PairLogpsModule,
@@ -182,14 +183,10 @@ TABLE_ROWS = [
 INTERVALS = {"accuracy": "accuracy_ci95", "length_balanced_accuracy": "length_balanced_ci95"}
 
 
-def interval_text(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-
-
 def _shown(value, ci=None, n=None) -> str:
-    """A metric as "0.6458  [0.505, 0.767]  n=48" (n/a for a gap)."""
-    parts = ["n/a" if value is None else f"{value:.4f}", interval_text(ci), "" if n is None else f"n={n}"]
-    return "  ".join(p for p in parts if p)
+    """A metric as "0.6458 [0.505–0.767] n=48"; a gap as "n/a n=0" (its n kept: why it is a gap)."""
+    shown = fmt.cell(value, ci, n, 4, ci_digits=3, gap="n/a")
+    return f"{shown} n={n}" if shown == "n/a" and n is not None else shown
 
 
 def describe(m: dict) -> str:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from preftune import fmt
 from preftune.config import (
     DEFAULT_RM,
     DataConfig,
@@ -203,7 +204,7 @@ def fit_length_correction(model, tokenizer, pairs: list[Pair], seed: int) -> dic
 
 
 def _signed(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.3f}"
+    return fmt.number(x, 3, sign=True, gap="n/a")
 
 
 # ---- train ---------------------------------------------------------------------------------------
