@@ -42,6 +42,16 @@ def test_env_lists_what_a_bug_report_needs(capsys, monkeypatch, tmp_path):
         assert rows[key], key
 
 
+def test_env_says_whether_the_cpu_has_bf16_units_and_what_auto_picks(capsys, monkeypatch):
+    from preftune import precision
+
+    for units, said in ((True, "yes (AVX512-BF16 or AMX)"), (False, "no (bf16 is emulated)")):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda units=units: units)
+        rows = dict(line[2:].split(":", 1) for line in run_env(capsys).splitlines())
+        assert rows["CPU bf16 units"].strip() == said
+        assert rows["--precision auto"].strip() == precision.resolve("auto")
+
+
 def test_env_json_is_the_same_report(capsys):
     info = json.loads(run_env(capsys, "--json"))
     assert info["preftune"] == preftune.__version__

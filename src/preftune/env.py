@@ -44,9 +44,12 @@ def torch_build() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     mps = getattr(torch.backends, "mps", None)
+    from preftune.precision import cpu_has_bf16, resolve
+
     return {"build": build, "cuda_available": cuda, "devices": devices,
             "mps_available": bool(mps and mps.is_available()),
-            "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+            "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "cpu_bf16_units": cpu_has_bf16(), "precision_auto": resolve("auto")}
 
 
 def token_status() -> str:
@@ -148,7 +151,9 @@ def format_report(info: dict[str, Any]) -> str:
     if "threads" in t:
         rows += [("CUDA available", "yes" if t["cuda_available"] else "no"),
                  ("devices", ", ".join(t["devices"]) or "CPU only" + (" (MPS available)" if t["mps_available"] else "")),
-                 ("torch threads", f"{t['threads']} (inter-op {t['interop_threads']})")]
+                 ("torch threads", f"{t['threads']} (inter-op {t['interop_threads']})"),
+                 ("CPU bf16 units", "yes (AVX512-BF16 or AMX)" if t["cpu_bf16_units"] else "no (bf16 is emulated)"),
+                 ("--precision auto", t["precision_auto"])]
     rows += [("preftune cache", f"{c['preftune']} ({'PREFTUNE_CACHE' if c['preftune_from'] != 'default' else 'default'})"),
              ("Hugging Face cache", c["huggingface_hub"]), ("HF_HUB_OFFLINE", "yes" if c["hf_hub_offline"] else "no"),
              ("Hugging Face token", c["hf_token"]),
