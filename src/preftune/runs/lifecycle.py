@@ -249,7 +249,8 @@ class Lifecycle:
         its lock and empty folders (a bad flag leaves nothing)."""
         if self.held is None:
             return
-        if done:  # unlinked while held: a writer that opens it now is refused, one after finds NAME done
+        # unlinked while held: a writer that opens it now is refused, one after finds NAME done (or nothing)
+        if done or failed and not self.partial.exists():  # a failed run that wrote nothing leaves no lock file
             lock_of(self.final).unlink(missing_ok=True)
         self.held.release()
         self.held = None
