@@ -34,7 +34,7 @@ def test_every_example_is_parsed_below():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_parses_against_its_commands(name):
-    from preftune.sweep.recipe import load_recipe
+    from preftune.sweep.recipe_file import load_recipe
 
     recipe = load_recipe(REPO / "examples" / name)
     assert recipe["sft"] and len(recipe["runs"]) >= 2 and recipe["select"]["rank_by"]
@@ -209,7 +209,7 @@ def test_every_settings_file_refuses_a_broken_file_in_one_line(reader, problem, 
 def test_a_recipe_loses_no_objective_to_a_repeated_name(tmp_path):
     """`runs:` naming one objective twice kept only the second: now the file is refused at the second."""
     from preftune.errors import PreftuneError
-    from preftune.sweep.recipe import load_recipe
+    from preftune.sweep.recipe_file import load_recipe
 
     path = tmp_path / "recipe.yaml"
     path.write_text("output_dir: r\nruns:\n  dpo: {loss: sigmoid}\n  simpo: {loss: simpo}\n  dpo: {loss: hinge}\n")
