@@ -158,7 +158,8 @@ def load_recipe(path: Path) -> dict:
     if not isinstance(select, dict) or set(select) - {"rank_by"} or rank_by not in RANK_KEYS_ALLOWED:
         raise DataError(str(path), lines.get(("select", "rank_by"), lines.get(("select",))), "select",
                         f"takes rank_by: one of {', '.join(RANK_KEYS_ALLOWED)} (validation metrics), as a mapping "
-                        f"(select: {{rank_by: accuracy}}); got {yaml_kind(select)}")
+                        "(select: {rank_by: accuracy}); got " + (f"{yaml_kind(select)}" if not isinstance(select, dict)
+                                                                 else ", ".join(f"{k}: {v!r}" for k, v in select.items())))
     recipe.update(select={"rank_by": rank_by}, path=str(path), lines=lines)
     step_configs(recipe, Path(out))  # every step's configs: the rules between settings, loss flags included
     return recipe
