@@ -34,7 +34,7 @@ def test_every_example_is_parsed_below():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_parses_against_its_commands(name):
-    from preftune.sweep.recipe import load_recipe
+    from preftune.sweep.recipe_file import load_recipe
 
     recipe = load_recipe(REPO / "examples" / name)
     assert recipe["sft"] and len(recipe["runs"]) >= 2 and recipe["select"]["rank_by"]
@@ -175,4 +175,50 @@ def test_read_yaml_gives_the_line_of_every_key(tmp_path):
 
     values, lines = read_yaml(Path(write(tmp_path, "a: 1\nb:\n  c:\n    d: 2\n")))
     assert values == {"a": 1, "b": {"c": {"d": 2}}}
-    assert lines == {("a",): 1, ("b",): 2, ("b", "c"): 3, ("b", "c", "d"): 4}
+    assert lines == {(): 1, ("a",): 1, ("b",): 2, ("b", "c"): 3, ("b", "c", "d"): 4}
+
+
+# the same file content, as a --config file (train), a sweep file and a recipe: (content, message, line)
+BROKEN_FILES = {
+    "a key twice": (b"lr: 1.0e-5\nmax_pairs: 8\nlr: 2.0e-5\n", "field 'lr': given twice (first on line 1)", 3),
+    "a nested key twice": (b"lr: 1.0e-5\nlora: {a: 1, a: 2}\n", "field 'lora.a': given twice (first on line 2)", 2),
+    "not UTF-8": (b"lr: 1.0e-5\nmodel: caf\xe9\n", "not UTF-8 text (byte 0xe9); save the file as UTF-8", 2),
+    "a list": (b"# settings\n- lr: 1.0e-5\n", "expected a mapping", 2),
+    "a string": (b"lr\n", "expected a mapping", 1),
+}
+
+
+@pytest.mark.parametrize("reader", ["train", "sweep", "recipe"])
+@pytest.mark.parametrize("problem", sorted(BROKEN_FILES))
+def test_every_settings_file_refuses_a_broken_file_in_one_line(reader, problem, tmp_path, capsys):
+    """A key given twice (YAML keeps the last one silently), bytes that are not UTF-8 (a traceback before)
+    and a document that is not a mapping: one line naming the file and line, exit 2, in every reader."""
+    content, message, line = BROKEN_FILES[problem]
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    argv = ["recipe", str(path)] if reader == "recipe" else \
+        [reader, "--config", str(path), "--output-dir", str(tmp_path / "runs"),  # were the file read, no training:
+         "--dataset", str(tmp_path / "none.jsonl"), "--model", str(tmp_path / "no-model")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}:" in err and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_recipe_loses_no_objective_to_a_repeated_name(tmp_path):
+    """`runs:` naming one objective twice kept only the second: now the file is refused at the second."""
+    from preftune.errors import PreftuneError
+    from preftune.sweep.recipe_file import load_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("output_dir: r\nruns:\n  dpo: {loss: sigmoid}\n  simpo: {loss: simpo}\n  dpo: {loss: hinge}\n")
+    with pytest.raises(PreftuneError, match=r"recipe.yaml:5: field 'runs.dpo': given twice \(first on line 3\)"):
+        load_recipe(path)
+
+
+def test_merge_keys_and_aliases_are_not_repeated_keys(tmp_path):
+    from preftune.config.files import read_yaml
+
+    values, _ = read_yaml(Path(write(tmp_path, "base: &b {lr: 1, seed: 2}\nrun:\n  <<: *b\n  lr: 3\nother: *b\n")))
+    assert values["run"] == {"lr": 3, "seed": 2} and values["other"] == {"lr": 1, "seed": 2}

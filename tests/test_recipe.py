@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from preftune.errors import PreftuneError
-from preftune.sweep.recipe import format_summary, load_recipe, run_recipe, select_run
+from preftune.sweep.recipe import format_summary, run_recipe, select_run
+from preftune.sweep.recipe_file import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = "data:\n  fraction: 0.03\n  seed: 3\n"
@@ -48,6 +49,102 @@ def test_a_bad_recipe_is_refused_before_any_step(tmp_path, text, message):
     assert not (tmp_path / "r").exists()
 
 
+# the split is made once, in `data:`: every data setting a step's command takes, set in a step's section
+SPLIT_KEYS = {"dataset": "tldr-sample", "format": "auto", "hub_config": "x", "split": "train", "fraction": 0.5,
+              "eval_fraction": 0.2, "test_fraction": 0.2, "seed": 1, "column_map": "prompt=p"}
+
+
+@pytest.mark.parametrize("section", ["rm", "sft", "dpo", "runs.simpo"])
+@pytest.mark.parametrize("key", sorted(SPLIT_KEYS))
+def test_a_step_section_may_not_make_its_own_split(tmp_path, section, key):
+    """Per-step seeds let the SFT step imitate the selected run's test posts: refused at load, FILE:LINE."""
+    own = f"    {key}: {SPLIT_KEYS[key]}\n"
+    text = "output_dir: r\n" + ("" if section == "sft" else "sft: {}\n") + "runs:\n  dpo: {loss: sigmoid}\n" \
+        "  simpo:\n    loss: simpo\n" + (
+        own if section == "runs.simpo" else "") + (f"{section}:\n{own}" if section != "runs.simpo" else "")
+    line = text.splitlines().index(own.rstrip("\n")) + 1
+    with pytest.raises(PreftuneError, match=rf"recipe.yaml:{line}: field '{section}.{key}': a data setting: set it "
+                                            r"once under `data:`"):
+        load_recipe(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text,message", [
+    # the training-pair options choose one step's pairs: not the split (`data:`), nor an SFT setting
+    ("data:\n  length_balance: true\n", r":3: field 'data.length_balance': chooses one step's training pairs"),
+    ("sft:\n  min_confidence: 2\n", r":3: field 'sft.min_confidence': `preftune sft` does not apply it"),
+    # a loss setting against the loss it belongs to: found at load, not after the reward model trained
+    ("runs:\n  dpo:\n    loss: sigmoid\n    rdpo_alpha: 0.02\n",
+     r":5: field 'runs.dpo.rdpo_alpha': step dpo/runs.dpo: .*--rdpo-alpha applies to --loss rdpo only"),
+    ("dpo:\n  simpo_gamma: 0.5\nruns:\n  dpo: {loss: sigmoid}\n",
+     r":3: field 'dpo.simpo_gamma': step dpo/runs.dpo: .*--simpo-gamma applies to --loss simpo only"),
+    ("dpo:\n  engine: trl\nruns:\n  s:\n    loss: simpo\n",
+     r":6: field 'runs.s.loss': step dpo/runs.s: --loss simpo is not available with --engine trl"),
+    ("data:\n  eval_fraction: 0.6\n  test_fraction: 0.5\n", r":3: field 'data.eval_fraction': .*must be < 1"),
+    ("sft:\n  engine: trl\n  pack_tokens: 64\n", r":4: field 'sft.pack_tokens': step sft: --pack-tokens applies "),
+    ("judge:\n  temperature: 0\n  greedy: false\n", r":3: field 'judge.temperature': step judge: .*nothing to judge"),
+    # every DPO run starts from one model: a run's own is refused, as is dpo.model beside an sft step
+    ("runs:\n  simpo:\n    model: other/model\n",
+     r":4: field 'runs.simpo.model': every DPO run starts from the same model.*`dpo.model`"),
+    ("sft: {}\ndpo:\n  model: other/model\n", r":4: field 'dpo.model': the DPO runs start from the sft step's model"),
+    # sections of the wrong shape
+    ("select:\n  - rank_by\n", r":2: field 'select': takes rank_by.*got a list"),
+    ("select: accuracy\n", r":2: field 'select': takes rank_by.*got a string"),
+    ("data:\n  - seed\n", r":2: field 'data': expected a mapping of settings \(key: value\), got a list"),
+    ("judge: 3\n", r":2: field 'judge': expected a mapping of settings .*got a number"),
+])
+def test_every_section_is_checked_before_the_first_step(tmp_path, text, message):
+    path = write(tmp_path, "output_dir: r\n" + text + ("" if "runs:" in text else "runs:\n  dpo: {loss: sigmoid}\n"))
+    with pytest.raises(PreftuneError, match="recipe.yaml" + message):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("output_dir: [a, b]\nruns:\n  dpo: {}\n", r"recipe.yaml:1: field 'output_dir': expected a folder path, got a list"),
+    ("output_dir: 7\nruns:\n  dpo: {}\n", r"recipe.yaml:1: field 'output_dir': expected a folder path, got a number"),
+    ("output_dir: r\nruns:\n  - dpo\n", r"recipe.yaml:2: field 'runs': needs one entry per DPO objective.*got a list"),
+    ("output_dir: r\nruns:\n  dpo: [loss, sigmoid]\n", r"recipe.yaml:3: field 'runs.dpo': expected a mapping"),
+])
+def test_a_section_of_the_wrong_shape_is_refused(tmp_path, text, message):
+    with pytest.raises(PreftuneError, match=message):
+        load_recipe(write(tmp_path, text))
+
+
+def test_the_training_pair_options_are_a_dpo_or_rm_setting(tmp_path):
+    recipe = load_recipe(write(tmp_path, "output_dir: r\nrm: {length_balance: true}\ndpo: {min_confidence: 2}\n"
+                                         "runs:\n  dpo: {loss: sigmoid}\n  bal: {length_balance: true}\n"))
+    assert recipe["rm"]["length_balance"] and recipe["runs"]["bal"]["length_balance"]
+
+
+@pytest.mark.parametrize("case", ["output_dir a file", "--output-dir a file", "select a list"])
+def test_a_bad_recipe_is_one_line_on_the_command_line(tmp_path, capsys, case):
+    from preftune.cli import main
+
+    (tmp_path / "taken").write_text("a file")
+    out = tmp_path / ("taken" if case == "output_dir a file" else "r")
+    path = write(tmp_path, f"output_dir: {out}\nruns:\n  dpo: {{loss: sigmoid}}\n"
+                           + ("select: [accuracy]\n" if case == "select a list" else ""))
+    extra = ["--output-dir", str(tmp_path / "taken")] if case == "--output-dir a file" else []
+    assert main(["recipe", str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert {"output_dir a file": f"recipe.yaml:1: field 'output_dir': {out}: is a file, not a folder",
+            "--output-dir a file": f"--output-dir {tmp_path / 'taken'}: is a file, not a folder",
+            "select a list": "recipe.yaml:4: field 'select': takes rank_by"}[case] in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_second_recipe_into_the_same_root_is_refused_before_any_step(tmp_path, monkeypatch):
+    """Two recipes writing one ROOT would train the same steps at once: the second stops in one line."""
+    from preftune.runs.lock import root_lock
+
+    recipe = write(tmp_path, f"output_dir: {tmp_path / 'out'}\n{DATA}runs:\n  dpo: {{}}\n")
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr("preftune.sweep.recipe._run_steps", lambda *a: pytest.fail("a step ran"))
+    with root_lock(tmp_path / "out", "recipe"):
+        with pytest.raises(PreftuneError, match=r"another process is writing .*out \(`preftune recipe` holds"):
+            run_recipe(recipe)
+
+
 def test_selection_uses_validation_and_breaks_ties_by_accuracy(tmp_path):
     runs = []
     for name, bal, acc in [("a", 0.6, 0.7), ("b", 0.62, 0.6), ("c", 0.62, 0.65)]:
@@ -73,9 +170,8 @@ def test_the_summary_writes_gaps_and_the_test_interval_as_every_table_does():
     assert "length-balanced 0.586 [0.51–0.66]" in text and "None" not in text
 
 
-def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
-    recipe = write(tmp_path, f"""\
+def tiny_recipe(tmp_path, tiny_model, sft_lr="1.0e-2", hinge_beta=0.5, judge_n=2) -> Path:
+    return write(tmp_path, f"""\
         output_dir: {tmp_path / "out"}
         {DATA.replace(chr(10), chr(10) + "        ")}
         rm:
@@ -86,7 +182,7 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
           max_length: 192
         sft:
           model: {tiny_model}
-          lr: 1.0e-2
+          lr: {sft_lr}
           batch_size: 4
           max_rows: 4
           max_length: 192
@@ -99,13 +195,18 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
           gradient_checkpointing: false
         runs:
           dpo: {{loss: sigmoid}}
-          hinge: {{loss: hinge, beta: 0.5}}
+          hinge: {{loss: hinge, beta: {hinge_beta}}}
         judge:
-          n: 2
+          n: {judge_n}
           max_new_tokens: 4
           temperature: 0
           examples: 0
         """)
+
+
+def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
+    recipe = tiny_recipe(tmp_path, tiny_model)
     summary = run_recipe(recipe)
     root = tmp_path / "out"
     assert summary["runs_compared"] == 2 and {r["run"].split("/")[0] for r in summary["runs"]} == {"dpo", "hinge"}
@@ -141,6 +242,36 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     assert again["steps"] == summary["steps"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
+    # the finished recipe edited: each changed step named key by key and refused, before any work; nothing
+    # reused (the old runs were credited to the edited file, exit 0)
+    def refused(**edit) -> str:
+        tiny_recipe(tmp_path, tiny_model, **edit)
+        with pytest.raises(PreftuneError) as error:
+            run_recipe(recipe)
+        assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+        message = str(error.value).replace(str(recipe), "FILE")
+        assert "\n" not in message and message.endswith("Pass --overwrite to retrain them (their old runs are "
+                                                        "deleted), undo the edit, or set another output_dir")
+        return message
+
+    message = refused(hinge_beta=0.25)
+    assert "step dpo/runs.hinge: beta 0.5 in the finished run, 0.25 in FILE." in message and "runs.dpo" not in message
+    message = refused(sft_lr="5.0e-3", judge_n=3)  # a new SFT model: every DPO run would start from another model
+    for said in ("step sft: lr 0.01 in the finished run, 0.005 in FILE |",
+                 f"step dpo/runs.dpo: model {sft} in the finished run, {root / 'sft' / 'sft_model_lr0.005_bs4_epoch1'}",
+                 "step judge: n 2 in the finished run, 3 in FILE."):
+        assert said in message, (said, message)
+
+    # --overwrite: the changed objective alone is trained again; the other run is kept as it was
+    tiny_recipe(tmp_path, tiny_model, hinge_beta=0.25)
+    kept = next((root / "runs" / "dpo").glob("dpo_model_*"))
+    kept_mtime = (kept / "preftune_config.json").stat().st_mtime_ns
+    retrained = run_recipe(recipe, overwrite=True)
+    hinge = next((root / "runs" / "hinge").glob("dpo_model_*"))
+    assert json.loads((hinge / "preftune_config.json").read_text())["train"]["beta"] == 0.25
+    assert (kept / "preftune_config.json").stat().st_mtime_ns == kept_mtime
+    assert retrained["runs_compared"] == 2 and run_recipe(recipe)["steps"] == retrained["steps"]
+
 
 def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(tmp_path):
     q = bench_quality()
@@ -154,7 +285,7 @@ def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(t
 
 
 def test_a_settings_range_comes_from_the_command_its_section_runs():
-    from preftune.sweep.recipe import SECTION_VERBS, VERB_CONFIGS, section_rules
+    from preftune.sweep.recipe_file import SECTION_VERBS, VERB_CONFIGS, section_rules
 
     assert set(SECTION_VERBS.values()) <= set(VERB_CONFIGS)  # every section's command has its config classes
     # `split` is DataConfig's (any nonempty name) and JudgeConfig's (validation|test): each command its own

@@ -96,28 +96,40 @@ def test_a_loss_setting_axis_without_its_loss_is_refused():
     ("seed: 1\nmax_pairs: many\n", "s.yaml:2: field 'max_pairs': expected int, got 'many'"),
     ("epochs: [1, 2.5]\n", "s.yaml:1: field 'epochs': expected int, got 2.5"),
     ("overwrite: true\n", "s.yaml:1: field 'overwrite': unknown setting"),
-    ("lr: [1e-6, 1.0e-6]\n", "sweep: --lr lists a value twice"),
+    ("lr: [1e-6, 1.0e-6]\n", "s.yaml:1: field 'lr': sweep: --lr lists a value twice"),
     ("lr: [-1e-6]\n", "s.yaml:1: field 'lr': must be > 0, got -1e-06"),
     ("loss: [sigmoid, nope]\n", "s.yaml:1: field 'loss': unknown value 'nope'; choose one of: sigmoid, hinge, ipo"),
     ("engine: turbo\n", "s.yaml:1: field 'engine': unknown value 'turbo'; choose one of: fast, trl"),
-    ("engine: trl\nloss: [sigmoid, simpo]\n", "--loss simpo is not available with --engine trl"),
+    ("engine: trl\nloss: [sigmoid, simpo]\n", "s.yaml:2: field 'loss': --loss simpo is not available with --engine trl"),
     ("ld_alpha: [0.5, 1.5]\nloss: [ld_dpo]\n", "s.yaml:1: field 'ld_alpha': must be in [0, 1], got 1.5"),
     ("format: csvish\n", "s.yaml:1: field 'format': unknown value 'csvish'; choose one of: auto, summarize_from_feedback"),
     ("seed: -1\n", "s.yaml:1: field 'seed': must be in [0, 4294967296), got -1"),
-    ("eval_fraction: 0.5\ntest_fraction: 0.5\n", "--eval-fraction + --test-fraction must be < 1"),
+    ("eval_fraction: 0.5\ntest_fraction: 0.5\n", "s.yaml:1: field 'eval_fraction': --eval-fraction + --test-fraction must be < 1"),
     ("logging_steps: 0\n", "s.yaml:1: field 'logging_steps': must be > 0, got 0"),
     ("beta: .nan\n", "s.yaml:1: field 'beta': must be a finite number, got nan"),
-    ("column_map: chosen\n", "--column-map: expected NAME=COLUMN pairs separated by commas, got 'chosen'"),
+    ("column_map: chosen\n", "s.yaml:1: field 'column_map': --column-map: expected NAME=COLUMN pairs separated by commas, got 'chosen'"),
     ("- lr\n", "s.yaml:1: expected a mapping of settings"),
+    ("lr: []\n", "s.yaml:1: field 'lr': sweep: --lr needs at least one value"),
+    ("seed: 1\nrdpo_alpha: 0.1\n", "s.yaml:2: field 'rdpo_alpha': sweep: --rdpo-alpha applies to --loss rdpo only"),
+    ("lr: 1.0e-6\nlr: 2.0e-6\n", "s.yaml:2: field 'lr': given twice (first on line 1)"),
     ("lr: [1e-6\n", "s.yaml: not valid YAML"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, capsys, text, message):
     config = tmp_path / "s.yaml"
     config.write_text(text)
-    assert main(["sweep", "--config", str(config), "--output-dir", str(tmp_path / "runs")]) == 2
+    assert main(["sweep", "--config", str(config), "--output-dir", str(tmp_path / "runs"),  # were it accepted,
+                 "--dataset", str(tmp_path / "none.jsonl"), "--model", str(tmp_path / "no-model")]) == 2  # no training
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_rule_broken_by_a_flag_names_the_flag_not_the_file(tmp_path, capsys):
+    config = tmp_path / "s.yaml"
+    config.write_text("seed: 1\nloss: [sigmoid]\n")
+    assert main(["sweep", "--config", str(config), "--rdpo-alpha", "0.1", "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "preftune: error: sweep: --rdpo-alpha applies to --loss rdpo only" in err and "s.yaml" not in err
 
 
 @pytest.mark.parametrize("argv, message", [

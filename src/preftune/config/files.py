@@ -53,29 +53,69 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     raise PreftuneError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def read_yaml(path: Path, what: str = "--config") -> tuple[Any, dict[tuple[str, ...], int]]:
-    """A settings file's YAML and the line of each key, by its path of keys ((section, key) → line): the one
-    loader of --config files, sweep files and recipes. `what` names the file in "not found" messages."""
-    import yaml
-
+def read_text(path: Path, what: str = "--config") -> str:
+    """A settings file's text: UTF-8, or a one-line error naming the file and the line of the first
+    byte that is not (a traceback in every command before)."""
     if not path.is_file():
         raise PreftuneError(f"{what} {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
-    text = path.read_text(encoding="utf-8")
     try:
-        node, values = yaml.compose(text), yaml.safe_load(text)
+        data = path.read_bytes()
+    except OSError as e:
+        raise PreftuneError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(str(path), data[:e.start].count(b"\n") + 1, None,
+                        f"not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+
+
+def read_yaml(path: Path, what: str = "--config") -> tuple[Any, dict[tuple[str, ...], int]]:
+    """A settings file's YAML and the line of each key, by its path of keys ((section, key) → line; () →
+    the document's first line): the one loader of --config files, sweep files and recipes. A key given
+    twice in one mapping, at any depth, is an error (YAML would keep the last one silently). `what` names
+    the file in "not found" messages."""
+    import yaml
+
+    text = read_text(path, what)
+    try:
+        node, values = yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PreftuneError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
-    lines: dict[tuple[str, ...], int] = {}
+    lines: dict[tuple[str, ...], int] = {(): node.start_mark.line + 1} if node is not None else {}
+    walking: set[int] = set()  # an alias may make the node graph a cycle
 
-    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+    def walk(node: Any, prefix: tuple[str, ...], record: bool) -> None:
+        if id(node) in walking:
+            return
+        walking.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, Any], int] = {}
             for key, value in node.value:
-                at = (*prefix, str(key.value))
-                lines[at] = key.start_mark.line + 1
-                walk(value, at)
+                if key.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: the keys beside it override, by design
+                    walk(value, prefix, False)
+                    continue
+                at, line = (*prefix, str(key.value)), key.start_mark.line + 1
+                ident = (key.tag, str(key.value))
+                if ident in seen:
+                    raise DataError(str(path), line, ".".join(at), f"given twice (first on line {seen[ident]}); "
+                                    "a settings file takes each key once: delete one")
+                seen[ident] = line
+                if record:
+                    lines[at] = line
+                walk(value, at, record)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, prefix, False)
+        walking.discard(id(node))
 
-    walk(node, ())
+    walk(node, (), True)
     return values, lines
+
+
+def yaml_kind(value: Any) -> str:
+    """What a YAML value is, in the file's words."""
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def field_rules(classes: tuple[type, ...]) -> dict[str, Mapping]:
@@ -96,7 +136,8 @@ def load_config_file(path: Path, hints: dict[str, Any], choices: dict[str, tuple
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise DataError(str(path), 1, None, "expected a mapping of settings (key: value)")
+        raise DataError(str(path), lines.get((), 1), None, "expected a mapping of settings (key: value), got "
+                        f"{yaml_kind(values)}")
     return {key: check_setting(key, value, hints, choices,
                                lambda message, key=key: DataError(str(path), lines.get((str(key),)), str(key), message),
                                rule=(rules or {}).get(key))

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import re
 import time
 import typing
 from dataclasses import asdict, dataclass, replace
@@ -30,8 +31,8 @@ from preftune.config import (
     flag_name,
     run_name,
 )
-from preftune.config.files import coerce, field_rules, load_config_file
-from preftune.errors import PreftuneError
+from preftune.config.files import coerce, field_rules, load_config_file, read_yaml
+from preftune.errors import DataError, PreftuneError
 from preftune.runs import trackers
 from preftune.runs.folder import atomic_write_json, partial_of
 
@@ -216,11 +217,27 @@ def settings_from_args(ns: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def in_file(ns: argparse.Namespace, error: PreftuneError) -> PreftuneError:
+    """A rule between settings (`--lr lists a value twice`, `--rdpo-alpha applies to --loss rdpo only`)
+    whose first flag is a key of the --config file, not a flag given: FILE:LINE naming that key."""
+    flag = re.search(r"--([a-z0-9][a-z0-9-]*)", str(error))
+    if not ns.config or not flag:
+        return error
+    key, (_, lines) = flag[1].replace("-", "_"), read_yaml(Path(ns.config))
+    if key not in vars(ns) and (key,) in lines:  # absent from `ns`: not given as a flag (suppressed defaults)
+        return DataError(ns.config, lines[(key,)], key, str(error))
+    return error
+
+
 def cmd_sweep(ns: argparse.Namespace) -> None:
     settings = settings_from_args(ns)
     report_names = {f.name for f in dataclasses.fields(ReportConfig)}
-    sweep(*build_configs({k: v for k, v in settings.items() if k not in report_names}),
-          ReportConfig(**{k: v for k, v in settings.items() if k in report_names}))
+    try:
+        configs = build_configs({k: v for k, v in settings.items() if k not in report_names})
+        report_cfg = ReportConfig(**{k: v for k, v in settings.items() if k in report_names})
+    except PreftuneError as e:
+        raise in_file(ns, e) from None
+    sweep(*configs, report_cfg)
 
 
 def add_cli(verbs) -> None:

@@ -2,27 +2,26 @@
 
 Steps, each a preftune command in its own process: the reward model, SFT (optional), one DPO sweep per
 objective, selection on validation, then the selected run alone on test and judged; ROOT/recipe.json
-records every step's wall time and numbers. The file's sections are checked before any step runs with
-the settings-file reader of config/files.py; a finished step is skipped, a killed one resumes. Steps,
-sections and the measured recipe: docs/recipe.md.
+records every step's wall time and numbers. The whole file is checked before any step (recipe_file.py);
+a finished step is skipped only when its recorded settings are the file's (else refused, or retrained
+with --overwrite); a killed one resumes. Steps, sections and the measured recipe: docs/recipe.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import preftune.config as config
 from preftune import fmt
-from preftune.config import DataConfig
-from preftune.config.files import check_setting, field_rules, parser_hints, read_yaml
 from preftune.errors import DataError, PreftuneError
 from preftune.launch import single_process
 from preftune.runs.folder import (
@@ -34,113 +33,22 @@ from preftune.runs.folder import (
     atomic_write_json,
     is_finished_run,
     read_json,
-    run_dirs,
 )
+from preftune.runs.lifecycle import run_spec, stored_spec
+from preftune.runs.lock import root_lock
 from preftune.runs.results import read_eval
+from preftune.sweep.recipe_file import (
+    RM_NAME,
+    TOP_KEYS,
+    Steps,
+    load_recipe,
+    step_configs,
+)
 
 logger = logging.getLogger(__name__)
 
-# section → the command whose flags it holds. `data` and `dpo` are merged into the steps that use them.
-SECTION_VERBS: dict[str, tuple[str, ...]] = {
-    "data": ("sweep",), "rm": ("rm", "train"), "sft": ("sft",), "dpo": ("sweep",), "judge": ("judge",),
-}
-# a command's config classes (preftune.config), in the order a flag's name is looked up: a name two commands
-# share (e.g. --lr, --max-length) takes its range from the command the section runs
-VERB_CONFIGS: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("sweep",): ("SweepConfig", "TrainConfig", "DataConfig", "ReportConfig"),
-    ("rm", "train"): ("RewardConfig", "DataConfig"), ("sft",): ("SFTConfig", "DataConfig"), ("judge",): ("JudgeConfig",),
-}
-TOP_KEYS = ("output_dir", "data", "rm", "sft", "dpo", "runs", "select", "judge")
-SET_BY_RECIPE = {"rm": ("output_dir", "name"), "sft": ("output_dir",), "dpo": ("output_dir", "select", "rank_by"),
-                 "runs": ("output_dir", "select", "rank_by"),
-                 "judge": ("split", "rm")}  # where each step writes and what it reads: the recipe decides
 STATE_FILE = "recipe_state.json"
 SUMMARY_FILE = "recipe.json"
-RM_NAME = "reward_model"
-RANK_KEYS_ALLOWED = ("length_balanced_accuracy", "accuracy", "chosen_shorter_accuracy", "mean_margin")
-
-
-# ---- the file ------------------------------------------------------------------------------------
-
-
-def _command_hints(verb: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, tuple]]:
-    from preftune.cli import build_parser
-
-    parser = build_parser()
-    for word in verb:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = sub.choices[word]
-    if verb == ("sweep",):  # the sweep reads its own file: its grid keys take lists
-        from preftune.sweep.grid import _settable
-        return _settable(), parser_hints(parser)[1]
-    return parser_hints(parser)
-
-
-def section_rules(verb: tuple[str, ...]) -> dict:
-    """Each setting's field metadata (choices, range) in `verb`'s config classes, its own first."""
-    return field_rules(tuple(getattr(config, name) for name in VERB_CONFIGS[verb]))
-
-
-def _check_section(path: Path, lines: dict, where: tuple[str, ...], values: Any, verb: tuple[str, ...]) -> dict:
-    """A section's settings, each checked as a --config file's are (config.files.check_setting) against the
-    command's flags and its config fields' ranges. Returned as written: each step's command reads them
-    again from the settings file the recipe writes for it."""
-    line = lines.get(where)
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise DataError(str(path), line, ".".join(where), "expected a mapping of settings (key: value)")
-    hints, choices = _command_hints(verb)
-    rules = section_rules(verb)
-    skip = SET_BY_RECIPE.get(where[0], ())  # `runs.NAME` sections: where[0] is "runs"
-    for key, value in values.items():
-        at = lines.get((*where, str(key)), line)
-        name = ".".join((*where, str(key)))
-        if key in skip:
-            raise DataError(str(path), at, name, "set by the recipe (each step's output goes under output_dir)")
-        check_setting(key, value, hints, choices,
-                      lambda message, at=at, name=name: DataError(str(path), at, name, message),
-                      what=f"setting for `preftune {' '.join(verb)}`", rule=rules.get(key))
-    return values
-
-
-def load_recipe(path: Path) -> dict:
-    """The recipe file, every section checked against its command's flags before anything runs."""
-    path = Path(path)
-    recipe, lines = read_yaml(path, "recipe")
-    if not isinstance(recipe, dict):
-        raise DataError(str(path), 1, None, "expected a mapping with sections: " + ", ".join(TOP_KEYS))
-    for key in recipe:
-        if key not in TOP_KEYS:
-            raise DataError(str(path), lines.get((str(key),)), str(key),
-                            f"unknown section; the sections are: {', '.join(TOP_KEYS)}")
-    if not recipe.get("output_dir"):
-        raise DataError(str(path), 1, "output_dir", "missing: the folder every step writes under")
-    for section, verb in SECTION_VERBS.items():
-        recipe[section] = _check_section(path, lines, (section,), recipe.get(section), verb) if section in recipe \
-            else ({} if section != "sft" else None)
-    data_keys = {f.name for f in dataclasses.fields(DataConfig)}
-    for key in recipe["data"]:
-        if key not in data_keys:
-            raise DataError(str(path), lines.get(("data", str(key))), f"data.{key}",
-                            "not a data setting (put run settings under `dpo`, or a step's own section)")
-    runs = recipe.get("runs")
-    if not isinstance(runs, dict) or not runs:
-        raise DataError(str(path), lines.get(("runs",)), "runs", "needs one entry per DPO objective, e.g. "
-                        "`dpo: {loss: sigmoid}`")
-    for name, settings in runs.items():
-        if not str(name).replace("-", "_").isidentifier():
-            raise DataError(str(path), lines.get(("runs", str(name))), f"runs.{name}",
-                            "a run group's name is a folder name: letters, digits, '-' and '_'")
-        runs[name] = _check_section(path, lines, ("runs", str(name)), settings or {}, ("sweep",))
-    select = recipe.get("select") or {}
-    rank_by = select.get("rank_by", "length_balanced_accuracy")
-    if set(select) - {"rank_by"} or rank_by not in RANK_KEYS_ALLOWED:
-        raise DataError(str(path), lines.get(("select",)), "select",
-                        f"takes rank_by: one of {', '.join(RANK_KEYS_ALLOWED)} (validation metrics)")
-    recipe["select"] = {"rank_by": rank_by}
-    recipe["path"] = str(path)
-    return recipe
 
 
 # ---- running it ----------------------------------------------------------------------------------
@@ -197,15 +105,140 @@ def _step(state: State, name: str, complete, action, measured=None) -> None:
     state.record(name, time.monotonic() - start)
 
 
-def _only_run(folder: Path) -> Path | None:
-    """The one finished run folder (DPO or SFT: a finished folder holds preftune_config.json) under folder."""
-    if not folder.is_dir():
-        return None
-    finished = sorted(p for p in folder.iterdir() if is_finished_run(p))
-    if len(finished) > 1:
-        raise PreftuneError(f"{folder} holds {len(finished)} finished runs ({', '.join(p.name for p in finished)}); "
-                            "the recipe expects one: move the others away")
-    return finished[0] if finished else None
+# ---- finished steps: the file's settings, or refused --------------------------------------------
+
+PATH_KEYS = ("model", "rm", "base", "dataset")  # the same folder may be written relative or absolute
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _same(key: str, recorded: Any, wanted: Any) -> bool:
+    if recorded == wanted:
+        return True
+    return (key in PATH_KEYS and isinstance(recorded, str) and isinstance(wanted, str)
+            and Path(recorded).exists() and Path(recorded).resolve() == Path(wanted).resolve())
+
+
+def differences(recorded: dict, wanted: dict, file: str) -> list[str]:
+    """'KEY OLD in the finished run, NEW in FILE' for each setting (of each section: data, train, ...) the two
+    hold and disagree on; a setting the finished run predates is not compared."""
+    return [f"{key} {_shown(recorded[section][key])} in the finished run, {_shown(value)} in {file}"
+            for section, settings in wanted.items() for key, value in settings.items()
+            if isinstance(recorded.get(section), dict) and key in recorded[section]
+            and not _same(key, recorded[section][key], value)]
+
+
+def _run_differences(folder: Path, kind: str, wanted: dict, file: str) -> list[str]:
+    recorded = stored_spec(folder, kind)
+    if recorded is None:
+        return [f"{folder} is not a readable {kind} run of this version (no settings to compare)"]
+    return differences(recorded, wanted, file)
+
+
+def _finished(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_finished_run(p)) if folder.is_dir() else []
+
+
+def stale_steps(root: Path, steps: Steps, file: str) -> dict[str, tuple[list[Path], list[str]]]:
+    """Each finished step whose recorded settings are not the file's: step → (the outputs made with the old
+    settings, what differs key by key). A finished DPO run the grid no longer names is compared with the
+    planned run it is closest to."""
+    stale: dict[str, tuple[list[Path], list[str]]] = {}
+
+    def note(step: str, output: Path, diffs: list[str]) -> None:
+        if diffs:
+            stale.setdefault(step, ([], []))
+            stale[step][0].append(output)
+            stale[step][1].extend(d for d in diffs if d not in stale[step][1])
+
+    rm_dir, (rm_data, rm_cfg) = root / RM_NAME, steps.rm
+    if rm_dir.exists() and reward_model_settings_known(rm_dir):
+        note("rm", rm_dir, _run_differences(rm_dir, "rm", run_spec("rm", rm_data, rm_cfg), file))
+    if steps.sft:
+        for run in _finished(root / "sft"):
+            note("sft", run, _run_differences(run, "sft", run_spec("sft", *steps.sft), file))
+    for name, (data_cfg, _, planned) in steps.dpo.items():
+        wanted = {p.name: run_spec("dpo", data_cfg, p.cfg) for p in planned}
+        for run in _finished(root / "runs" / name):
+            options = [wanted[run.name]] if run.name in wanted else list(wanted.values())
+            note(f"dpo/runs.{name}", run, min((_run_differences(run, "dpo", w, file) or [] for w in options), key=len)
+                 or ([] if run.name in wanted else [f"{run.name} is not a run of this grid"]))
+    judged = {"judge": dataclasses.asdict(steps.judge)}
+    for run in planned_runs(root, steps):
+        recorded = read_json(run / JUDGE_TEST_FILE, missing_ok=True) if run.is_dir() else None
+        if recorded is not None:
+            note("judge", run / JUDGE_TEST_FILE, differences({"judge": recorded.get("config") or {}}, judged, file))
+    return stale
+
+
+def reward_model_settings_known(rm_dir: Path) -> bool:
+    """A reward model folder from before run kinds (rm_config.json only) records no spec to compare."""
+    if (rm_dir / CONFIG_FILE).is_file():
+        return True
+    logger.warning(f"recipe: {rm_dir} is a reward model from an older preftune: its settings are not compared "
+                   "with the file's; delete it to train it again")
+    return False
+
+
+def planned_runs(root: Path, steps: Steps) -> list[Path]:
+    """Every DPO run folder the file plans, in order."""
+    return [root / "runs" / name / p.name for name, (_, _, planned) in steps.dpo.items() for p in planned]
+
+
+def _remove(path: Path) -> None:
+    logger.info(f"recipe: --overwrite: deleting {path}")
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def retrain(root: Path, steps: Steps, stale: dict[str, tuple[list[Path], list[str]]]) -> None:
+    """--overwrite: delete, before any step, the outputs made with the old settings and what was made from
+    them: a new reward model invalidates every judgement, a new SFT model every DPO run (and its partial)."""
+    for outputs, _ in stale.values():
+        for output in outputs:
+            _remove(output)
+    if "rm" in stale:
+        for run in planned_runs(root, steps):
+            if (run / JUDGE_TEST_FILE).exists():
+                _remove(run / JUDGE_TEST_FILE)
+    if "sft" in stale:
+        for name in steps.dpo:
+            if (root / "runs" / name).exists():
+                _remove(root / "runs" / name)
+
+
+def check_finished(root: Path, steps: Steps, file: str, overwrite: bool) -> None:
+    """Refuse (without --overwrite) or clear (with it) every finished step made with other settings."""
+    stale = stale_steps(root, steps, file)
+    if not stale:
+        return
+    what = " | ".join(f"step {step}: {'; '.join(diffs)}" for step, (_, diffs) in stale.items())
+    if not overwrite:
+        raise PreftuneError(f"{file}: settings changed since these steps finished: {what}. Pass --overwrite to "
+                            "retrain them (their old runs are deleted), undo the edit, or set another output_dir")
+    logger.info(f"recipe: --overwrite: retraining {', '.join(stale)} ({what})")
+    retrain(root, steps, stale)
+
+
+def recipe_root(recipe: dict, override: str | None) -> Path:
+    """ROOT as a writable folder (created if needed), or a one-line error naming output_dir or --output-dir."""
+    root = Path(override or recipe["output_dir"])
+
+    def refuse(message: str) -> PreftuneError:
+        if override:
+            return PreftuneError(f"--output-dir {root}: {message}")
+        return DataError(recipe["path"], recipe["lines"].get(("output_dir",)), "output_dir", f"{root}: {message}")
+
+    if root.exists() and not root.is_dir():
+        raise refuse("is a file, not a folder; name a folder (it is created if missing)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise refuse(f"cannot create it ({e.strerror or e})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise refuse("is not writable")
+    return root
 
 
 def rank_value(ev: dict, key: str) -> float:
@@ -236,46 +269,41 @@ def _validation_row(ev: dict) -> dict:
     return row
 
 
-def run_recipe(path: Path, root_override: str | None = None) -> dict:
+def run_recipe(path: Path, root_override: str | None = None, overwrite: bool = False) -> dict:
     single_process("recipe")  # each process would run every step, and its commands inherit RANK/WORLD_SIZE
     recipe = load_recipe(path)
-    root = Path(root_override or recipe["output_dir"])
-    root.mkdir(parents=True, exist_ok=True)
+    root = recipe_root(recipe, root_override)
+    with root_lock(root, "recipe"):  # a second recipe writing the same ROOT is refused in one line
+        return _run_steps(recipe, root, overwrite)
+
+
+def _run_steps(recipe: dict, root: Path, overwrite: bool) -> dict:
+    steps = step_configs(recipe, root)
+    check_finished(root, steps, recipe["path"], overwrite)
     state = State(root)
-    data = recipe["data"]
     total_start = time.monotonic()
 
     # 1. the judge's reward model, on the same split
     rm_dir = root / RM_NAME
     _step(state, "rm", lambda: (rm_dir / RM_EVAL_FILE).is_file(),
-          lambda: _run(["rm", "train"], ["--config", str(_write_settings(
-              root, "rm", {**data, **recipe["rm"], "output_dir": str(root), "name": RM_NAME}))]),
+          lambda: _run(["rm", "train"], ["--config", str(_write_settings(root, "rm", steps.settings["rm"]))]),
           measured=lambda: (read_json(rm_dir / METRICS_FILE, missing_ok=True)  # an older RM: in rm_config.json
                             or read_json(rm_dir / RM_CONFIG_FILE, missing_ok=True) or {}).get("train_runtime_s", 0.0))
 
     # 2. SFT (optional)
-    model = recipe["dpo"].get("model")
-    sft_root = root / "sft"
-    if recipe["sft"] is not None:
-        _step(state, "sft", lambda: _only_run(sft_root) is not None,
-              lambda: _run(["sft"], ["--config", str(_write_settings(
-                  root, "sft", {**data, **recipe["sft"], "output_dir": str(sft_root)}))]),
-              measured=lambda: read_json(_only_run(sft_root) / METRICS_FILE).get("train_runtime_s", 0.0))
-        model = str(_only_run(sft_root))
-    base = recipe["sft"].get("model") if recipe["sft"] else None
-    base = base or recipe["dpo"].get("model")
+    if steps.sft is not None:
+        sft_run = root / "sft" / steps.sft[1].run_name
+        _step(state, "sft", lambda: is_finished_run(sft_run),
+              lambda: _run(["sft"], ["--config", str(_write_settings(root, "sft", steps.settings["sft"]))]),
+              measured=lambda: read_json(sft_run / METRICS_FILE).get("train_runtime_s", 0.0))
 
     # 3. one sweep per objective, every run from the same starting model and data
-    runs = []
-    for name, settings in recipe["runs"].items():
-        group = root / "runs" / name
-        # select 0: the sweep's own report scores no run on test; the recipe chooses across all groups below
-        merged = {**data, **recipe["dpo"], **settings, "output_dir": str(group), "select": 0}
-        if model is not None:
-            merged["model"] = model
-        _step(state, f"dpo/{name}", lambda g=group: g.is_dir() and bool(run_dirs(g)[0]) and not run_dirs(g)[1],
-              lambda n=name, m=merged: _run(["sweep"], ["--config", str(_write_settings(root, f"dpo-{n}", m))]))
-        runs += run_dirs(group)[0]
+    for name in steps.dpo:
+        group = [run for run in planned_runs(root, steps) if run.parent.name == name]
+        _step(state, f"dpo/{name}", lambda g=group: all(is_finished_run(r) for r in g),
+              lambda n=name: _run(["sweep"], ["--config", str(_write_settings(root, f"dpo-{n}",
+                                                                              steps.settings[f"dpo/{n}"]))]))
+    runs = planned_runs(root, steps)
 
     # 4. select on validation
     selected, rows = select_run(runs, recipe["select"]["rank_by"])
@@ -287,11 +315,11 @@ def run_recipe(path: Path, root_override: str | None = None) -> dict:
     # 5. the selected run once on test; 6. the judge on the test posts
     _step(state, "test", lambda: (selected / "test.json").is_file(),
           lambda: _run(["eval"], [str(selected), "--split", "test"]))
-    judge_args = [str(selected), "--split", "test", "--rm", str(rm_dir)]
-    if base and "base" not in recipe["judge"]:
-        judge_args += ["--base", base]
     _step(state, "judge", lambda: (selected / JUDGE_TEST_FILE).is_file(),
-          lambda: _run(["judge"], judge_args + ["--config", str(_write_settings(root, "judge", recipe["judge"]))]))
+          lambda: _run(["judge"], [str(selected), "--config", str(_write_settings(root, "judge",
+                                                                                  steps.settings["judge"]))]))
+    current = {"rm", "sft", "test", "judge", *(f"dpo/{name}" for name in steps.dpo)}
+    state.data["steps"] = {k: v for k, v in state.data["steps"].items() if k in current}
 
     summary = {
         "recipe": recipe["path"],
@@ -339,7 +367,7 @@ def format_summary(s: dict) -> str:
 
 
 def cmd_recipe(ns: argparse.Namespace) -> None:
-    run_recipe(Path(ns.recipe), ns.output_dir)
+    run_recipe(Path(ns.recipe), ns.output_dir, ns.overwrite)
 
 
 def add_cli(verbs) -> None:
@@ -348,4 +376,7 @@ def add_cli(verbs) -> None:
                                         "(resumable; see examples/tldr-cpu.yaml)")
     p.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe file (sections: " + ", ".join(TOP_KEYS) + ")")
     p.add_argument("--output-dir", default=None, help="write under this folder instead of the file's output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain the finished steps whose recorded settings differ from the file's (their old runs, "
+                        "and the runs and judgements made from them, are deleted); without it they are refused")
     p.set_defaults(func=cmd_recipe)
