@@ -101,25 +101,20 @@ def trl_loss_settings(cfg) -> dict:
             "ld_alpha": cfg.ld_alpha if cfg.loss == "ld_dpo" else None}
 
 
-def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
-    from trl import DPOConfig
-
+def trainer_args(job: TrainJob, tracking: trackers.Tracking | None = None) -> dict:
+    """The Trainer arguments both TRL engines (DPOTrainer, SFTTrainer) take from a job alike."""
     cfg = job.cfg
-    on_gpu = torch.cuda.is_available()
-    precision = resolve(cfg.precision)  # never DPOConfig's bf16 default: ~10x slower on CPUs without bf16 units
-    return DPOConfig(
+    precision = resolve(cfg.precision)  # never TRL's bf16 default: ~10x slower on CPUs without bf16 units
+    return dict(
         output_dir=str(job.out_dir / CHECKPOINTS_DIR),
         learning_rate=cfg.lr,
         per_device_train_batch_size=job.per_device_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
-        beta=cfg.beta,
-        **trl_loss_settings(cfg),
         max_length=cfg.max_length,
-        activation_checkpointing=cfg.gradient_checkpointing is not False,  # None: on (TRL's memory default)
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not on_gpu,
+        use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,  # unused without a save strategy, but must be > 0
@@ -128,6 +123,17 @@ def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
         seed=job.seed,
         data_seed=job.seed,
         disable_tqdm=False,
+    )
+
+
+def dpo_config(job: TrainJob, tracking: trackers.Tracking | None = None):
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **trainer_args(job, tracking),
+        beta=job.cfg.beta,
+        **trl_loss_settings(job.cfg),
+        activation_checkpointing=job.cfg.gradient_checkpointing is not False,  # None: on (TRL's memory default)
     )
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import time
 
-import torch
 from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
 from preftune.data.pairs import Pair
 from preftune.data.sequence import with_eos
 from preftune.dpo.engines.base import (
-    CHECKPOINTS_DIR,
     TrainJob,
     TrainResult,
     read_checkpoint_marker,
@@ -29,9 +27,9 @@ from preftune.dpo.engines.trl import (
     ProgressBar,
     lora_config,
     save_trained,
+    trainer_args,
 )
 from preftune.models import disable_dropout, load_model
-from preftune.precision import resolve
 from preftune.runs import trackers
 
 
@@ -45,29 +43,11 @@ def sft_dataset(rows: list[Pair], eos: str):
 def sft_args(job: TrainJob, tracking: trackers.Tracking | None = None):
     from trl import SFTConfig as TRLSFTConfig
 
-    cfg = job.cfg
-    precision = resolve(cfg.precision)  # never TRL's bf16 default: ~10x slower on CPUs without bf16 units
     return TRLSFTConfig(
-        output_dir=str(job.out_dir / CHECKPOINTS_DIR),
-        learning_rate=cfg.lr,
-        per_device_train_batch_size=job.per_device_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        max_length=cfg.max_length,  # rows arrive fitted: TRL's right-truncation never cuts a summary
+        **trainer_args(job, tracking),  # max_length: rows arrive fitted, TRL's right-truncation never cuts a summary
         completion_only_loss=True,
         packing=False,
-        activation_checkpointing=bool(cfg.gradient_checkpointing),  # TRL's default is on
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,  # unused without a save strategy, but must be > 0
-        save_total_limit=2,  # the Trainer deletes old checkpoints before the new one is marked: keep one marked
-        **trackers.trainer_args(tracking),
-        seed=job.seed,
-        data_seed=job.seed,
-        disable_tqdm=False,
+        activation_checkpointing=bool(job.cfg.gradient_checkpointing),  # TRL's default is on
     )
 
 
