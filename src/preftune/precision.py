@@ -27,6 +27,14 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def autocast(precision: str, device) -> torch.autocast:
+    """The mixed-precision context inference runs in (eval, judge, demo): `precision` as `resolve` returns it,
+    on `device`'s type; fp32 is a disabled autocast. Weights stay fp32; callers take log-softmax in fp32."""
+    dtype = DTYPES[precision]
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def resolve(precision: str, cuda: bool | None = None) -> str:
     """'auto' → bf16 on a CUDA GPU that has it, else fp32. A precision this machine cannot run is a
     PreftuneError; bf16 on a CPU without bf16 units runs, with a warning."""
