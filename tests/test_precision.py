@@ -20,6 +20,7 @@ from preftune.dpo.logps import (
 )
 from preftune.errors import PreftuneError
 from preftune.models import load_model
+import preftune.precision
 from preftune.precision import resolve
 
 
@@ -28,9 +29,12 @@ def pairs(tiny_tokenizer):
     return fit(tiny_tokenizer, prepare(DataConfig(fraction=0.03, seed=3)).train[:4], 256, "train")[0]
 
 
-@pytest.mark.parametrize("precision,expected", [("auto", "fp32"), ("fp32", "fp32"), ("bf16", "bf16")])
-def test_precision_on_cpu(precision, expected):
-    assert resolve(precision, cuda=False) == expected
+@pytest.mark.parametrize("units", [True, False])
+@pytest.mark.parametrize("precision,expected", [("auto", None), ("fp32", "fp32"), ("bf16", "bf16")])
+def test_precision_on_cpu(precision, expected, units, monkeypatch):
+    """auto: bf16 on a CPU with bf16 units (measured against fp32: bench/README.md), fp32 on one without."""
+    monkeypatch.setattr(preftune.precision, "cpu_has_bf16", lambda: units)
+    assert resolve(precision, cuda=False) == (expected or ("bf16" if units else "fp32"))
 
 
 def test_fp16_on_cpu_is_refused_with_the_reason():
@@ -107,9 +111,14 @@ def test_the_per_pair_attention_runs_in_bf16(tiny_model, tiny_tokenizer, pairs):
     assert out.dtype == torch.float32 and out.isfinite().all()  # log-probs summed in fp32
 
 
-@pytest.mark.parametrize("precision,bf16,fp16", [("auto", False, False), ("fp32", False, False), ("bf16", True, False)])
-def test_the_trl_engine_gets_the_precision(tiny_model, tiny_tokenizer, pairs, tmp_path, precision, bf16, fp16):
+@pytest.mark.parametrize("units", [True, False])
+@pytest.mark.parametrize("precision,bf16,fp16", [("auto", None, False), ("fp32", False, False), ("bf16", True, False)])
+def test_the_trl_engine_gets_the_precision(tiny_model, tiny_tokenizer, pairs, tmp_path, precision, bf16, fp16, units,
+                                           monkeypatch):
     from preftune.dpo.engines.trl import dpo_config
+
+    monkeypatch.setattr(preftune.precision, "cpu_has_bf16", lambda: units)
+    bf16 = units if bf16 is None else bf16  # auto: bf16 where the CPU has bf16 units
 
     cfg = TrainConfig(output_dir=str(tmp_path), model=str(tiny_model), engine="trl", precision=precision)
     args = dpo_config(TrainJob(str(tiny_model), tiny_tokenizer, pairs, cfg, 0, tmp_path, 4, tmp_path / "log"))

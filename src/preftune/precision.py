@@ -35,13 +35,21 @@ def autocast(precision: str, device) -> torch.autocast:
     return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
 
 
+def auto(cuda: bool, cpu_bf16: bool | None = None) -> str:
+    """What --precision auto picks: bf16 on a CUDA GPU that has it, and on a CPU with bf16 units (measured
+    against fp32 in bench/README.md before it became the default); fp32 elsewhere."""
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
+
+
 def resolve(precision: str, cuda: bool | None = None) -> str:
-    """'auto' → bf16 on a CUDA GPU that has it, else fp32. A precision this machine cannot run is a
-    PreftuneError; bf16 on a CPU without bf16 units runs, with a warning."""
+    """'auto' → `auto`'s pick. A precision this machine cannot run is a PreftuneError; bf16 on a CPU
+    without bf16 units runs, with a warning."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     bf16_gpu = cuda and torch.cuda.is_bf16_supported()
     if precision == "auto":
-        return "bf16" if bf16_gpu else "fp32"
+        return auto(cuda)
     if precision not in DTYPES:
         raise PreftuneError(f"unknown --precision '{precision}'; choose one of: auto, {', '.join(DTYPES)}")
     if precision == "fp16" and not cuda:

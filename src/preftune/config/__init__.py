@@ -54,7 +54,8 @@ TRL_SMOOTHED_LOSSES = ("sigmoid", "ld_dpo")
 FORMAT_NAMES = ("auto", *registries.FORMATS)  # 'auto' + preftune.data.adapters.ADAPTERS
 COLUMN_NAMES = registries.COLUMNS  # preftune.data.columns.COLUMNS (--column-map NAMEs)
 TRACKER_NAMES = ("none", *registries.TRACKERS)  # 'none' + preftune.runs.trackers.PACKAGES
-PRECISION_NAMES = ("auto", *registries.PRECISIONS)  # 'auto' + preftune.precision.DTYPES
+PRECISION_NAMES = registries.PRECISION_NAMES
+INFERENCE_PRECISION = registries.INFERENCE_PRECISION
 # The fast engine's tokens per forward when --pack-tokens is not given, by device (bench/README.md): on CPU
 # one pair per forward (measured: rows of 2-8 pairs are no faster and hold more activations); on a GPU
 # rows of several pairs, which one pair cannot fill (not measured here: no GPU was available).
@@ -291,6 +292,7 @@ class EvalConfig(Config):
     split: str = _opt("validation", "Which held-out pairs: 'validation' (what runs are chosen on; writes eval.json) or "
                       "'test' (for a chosen run, once; writes test.json). With --dataset: eval_<slug>.json / "
                       "test_<slug>.json, never replacing the run's own.", choices=("validation", "test"))
+    precision: str = _opt(**INFERENCE_PRECISION)
 
 
 @dataclass
@@ -357,6 +359,7 @@ class JudgeConfig(Config):
     examples: int = _opt(3, "Example summary pairs to print and keep in judge.json.", ge=0)
     split: str = _opt("validation", "Which held-out posts: 'validation' (writes judge.json) or 'test' (for a chosen "
                       "run, once: the run's test posts; writes judge_test.json).", choices=("validation", "test"))
+    precision: str = _opt(**INFERENCE_PRECISION)
 
     def check(self) -> None:
         if self.temperature == 0 and not self.greedy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.config.fields import Config, _opt, flag_name
+from preftune.config.registries import INFERENCE_PRECISION
 from preftune.errors import PreftuneError
 from preftune.hubids import check_repo_id
 
@@ -25,6 +26,7 @@ class ServeConfig(Config):
     max_new_tokens_cap: int = _opt(256, "Largest --max-new-tokens a request may ask for.", gt=0)
     concurrency: int = _opt(1, "Generations run at once; further requests wait in the queue (CPU: 1).", gt=0)
     queue_size: int = _opt(16, "Requests that may wait in the queue; more are refused with a message.", gt=0)
+    precision: str = _opt(**INFERENCE_PRECISION)
 
 
 @dataclass

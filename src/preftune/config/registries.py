@@ -28,3 +28,9 @@ COLUMNS = ("prompt", "chosen", "rejected", "post_id", "prompt_id", "score_chosen
 TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
 # --precision → the torch dtype it computes in (preftune.precision)
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PRECISION_NAMES = ("auto", *PRECISIONS)
+# --precision of the commands that only run models (eval, judge, serve): autocast over fp32 weights
+INFERENCE_PRECISION = {
+    "default": "auto", "choices": PRECISION_NAMES, "help": "Compute precision of the forward passes: fp32, or "
+    "bf16/fp16 autocast over fp32 weights (log-probs in fp32). 'auto': as `--precision auto` of training "
+    "(preftune env says what it picks here); eval's 'auto' is the precision the run was trained and validated in."}

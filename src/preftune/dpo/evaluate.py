@@ -53,18 +53,19 @@ class PairLogps:
 
 
 def score_pairs(model, tokenizer, pairs: list[Pair], desc: str | None = "eval", ld_alpha: float | None = None,
-                attention: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                attention: str | None = None, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 2) summed log-probs of (chosen, rejected) (LD-weighted with ld_alpha) and (N, 2) completion
-    token counts.
+    token counts, computed in `precision` (autocast; log-softmax in fp32).
 
     Each pair's prompt computed once (logps.PackedPair), pairs packed into forwards as training packs
     them (logps.default_pack_tokens), no padding. attention "mask" leaves the model's own attention
     implementation untouched (a model that is generating meanwhile, as the demo's, needs that)."""
     from preftune.models import inference_device
+    from preftune.precision import DTYPES
 
     packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
     # a GPU when there is one; rows follow the model
-    module = PairLogpsModule(model.to(inference_device()), attention).eval()
+    module = PairLogpsModule(model.to(inference_device()), attention, DTYPES[precision]).eval()
     try:
         logps = pairs_logps(module, packed, default_pack_tokens(), desc=desc, ld_alpha=ld_alpha)  # as training packs
     finally:
@@ -120,29 +121,29 @@ def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair], reward: st
 
 
 def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float, loss: str = "sigmoid",
-                   ld_alpha: float = 0.5) -> dict:
+                   ld_alpha: float = 0.5, precision: str = "fp32") -> dict:
     """`reference` is a model, or a model folder whose log-probs come from the on-disk cache
     (computed once per pair and reused by every run evaluated against the same reference). `loss`
     (and `ld_alpha` for ld_dpo): the run's, which choose its implicit reward. SimPO's reward needs no
     reference; it is still scored, for the drift metrics."""
-    return evaluate_by(reward_rule(loss, beta, ld_alpha), policy, reference, tokenizer, pairs)
+    return evaluate_by(reward_rule(loss, beta, ld_alpha), policy, reference, tokenizer, pairs, precision)
 
 
-def evaluate_by(rule: RewardRule, policy, reference, tokenizer, pairs: list[Pair]) -> dict:
+def evaluate_by(rule: RewardRule, policy, reference, tokenizer, pairs: list[Pair], precision: str = "fp32") -> dict:
     """`evaluate_pairs` with the run's reward rule (`run_reward_rule`) given as such."""
     if not pairs:
         raise PreftuneError("no held-out pairs to evaluate (--eval-fraction 0?)")
-    metrics = preference_metrics(pair_logps(policy, reference, tokenizer, pairs, rule.ld_alpha, "eval"),
-                                 rule.beta, pairs, rule.reward)
-    return {**metrics, **({"ld_alpha": rule.ld_alpha} if rule.ld_alpha is not None else {})}
+    metrics = preference_metrics(pair_logps(policy, reference, tokenizer, pairs, rule.ld_alpha, "eval",
+                                            precision=precision), rule.beta, pairs, rule.reward)
+    return {**metrics, "precision": precision, **({"ld_alpha": rule.ld_alpha} if rule.ld_alpha is not None else {})}
 
 
 def pair_logps(policy, reference, tokenizer, pairs: list[Pair], ld_alpha: float | None = None,
-               desc: str | None = None, attention: str | None = None) -> PairLogps:
-    """The log-probs every implicit reward is computed from (LD-weighted with ld_alpha). `reference`: a
-    model, a model folder (its log-probs from the on-disk cache, shared by every run evaluated against
-    it), or None where the reward needs none (SimPO's: the reference log-probs are then zeros)."""
-    pol, counts = score_pairs(policy, tokenizer, pairs, desc and f"{desc} policy", ld_alpha, attention)
+               desc: str | None = None, attention: str | None = None, precision: str = "fp32") -> PairLogps:
+    """The log-probs every implicit reward is computed from (LD-weighted with ld_alpha), in `precision`.
+    `reference`: a model, a model folder (its log-probs from the on-disk cache, kept per precision and
+    shared by every run evaluated against it), or None where the reward needs none (SimPO's: zeros)."""
+    pol, counts = score_pairs(policy, tokenizer, pairs, desc and f"{desc} policy", ld_alpha, attention, precision)
     if reference is None:
         ref = torch.zeros_like(pol)
     elif isinstance(reference, (str, Path)):
@@ -150,9 +151,11 @@ def pair_logps(policy, reference, tokenizer, pairs: list[Pair], ld_alpha: float 
         from preftune.models import load_model
 
         packed = [pack_pair(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
-        ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)), ld_alpha=ld_alpha)
+        ref = reference_logps(packed, str(reference), lambda: load_model(str(reference)), ld_alpha=ld_alpha,
+                              precision=precision)
     else:
-        ref, _ = score_pairs(reference, tokenizer, pairs, desc and f"{desc} reference", ld_alpha, attention)
+        ref, _ = score_pairs(reference, tokenizer, pairs, desc and f"{desc} reference", ld_alpha, attention,
+                             precision)
     return PairLogps(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], counts[:, 0], counts[:, 1])
 
 
@@ -246,11 +249,24 @@ def check_test_once(run: Run, name: str, recompute: bool) -> None:
     logger.warning(f"eval: --recompute-test: computing {name} of {run.name} again; the stored result is replaced")
 
 
+def eval_precision(run: Run, precision: str = "auto") -> str:
+    """--precision of `preftune eval`: 'auto' is the run's own (what it was validated in), when recorded and
+    runnable here; otherwise what --precision auto picks on this machine."""
+    from preftune.precision import resolve
+
+    if precision == "auto" and run.precision is not None:
+        try:
+            return resolve(run.precision)
+        except PreftuneError as e:  # fp16 training on a GPU, evaluated on a CPU: said, then auto's pick
+            logger.warning(f"eval: the run's precision {run.precision} does not run here ({e}); using auto's")
+    return resolve(precision)
+
+
 def evaluate_split(run: Run, split: str = "validation", dataset: str | None = None, max_pairs: int | None = None,
-                   extra: dict | None = None, recompute_test: bool = False) -> dict:
-    """Score a run on `split` (of its own data, or of `dataset`), write the result file, return it.
-    `extra` is stored alongside (the report's record of how the run was selected). A test result that
-    exists is an error unless `recompute_test`."""
+                   extra: dict | None = None, recompute_test: bool = False, precision: str = "auto") -> dict:
+    """Score a run on `split` (of its own data, or of `dataset`) in `eval_precision`, write the result
+    file, return it. `extra` is stored alongside (the report's record of how the run was selected). A
+    test result that exists is an error unless `recompute_test`."""
     from preftune.data.fit import subsample
     from preftune.models import load_model, load_tokenizer, resolve_model
 
@@ -263,9 +279,10 @@ def evaluate_split(run: Run, split: str = "validation", dataset: str | None = No
         held = other_dataset_pairs(run, split, dataset, tokenizer)
     held = subsample(held, max_pairs, run.seed)
     reference = resolve_model(run.reference_model)
+    precision = eval_precision(run, precision)
     logger.info(f"eval: {run.name} on the {split} split of {dataset or run.dataset} ({len(held):,} pairs), against "
-                f"reference {run.reference_model} ← {reference.source}")
-    metrics = evaluate_by(run_reward_rule(run), load_model(str(run.path)), reference.path, tokenizer, held)
+                f"reference {run.reference_model} ← {reference.source}, {precision}")
+    metrics = evaluate_by(run_reward_rule(run), load_model(str(run.path)), reference.path, tokenizer, held, precision)
     result = {"split": split, "dataset": dataset or run.dataset, **metrics, **(extra or {})}
     if dataset is None and max_pairs is None:  # the run's own pairs, all of them: report can tell when stale
         result["fingerprint"] = run.fingerprint(split)
@@ -277,7 +294,8 @@ def evaluate_run(run_dir: Path, cfg, recompute_test: bool = False) -> dict:
     """`preftune eval RUN`: evaluate a run folder on its validation (or --split test) pairs, or on
     --dataset's; print the table and write the result file (a test one once, unless --recompute-test)."""
     run = open_run(run_dir)
-    metrics = evaluate_split(run, cfg.split, cfg.dataset, cfg.max_eval_pairs, recompute_test=recompute_test)
+    metrics = evaluate_split(run, cfg.split, cfg.dataset, cfg.max_eval_pairs, recompute_test=recompute_test,
+                             precision=cfg.precision)
     logger.info(format_table(metrics))
     logger.info(f"eval: {run.path / run_folder.result_file(cfg.split, cfg.dataset)}")
     return metrics

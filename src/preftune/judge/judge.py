@@ -265,13 +265,13 @@ class ReferenceRM:
     post's prompt to the RM's max_length (trimming the post, keeping every summary whole), then scores
     in batches."""
 
-    def __init__(self, folder: RewardModelFolder | Path, batch_size: int):
+    def __init__(self, folder: RewardModelFolder | Path, batch_size: int, precision: str = "fp32"):
         from preftune.judge.reward import load_reward_model
 
         self.folder = folder if isinstance(folder, RewardModelFolder) else open_reward_model(folder)
         self.model, self.tokenizer = load_reward_model(str(self.folder.path))
         self.max_length = self.folder.max_length
-        self.batch_size = batch_size
+        self.batch_size, self.precision = batch_size, precision
 
     def prompt_for(self, post: Post, texts: list[str]) -> str | None:
         """The post's prompt, its body trimmed just enough that every one of `texts` fits after it."""
@@ -289,18 +289,23 @@ class ReferenceRM:
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         from preftune.judge.reward import score
+        from preftune.precision import autocast
 
-        return score(self.model, self.tokenizer, prompts, completions, self.batch_size, "judge reward").tolist()
+        with autocast(self.precision, self.model.device):
+            return score(self.model, self.tokenizer, prompts, completions, self.batch_size, "judge reward").tolist()
 
 
-def model_generator(path: str, batch_size: int, label: str) -> Generator:
-    """A Generator over a causal LM folder, loaded when called and released after."""
+def model_generator(path: str, batch_size: int, label: str, precision: str = "fp32") -> Generator:
+    """A Generator over a causal LM folder in `precision` (autocast), loaded when called and released after."""
     from preftune.judge.generate import generate_many
     from preftune.models import inference_device, load_model, load_tokenizer
+    from preftune.precision import autocast
 
     def run(prompts: list[str], decodings: list[Decoding]) -> dict[str, list[Generation]]:
-        return generate_many(load_model(path).to(inference_device()), load_tokenizer(path), prompts, decodings, batch_size,
-                             f"generate {label}")
+        device = inference_device()
+        with autocast(precision, device):
+            return generate_many(load_model(path).to(device), load_tokenizer(path), prompts, decodings, batch_size,
+                                 f"generate {label}")
 
     return run
 
@@ -356,13 +361,15 @@ def rm_summary(rm: RewardModelFolder) -> dict:
 def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
     from preftune.judge.reward import summary_tokens
     from preftune.models import load_tokenizer, resolve_model
+    from preftune.precision import resolve
 
     run = open_run(run_dir)
+    precision = resolve(cfg.precision)
     rm = open_reward_model(Path(cfg.rm) if cfg.rm else run.path.parent / RM_DEFAULT_NAME)
     base_spec = cfg.base or run.reference_model
     base = resolve_model(base_spec)
     logger.info(f"judge: {run.name} vs base {base_spec} ← {base.source}; reward model {rm.path} "
-                f"(debias {rm.config.get('debias', 'none')}, scoring head: {rm.heads[0]})")
+                f"(debias {rm.config.get('debias', 'none')}, scoring head: {rm.heads[0]}); {precision}")
 
     posts, source = load_posts(run, cfg)
     seen = rm.train_post_ids & {p.post_id for p in posts}
@@ -376,8 +383,9 @@ def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
                 f"with a human reference summary); decodings: {', '.join(d.name for d in decodings)}")
 
     policy_tokenizer = load_tokenizer(str(run.path))
-    result = judge_posts(posts, model_generator(str(run.path), cfg.batch_size, "tuned"),
-                         model_generator(base.path, cfg.batch_size, "base"), ReferenceRM(rm, cfg.batch_size),
+    result = judge_posts(posts, model_generator(str(run.path), cfg.batch_size, "tuned", precision),
+                         model_generator(base.path, cfg.batch_size, "base", precision),
+                         ReferenceRM(rm, cfg.batch_size, precision),
                          decodings, lambda texts: summary_tokens(policy_tokenizer, texts), cfg.examples)
     strength, rm_said = rm_strength(rm.eval)
     report = {
@@ -389,6 +397,7 @@ def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
         "verdict_strength": strength,
         "verdict": [rm_said] + [decoding_verdict(name, res) for name, res in result["decodings"].items()],
         "posts_from": source,
+        "precision": precision,
         "config": asdict(cfg),
         **result,
     }

@@ -121,7 +121,7 @@ def run(data: RunData, cfg: TrainConfig, name: str | None = None, life: Lifecycl
         # reference log-probs from the on-disk cache: computed once, shared by every run of a sweep
         evaluated = {"split": "validation", "dataset": data_cfg.dataset,
                      **evaluate_pairs(result.model, resolved.path, tokenizer, eval_pairs, cfg.beta, cfg.loss,
-                                     cfg.ld_alpha)}
+                                     cfg.ld_alpha, precision=life.precision)}
         run_folder.atomic_write_json(partial / run_folder.EVAL_FILE, evaluated)
         logger.info(format_table(evaluated))
         trackers.log_final_metrics(cfg, partial, evaluated, step=result.steps)  # to the run's tracker, if any

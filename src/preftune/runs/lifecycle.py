@@ -204,11 +204,11 @@ def begin(kind: str, cfg: Any, name: str | None = None) -> Lifecycle:
     if kind not in KINDS:
         raise ValueError(f"unknown run kind {kind!r}")
     rank, world_size = check_launch()  # first: the checks below agree across ranks through its process group
-    resolve(cfg.precision)
+    precision = resolve(cfg.precision)
     if getattr(cfg, "fsdp", False) and world_size < 2:
         raise PreftuneError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node N")
     trackers.require(cfg.report_to)
-    life = Lifecycle(kind, cfg, name or cfg.run_name, rank, world_size)
+    life = Lifecycle(kind, cfg, name or cfg.run_name, rank, world_size, precision)
     from_rank_zero(life.lock)  # the rank that writes: ROOT exists, and no other process writes ROOT/NAME
     try:
         agreed(check_destination, life.final, cfg.overwrite)  # every rank's disk: the same answer on every rank
@@ -229,6 +229,7 @@ class Lifecycle:
     name: str
     rank: int
     world_size: int
+    precision: str = "fp32"  # what --precision resolved to on this machine (preftune_config.json records it)
     started: float = field(default_factory=time.perf_counter)
     resume_from: Path | None = None  # the checkpoint `open` agreed on
     base_chain: list | None = None  # the chain of the model it starts from (`model_chain`), read in `begin`
@@ -329,6 +330,7 @@ class Lifecycle:
             "data": asdict(data_cfg),
             SETTINGS_KEY[self.kind]: asdict(self.cfg),
             "world_size": self.world_size,
+            "precision": self.precision,
             **record,
             "chain": (self.base_chain if self.base_chain is not None else model_chain(self.cfg.model))
             + [chain or self.chain_entry()],  # base → [SFT →] DPO

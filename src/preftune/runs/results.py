@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from preftune.config.registries import PRECISIONS
 from preftune.errors import PreftuneError
 from preftune.runs.folder import (
     CONFIG_FILE,
@@ -206,6 +207,13 @@ class Run:
     @property
     def dataset(self) -> str:
         return str(self.config["data"].get("dataset", "?"))
+
+    @property
+    def precision(self) -> str | None:
+        """The precision the run trained and was validated in (fp32, bf16, fp16); None when its folder
+        predates the record and its setting was 'auto' (what that meant depended on the machine)."""
+        used = self.config.get("precision") or self.train.get("precision")
+        return used if used in PRECISIONS else None
 
     @property
     def seed(self) -> int:

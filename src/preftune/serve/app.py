@@ -232,7 +232,7 @@ def launch(blocks: gr.Blocks, cfg: ServeConfig, **kwargs):
 def serve(run_dir: Path, cfg: ServeConfig) -> None:
     """`preftune serve`: load the run and its base model, then serve until interrupted."""
     limits = Limits(cfg.max_post_chars, cfg.max_prompt_tokens, cfg.max_new_tokens_cap)
-    demo = Demo(spec_from_run(run_dir, cfg.base, limits))
+    demo = Demo(spec_from_run(run_dir, cfg.base, limits), cfg.precision)
     feedback = Path(cfg.feedback) if cfg.feedback else Path(run_dir) / "preferences.jsonl"
     check_writable(feedback)  # before the models load: a vote must never be the first to find out
     loaded = demo.load()

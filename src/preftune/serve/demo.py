@@ -195,16 +195,31 @@ def models_text(spec: DemoSpec, sources: tuple[str, str] | None, reference_sourc
 class Demo:
     """The two models behind the page; loaded once (thread-safe), on `load()` or the first request."""
 
-    def __init__(self, spec: DemoSpec):
-        self.spec = spec
+    def __init__(self, spec: DemoSpec, precision: str = "auto"):
+        self.spec, self.precision = spec, precision  # --precision; resolved on this machine when loading
         self._loaded: Loaded | None = None
         self._lock = threading.Lock()
 
     def load(self) -> Loaded:
+        from preftune.precision import resolve
+
         with self._lock:
             if self._loaded is None:
+                self.precision = resolve(self.precision)
                 self._loaded = _load(self.spec)
             return self._loaded
+
+    def _steps(self, iterator: Iterator):
+        """`iterator`'s items, each computed in the demo's precision (autocast is per thread: it must not
+        stay on while the page's thread holds a step)."""
+        from preftune.precision import autocast
+
+        while True:
+            with autocast(self.precision, self.load().policy.device):
+                item = next(iterator, StopIteration)
+            if item is StopIteration:
+                return
+            yield item
 
     def check(self, subreddit: str, title: str, post: str, s: Decoding) -> list[int]:
         """The prompt's token ids, or InputError with what to change."""
@@ -260,7 +275,7 @@ class Demo:
         from preftune.judge.generate import stream_sides
 
         loaded = self.load()
-        yield from stream_sides([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
+        yield from self._steps(stream_sides([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s))
 
     def stream(self, prompt_ids: list[int], s: Decoding) -> Iterator[list[str]]:
         """[base text, tuned text] after each decoding step: preftune.judge.generate's decoder, so a seed gives
@@ -268,7 +283,7 @@ class Demo:
         from preftune.judge.generate import stream_texts
 
         loaded = self.load()
-        yield from stream_texts([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s)
+        yield from self._steps(stream_texts([loaded.base, loaded.policy], loaded.tokenizer, prompt_ids, s))
 
     def score(self, prompt_text: str, texts: list[str], sides: list[Generation] | None = None) -> list[Summary]:
         """The implicit reward of one or two texts by the run's rule, computed as `preftune eval` computes
@@ -289,7 +304,8 @@ class Demo:
             counts, rewards = [packed.chosen_len, packed.rejected_len], [None, None]
         else:  # mask attention: the models' own stays in place for the generations running meanwhile
             pair = Pair(prompt_text, first, second, post_id="demo", source="demo")
-            lp = pair_logps(loaded.policy, loaded.reference, loaded.tokenizer, [pair], rule.ld_alpha, attention="mask")
+            lp = pair_logps(loaded.policy, loaded.reference, loaded.tokenizer, [pair], rule.ld_alpha, attention="mask",
+                            precision=self.precision)
             counts = [int(lp.chosen_tokens[0]), int(lp.rejected_tokens[0])]
             rewards = [float(r[0]) for r in lp.rewards(rule)]
         made = [(g.tokens, g.ended) for g in sides] if sides else [(n - 1, "") for n in counts[: len(texts)]]
