@@ -62,8 +62,8 @@ def paired_interval(x: list[float], y: list[float], longer: list, posts: list[st
     keys, rng, diffs = list(by_post), random.Random(seed), []
     for _ in range(RESAMPLES):
         idx = [i for k in rng.choices(keys, k=len(keys)) for i in by_post[k]]
-        pick = lambda v: [v[i] for i in idx]  # noqa: E731
-        diffs.append(stat(pick(x), pick(longer)) - stat(pick(y), pick(longer)))
+        xs, ys, ls = ([v[i] for i in idx] for v in (x, y, longer))
+        diffs.append(stat(xs, ls) - stat(ys, ls))
     diffs.sort()
     return {"diff": stat(x, longer) - stat(y, longer), "ci95": [diffs[int(0.025 * RESAMPLES)],
                                                                  diffs[int(0.975 * RESAMPLES) - 1]],
@@ -132,7 +132,10 @@ def main() -> None:
     outcomes = {name: per_pair(run, name) for name, run in runs.items()}
     outcomes["fp32_run_scored_bf16"] = per_pair(runs["fp32"], "bf16")
     base = outcomes["fp32"]
-    acc = lambda c, _l: sum(c) / len(c)  # noqa: E731
+
+    def acc(c: list[float], _longer: list) -> float:
+        return sum(c) / len(c)
+
     compare = {}
     for other in ("bf16", "fp32_run_scored_bf16"):
         o = outcomes[other]
@@ -148,10 +151,11 @@ def main() -> None:
     speed = metrics["bf16"]["pairs_per_s"] / metrics["fp32"]["pairs_per_s"]
     report = {
         "command": ".venv/bin/python bench/precision_agreement.py",
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip(),
         "dirty": bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                     capture_output=True, text=True).stdout.strip()),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": os.cpu_count(),
+                                     capture_output=True, text=True, check=True).stdout.strip()),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "all cores"),
                     "load_1min_at_end": os.getloadavg()[0]},
         "settings": {"data": DATA, "sft": SFT, "dpo": DPO, "sft_run": sft.name},
         "wall_s_this_invocation": {k: round(v, 1) for k, v in walls.items()},

@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# --precision auto is bf16 on CPUs with bf16 units: pinned to fp32 so every machine computes the same numbers
+# (subprocesses inherit it); the tests of auto itself unset it, the bf16 tests ask for bf16.
+os.environ["PREFTUNE_AUTO_PRECISION"] = "fp32"
 
 from preftune import log as _log  # noqa: E402
 

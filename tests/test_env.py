@@ -45,11 +45,16 @@ def test_env_lists_what_a_bug_report_needs(capsys, monkeypatch, tmp_path):
 def test_env_says_whether_the_cpu_has_bf16_units_and_what_auto_picks(capsys, monkeypatch):
     from preftune import precision
 
-    for units, said in ((True, "yes (AVX512-BF16 or AMX)"), (False, "no (bf16 is emulated)")):
+    monkeypatch.delenv(precision.AUTO_ENV)
+    for units, said, auto in ((True, "yes (AVX512-BF16 or AMX)", "bf16 (this CPU has bf16 units)"),
+                              (False, "no (bf16 is emulated)", "fp32 (no bf16 units)")):
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda units=units: units)
         rows = dict(line[2:].split(":", 1) for line in run_env(capsys).splitlines())
         assert rows["CPU bf16 units"].strip() == said
-        assert rows["--precision auto"].strip() == precision.resolve("auto")
+        assert rows["--precision auto"].strip() == auto
+    monkeypatch.setenv(precision.AUTO_ENV, "fp32")  # what the tests run with: said where it comes from
+    rows = dict(line[2:].split(":", 1) for line in run_env(capsys).splitlines())
+    assert rows["--precision auto"].strip() == f"fp32 (${precision.AUTO_ENV})"
 
 
 def test_env_json_is_the_same_report(capsys):

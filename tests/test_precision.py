@@ -2,6 +2,7 @@
 a bf16 run that trains, and what the TRL engine is handed."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +34,7 @@ def pairs(tiny_tokenizer):
 @pytest.mark.parametrize("precision,expected", [("auto", None), ("fp32", "fp32"), ("bf16", "bf16")])
 def test_precision_on_cpu(precision, expected, units, monkeypatch):
     """auto: bf16 on a CPU with bf16 units (measured against fp32: bench/README.md), fp32 on one without."""
+    monkeypatch.delenv(preftune.precision.AUTO_ENV)
     monkeypatch.setattr(preftune.precision, "cpu_has_bf16", lambda: units)
     assert resolve(precision, cuda=False) == (expected or ("bf16" if units else "fp32"))
 
@@ -117,6 +119,7 @@ def test_the_trl_engine_gets_the_precision(tiny_model, tiny_tokenizer, pairs, tm
                                            monkeypatch):
     from preftune.dpo.engines.trl import dpo_config
 
+    monkeypatch.delenv(preftune.precision.AUTO_ENV)
     monkeypatch.setattr(preftune.precision, "cpu_has_bf16", lambda: units)
     bf16 = units if bf16 is None else bf16  # auto: bf16 where the CPU has bf16 units
 
@@ -130,3 +133,80 @@ def test_the_flag_names_match_the_dtypes():
     from preftune.precision import DTYPES
 
     assert PRECISION_NAMES == ("auto", *DTYPES)
+
+
+# ---- inference in --precision: eval, judge, demo; runs record theirs --------------------------------
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tiny_model, tmp_path_factory):
+    """A run trained with --precision auto where auto picks bf16 (as on a CPU with bf16 units)."""
+    from preftune.runs.dpo import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(preftune.precision.AUTO_ENV, "bf16")
+        cfg = TrainConfig(output_dir=str(tmp_path_factory.mktemp("runs")), model=str(tiny_model), lr=1e-2,
+                          batch_size=4, max_length=192, max_pairs=4, max_eval_pairs=6)
+        return train(DataConfig(fraction=0.03, seed=3), cfg)
+
+
+def test_a_run_records_the_precision_auto_resolved_to_and_is_validated_in_it(bf16_run):
+    config = json.loads((bf16_run / "preftune_config.json").read_text())
+    assert config["train"]["precision"] == "auto" and config["precision"] == "bf16"
+    assert json.loads((bf16_run / "eval.json").read_text())["precision"] == "bf16"
+
+
+def test_eval_auto_is_the_runs_own_precision_so_validation_numbers_repeat(bf16_run, tmp_path):
+    """`preftune eval` in another precision than the run's validation gave other numbers for the same pairs."""
+    import shutil
+
+    from preftune.cli import main
+
+    run = Path(shutil.copytree(bf16_run, tmp_path / bf16_run.name))
+    trained = json.loads((run / "eval.json").read_text())
+    assert main(["eval", str(run)]) == 0  # auto: bf16, the run's, although $PREFTUNE_AUTO_PRECISION is fp32
+    again = json.loads((run / "eval.json").read_text())
+    assert again["precision"] == "bf16" and again["mean_margin"] == trained["mean_margin"]
+    assert main(["eval", str(run), "--precision", "fp32"]) == 0
+    assert json.loads((run / "eval.json").read_text())["precision"] == "fp32"
+
+
+def test_eval_auto_for_a_run_that_predates_the_record_is_this_machines_auto(bf16_run):
+    from preftune.dpo.evaluate import eval_precision
+    from preftune.runs.results import Run
+
+    config = json.loads((bf16_run / "preftune_config.json").read_text())
+    del config["precision"]  # an older folder: its train setting 'auto' says nothing about what ran
+    assert Run(bf16_run, config).precision is None
+    assert eval_precision(Run(bf16_run, config)) == resolve("auto") == "fp32"
+    assert eval_precision(Run(bf16_run, {**config, "precision": "bf16"})) == "bf16"
+
+
+def test_the_judge_generates_in_its_precision(tiny_model, monkeypatch):
+    from preftune.judge import generate
+    from preftune.judge.judge import model_generator
+
+    seen = []
+    monkeypatch.setattr(generate, "generate_many", lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")))
+    for precision in ("bf16", "fp32"):
+        model_generator(str(tiny_model), 2, "tuned", precision)(["a prompt"], [])
+    assert seen == [True, False]
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_the_demo_streams_each_step_in_its_precision_and_none_between(tiny_model, monkeypatch):
+    """Autocast is per thread: left on across a yield, it would run the page's own code in bf16."""
+    from preftune.judge import generate
+    from preftune.serve.demo import Demo, DemoSpec
+
+    def steps(*args):
+        for i in range(3):
+            yield (i, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+
+    monkeypatch.setattr(generate, "stream_texts", steps)
+    demo = Demo(DemoSpec(policy=str(tiny_model), base=str(tiny_model), beta=0.1, name="tiny"), "bf16")
+    seen = []
+    for item in demo.stream([1, 2, 3], generate.Decoding()):
+        seen.append((item, torch.is_autocast_enabled("cpu")))
+    assert seen == [((i, True, torch.bfloat16), False) for i in range(3)]
+    assert demo.precision == "bf16"

@@ -44,12 +44,14 @@ def torch_build() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     mps = getattr(torch.backends, "mps", None)
-    from preftune.precision import cpu_has_bf16, resolve
+    from preftune.precision import AUTO_ENV, cpu_has_bf16, resolve
 
     return {"build": build, "cuda_available": cuda, "devices": devices,
             "mps_available": bool(mps and mps.is_available()),
             "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "cpu_bf16_units": cpu_has_bf16(), "precision_auto": resolve("auto")}
+            "cpu_bf16_units": cpu_has_bf16(), "precision_auto": resolve("auto"),
+            "precision_auto_why": f"${AUTO_ENV}" if os.environ.get(AUTO_ENV) else "GPU" if cuda else
+            "this CPU has bf16 units" if cpu_has_bf16() else "no bf16 units"}
 
 
 def token_status() -> str:
@@ -153,7 +155,7 @@ def format_report(info: dict[str, Any]) -> str:
                  ("devices", ", ".join(t["devices"]) or "CPU only" + (" (MPS available)" if t["mps_available"] else "")),
                  ("torch threads", f"{t['threads']} (inter-op {t['interop_threads']})"),
                  ("CPU bf16 units", "yes (AVX512-BF16 or AMX)" if t["cpu_bf16_units"] else "no (bf16 is emulated)"),
-                 ("--precision auto", t["precision_auto"])]
+                 ("--precision auto", f"{t['precision_auto']} ({t['precision_auto_why']})")]
     rows += [("preftune cache", f"{c['preftune']} ({'PREFTUNE_CACHE' if c['preftune_from'] != 'default' else 'default'})"),
              ("Hugging Face cache", c["huggingface_hub"]), ("HF_HUB_OFFLINE", "yes" if c["hf_hub_offline"] else "no"),
              ("Hugging Face token", c["hf_token"]),

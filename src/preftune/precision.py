@@ -9,6 +9,7 @@ bf16 queries.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(torch, dtype) for name, dtype in PRECISIONS.items()}  # --precision → the compute dtype
 ACCELERATE_NAMES = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # accelerate's `mixed_precision`
+AUTO_ENV = "PREFTUNE_AUTO_PRECISION"  # overrides what --precision auto picks (the tests pin it to fp32)
 
 
 def cpu_has_bf16() -> bool:
@@ -35,21 +37,24 @@ def autocast(precision: str, device) -> torch.autocast:
     return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def auto(cuda: bool, cpu_bf16: bool | None = None) -> str:
-    """What --precision auto picks: bf16 on a CUDA GPU that has it, and on a CPU with bf16 units (measured
-    against fp32 in bench/README.md before it became the default); fp32 elsewhere."""
+def auto(cuda: bool) -> str:
+    """What --precision auto picks on this hardware: bf16 on a CUDA GPU that has it and on a CPU with bf16
+    units (measured against fp32 in bench/README.md before it became the default), else fp32."""
     if cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def resolve(precision: str, cuda: bool | None = None) -> str:
-    """'auto' → `auto`'s pick. A precision this machine cannot run is a PreftuneError; bf16 on a CPU
-    without bf16 units runs, with a warning."""
+    """'auto' → $PREFTUNE_AUTO_PRECISION when set (one machine's runs made comparable with another's;
+    checked as an explicit choice), else `auto`'s pick. A precision this machine cannot run is a
+    PreftuneError; bf16 on a CPU without bf16 units runs, with a warning."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     bf16_gpu = cuda and torch.cuda.is_bf16_supported()
     if precision == "auto":
-        return auto(cuda)
+        precision = os.environ.get(AUTO_ENV) or auto(cuda)
+        if precision not in DTYPES:
+            raise PreftuneError(f"${AUTO_ENV}={precision!r}: choose one of {', '.join(DTYPES)} (or unset it)")
     if precision not in DTYPES:
         raise PreftuneError(f"unknown --precision '{precision}'; choose one of: auto, {', '.join(DTYPES)}")
     if precision == "fp16" and not cuda:

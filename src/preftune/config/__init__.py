@@ -73,8 +73,9 @@ RUN_SETTINGS: dict[str, dict[str, Any]] = {
         "again resumes from the last complete checkpoint (docs/runs.md)."},
     "precision": {
         "default": "auto", "choices": PRECISION_NAMES, "help": "Compute precision: fp32, or bf16/fp16 mixed "
-        "precision (weights and optimizer stay fp32). 'auto': bf16 on a CUDA GPU that supports it, else fp32. On "
-        "CPUs without bf16 units (AVX512-BF16/AMX) bf16 is ~10x slower than fp32; fp16 needs a CUDA GPU."},
+        "precision (weights and optimizer stay fp32). 'auto': bf16 on a CUDA GPU that supports it or a CPU with "
+        "bf16 units (AVX512-BF16/AMX; `preftune env` says), else fp32. On CPUs without bf16 units bf16 is ~10x "
+        "slower than fp32; fp16 needs a CUDA GPU."},
     "report_to": {
         "default": "none", "choices": TRACKER_NAMES, "help": "Experiment tracker the run logs to (its per-step "
         "log, settings and final metrics), written under ROOT/tracking/ (docs/runs.md)."},
