@@ -1,37 +1,12 @@
-"""DPO training throughput: TRL default vs TRL with precomputed reference vs preftune's fast engine,
-the reference pass, and generation for the judge and the demo — one command, one run.
+"""DPO training throughput (TRL default, TRL with precomputed reference, preftune's fast engine; fp32 and
+bf16 on a CPU with bf16 units), the reference pass, judge generation, the demo stream, curves, a sweep.
 
-    .venv/bin/python bench/dpo_throughput.py            # the full benchmark (~30 min on 2 idle cores)
+    .venv/bin/python bench/dpo_throughput.py            # the full benchmark (~40 min on 2 idle cores)
     .venv/bin/python bench/dpo_throughput.py --quick    # a few minutes, for development; bench/results/quick/
 
-Same model (the default SmolLM2-135M-Instruct), same shipped TL;DR pairs, same batch size and
-max_length for every config; fp32 on a CPU, bf16 (mixed precision) on a CUDA GPU. Each config runs in
-its own child process so its peak memory (RSS; on CUDA also torch's peak GPU allocation) is its own;
-the parent measures the device's matmul peak once (fp32 2048² on CPU, bf16 8192² on CUDA) and writes
-bench/results/dpo_throughput.{json,md} (and curves.png) after every config and section. Run the same
-command again after an interruption: what an earlier invocation measured is kept when the settings
-and the git commit are the same and neither tree had uncommitted changes (`--fresh` starts over); the
-report lists every invocation that contributed ("invocations").
-
-Sections:
-  throughput  pairs/s, real tokens/s, peak memory, estimated GFLOP/s and % of the matmul peak per config,
-              the ratios of the fast engine to TRL (ratio_vs_trl_default / ratio_vs_trl_best,
-              rss_ratio_vs_trl_default, fast_pct_of_matmul_peak), the fast engine's cold reference
-              pass (reference_pct_of_matmul_peak) and TRL's (precompute_s, its setup_s apart).
-  generation  summaries/s of preftune.judge.generate on held-out shipped posts, batched and decoded as
-              `preftune judge` does (generation_summaries_per_s).
-  demo        the demo's side-by-side stream (preftune.judge.generate.stream_sides, the page's default
-              sampling) on held-out shipped posts: time to the first streamed step and tokens/s over
-              both sides (demo_first_token_s, demo_tokens_per_s).
-  curves      both engines trained on the same fixed batch for several steps: the curves should overlap.
-  sweep       a 4-run sweep (2 lr × 2 beta) with the fast engine, with the shared reference cache and
-              with it cleared before every run.
-Times exclude model loading. "real tokens" are the tokens of the two unpadded sequences of a pair
-(prompt+chosen, prompt+rejected), the same count for every config. Issue 13's targets are those of the
-device the run is on: the CPU targets on a CPU, "fast ≥ 1.5× TRL's best config" on a CUDA GPU (the
-report's "gpu" block; a CPU run says it was not measured). Generation and the demo run where preftune
-runs them (the models as `load_model` loads them: on the CPU). Every section records the 1-minute load
-average before and after it: other work on the machine skews every number.
+Each config in its own child process; results in bench/results/dpo_throughput.{json,md} after every
+config and section, resumed after an interruption when settings and clean commit match (`--fresh`: start
+over). bench/README.md says what each section and key measures, and the targets.
 """
 
 from __future__ import annotations
@@ -52,15 +27,22 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-CONFIGS = ("trl_default", "trl_precompute", "fast")
+sys.path.insert(0, str(HERE))  # bench/precisions.py
+
+import precisions  # after the path it is found on
+
+CONFIGS = ("trl_default", "trl_precompute", "fast")  # the configs at the device's main precision
+BF16_CONFIGS = tuple(c + precisions.BF16 for c in CONFIGS)  # a CPU run's bf16 twins
 SECTIONS = ("throughput", "generation", "demo", "curves", "sweep")
-TARGETS = {  # issue 13, per device: key → (threshold, "≥" or "≤")
+TARGETS = {  # per device: key → (threshold, "≥" or "≤"); issue 13's (fp32 on a CPU), then issue 20's (bf16)
     "cpu": {"ratio_vs_trl_default": (6.0, "≥"), "ratio_vs_trl_best": (4.5, "≥"),
             "fast_pct_of_matmul_peak": (65.0, "≥"), "rss_ratio_vs_trl_default": (0.45, "≤"),
-            "reference_pct_of_matmul_peak": (65.0, "≥")},
+            "reference_pct_of_matmul_peak": (65.0, "≥"),
+            "ratio_bf16_vs_fp32_fast": (1.6, "≥"), "ratio_vs_trl_default_bf16": (6.0, "≥"),
+            "ratio_vs_trl_best_bf16": (4.5, "≥"), "fast_pct_of_bf16_peak": (50.0, "≥")},
     "cuda": {"ratio_vs_trl_best": (1.5, "≥")},  # "fast ≥ 1.5× TRL's best config"
 }
-PRECISION = {"cpu": "fp32", "cuda": "bf16"}  # what every config computes in, per device
+PRECISION = precisions.MAIN  # what the plain-named configs compute in, per device
 NO_GPU = "not measured: no GPU was available to this run"
 BUSY_LOAD = 0.5  # a 1-min load average above this at the start: warn, the numbers will be low
 QUICK = {"pairs": 4, "batch_size": 4, "max_length": 256, "curve_steps": 2, "sweep_pairs": 2, "gen_posts": 4,
@@ -210,8 +192,8 @@ def child(args) -> None:
     log = [json.loads(line) for line in open(job.log_path)]
     shutil.rmtree(out, ignore_errors=True)
     print("RESULT " + json.dumps({
-        "config": args.child, "train_s": result.runtime_s, "steps": result.steps, "precompute_s": precompute_s,
-        "setup_s": setup_s, **peak_memory(cuda), "log": log,
+        "config": args.child, "precision": cfg.precision, "train_s": result.runtime_s, "steps": result.steps,
+        "precompute_s": precompute_s, "setup_s": setup_s, **peak_memory(cuda), "log": log,
     }), flush=True)
 
 
@@ -226,7 +208,8 @@ def held_out_prompts(tokenizer, n: int, max_length: int) -> list[str]:
 
 
 def generation_child(args) -> None:
-    """Held-out shipped posts summarized as `preftune judge` summarizes them; print one JSON line."""
+    """Held-out shipped posts summarized as `preftune judge` summarizes them, in --precision (inside
+    preftune.precision.autocast, as preftune generates); print one JSON line."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -234,18 +217,22 @@ def generation_child(args) -> None:
     from preftune.judge import generate as gen
     from preftune.judge.judge import decodings_of
     from preftune.models import inference_device, load_model, load_tokenizer
+    from preftune.precision import autocast
 
     cfg = JudgeConfig(n=args.gen_posts, max_new_tokens=args.gen_tokens)
     decodings = decodings_of(cfg)  # the judge's own decodings (greedy and T=0.7)
     tokenizer = load_tokenizer(args.model_path)
     prompts = held_out_prompts(tokenizer, cfg.n, args.max_length)
-    model = load_model(args.model_path).to(inference_device())  # where `preftune judge` generates
+    device = inference_device()  # where `preftune judge` generates
+    model = load_model(args.model_path).to(device)
     t0 = time.perf_counter()
-    outs = gen.generate_many(model, tokenizer, prompts, decodings, cfg.batch_size)  # the prompt's KV cache shared
+    with autocast(args.precision, device):
+        outs = gen.generate_many(model, tokenizer, prompts, decodings, cfg.batch_size)  # prompt KV cache shared
     seconds = time.perf_counter() - t0
     summaries = [g for gens in outs.values() for g in gens]
     print("RESULT " + json.dumps({
-        "posts": len(prompts), "decodings": [d.name for d in decodings], "summaries": len(summaries),
+        "precision": args.precision, "posts": len(prompts), "decodings": [d.name for d in decodings],
+        "summaries": len(summaries),
         "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens, "seconds": seconds,
         "mean_prompt_tokens": sum(len(tokenizer(p)["input_ids"]) for p in prompts) / len(prompts),
         "mean_generated_tokens": sum(g.tokens for g in summaries) / len(summaries),
@@ -310,25 +297,6 @@ def with_load(run):
     before = os.getloadavg()[0]
     result = run()
     return result, [before, os.getloadavg()[0]]
-
-
-def matmul_peak_gflops(threads: int, device: str, repeats: int = 5) -> float:
-    """The GEMM rate the device's runs compute at: fp32 2048² on a CPU, bf16 8192² on a CUDA GPU."""
-    import torch
-
-    torch.set_num_threads(threads)
-    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # CUDA kernels return before they finish
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def prepare_pairs(model_path: str, n: int, max_length: int, path: Path) -> list[tuple[int, int, int]]:
@@ -407,11 +375,20 @@ def plot_curves(trl_log: list[dict], fast_log: list[dict], path: Path) -> None:
 # ---- which results belong to one run ---------------------------------------------------------------
 
 
-def settings_of(args, device: str) -> dict:
-    """What makes two invocations the same run (a resumed run keeps what matches)."""
+def settings_of(args, device: str, measured: list[str]) -> dict:
+    """What makes two invocations the same run (a resumed run keeps what matches): the precisions measured too."""
     keys = ("pairs", "batch_size", "max_length", "threads", "curve_steps", "sweep_pairs", "gen_posts", "gen_tokens",
-            "demo_posts", "demo_tokens")
-    return {**{k: getattr(args, k) for k in keys}, "device": device, "precision": PRECISION[device]}
+            "demo_posts", "demo_tokens", "model")
+    return {**{k: getattr(args, k) for k in keys}, "device": device, "precision": PRECISION[device],
+            "precisions": measured}
+
+
+def generation_plan(bf16: bool, device: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({generation section: precision}, {skipped section: why}): fp32 always, bf16 where the device has it."""
+    if bf16:
+        return {"generation": "fp32", "generation_bf16": "bf16"}, {}
+    return {"generation": "fp32"}, {"generation_bf16": precisions.NO_BF16_GPU if device == "cuda"
+                                    else precisions.NO_BF16_CPU}
 
 
 def code_state(repo: Path = HERE.parent) -> dict:
@@ -472,8 +449,10 @@ def gpu_block(report: dict) -> dict:
 
 def summarize(report: dict) -> None:
     """The headline keys, from whatever sections are measured so far; the targets of the run's device."""
-    configs = report["configs"]
-    peak = report["machine"]["matmul_peak_gflops"]
+    configs, machine = report["configs"], report["machine"]
+    peak = machine["matmul_peak_gflops"]
+    for precision, gflops in machine["gemm_gflops"].items():
+        report[f"{precision}_gemm_gflops"] = gflops
     if all(c in configs for c in CONFIGS):
         fast, default, precompute = configs["fast"], configs["trl_default"], configs["trl_precompute"]
         report["ratio_vs_trl_default"] = fast["pairs_per_s"] / default["pairs_per_s"]
@@ -485,8 +464,21 @@ def summarize(report: dict) -> None:
         report["fast_pct_of_matmul_peak"] = configs["fast"]["pct_of_matmul_peak"]
         report["reference_s_per_pair"] = configs["fast"]["precompute_s_per_pair"]
         report["reference_pct_of_matmul_peak"] = 100 * configs["fast"]["reference_gflops_per_s"] / peak
+    if all(c in configs for c in BF16_CONFIGS):  # a CPU run's bf16 twins
+        fast, default, precompute = (configs[c + precisions.BF16] for c in ("fast", "trl_default", "trl_precompute"))
+        report["ratio_vs_trl_default_bf16"] = fast["pairs_per_s"] / default["pairs_per_s"]
+        report["ratio_vs_trl_best_bf16"] = fast["pairs_per_s"] / max(default["pairs_per_s"], precompute["pairs_per_s"])
+    if "fast_bf16" in configs:
+        report["fast_pct_of_bf16_peak"] = configs["fast_bf16"]["pct_of_matmul_peak"]
+        if "fast" in configs:
+            report["ratio_bf16_vs_fp32_fast"] = configs["fast_bf16"]["pairs_per_s"] / configs["fast"]["pairs_per_s"]
     if "generation" in report:
         report["generation_summaries_per_s"] = report["generation"]["summaries_per_s"]
+    if "generation_bf16" in report:
+        report["generation_summaries_per_s_bf16"] = report["generation_bf16"]["summaries_per_s"]
+        if "generation" in report:
+            report["ratio_bf16_vs_fp32_generation"] = (report["generation_summaries_per_s_bf16"]
+                                                       / report["generation_summaries_per_s"])
     if "demo" in report:
         report["demo_first_token_s"] = report["demo"]["first_token_s_mean"]
         report["demo_tokens_per_s"] = report["demo"]["tokens_per_s"]
@@ -513,6 +505,9 @@ def main() -> None:
                         help=f"development run: {QUICK}, results in bench/results/quick/ unless --out")
     parser.add_argument("--fresh", action="store_true", help="measure everything again, ignoring earlier results")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results/)")
+    parser.add_argument("--model", default=None,
+                        help="model folder or hub id to benchmark (default: preftune's default model; a tiny "
+                             "random model with --quick checks the script in a minute)")
     # child-only arguments
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
@@ -541,10 +536,15 @@ def main() -> None:
         print(f"WARNING: 1-min load average {load_at_start:.2f} > {BUSY_LOAD}: other work on this machine will skew "
               "every number; run the benchmark on an idle machine", flush=True)
     device = device_kind()
-    precision = PRECISION[device]
-    model_path = resolve_model(DEFAULT_MODEL).path
+    precision = PRECISION[device]  # the plain-named configs'; bf16 twins on a CPU with bf16 units
+    bf16 = precisions.bf16_units(device)
+    configs, skipped = precisions.plan(CONFIGS, device, bf16)
+    generations, skipped_generations = generation_plan(bf16, device)
+    measured = precisions.precisions_of([p for _, p in configs.values()] + list(generations.values()))
+    args.model = args.model or DEFAULT_MODEL
+    model_path = resolve_model(args.model).path
     shape = model_shape(model_path)
-    settings = settings_of(args, device)
+    settings = settings_of(args, device, measured)
     code = code_state()
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     env = {**os.environ, "PREFTUNE_CACHE": str(work / "cache"), "TOKENIZERS_PARALLELISM": "false"}
@@ -552,8 +552,7 @@ def main() -> None:
     lengths = prepare_pairs(model_path, args.pairs, args.max_length, work / "pairs.jsonl")
     real_tokens = sum(2 * p + c + r for p, c, r in lengths)
     common = ["--pairs-file", str(work / "pairs.jsonl"), "--model-path", model_path, "--batch-size",
-              str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads),
-              "--precision", precision]
+              str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads)]
 
     invocation = {**code, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "load_at_start": load_at_start, "sections": []}  # the sections this invocation measured
@@ -562,25 +561,28 @@ def main() -> None:
         print(f"resuming {out / 'dpo_throughput.json'}: keeping {', '.join(report['configs'])} "
               f"{', '.join(s for s in SECTIONS[1:] if s in report)}")
     else:
-        print(f"matmul peak on {device} ({precision}) …", flush=True)
-        peak, load = with_load(lambda: matmul_peak_gflops(args.threads, device))
-        print(f"matmul peak: {peak:.1f} GFLOP/s ({args.threads} threads, {device}, {precision})")
+        print(f"GEMM peaks on {device} ({', '.join(measured)}) …", flush=True)
+        peaks, load = with_load(lambda: precisions.gemm_peaks(args.threads, device, measured))
+        print("GEMM peaks: " + ", ".join(f"{p} {g:.1f} GFLOP/s" for p, g in peaks.items())
+              + f" ({args.threads} threads, {device})")
         invocation["sections"].append("matmul_peak")
         report = {
             "settings": settings,
             "invocations": [],
             "machine": {"kind": device, "device": device_name(device), "threads": args.threads,
-                        "cpus": os.cpu_count(), "matmul_peak_gflops": peak, "matmul_peak_load_avg_1min": load},
-            "setup": {"model": DEFAULT_MODEL, "pairs": len(lengths), "batch_size": args.batch_size,
-                      "max_length": args.max_length, "precision": precision, "pack_tokens": default_pack_tokens(),
-                      "real_tokens": real_tokens, "quick": args.quick,
+                        "cpus": os.cpu_count(), "matmul_peak_gflops": peaks[precision], "gemm_gflops": peaks,
+                        "gemm_n": precisions.GEMM_N[device], "matmul_peak_load_avg_1min": load},
+            "setup": {"model": args.model, "pairs": len(lengths), "batch_size": args.batch_size,
+                      "max_length": args.max_length, "precision": precision, "precisions": measured,
+                      "pack_tokens": default_pack_tokens(), "real_tokens": real_tokens, "quick": args.quick,
                       "mean_prompt_tokens": sum(p for p, _, _ in lengths) / len(lengths),
                       "mean_pair_tokens": sum(p + c + r for p, c, r in lengths) / len(lengths)},
             "configs": {},
+            "skipped": {**skipped, **skipped_generations},  # configs and sections not measured, and why
         }
         summarize(report)
     report["invocations"].append(invocation)  # the same dict: sections are added as they are measured
-    peak = report["machine"]["matmul_peak_gflops"]
+    peaks = report["machine"]["gemm_gflops"]
 
     def measure(section: str, run) -> dict:
         print(f"{section} …", flush=True)
@@ -588,28 +590,31 @@ def main() -> None:
         invocation["sections"].append(section)
         return {**result, "load_avg_1min": load}
 
-    for config in CONFIGS:
-        if config in report["configs"]:
+    for name, (config, config_precision) in configs.items():  # each fp32 config, then its bf16 twin
+        if name in report["configs"]:
             continue
         shutil.rmtree(work / "cache" / "ref_logps", ignore_errors=True)  # every config starts cold
-        r = measure(config, functools.partial(run_child, config, common, env))
+        r = measure(name, functools.partial(run_child, config, [*common, "--precision", config_precision], env))
         flops = executed_flops(config, shape, lengths, args.batch_size)
-        r.update({
+        r.update({  # r["precision"]: the precision the child trained in (its TrainConfig's)
             "pairs": len(lengths), "pairs_per_s": len(lengths) / r["train_s"],
             "real_tokens_per_s": real_tokens / r["train_s"], "s_per_step": r["train_s"] / r["steps"],
             "gflops_per_s": flops["steps"] / r["train_s"] / 1e9,
             "precompute_s_per_pair": r["precompute_s"] / len(lengths),
             "reference_gflops_per_s": flops["precompute"] / r["precompute_s"] / 1e9 if r["precompute_s"] else 0.0,
         })
-        r["pct_of_matmul_peak"] = 100 * r["gflops_per_s"] / peak
-        report["configs"][config] = {k: v for k, v in r.items() if k != "log"}
+        r["pct_of_matmul_peak"] = 100 * r["gflops_per_s"] / peaks[config_precision]  # of its own precision's peak
+        report["configs"][name] = {k: v for k, v in r.items() if k != "log"}
         print(f"  {r['s_per_step']:.1f} s/step, {r['pairs_per_s']:.3f} pairs/s, peak RSS {r['peak_rss_gib']:.2f} GiB")
         summarize(report)
         save(report, out)
 
-    if "generation" not in skip and "generation" not in report:
-        report["generation"] = measure("generation", lambda: run_child(
-            "generation", [*common, "--gen-posts", str(args.gen_posts), "--gen-tokens", str(args.gen_tokens)], env))
+    for name, gen_precision in ({} if "generation" in skip else generations).items():
+        if name in report:
+            continue
+        report[name] = measure(name, functools.partial(run_child, "generation", [
+            *common, "--precision", gen_precision, "--gen-posts", str(args.gen_posts), "--gen-tokens",
+            str(args.gen_tokens)], env))
         summarize(report)
         save(report, out)
     if "demo" not in skip and "demo" not in report:
@@ -652,9 +657,11 @@ def save(report: dict, out: Path) -> None:
     (out / "dpo_throughput.md").write_text(markdown(report))
 
 
-def _target(r: dict, key: str, fmt: str, unit: str = "") -> str:
+def _target(r: dict, key: str, fmt: str, unit: str = "", skipped: str | None = None) -> str:
+    """A headline number with its target's verdict; "not measured" (and why, when a config it needs was skipped)."""
     if key not in r:
-        return "not measured"
+        why = r.get("skipped", {}).get(skipped)
+        return f"not measured ({why})" if why else "not measured"
     t = r["targets"].get(key)
     verdict = f" (target {t['target']}{unit}: {'met' if t['met'] else 'NOT met'})" if t else ""
     return f"**{format(r[key], fmt)}{unit}**{verdict}"
@@ -687,26 +694,36 @@ def provenance(r: dict) -> str:
             f"(same settings, same commit, clean tree): {what}.")
 
 
+def _peaks(m: dict) -> str:
+    return ", ".join(f"{p} {g:.0f}" for p, g in m["gemm_gflops"].items())
+
+
 def markdown(r: dict) -> str:
     s, m = r["setup"], r["machine"]
     lines = [
         "# DPO throughput (bench/dpo_throughput.py)", "",
         f"{s['model']}, {s['pairs']} shipped TL;DR pairs (mean prompt {s['mean_prompt_tokens']:.0f} tokens, "
         f"{s['mean_pair_tokens']:.0f} per packed pair), batch {s['batch_size']}, max_length {s['max_length']}, "
-        f"{s['precision']}, fast engine --pack-tokens {s['pack_tokens']}, {m['threads']} threads, {m['device']}; "
-        f"measured matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s ({_load(m['matmul_peak_load_avg_1min'])})."
+        f"{', '.join(s['precisions'])} (plain-named configs {s['precision']}), fast engine --pack-tokens "
+        f"{s['pack_tokens']}, {m['threads']} threads, {m['device']}; measured GEMM peaks ({m['gemm_n']}²) "
+        f"{_peaks(m)} GFLOP/s ({_load(m['matmul_peak_load_avg_1min'])})."
         + (" QUICK run (development only)." if s.get("quick") else ""), "",
         provenance(r), "",
-        "| config | s/step | pairs/s | real tokens/s | est. GFLOP/s (% of peak) | peak RSS GiB | ref pass s/pair | TRL setup s | load avg (before, after) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        ("| config | precision | s/step | pairs/s | real tokens/s | est. GFLOP/s (% of its precision's peak) | "
+         "peak RSS GiB | ref pass s/pair | TRL setup s | load avg (before, after) |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in r["configs"].items():
-        lines.append(f"| {name} | {c['s_per_step']:.1f} | {c['pairs_per_s']:.3f} | {c['real_tokens_per_s']:.0f} | "
-                     f"{c['gflops_per_s']:.0f} ({c['pct_of_matmul_peak']:.0f}%) | {_memory(c)} | "
-                     f"{c['precompute_s_per_pair']:.2f} | {_seconds(c.get('setup_s'))} | "
+        lines.append(f"| {name} | {c['precision']} | {c['s_per_step']:.1f} | {c['pairs_per_s']:.3f} | "
+                     f"{c['real_tokens_per_s']:.0f} | {c['gflops_per_s']:.0f} ({c['pct_of_matmul_peak']:.0f}%) | "
+                     f"{_memory(c)} | {c['precompute_s_per_pair']:.2f} | {_seconds(c.get('setup_s'))} | "
                      f"{c['load_avg_1min'][0]:.1f}, {c['load_avg_1min'][1]:.1f} |")
+    for name, why in r["skipped"].items():
+        if name in BF16_CONFIGS:
+            lines.append(f"| {name} | bf16 | {why} | | | | | | | |")
     if m["kind"] == "cpu":
-        lines.append("| GPU rows (TRL default, TRL precompute, fast) | not measured | not measured | | | | | | |")
+        lines.append("| GPU rows (TRL default, TRL precompute, fast) | bf16 | not measured | not measured "
+                     "| | | | | | |")
     lines += ["", f"- fast vs TRL default, pairs/s: {_target(r, 'ratio_vs_trl_default', '.2f', '×')}",
               f"- fast vs TRL best, pairs/s: {_target(r, 'ratio_vs_trl_best', '.2f', '×')}",
               f"- fast engine's estimated FLOP rate, % of the matmul peak: "
@@ -715,6 +732,14 @@ def markdown(r: dict) -> str:
               f"- reference pass (fast engine, cold cache), % of the matmul peak: "
               f"{_target(r, 'reference_pct_of_matmul_peak', '.0f', '%')}"
               + (f" ({r['reference_s_per_pair']:.2f} s/pair)" if "reference_s_per_pair" in r else "")]
+    if m["kind"] == "cpu":  # issue 20: the same configs in bf16
+        bf16 = {key: _target(r, key, fmt, unit, "fast_bf16") for key, fmt, unit in (
+            ("ratio_bf16_vs_fp32_fast", ".2f", "×"), ("ratio_vs_trl_default_bf16", ".2f", "×"),
+            ("ratio_vs_trl_best_bf16", ".2f", "×"), ("fast_pct_of_bf16_peak", ".0f", "%"))}
+        lines += [f"- fast bf16 vs fast fp32, pairs/s: {bf16['ratio_bf16_vs_fp32_fast']}",
+                  f"- fast vs TRL default, both bf16: {bf16['ratio_vs_trl_default_bf16']}",
+                  f"- fast vs TRL best, both bf16: {bf16['ratio_vs_trl_best_bf16']}",
+                  f"- fast bf16's estimated FLOP rate, % of the bf16 GEMM peak: {bf16['fast_pct_of_bf16_peak']}"]
     if "trl_precompute" in r["configs"]:
         c = r["configs"]["trl_precompute"]
         lines.append(f"- TRL's reference pass (`_precompute_ref_logps` alone): {c['precompute_s']:.1f} s "
@@ -722,12 +747,18 @@ def markdown(r: dict) -> str:
     if "ratio_vs_trl_default_incl_cold_reference" in r:
         lines.append(f"- fast vs TRL default counting the cold reference pass too: "
                      f"{r['ratio_vs_trl_default_incl_cold_reference']:.2f}×")
-    if "generation" in r:
-        g = r["generation"]
-        lines.append(f"- judge generation: **{g['summaries_per_s']:.2f} summaries/s** ({g['summaries']} summaries of "
-                     f"{g['posts']} held-out posts, {', '.join(g['decodings'])}, batch {g['batch_size']}, ≤ "
-                     f"{g['max_new_tokens']} new tokens, mean prompt {g['mean_prompt_tokens']:.0f} tokens, mean "
-                     f"summary {g['mean_generated_tokens']:.1f} tokens; {_load(g['load_avg_1min'])})")
+    for name in ("generation", "generation_bf16"):
+        if name in r:
+            g = r[name]
+            lines.append(f"- judge generation, {g['precision']}: **{g['summaries_per_s']:.2f} summaries/s** "
+                         f"({g['summaries']} summaries of {g['posts']} held-out posts, {', '.join(g['decodings'])}, "
+                         f"batch {g['batch_size']}, ≤ {g['max_new_tokens']} new tokens, mean prompt "
+                         f"{g['mean_prompt_tokens']:.0f} tokens, mean summary {g['mean_generated_tokens']:.1f} tokens; "
+                         f"{_load(g['load_avg_1min'])})")
+        elif name in r["skipped"]:
+            lines.append(f"- judge generation, bf16: not measured ({r['skipped'][name]})")
+    if "ratio_bf16_vs_fp32_generation" in r:
+        lines.append(f"- judge generation bf16 vs fp32, summaries/s: {r['ratio_bf16_vs_fp32_generation']:.2f}×")
     if "demo" in r:
         d = r["demo"]
         lines.append(f"- demo stream (two models side by side, T={d['decoding']['temperature']:g}, top-p "

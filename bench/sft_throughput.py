@@ -1,13 +1,12 @@
 """SFT training throughput: preftune's fast engine vs TRL's SFTTrainer on the same rows, one command.
 
-    .venv/bin/python bench/sft_throughput.py          # 32 rows, batch 8, max_length 512, 2 threads (minutes)
+    .venv/bin/python bench/sft_throughput.py          # 32 rows, batch 8, max_length 512, 2 threads (~10 min)
     .venv/bin/python bench/sft_throughput.py --tiny   # seconds: a tiny random model → bench/results/tiny/
 
-Rows: the chosen summaries of the shipped data's train split (as `preftune sft` builds them), fitted to
---max-length; one epoch per engine from the same model (default SmolLM2-135M-Instruct), fp32 on a CPU
-(bf16 on CUDA), each engine in its own child process so its peak RSS is its own. Writes
-bench/results/sft_throughput.{json,md}: rows/s, peak RSS, ratio_vs_trl, rss_ratio_vs_trl, the targets,
-and provenance as bench/dpo_throughput.py records it (commit, dirty tree, load average).
+Each engine in its own child process, in fp32 and again in bf16 on a CPU with bf16 units (bf16 only on
+CUDA; bench/precisions.py). Writes bench/results/sft_throughput.{json,md}: rows/s, estimated GFLOP/s and
+% of the GEMM peak of its precision, peak RSS, the ratios, the targets, and provenance as
+bench/dpo_throughput.py records it; bench/README.md explains the keys.
 """
 
 from __future__ import annotations
@@ -30,9 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the DPO benchmark's helpers: device, memory, load, provenance
 
 import dpo_throughput as dpo  # noqa: E402 (after the path it is found on)
+import precisions  # noqa: E402 (bench/precisions.py)
 
 RESULTS = HERE / "results"
-ENGINES = ("trl", "fast")
+ENGINES = ("trl", "fast")  # at the device's main precision; a CPU run adds their bf16 twins (trl_bf16, fast_bf16)
 TARGETS = {"cpu": {"ratio_vs_trl": (3.0, "≥"), "rss_ratio_vs_trl": (0.5, "≤")}, "cuda": {}}  # CPU targets only
 TINY = {"rows": 8, "batch_size": 4, "max_length": 256}
 
@@ -105,7 +105,8 @@ def child(args) -> None:
     result = TRAIN[args.child](job)  # runtime_s: the training loop, model loading and data preparation excluded
     log = [json.loads(line) for line in job.log_path.read_text().splitlines()]
     shutil.rmtree(out, ignore_errors=True)
-    print("RESULT " + json.dumps({"engine": args.child, "train_s": result.runtime_s, "steps": result.steps,
+    print("RESULT " + json.dumps({"engine": args.child, "precision": cfg.precision, "train_s": result.runtime_s,
+                                  "steps": result.steps,
                                   **dpo.peak_memory(torch.cuda.is_available()), "log": log}), flush=True)
 
 
@@ -122,22 +123,50 @@ def run_child(engine: str, common: list[str]) -> dict:
 # ---- the report ------------------------------------------------------------------------------------------
 
 
-def engine_numbers(r: dict, lengths: list[tuple[int, int]]) -> dict:
-    """One engine's measurements as the report keeps them (the per-step log reduced to its first/last loss)."""
+def executed_flops(engine: str, shape: dict, lengths: list[tuple[int, int]], batch_size: int) -> float:
+    """Estimated FLOPs of one epoch (dpo_throughput.forward_flops; forward + backward = 3× forward, neither
+    engine checkpoints by default): the fast engine runs each row unpadded and its LM head over the summary
+    positions only; TRL pads each batch to its longest row and runs the head over every position."""
+    flops = 0.0
+    for start in range(0, len(lengths), batch_size):
+        batch = lengths[start : start + batch_size]
+        if engine == "trl":
+            rows = [max(p + c for p, c in batch)] * len(batch)
+            flops += 3 * dpo.forward_flops(shape, rows, sum(rows))
+        else:
+            flops += 3 * dpo.forward_flops(shape, [p + c for p, c in batch], sum(c for _, c in batch))
+    return flops
+
+
+def engine_numbers(r: dict, lengths: list[tuple[int, int]], flops: float, peak: float) -> dict:
+    """One engine's measurements as the report keeps them (the per-step log reduced to its first/last loss);
+    `peak`: the GEMM peak of the precision it ran in."""
     rows, tokens = len(lengths), sum(p + c for p, c in lengths)
-    return {"rows": rows, "steps": r["steps"], "train_s": r["train_s"], "rows_per_s": rows / r["train_s"],
-            "s_per_row": r["train_s"] / rows, "s_per_step": r["train_s"] / r["steps"],
-            "tokens_per_s": tokens / r["train_s"], "peak_rss_gib": r["peak_rss_gib"],
-            "peak_gpu_mem_gib": r["peak_gpu_mem_gib"], "first_loss": r["log"][0]["loss"],
-            "last_loss": r["log"][-1]["loss"], "load_avg_1min": r["load_avg_1min"]}
+    gflops = flops / r["train_s"] / 1e9
+    return {"precision": r["precision"], "rows": rows, "steps": r["steps"], "train_s": r["train_s"],
+            "rows_per_s": rows / r["train_s"], "s_per_row": r["train_s"] / rows,
+            "s_per_step": r["train_s"] / r["steps"],
+            "tokens_per_s": tokens / r["train_s"], "gflops_per_s": gflops, "pct_of_matmul_peak": 100 * gflops / peak,
+            "peak_rss_gib": r["peak_rss_gib"], "peak_gpu_mem_gib": r["peak_gpu_mem_gib"],
+            "first_loss": r["log"][0]["loss"], "last_loss": r["log"][-1]["loss"], "load_avg_1min": r["load_avg_1min"]}
 
 
 def summarize(report: dict) -> None:
     """The headline ratios of whatever engines are measured, and the targets of the run's device."""
     engines = report["engines"]
+    for precision, gflops in report["machine"]["gemm_gflops"].items():
+        report[f"{precision}_gemm_gflops"] = gflops
     if all(e in engines for e in ENGINES):
         report["ratio_vs_trl"] = engines["fast"]["rows_per_s"] / engines["trl"]["rows_per_s"]
         report["rss_ratio_vs_trl"] = engines["fast"]["peak_rss_gib"] / engines["trl"]["peak_rss_gib"]
+    if "fast" in engines:
+        report["fast_pct_of_matmul_peak"] = engines["fast"]["pct_of_matmul_peak"]
+    if "fast_bf16" in engines:  # a CPU run's bf16 twins
+        report["fast_pct_of_bf16_peak"] = engines["fast_bf16"]["pct_of_matmul_peak"]
+        if "fast" in engines:
+            report["ratio_bf16_vs_fp32_fast"] = engines["fast_bf16"]["rows_per_s"] / engines["fast"]["rows_per_s"]
+        if "trl_bf16" in engines:
+            report["ratio_vs_trl_bf16"] = engines["fast_bf16"]["rows_per_s"] / engines["trl_bf16"]["rows_per_s"]
     report["targets"] = {k: {"target": f"{op} {v:g}", "met": report[k] >= v if op == "≥" else report[k] <= v}
                          for k, (v, op) in TARGETS[report["machine"]["kind"]].items() if k in report}
 
@@ -148,20 +177,29 @@ def markdown(r: dict) -> str:
         "# SFT throughput (bench/sft_throughput.py)", "",
         f"{s['model']}, {s['rows']} rows (chosen summaries of the shipped train split; mean prompt "
         f"{s['mean_prompt_tokens']:.0f} tokens, mean summary {s['mean_completion_tokens']:.0f}), batch "
-        f"{s['batch_size']}, max_length {s['max_length']}, {s['precision']}, fast engine --pack-tokens "
-        f"{s['pack_tokens']}, {m['threads']} threads, {m['device']}." + (" TINY run (a random 2-layer model: "
-                                                                            "checks the script, measures nothing)."
-                                                                            if s["tiny"] else ""), "",
+        f"{s['batch_size']}, max_length {s['max_length']}, {', '.join(s['precisions'])} (plain-named engines "
+        f"{s['precision']}), fast engine --pack-tokens {s['pack_tokens']}, {m['threads']} threads, {m['device']}; "
+        f"measured GEMM peaks ({m['gemm_n']}²) {dpo._peaks(m)} GFLOP/s ({dpo._load(m['matmul_peak_load_avg_1min'])})."
+        + (" TINY run (a random 2-layer model: checks the script, measures nothing)." if s["tiny"] else ""), "",
         dpo.provenance(r), "",
-        "| engine | rows/s | s/row | tokens/s | peak RSS GiB | first → last loss | load avg (before, after) |",
-        "|---|---|---|---|---|---|---|",
+        ("| engine | precision | rows/s | s/row | tokens/s | est. GFLOP/s (% of its precision's peak) | "
+         "peak RSS GiB | first → last loss | load avg (before, after) |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in r["engines"].items():
-        lines.append(f"| {name} | {e['rows_per_s']:.3f} | {e['s_per_row']:.2f} | {e['tokens_per_s']:.0f} | "
+        lines.append(f"| {name} | {e['precision']} | {e['rows_per_s']:.3f} | {e['s_per_row']:.2f} | "
+                     f"{e['tokens_per_s']:.0f} | {e['gflops_per_s']:.0f} ({e['pct_of_matmul_peak']:.0f}%) | "
                      f"{dpo._memory(e)} | {e['first_loss']:.3f} → {e['last_loss']:.3f} | "
                      f"{e['load_avg_1min'][0]:.1f}, {e['load_avg_1min'][1]:.1f} |")
+    for name, why in r["skipped"].items():
+        lines.append(f"| {name} | bf16 | {why} | | | | | | |")
     lines += ["", f"- fast vs TRL SFTTrainer, rows/s: {dpo._target(r, 'ratio_vs_trl', '.2f', '×')}",
               f"- peak RSS fast / TRL: {dpo._target(r, 'rss_ratio_vs_trl', '.2f')}"]
+    if m["kind"] == "cpu":
+        bf16 = {key: dpo._target(r, key, ".2f", "×", "fast_bf16") for key in ("ratio_bf16_vs_fp32_fast",
+                                                                           "ratio_vs_trl_bf16")}
+        lines += [f"- fast bf16 vs fast fp32, rows/s: {bf16['ratio_bf16_vs_fp32_fast']}",
+                  f"- fast vs TRL SFTTrainer, both bf16, rows/s: {bf16['ratio_vs_trl_bf16']}"]
     if m["kind"] != "cpu":
         lines.append("- the targets are the CPU's; this run was on a GPU")
     return "\n".join(lines) + "\n"
@@ -209,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"WARNING: 1-min load average {load_at_start:.2f} > {dpo.BUSY_LOAD}: other work on this machine will "
               "skew every number; run the benchmark on an idle machine", flush=True)
     device = dpo.device_kind()
-    precision = dpo.PRECISION[device]
+    precision = dpo.PRECISION[device]  # the plain-named engines'; bf16 twins on a CPU with bf16 units
+    runs, skipped = precisions.plan(ENGINES, device)
+    measured = precisions.precisions_of([p for _, p in runs.values()])
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     if args.tiny:
         model_name, model_path = "tiny random Llama (2 layers)", str(build_tiny_model(work / "tiny"))
@@ -217,31 +257,39 @@ def main(argv: list[str] | None = None) -> None:
         model_name = args.model or DEFAULT_MODEL
         model_path = resolve_model(model_name).path
     lengths = prepare_rows(model_path, args.rows, args.max_length, work / "rows.jsonl")
+    shape = dpo.model_shape(model_path)
     common = ["--rows-file", str(work / "rows.jsonl"), "--model-path", model_path, "--batch-size", str(args.batch_size),
-              "--max-length", str(args.max_length), "--threads", str(args.threads), "--precision", precision]
+              "--max-length", str(args.max_length), "--threads", str(args.threads)]
+    peaks, peak_load = dpo.with_load(lambda: precisions.gemm_peaks(args.threads, device, measured))
     invocation = {**dpo.code_state(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "load_at_start": load_at_start, "sections": [],
+                  "load_at_start": load_at_start, "sections": ["matmul_peak"],
                   "argv": sys.argv[1:] if argv is None else argv}
     report = {
         "settings": {"rows": args.rows, "batch_size": args.batch_size, "max_length": args.max_length,
-                     "threads": args.threads, "device": device, "precision": precision, "tiny": args.tiny},
+                     "threads": args.threads, "device": device, "precision": precision, "precisions": measured,
+                     "tiny": args.tiny},
         "invocations": [invocation],
-        "machine": {"kind": device, "device": dpo.device_name(device), "threads": args.threads, "cpus": os.cpu_count()},
+        "machine": {"kind": device, "device": dpo.device_name(device), "threads": args.threads, "cpus": os.cpu_count(),
+                    "matmul_peak_gflops": peaks[precision], "gemm_gflops": peaks, "gemm_n": precisions.GEMM_N[device],
+                    "matmul_peak_load_avg_1min": peak_load},
         "setup": {"model": model_name, "rows": len(lengths), "batch_size": args.batch_size,
-                  "max_length": args.max_length, "precision": precision, "pack_tokens": default_pack_tokens(),
+                  "max_length": args.max_length, "precision": precision, "precisions": measured,
+                  "pack_tokens": default_pack_tokens(),
                   "tiny": args.tiny, "steps": math.ceil(len(lengths) / args.batch_size),
                   "mean_prompt_tokens": sum(p for p, _ in lengths) / len(lengths),
                   "mean_completion_tokens": sum(c for _, c in lengths) / len(lengths)},
         "engines": {},
+        "skipped": skipped,  # engines not measured, and why
     }
-    for engine in ENGINES:
-        print(f"{engine} …", flush=True)
+    for name, (engine, engine_precision) in runs.items():  # each fp32 engine, then its bf16 twin
+        print(f"{name} …", flush=True)
         t0 = time.perf_counter()
-        result, load = dpo.with_load(functools.partial(run_child, engine, common))
-        invocation["sections"].append(engine)
-        report["engines"][engine] = {**engine_numbers({**result, "load_avg_1min": load}, lengths),
-                                     "wall_s": time.perf_counter() - t0}
-        e = report["engines"][engine]
+        result, load = dpo.with_load(functools.partial(run_child, engine, [*common, "--precision", engine_precision]))
+        invocation["sections"].append(name)
+        flops = executed_flops(engine, shape, lengths, args.batch_size)
+        report["engines"][name] = {**engine_numbers({**result, "load_avg_1min": load}, lengths, flops,
+                                                    peaks[engine_precision]), "wall_s": time.perf_counter() - t0}
+        e = report["engines"][name]
         print(f"  {e['rows_per_s']:.3f} rows/s ({e['s_per_row']:.2f} s/row), peak RSS {e['peak_rss_gib']:.2f} GiB")
         summarize(report)
         save(report, out)
