@@ -5,7 +5,12 @@ eval.json's per-pair outcomes and choice of the plain DPO baseline."""
 import pytest
 
 from preftune.errors import PreftuneError
-from preftune.stats import MIN_RESAMPLES, PairOutcome, length_strata, paired_balanced_difference
+from preftune.stats import (
+    MIN_RESAMPLES,
+    PairOutcome,
+    length_strata,
+    paired_balanced_difference,
+)
 from preftune.sweep import paired
 
 
