@@ -370,18 +370,20 @@ def test_the_baseline_is_select_baseline_or_the_dpo_group(tmp_path):
 
 
 def test_the_judge_vs_sft_is_the_same_judge_against_the_sft_model(tmp_path):
-    """With an sft step the selected run is judged twice, the second time against the SFT model; without one
-    there is no SFT model, and the summary says why (recipe_summary.NO_SFT)."""
+    """With an sft step the selected run is judged twice, the second time against the SFT model, greedy (the
+    headline decoding; a sampled one would double the generations); without one there is no SFT model, and
+    the summary says why (recipe_summary.NO_SFT)."""
     from preftune.sweep.recipe_file import step_configs
 
     recipe = load_recipe(write(tmp_path, "output_dir: r\nsft: {}\njudge: {n: 5}\nruns:\n  dpo: {}\n"))
     steps = step_configs(recipe, Path("r"))
     sft = str(Path("r") / "sft" / steps.sft[1].run_name)
-    assert steps.sft_model == sft and steps.settings["judge_vs_sft"] == {**steps.settings["judge"], "base": sft}
+    assert steps.sft_model == sft and steps.judge_vs_sft.base == sft and steps.judge_vs_sft.n == 5
+    assert steps.settings["judge_vs_sft"] == {**steps.settings["judge"], "base": sft, "greedy": True, "temperature": 0.0}
     assert steps.settings["judge"]["base"] == steps.base_model != sft
     recipe = load_recipe(write(tmp_path, "output_dir: r\nruns:\n  dpo: {}\n"))
     steps = step_configs(recipe, Path("r"))
-    assert steps.sft_model is None and "judge_vs_sft" not in steps.settings
+    assert steps.sft_model is None and steps.judge_vs_sft is None and "judge_vs_sft" not in steps.settings
     text = format_summary({"recipe": "r.yaml", "runs_compared": 1, "rank_by": "accuracy", "runs": [],
                            "selected_path": "x", "selected_run": "dpo/x", "wall_s_total": 1.0, "test": None,
                            "judge_vs_sft_skipped": "no sft step: …"})

@@ -175,8 +175,8 @@ def stale_steps(root: Path, steps: Steps, file: str) -> dict[str, tuple[list[Pat
             note(f"dpo/runs.{name}", run, min((_run_differences(run, "dpo", w, file) or [] for w in options), key=len)
                  or ([] if run.name in wanted else [f"{run.name} is not a run of this grid"]))
     judged = {JUDGE_TEST_FILE: ("judge", dataclasses.asdict(steps.judge))}
-    if steps.sft_model is not None:  # the same judge, against the SFT model
-        judged[JUDGE_VS_SFT_FILE] = ("judge_vs_sft", {**dataclasses.asdict(steps.judge), "base": steps.sft_model})
+    if steps.judge_vs_sft is not None:  # the same judge, greedy, against the SFT model
+        judged[JUDGE_VS_SFT_FILE] = ("judge_vs_sft", dataclasses.asdict(steps.judge_vs_sft))
     for run in planned_runs(root, steps):
         for name, (step, wanted) in judged.items():
             recorded = read_json(run / name, missing_ok=True) if run.is_dir() else None
@@ -335,7 +335,7 @@ def _run_steps(recipe: dict, root: Path, overwrite: bool, root_as_given: str) ->
     _step(state, "judge", lambda: (selected / JUDGE_TEST_FILE).is_file(),
           lambda: _run(["judge"], [str(selected), "--config", str(_write_settings(root, "judge",
                                                                                   steps.settings["judge"]))]))
-    if steps.sft_model is not None:
+    if steps.judge_vs_sft is not None:
         _step(state, "judge_vs_sft", lambda: (selected / JUDGE_VS_SFT_FILE).is_file(),
               lambda: _run(["judge"], [str(selected), "--config", str(_write_settings(
                   root, "judge_vs_sft", steps.settings["judge_vs_sft"])), "--output", JUDGE_VS_SFT_FILE]))

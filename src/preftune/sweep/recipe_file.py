@@ -203,6 +203,7 @@ class Steps:
     judge: JudgeConfig
     base_model: str  # what the judge compares the selected run with
     sft_model: str | None = None  # the sft step's model (the DPO runs' start): judged against as well
+    judge_vs_sft: JudgeConfig | None = None  # that judgement: `judge`, greedy only, base = sft_model
 
 
 def _blame(recipe: dict, sections: list[tuple[str, ...]], step: str, error: PreftuneError) -> DataError:
@@ -270,6 +271,8 @@ def step_configs(recipe: dict, root: Path) -> Steps:
     settings["judge"] = {**recipe["judge"], "split": "test", "rm": str(root / RM_NAME)}
     settings["judge"].setdefault("base", base_model)
     judge = _build(recipe, [("judge",)], "judge", lambda: JudgeConfig(**settings["judge"]))
-    if model is not None and sft is not None:  # what DPO adds: the same judge, against the SFT model
-        settings["judge_vs_sft"] = {**settings["judge"], "base": model}
-    return Steps(settings, rm, sft, dpo, judge, base_model, model if sft is not None else None)
+    vs_sft = None
+    if sft is not None:  # what DPO adds: the same judge against the SFT model, greedy (the headline decoding)
+        settings["judge_vs_sft"] = {**settings["judge"], "base": model, "greedy": True, "temperature": 0.0}
+        vs_sft = _build(recipe, [("judge",)], "judge_vs_sft", lambda: JudgeConfig(**settings["judge_vs_sft"]))
+    return Steps(settings, rm, sft, dpo, judge, base_model, model if sft is not None else None, vs_sft)
