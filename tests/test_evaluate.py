@@ -10,7 +10,7 @@ from preftune.dpo.evaluate import PairLogps, format_table, preference_metrics
 from preftune.dpo.logps import completion_logps, tokenize_completion
 from preftune.errors import PreftuneError
 from preftune.models import load_model
-from preftune.stats import wilson_interval
+from preftune.stats import length_strata, wilson_interval
 
 
 def test_metrics_by_hand():
@@ -212,3 +212,32 @@ def test_a_run_without_test_pairs_names_the_flag_that_gives_them(tiny_run, tmp_p
     selection = {"rank_by": "accuracy", "rank": 1, "runs_compared": 1}
     assert chosen_test_result(open_run(run), selection) == (
         None, "n/a (no test split: trained with --test-fraction 0; train with --test-fraction > 0 for one)")
+
+
+def test_each_pair_outcome_is_stored_for_paired_comparisons():
+    """eval.json keeps, per pair, its key, post, whether it was right and its lengths: enough to recompute the
+    length-balanced accuracy, and to pair it with another run's. The same pair twice gets a second key."""
+    from preftune.sweep.paired import read_outcomes
+
+    chosen, rejected = [10, 10, 5, 5, 7], [5, 5, 10, 10, 7]
+    pairs = [Pair("p", " c", " r", "post0", "s"), Pair("p", " c", " r", "post0", "s"),
+             Pair("p", " c2", " r", "post1", "s"), Pair("q", " c3", " r", "post1", "s"), Pair("p", " e", " r", "post2", "s")]
+    m = preference_metrics(lp_from([1, -1, 1, 0, 1], chosen, rejected), 1.0, pairs)
+    cols = m["pair_outcomes"]
+    assert cols["correct"] == [True, False, True, False, True] and cols["post_id"] == [p.post_id for p in pairs]
+    assert cols["chosen_tokens"] == chosen and cols["rejected_tokens"] == rejected
+    assert cols["key"][1] == cols["key"][0] + "#2" and len(set(cols["key"])) == 5
+    assert cols["key"][0].startswith("post0:") and cols["key"][2] != cols["key"][3]  # the texts are in the key
+    outcomes = read_outcomes(m, "run")
+    again = length_strata([o.correct for o in outcomes], [o.chosen_len for o in outcomes],
+                          [o.rejected_len for o in outcomes])
+    assert again["length_balanced_accuracy"] == m["length_balanced_accuracy"] == pytest.approx(0.5 * (1 / 2 + 1 / 2))
+
+
+def test_an_eval_file_from_before_the_per_pair_outcomes_still_loads(tmp_path):
+    import json
+
+    from preftune.runs.results import read_eval
+
+    (tmp_path / "eval.json").write_text(json.dumps({"n": 4, "accuracy": 0.5, "length_balanced_accuracy": 0.5}))
+    assert read_eval(tmp_path / "eval.json")["accuracy"] == 0.5

@@ -286,3 +286,22 @@ def _damaged(tmp, run, edit):
     edit(config)
     (copy / "preftune_config.json").write_text(json.dumps(config))
     return copy
+
+
+def test_a_second_judgement_goes_to_its_own_file(tiny_run, capsys):
+    """--output keeps a judgement against another --base beside the first (the recipe's judge vs its SFT
+    model); a name that is not RUN_DIR/judge*.json is refused before any work."""
+    from preftune.cli import main
+
+    before = {name: (tiny_run / name).read_bytes() for name in ("judge.json", "judge_test.json", "eval.json")
+              if (tiny_run / name).exists()}
+    for bad in ("../judge_x.json", "eval.json", "judge_x.txt"):
+        assert main(["judge", str(tiny_run), "--output", bad]) == 2
+        assert f"--output {bad}: name a file in RUN_DIR as judge<anything>.json" in capsys.readouterr().err
+    assert main(["judge", str(tiny_run), "--split", "test", "--base", str(tiny_run), "--output", "judge_test_vs_x.json",
+                 "--n", "2", "--max-new-tokens", "4", "--examples", "0", "--temperature", "0"]) == 0
+    report = json.loads((tiny_run / "judge_test_vs_x.json").read_text())
+    assert report["base_model"] == str(tiny_run) and report["posts"] == 2
+    # the run against itself, greedy: the same summaries, every post a tie
+    assert report["decodings"]["greedy"]["tuned_vs_base"]["win_rate"] == 0.5
+    assert {name: (tiny_run / name).read_bytes() for name in before} == before

@@ -42,6 +42,12 @@ def write(tmp_path, text):
     ("output_dir: r\nruns: {}\n", r"field 'runs'.*one entry per DPO objective"),
     ("runs:\n  dpo: {}\n", r"field 'output_dir'.*missing"),
     ("output_dir: r\nruns:\n  dpo: {}\nselect:\n  rank_by: loss\n", r"field 'select'.*takes rank_by"),
+    ("output_dir: r\nruns:\n  dpo: {}\nselect:\n  baseline: dpoo\n",
+     r"recipe.yaml:5: field 'select.baseline': 'dpoo' is not a run group; the groups under `runs` are: dpo"),
+    ("output_dir: r\nruns:\n  dpo: {lr: [1e-5, 2e-5]}\nselect:\n  baseline: dpo\n",
+     r"recipe.yaml:5: field 'select.baseline': run group dpo plans 2 runs \(a grid\): the baseline is one run"),
+    ("output_dir: r\nruns:\n  dpo: {}\njudge:\n  output: judge_x.json\n",
+     r"recipe.yaml:5: field 'judge.output': set by the recipe"),
 ])
 def test_a_bad_recipe_is_refused_before_any_step(tmp_path, text, message):
     with pytest.raises(PreftuneError, match=message):
@@ -173,7 +179,10 @@ def test_the_summary_writes_gaps_and_the_test_interval_as_every_table_does():
 def tiny_recipe(tmp_path, tiny_model, sft_lr="1.0e-2", hinge_beta=0.5, judge_n=2) -> Path:
     return write(tmp_path, f"""\
         output_dir: {tmp_path / "out"}
-        {DATA.replace(chr(10), chr(10) + "        ")}
+        data:
+          fraction: 0.03
+          seed: 1
+          eval_fraction: 0.3          # validation pairs in both length strata: a paired interval
         rm:
           model: {tiny_model}
           lr: 1.0e-2
@@ -190,7 +199,6 @@ def tiny_recipe(tmp_path, tiny_model, sft_lr="1.0e-2", hinge_beta=0.5, judge_n=2
           lr: 1.0e-2
           batch_size: 4
           max_pairs: 4
-          max_eval_pairs: 8
           max_length: 192
           gradient_checkpointing: false
         runs:
@@ -212,25 +220,56 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     assert summary["runs_compared"] == 2 and {r["run"].split("/")[0] for r in summary["runs"]} == {"dpo", "hinge"}
     selected = root / "runs" / summary["selected_run"]
     others = [p for p in (root / "runs").glob("*/dpo_model_*") if p != selected]
-    assert (selected / "test.json").is_file() and (selected / "judge_test.json").is_file()
-    assert others and not any((p / "test.json").exists() or (p / "judge_test.json").exists() for p in others)
+    judged = ("test.json", "judge_test.json", "judge_test_vs_sft.json")
+    assert all((selected / name).is_file() for name in judged)
+    assert others and not any((p / name).exists() for p in others for name in judged)
     assert json.loads((selected / "preftune_config.json").read_text())["train"]["loss"] == \
         {"dpo": "sigmoid", "hinge": "hinge"}[summary["selected_run"].split("/")[0]]
     assert summary["test"]["n"] > 0 and summary["judge_test"]["posts"] == 2
-    assert set(summary["steps"]) == {"rm", "sft", "dpo/dpo", "dpo/hinge", "test", "judge"}
+    assert set(summary["steps"]) == {"rm", "sft", "dpo/dpo", "dpo/hinge", "test", "judge", "judge_vs_sft"}
     sft = next((root / "sft").iterdir())
     config = json.loads((selected / "preftune_config.json").read_text())
     assert [c["kind"] for c in config["chain"]] == ["base", "sft", "dpo"]  # every DPO run starts from the SFT model
     assert config["train"]["model"] == str(sft) and summary["judge_test"]["base_model"] == str(tiny_model)
+    # what DPO adds: the same judge against the SFT model the runs started from (recorded relative to ROOT)
+    assert summary["judge_test_vs_sft"]["posts"] == 2 and summary["judge_vs_sft_skipped"] is None
+    assert summary["judge_test_vs_sft"]["base_model"] == f"sft/{sft.name}"
+    assert json.loads((selected / "judge_test_vs_sft.json").read_text())["base_model"] == str(sft)
+    assert summary["train_pairs_used"] == 4 and summary["sft_rows_used"] == 4
+
+    # each run paired with the baseline (the `dpo` group) on validation; the selection says where it stands
+    baseline = next(r["run"] for r in summary["runs"] if r["run"].startswith("dpo/"))
+    assert summary["baseline"] == baseline and summary["baseline_reason"] == "the run group named `dpo`"
+    vs = {r["run"]: r["vs_baseline"] for r in summary["runs"]}
+    assert vs[baseline]["status"] == "computed" and vs[baseline]["ci95"] == [0.0, 0.0]
+    evals = {r["run"]: json.loads((root / r["path"] / "eval.json").read_text()) for r in summary["runs"]}
+    for run, v in vs.items():  # the point estimate is the two eval.json's balanced accuracies, subtracted
+        assert v["resamples"] == 2000 and v["difference"] == pytest.approx(
+            evals[run]["length_balanced_accuracy"] - evals[baseline]["length_balanced_accuracy"])
+    assert summary["selected_vs_baseline_ci"] == vs[summary["selected_run"]]["ci95"]
+    assert summary["selection_verdict"].startswith(summary["selected_run"])
+
+    # paths: relative to ROOT in recipe.json (ROOT itself as given), so it names no one's disk
     on_disk = json.loads((root / "recipe.json").read_text())
-    assert on_disk["selected_run"] == summary["selected_run"]
+    assert on_disk["selected_run"] == summary["selected_run"] and on_disk["root"] == str(root)
+    assert on_disk["selected_path"] == f"runs/{summary['selected_run']}"
+    assert on_disk["selected_config"]["chain"][1]["path"] == f"sft/{sft.name}"
+    assert str(root) not in json.dumps({k: v for k, v in on_disk.items() if k != "root"})
+    assert "judged vs its SFT model on 2 test posts" in format_summary(on_disk)
 
     q = bench_quality().quality(summary, {})  # bench/quality.py's results file, from this recipe.json
     required = ("runs_compared", "selected_run", "test_n", "test_accuracy", "test_longer_wins_baseline",
                 "test_length_balanced_accuracy", "test_length_balanced_ci_low", "test_chosen_shorter_accuracy",
                 "judge_lc_win_rate", "judge_lc_win_rate_ci_low", "judge_n", "rm_length_balanced_accuracy",
                 "rm_length_spearman", "wall_s_per_run", "wall_s_total", "command")
+    required += ("judge_vs_sft_lc_win_rate", "judge_vs_sft_lc_win_rate_ci_low", "judge_vs_base_lc_win_rate",
+                 "train_pairs_used", "sft_rows_used", "selected_vs_baseline_ci", "judge_lc_win_rate_ci95")
     assert set(required) <= set(q) and q["test_n"] == summary["test"]["n"] and q["judge_n"] == 2
+    assert q["judge_vs_base_lc_win_rate"] == q["judge_lc_win_rate"] is not None
+    assert q["judge_vs_sft_lc_win_rate"] is not None and q["judge_vs_sft_n"] == 2
+    assert q["selected_vs_baseline_ci"] == summary["selected_vs_baseline_ci"] and q["sft_rows_used"] == 4
+    assert q["chain"][1]["path"] == str(sft)  # outside the checkout: where it is, not a guess
+    assert "What DPO adds: judged vs its own SFT model" in bench_quality().markdown({**q, "notes": []})
     assert q["test_accuracy"] == summary["test"]["accuracy"] and q["runs_compared"] == 2
     assert set(q["wall_s_per_run"]) == {r["run"] for r in summary["runs"]}
     assert all(r["wall_s"] > 0 for r in summary["runs"])  # each run's own timer (metrics.json)
@@ -259,7 +298,9 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     message = refused(sft_lr="5.0e-3", judge_n=3)  # a new SFT model: every DPO run would start from another model
     for said in ("step sft: lr 0.01 in the finished run, 0.005 in FILE |",
                  f"step dpo/runs.dpo: model {sft} in the finished run, {root / 'sft' / 'sft_model_lr0.005_bs4_epoch1'}",
-                 "step judge: n 2 in the finished run, 3 in FILE."):
+                 "step judge: n 2 in the finished run, 3 in FILE |",  # the judge vs SFT: its new base too
+                 f"step judge_vs_sft: base {sft} in the finished run, {root / 'sft' / 'sft_model_lr0.005_bs4_epoch1'} "
+                 "in FILE; n 2 in the finished run, 3 in FILE."):
         assert said in message, (said, message)
 
     # --overwrite: the changed objective alone is trained again; the other run is kept as it was
@@ -273,7 +314,7 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     assert retrained["runs_compared"] == 2 and run_recipe(recipe)["steps"] == retrained["steps"]
 
 
-def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(tmp_path):
+def test_the_quality_file_names_paths_inside_the_checkout_relatively(tmp_path):
     q = bench_quality()
     chain = [{"kind": "base", "model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
              {"kind": "sft", "path": str(REPO / "runs" / "x" / "sft_model"), "lr": 2e-5},
@@ -282,6 +323,10 @@ def test_the_committed_quality_file_names_paths_inside_the_checkout_relatively(t
     assert out[0] == chain[0] and out[1] == {"kind": "sft", "path": "runs/x/sft_model", "lr": 2e-5}
     assert out[2] == chain[2]  # outside the checkout: kept as it is, not guessed at
     assert q._repo_relative(None) is None
+    # a recipe.json of this version records paths relative to ROOT: made relative to the checkout through ROOT
+    relative = [{"kind": "sft", "path": "sft/sft_model"}]
+    assert q._repo_relative(relative, REPO / "runs" / "x")[0]["path"] == "runs/x/sft/sft_model"
+    assert q._repo_relative(relative, tmp_path)[0]["path"] == str(tmp_path / "sft" / "sft_model")
 
 
 def test_a_settings_range_comes_from_the_command_its_section_runs():
@@ -292,3 +337,54 @@ def test_a_settings_range_comes_from_the_command_its_section_runs():
     assert section_rules(("judge",))["split"]["choices"] == ("validation", "test")
     assert "choices" not in section_rules(("sweep",))["split"]
     assert "simpo_gamma" in section_rules(("sweep",)) and "simpo_gamma" not in section_rules(("judge",))
+
+
+@pytest.mark.parametrize("given", ["absolute", "relative"])
+def test_recipe_json_names_paths_inside_root_relative_to_it(tmp_path, monkeypatch, given):
+    from preftune.sweep.recipe_summary import portable
+
+    monkeypatch.chdir(tmp_path)
+    root = (tmp_path / "runs" / "r") if given == "absolute" else Path("runs/r")
+    full = tmp_path / "runs" / "r"
+    obj = {"path": str(root / "sft" / "m"), "source": f"local folder {full}/sft/m", "root": str(root),
+           "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "other": str(tmp_path / "runs" / "r2" / "m"),
+           "chain": [{"path": str(full / "runs" / "dpo" / "x")}], "n": 3}
+    assert portable(obj, root) == {"path": "sft/m", "source": "local folder sft/m", "root": ".",
+                                   "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "other": obj["other"],
+                                   "chain": [{"path": "runs/dpo/x"}], "n": 3}
+
+
+def test_the_baseline_is_select_baseline_or_the_dpo_group(tmp_path):
+    from preftune.sweep.recipe_file import baseline_group, step_configs
+
+    def baseline(text: str) -> tuple:
+        recipe = load_recipe(write(tmp_path, "output_dir: r\n" + text))
+        return baseline_group(recipe, step_configs(recipe, Path("r")))
+
+    assert baseline("runs:\n  dpo: {}\n  simpo: {loss: simpo}\n") == ("dpo", "the run group named `dpo`")
+    assert baseline("runs:\n  plain: {}\n  simpo: {loss: simpo}\nselect:\n  baseline: plain\n") == \
+        ("plain", "select.baseline")
+    assert baseline("runs:\n  simpo: {loss: simpo}\n") == \
+        (None, "no baseline: no run group named `dpo` and no select.baseline")
+    assert baseline("runs:\n  dpo: {lr: [1e-5, 2e-5]}\n")[1].startswith("no baseline: run group `dpo` plans 2 runs")
+
+
+def test_the_judge_vs_sft_is_the_same_judge_against_the_sft_model(tmp_path):
+    """With an sft step the selected run is judged twice, the second time against the SFT model, greedy (the
+    headline decoding; a sampled one would double the generations); without one there is no SFT model, and
+    the summary says why (recipe_summary.NO_SFT)."""
+    from preftune.sweep.recipe_file import step_configs
+
+    recipe = load_recipe(write(tmp_path, "output_dir: r\nsft: {}\njudge: {n: 5}\nruns:\n  dpo: {}\n"))
+    steps = step_configs(recipe, Path("r"))
+    sft = str(Path("r") / "sft" / steps.sft[1].run_name)
+    assert steps.sft_model == sft and steps.judge_vs_sft.base == sft and steps.judge_vs_sft.n == 5
+    assert steps.settings["judge_vs_sft"] == {**steps.settings["judge"], "base": sft, "greedy": True, "temperature": 0.0}
+    assert steps.settings["judge"]["base"] == steps.base_model != sft
+    recipe = load_recipe(write(tmp_path, "output_dir: r\nruns:\n  dpo: {}\n"))
+    steps = step_configs(recipe, Path("r"))
+    assert steps.sft_model is None and steps.judge_vs_sft is None and "judge_vs_sft" not in steps.settings
+    text = format_summary({"recipe": "r.yaml", "runs_compared": 1, "rank_by": "accuracy", "runs": [],
+                           "selected_path": "x", "selected_run": "dpo/x", "wall_s_total": 1.0, "test": None,
+                           "judge_vs_sft_skipped": "no sft step: …"})
+    assert "not judged vs an SFT model: no sft step" in text

@@ -423,3 +423,55 @@ def test_curves_draw_the_raw_values_faint_under_the_smoothed_line():
     assert list(smoothed.get_ydata()) == smooth([r["loss"] for r in log]) and smoothed.get_alpha() in (None, 1)
     assert smoothed.get_color() == raw.get_color() and smoothed.get_label() == "run" and raw.get_label().startswith("_")
     plt.close(fig)
+
+
+def outcomes(correct: list[int]) -> dict:
+    """eval.json's pair_outcomes: 4 posts, each a chosen-longer pair (even keys) and a chosen-shorter one."""
+    return {"key": [f"k{i}" for i in range(8)], "post_id": [f"p{i // 2}" for i in range(8)],
+            "correct": [bool(c) for c in correct], "chosen_tokens": [10 if i % 2 == 0 else 5 for i in range(8)],
+            "rejected_tokens": [5 if i % 2 == 0 else 10 for i in range(8)]}
+
+
+def with_loss(run: Path, loss: str, **train) -> Path:
+    config = json.loads((run / "preftune_config.json").read_text())
+    config["train"].update(loss=loss, **train)
+    (run / "preftune_config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_each_run_is_paired_with_the_plain_dpo_run(tmp_path, capsys):
+    """The baseline (the one loss-sigmoid run without extras) is right on 0 of 4 chosen-longer pairs and 2 of
+    4 chosen-shorter: balanced 0.25. The hinge run is right on all chosen-longer pairs and the same shorter
+    ones: 0.75, so +0.5 in every resample, an interval [0.5, 0.5]: distinguishable. A run whose eval.json
+    predates per-pair outcomes has no interval, and the table says so."""
+    base = fake_run(tmp_path, 1e-6, 8, 0.5, balanced=0.25,
+                    evaluation={**fake_eval(0.5, balanced=0.25), "pair_outcomes": outcomes([0, 1, 0, 1, 0, 0, 0, 0])})
+    hinge = with_loss(fake_run(tmp_path, 1e-6, 4, 0.75, balanced=0.75, name="hinge", evaluation={
+        **fake_eval(0.75, balanced=0.75), "pair_outcomes": outcomes([1, 1, 1, 1, 1, 0, 1, 0])}), "hinge")
+    with_loss(fake_run(tmp_path, 1e-6, 2, 0.6, balanced=0.6, name="old"), "ipo")
+    with_loss(fake_run(tmp_path, 1e-6, 1, 0.6, balanced=0.55, name="rpo", evaluation={
+        **fake_eval(0.6, balanced=0.55), "pair_outcomes": outcomes([0, 1, 0, 1, 0, 1, 0, 1])}), "sigmoid", nll_weight=1.0)
+    written = quiet(tmp_path)
+    rows = {r["run"]: r for r in rows_of(tmp_path)}
+    assert {r["baseline"] for r in rows.values()} == {base.name}  # rpo has an extra (nll_weight): not plain
+    h = rows[hinge.name]
+    assert h["vs_baseline_difference"] == pytest.approx(0.5) and h["vs_baseline_distinguishable"] is True
+    assert (h["vs_baseline_ci95_low"], h["vs_baseline_ci95_high"]) == pytest.approx((0.5, 0.5))
+    assert rows["rpo"]["vs_baseline_difference"] == pytest.approx(0.25)  # ½(0 + 2/4)
+    assert rows[base.name]["vs_baseline_difference"] == 0.0 and rows[base.name]["vs_baseline_status"] == "computed"
+    assert rows["old"]["vs_baseline_difference"] is None and rows["old"]["vs_baseline_status"] == \
+        "not available: old's eval.json predates per-pair outcomes (evaluate it again: preftune eval RUN)"
+    out = capsys.readouterr().out
+    note = (f"paired intervals vs baseline {base.name} (the one plain DPO run (loss sigmoid, no extras)), on "
+            f"validation only; hinge is distinguishable from the baseline {base.name}")
+    assert note in out and "+0.500 [+0.500, +0.500]" in out and "baseline" in out
+    html = written["report.html"].read_text()
+    assert "hinge is distinguishable from the baseline" in html and "+0.500 [+0.500, +0.500]" in html
+    assert "Δ bal. vs baseline [95% CI]" in out
+    assert "n/a" in next(line for line in out.splitlines() if line.split()[1:2] == ["old"])  # no interval: says so
+
+
+def test_with_several_plain_runs_the_report_names_no_baseline(root, capsys):
+    quiet(root)
+    assert "paired intervals: no baseline: 4 plain DPO runs (dpo_model_lr1e-06_bs4_epoch1, " in capsys.readouterr().out
+    assert all(r["baseline"] is None and r["vs_baseline_difference"] is None for r in rows_of(root))

@@ -129,6 +129,9 @@ def test_eval_command_recomputes_the_same_metrics(full_run, capsys):
     after = json.loads((full_run / "eval.json").read_text())
     assert after["accuracy"] == before["accuracy"] and after["chosen_longer"] == before["chosen_longer"]
     assert after["mean_margin"] == pytest.approx(before["mean_margin"], abs=1e-5)
+    # per-pair outcomes: training's evaluation and `preftune eval` key the same pairs alike (a paired comparison)
+    assert after["pair_outcomes"]["key"] == before["pair_outcomes"]["key"] and len(set(after["pair_outcomes"]["key"])) \
+        == after["n"] and after["pair_outcomes"]["correct"] == before["pair_outcomes"]["correct"]
     out = capsys.readouterr().out
     assert "evaluation on the validation split of tldr-sample" in out and "DPO implicit-reward accuracy" in out
 

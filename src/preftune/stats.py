@@ -3,16 +3,22 @@
 Intervals are 95%: Wilson for a proportion (accuracy, win rate); Wald on Agresti–Caffo-adjusted
 proportions for the length-balanced accuracy, the mean of the chosen-longer and chosen-shorter
 accuracies (equal lengths reported apart), on which any pure length counter scores exactly 0.5.
+Two runs on the same pairs: a paired bootstrap over posts of their length-balanced difference.
 What each metric means and why: docs/evaluation.md.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from preftune.errors import PreftuneError
 
 Z95 = 1.959963984540054
+MIN_RESAMPLES = 2000  # the paired interval's floor: percentiles of fewer draws move with the seed
 
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -55,8 +61,7 @@ def length_strata(correct: Sequence[bool | float], chosen_len: Sequence[float],
         raise ValueError("correct, chosen_len and rejected_len must have the same length")
     strata: dict[str, list[float]] = {"chosen_longer": [], "chosen_shorter": [], "equal_length": []}
     for c, a, b in zip(correct, chosen_len, rejected_len):
-        key = "chosen_longer" if a > b else "chosen_shorter" if a < b else "equal_length"
-        strata[key].append(float(c))
+        strata[length_stratum(a, b)].append(float(c))
     overall = proportion([float(c) for c in correct])
     longer, shorter = strata["chosen_longer"], strata["chosen_shorter"]
     balanced = (sum(longer) / len(longer) + sum(shorter) / len(shorter)) / 2 if longer and shorter else None
@@ -71,6 +76,12 @@ def length_strata(correct: Sequence[bool | float], chosen_len: Sequence[float],
         # equal lengths count as wrong: the baseline cannot pick (as TRL counts reward ties)
         "longer_wins_baseline": len(longer) / n if n else None,
     }
+
+
+def length_stratum(chosen_len: float, rejected_len: float) -> str:
+    """"chosen_longer", "chosen_shorter" or "equal_length": the stratum a pair is counted in."""
+    return "chosen_longer" if chosen_len > rejected_len else "chosen_shorter" if chosen_len < rejected_len \
+        else "equal_length"
 
 
 def by_group(correct: Sequence[bool | float], groups: Sequence[object]) -> dict[str, dict]:
@@ -141,8 +152,6 @@ def bootstrap_interval(values: Sequence[float], groups: Sequence[object], stat, 
     """95% percentile bootstrap interval of `stat(rows)` resampling whole groups (posts), seeded.
     For statistics without a closed form (the length-controlled win rate): rows of one post move
     together, so the interval accounts for posts that contribute several rows."""
-    import random
-
     by: dict[object, list] = {}
     for v, g in zip(values, groups, strict=True):
         by.setdefault(g, []).append(v)
@@ -155,10 +164,91 @@ def bootstrap_interval(values: Sequence[float], groups: Sequence[object], stat, 
         value = stat(rows)
         if value is not None:
             draws.append(value)
+    return percentile_interval(draws)
+
+
+def percentile_interval(draws: list[float]) -> tuple[float, float] | None:
+    """The 2.5th and 97.5th percentiles of bootstrap draws (None for none)."""
     if not draws:
         return None
-    draws.sort()
+    draws = sorted(draws)
     return draws[int(0.025 * (len(draws) - 1))], draws[int(math.ceil(0.975 * (len(draws) - 1)))]
+
+
+# ---- two runs on the same pairs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """One evaluated pair as a paired comparison needs it (eval.json's `pair_outcomes`, one row)."""
+
+    key: str  # the same pair in another run's evaluation has the same key
+    post_id: str  # pairs of one post are resampled together
+    correct: float  # 1 ranked right, 0 wrong
+    chosen_len: float
+    rejected_len: float
+
+
+def _aligned(a: Sequence[PairOutcome], b: Sequence[PairOutcome]) -> list[tuple[PairOutcome, PairOutcome]]:
+    """(a's, b's) outcome of each pair, in a's order; pairs not common to both, or told apart
+    differently (post, stratum), are refused: the difference would not be paired."""
+    for name, side in (("A", a), ("B", b)):
+        keys = [o.key for o in side]
+        if len(set(keys)) != len(keys):
+            raise PreftuneError(f"run {name}'s per-pair outcomes name a pair twice "
+                                f"({next(k for k in keys if keys.count(k) > 1)}): each key must be unique")
+    of_b = {o.key: o for o in b}
+    only_a, only_b = [o.key for o in a if o.key not in of_b], set(of_b) - {o.key for o in a}
+    if only_a or only_b:
+        example = (only_a or sorted(only_b))[0]
+        raise PreftuneError(f"the two runs were evaluated on different pairs ({len(only_a)} only in A, {len(only_b)} "
+                            f"only in B, e.g. {example}): a paired comparison needs the same pairs (same data, "
+                            "split, seed and --max-eval-pairs)")
+    rows = [(o, of_b[o.key]) for o in a]
+    for x, y in rows:
+        if x.post_id != y.post_id or length_stratum(x.chosen_len, x.rejected_len) != \
+                length_stratum(y.chosen_len, y.rejected_len):
+            raise PreftuneError(f"pair {x.key} has another post or length stratum in run B than in run A "
+                                "(different tokenizers?): the runs cannot be compared pair by pair")
+    return rows
+
+
+def paired_balanced_difference(a: Sequence[PairOutcome], b: Sequence[PairOutcome], reps: int = MIN_RESAMPLES,
+                               seed: int = 0) -> dict:
+    """Run A's length-balanced accuracy minus run B's on the same pairs, with a 95% percentile interval from
+    a paired bootstrap: posts (every pair of a post together) resampled with replacement, `reps` times,
+    seeded; a draw that leaves a length stratum empty is not counted. The balanced accuracy is
+    `length_strata`'s; since both runs share the strata, the difference is ½(Δ chosen-longer + Δ
+    chosen-shorter). Returns {"difference", "ci95", "n", "posts", "resamples", "resamples_used", "seed"};
+    difference None when a stratum is empty, ci95 None with fewer than 2 posts."""
+    if reps < MIN_RESAMPLES:
+        raise ValueError(f"reps must be at least {MIN_RESAMPLES}, got {reps}")
+    rows = _aligned(a, b)
+    lengths = ([x.chosen_len for x, _ in rows], [x.rejected_len for x, _ in rows])
+    point_a = length_strata([x.correct for x, _ in rows], *lengths)["length_balanced_accuracy"]
+    point_b = length_strata([y.correct for _, y in rows], *lengths)["length_balanced_accuracy"]
+    # per post: (Σ a−b over chosen-longer, n chosen-longer, Σ a−b over chosen-shorter, n chosen-shorter)
+    sums: dict[str, list[float]] = {}
+    for x, y in rows:
+        s = sums.setdefault(x.post_id, [0.0, 0, 0.0, 0])
+        stratum = length_stratum(x.chosen_len, x.rejected_len)
+        at = 0 if stratum == "chosen_longer" else 2 if stratum == "chosen_shorter" else None
+        if at is not None:
+            s[at] += x.correct - y.correct
+            s[at + 1] += 1
+    posts = list(sums.values())
+    draws = []
+    if point_a is not None and point_b is not None and len(posts) >= 2:
+        rng = random.Random(seed)
+        for _ in range(reps):
+            dl = nl = ds = ns = 0
+            for s in rng.choices(posts, k=len(posts)):
+                dl, nl, ds, ns = dl + s[0], nl + s[1], ds + s[2], ns + s[3]
+            if nl and ns:
+                draws.append((dl / nl + ds / ns) / 2)
+    return {"difference": None if point_a is None or point_b is None else point_a - point_b,
+            "ci95": percentile_interval(draws), "n": len(rows), "posts": len(posts), "resamples": reps,
+            "resamples_used": len(draws), "seed": seed}
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:

@@ -4,13 +4,15 @@ is that more than "the longer summary wins"?
 A pair is ranked correctly when r(chosen) > r(rejected) (ties count as wrong, as in TRL), r the run's
 own implicit reward (losses.RewardRule, `run_reward_rule`; recorded as "reward"; docs/losses.md). Beside
 accuracy and its Wilson interval: margins, log-prob drift, accuracy by length stratum in tokens and the
-length-balanced accuracy (preftune.stats.length_strata), and by labeller confidence where rows carry it.
+length-balanced accuracy (preftune.stats.length_strata), and by labeller confidence where rows carry it;
+per pair, what a paired comparison of two runs needs (`pair_outcomes`; stats.paired_balanced_difference).
 `pair_logps` computes the log-probs every reward is taken from (`preftune serve` scores with it too).
 Results: eval.json, test.json, eval_<slug>.json (run_folder.result_file; docs/sweeps-and-hub.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -117,7 +119,27 @@ def preference_metrics(lp: PairLogps, beta: float, pairs: list[Pair], reward: st
         # the keys of older preftune versions, kept for their readers (= chosen_shorter above)
         "chosen_shorter_n": strata["chosen_shorter"]["n"],
         "chosen_shorter_accuracy": strata["chosen_shorter"]["accuracy"],
+        "pair_outcomes": pair_outcomes(pairs, correct, lp.chosen_tokens.tolist(), lp.rejected_tokens.tolist()),
     }
+
+
+def pair_keys(pairs: list[Pair]) -> list[str]:
+    """A key per pair that another run's evaluation of the same pair shares: "POST:" + 12 hex digits of the
+    SHA-1 of its two completions (its prompt may be trimmed otherwise); a repeat of a pair gets "#2", "#3"."""
+    keys, seen = [], {}
+    for p in pairs:
+        digest = hashlib.sha1((p.chosen + "\0" + p.rejected).encode()).hexdigest()[:12]
+        key = f"{p.post_id}:{digest}"
+        seen[key] = seen.get(key, 0) + 1
+        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return keys
+
+
+def pair_outcomes(pairs: list[Pair], correct: list[float], chosen_tokens: list[int], rejected_tokens: list[int]) -> dict:
+    """Per pair, as columns (eval.json's `pair_outcomes`): its key, post id, whether it was ranked right,
+    and its completions' lengths in tokens: what `preftune report` and the recipe pair two runs on."""
+    return {"key": pair_keys(pairs), "post_id": [p.post_id for p in pairs], "correct": [c == 1.0 for c in correct],
+            "chosen_tokens": [int(n) for n in chosen_tokens], "rejected_tokens": [int(n) for n in rejected_tokens]}
 
 
 def evaluate_pairs(policy, reference, tokenizer, pairs: list[Pair], beta: float, loss: str = "sigmoid",

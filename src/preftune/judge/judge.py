@@ -358,11 +358,23 @@ def rm_summary(rm: RewardModelFolder) -> dict:
     }
 
 
-def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
+def output_name(cfg: JudgeConfig, output: str | None) -> str:
+    """The file in RUN_DIR a judgement goes to: judge.json / judge_test.json, or --output (a second judgement,
+    e.g. against another --base, kept beside the first): a plain name judge*.json, so no other file is hit."""
+    if output is None:
+        return JUDGE_FILE if cfg.split == "validation" else JUDGE_TEST_FILE
+    if Path(output).name != output or not output.startswith("judge") or not output.endswith(".json"):
+        raise PreftuneError(f"--output {output}: name a file in RUN_DIR as judge<anything>.json, e.g. "
+                            "judge_test_vs_sft.json (no folder)")
+    return output
+
+
+def judge_run(run_dir: Path, cfg: JudgeConfig, output: str | None = None) -> dict:
     from preftune.judge.reward import summary_tokens
     from preftune.models import load_tokenizer, resolve_model
     from preftune.precision import resolve
 
+    out_name = output_name(cfg, output)  # a bad name stops before any work
     run = open_run(run_dir)
     precision = resolve(cfg.precision)
     rm = open_reward_model(Path(cfg.rm) if cfg.rm else run.path.parent / RM_DEFAULT_NAME)
@@ -401,7 +413,7 @@ def judge_run(run_dir: Path, cfg: JudgeConfig) -> dict:
         "config": asdict(cfg),
         **result,
     }
-    out = run.file(JUDGE_FILE if cfg.split == "validation" else JUDGE_TEST_FILE)
+    out = run.file(out_name)
     atomic_write_json(out, report)
     logger.info(format_report(report))
     logger.info(f"judge: wrote {out}")
@@ -450,7 +462,7 @@ def format_report(r: dict) -> str:
 
 
 def cmd_judge(ns: argparse.Namespace) -> None:
-    judge_run(Path(ns.run_dir), from_args(JudgeConfig, ns))
+    judge_run(Path(ns.run_dir), from_args(JudgeConfig, ns), ns.output)
 
 
 def add_cli(verbs) -> None:
@@ -459,4 +471,7 @@ def add_cli(verbs) -> None:
                                         "score them with the reward model, report win rates → RUN_DIR/judge.json (--split test: judge_test.json)")
     jd.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `preftune train`")
     add_arguments(jd, JudgeConfig)
+    jd.add_argument("--output", metavar="judgeNAME.json", default=None,
+                    help="write to RUN_DIR/judgeNAME.json instead of judge.json (judge_test.json with --split test): "
+                         "a second judgement kept beside the first, e.g. against another --base")
     jd.set_defaults(func=cmd_judge)

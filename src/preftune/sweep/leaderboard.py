@@ -20,6 +20,7 @@ from preftune.errors import PreftuneError
 from preftune.runs import folder as run_folder
 from preftune.runs.folder import TEST_PAIRS_FILE
 from preftune.runs.results import Run, open_run
+from preftune.sweep import paired
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def result_keys(prefix: str) -> list[str]:
 FIELDS = ["rank", "run", "chain", *HYPERPARAMETERS, *result_keys(""), "train_pairs", "steps", "train_runtime_s",
           "tokens_per_s", "pairs_per_s", "final_loss", "final_train_reward_accuracy",
           "judge_win_rate", "judge_length_controlled_win_rate", "judge_n", "judge_verdict_strength",
-          "judge_rm_accuracy", "rank_by", "eval_data", "data_group", "runs_compared", "selected", "test_status",
-          *result_keys("test_")]
+          "judge_rm_accuracy", "rank_by", "eval_data", "data_group", "runs_compared", *paired.FIELDS, "selected",
+          "test_status", *result_keys("test_")]
 PREDATES = "n/a (run predates the test split)"
 
 

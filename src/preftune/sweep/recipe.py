@@ -1,10 +1,11 @@
 """`preftune recipe FILE.yaml`: a whole training recipe from one file, resumable.
 
 Steps, each a preftune command in its own process: the reward model, SFT (optional), one DPO sweep per
-objective, selection on validation, then the selected run alone on test and judged; ROOT/recipe.json
-records every step's wall time and numbers. The whole file is checked before any step (recipe_file.py);
-a finished step is skipped only when its recorded settings are the file's (else refused, or retrained
-with --overwrite); a killed one resumes. Steps, sections and the measured recipe: docs/recipe.md.
+objective, selection on validation (each run's paired interval against the baseline run), then the
+selected run alone on test and judged vs the base and vs its SFT model; ROOT/recipe.json
+(recipe_summary.py) records every step's wall time and numbers. The whole file is checked before any
+step (recipe_file.py); a finished step is skipped only when its recorded settings are the file's (else
+refused, or retrained with --overwrite); a killed one resumes. Steps, sections, results: docs/recipe.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from preftune import fmt
 from preftune.errors import DataError, PreftuneError
 from preftune.launch import single_process
 from preftune.runs.folder import (
@@ -37,12 +37,21 @@ from preftune.runs.folder import (
 from preftune.runs.lifecycle import run_spec, stored_spec
 from preftune.runs.lock import root_lock
 from preftune.runs.results import read_eval
+from preftune.sweep import paired
 from preftune.sweep.recipe_file import (
     RM_NAME,
     TOP_KEYS,
     Steps,
+    baseline_group,
     load_recipe,
     step_configs,
+)
+from preftune.sweep.recipe_summary import (
+    JUDGE_VS_SFT_FILE,
+    compare_with_baseline,
+    format_summary,
+    run_label,
+    summarize,
 )
 
 logger = logging.getLogger(__name__)
@@ -165,11 +174,14 @@ def stale_steps(root: Path, steps: Steps, file: str) -> dict[str, tuple[list[Pat
             options = [wanted[run.name]] if run.name in wanted else list(wanted.values())
             note(f"dpo/runs.{name}", run, min((_run_differences(run, "dpo", w, file) or [] for w in options), key=len)
                  or ([] if run.name in wanted else [f"{run.name} is not a run of this grid"]))
-    judged = {"judge": dataclasses.asdict(steps.judge)}
+    judged = {JUDGE_TEST_FILE: ("judge", dataclasses.asdict(steps.judge))}
+    if steps.judge_vs_sft is not None:  # the same judge, greedy, against the SFT model
+        judged[JUDGE_VS_SFT_FILE] = ("judge_vs_sft", dataclasses.asdict(steps.judge_vs_sft))
     for run in planned_runs(root, steps):
-        recorded = read_json(run / JUDGE_TEST_FILE, missing_ok=True) if run.is_dir() else None
-        if recorded is not None:
-            note("judge", run / JUDGE_TEST_FILE, differences({"judge": recorded.get("config") or {}}, judged, file))
+        for name, (step, wanted) in judged.items():
+            recorded = read_json(run / name, missing_ok=True) if run.is_dir() else None
+            if recorded is not None:
+                note(step, run / name, differences({"judge": recorded.get("config") or {}}, {"judge": wanted}, file))
     return stale
 
 
@@ -200,8 +212,9 @@ def retrain(root: Path, steps: Steps, stale: dict[str, tuple[list[Path], list[st
             _remove(output)
     if "rm" in stale:
         for run in planned_runs(root, steps):
-            if (run / JUDGE_TEST_FILE).exists():
-                _remove(run / JUDGE_TEST_FILE)
+            for name in (JUDGE_TEST_FILE, JUDGE_VS_SFT_FILE):
+                if (run / name).exists():
+                    _remove(run / name)
     if "sft" in stale:
         for name in steps.dpo:
             if (root / "runs" / name).exists():
@@ -274,10 +287,10 @@ def run_recipe(path: Path, root_override: str | None = None, overwrite: bool = F
     recipe = load_recipe(path)
     root = recipe_root(recipe, root_override)
     with root_lock(root, "recipe"):  # a second recipe writing the same ROOT is refused in one line
-        return _run_steps(recipe, root, overwrite)
+        return _run_steps(recipe, root, overwrite, root_override or recipe["output_dir"])
 
 
-def _run_steps(recipe: dict, root: Path, overwrite: bool) -> dict:
+def _run_steps(recipe: dict, root: Path, overwrite: bool, root_as_given: str) -> dict:
     steps = step_configs(recipe, root)
     check_finished(root, steps, recipe["path"], overwrite)
     state = State(root)
@@ -305,62 +318,37 @@ def _run_steps(recipe: dict, root: Path, overwrite: bool) -> dict:
                                                                               steps.settings[f"dpo/{n}"]))]))
     runs = planned_runs(root, steps)
 
-    # 4. select on validation
+    # 4. select on validation; each run's paired interval against the baseline run (validation only)
     selected, rows = select_run(runs, recipe["select"]["rank_by"])
     for row in rows:  # the run's own timer: reference pass, training, saving, validation (see train.run)
         row["wall_s"] = (read_json(Path(row["path"]) / METRICS_FILE, missing_ok=True) or {}).get("wall_s")
-    logger.info(f"recipe: selected {selected.parent.name}/{selected.name} by validation "
-                f"{recipe['select']['rank_by']} among {len(runs)} runs")
+    group, why = baseline_group(recipe, steps)
+    baseline = next(r for r in runs if r.parent.name == group) if group else None
+    compare_with_baseline(runs, rows, baseline, why)
+    vs = next(r for r, run in zip(rows, runs) if run == selected)["vs_baseline"]
+    logger.info(f"recipe: selected {run_label(selected)} by validation {recipe['select']['rank_by']} among "
+                f"{len(runs)} runs; " + (paired.verdict(run_label(selected), vs) if baseline else why))
 
-    # 5. the selected run once on test; 6. the judge on the test posts
+    # 5. the selected run once on test; 6. the judge on the test posts, vs the base and vs the SFT model
     _step(state, "test", lambda: (selected / "test.json").is_file(),
           lambda: _run(["eval"], [str(selected), "--split", "test"]))
     _step(state, "judge", lambda: (selected / JUDGE_TEST_FILE).is_file(),
           lambda: _run(["judge"], [str(selected), "--config", str(_write_settings(root, "judge",
                                                                                   steps.settings["judge"]))]))
-    current = {"rm", "sft", "test", "judge", *(f"dpo/{name}" for name in steps.dpo)}
+    if steps.judge_vs_sft is not None:
+        _step(state, "judge_vs_sft", lambda: (selected / JUDGE_VS_SFT_FILE).is_file(),
+              lambda: _run(["judge"], [str(selected), "--config", str(_write_settings(
+                  root, "judge_vs_sft", steps.settings["judge_vs_sft"])), "--output", JUDGE_VS_SFT_FILE]))
+    current = {"rm", "sft", "test", "judge", "judge_vs_sft", *(f"dpo/{name}" for name in steps.dpo)}
     state.data["steps"] = {k: v for k, v in state.data["steps"].items() if k in current}
 
-    summary = {
-        "recipe": recipe["path"],
-        "root": str(root),
-        "steps": state.data["steps"],
-        "wall_s_total": round(sum(s.get("wall_s", 0) for s in state.data["steps"].values()), 1),
-        "wall_s_this_invocation": round(time.monotonic() - total_start, 1),
-        "rank_by": recipe["select"]["rank_by"],
-        "runs_compared": len(runs),
-        "runs": rows,
-        "selected_run": f"{selected.parent.name}/{selected.name}",
-        "selected_path": str(selected),
-        "selected_config": read_json(selected / CONFIG_FILE),
-        "test": read_eval(selected / "test.json"),
-        "judge_test": read_json(selected / JUDGE_TEST_FILE, missing_ok=True),
-        "rm_eval": read_json(rm_dir / RM_EVAL_FILE, missing_ok=True),
-    }
+    sft_run = root / "sft" / steps.sft[1].run_name if steps.sft is not None else None
+    summary = summarize(recipe, root, root_as_given, state.data["steps"], runs, rows, selected, baseline, why,
+                        sft_run, time.monotonic() - total_start)
     atomic_write_json(root / SUMMARY_FILE, summary)
     logger.info(format_summary(summary))
     logger.info(f"recipe: wrote {root / SUMMARY_FILE}")
     return summary
-
-
-def _f(x, digits: int = 3) -> str:
-    return fmt.number(x, digits, gap="–")
-
-
-def format_summary(s: dict) -> str:
-    lines = [f"recipe {s['recipe']}: {s['runs_compared']} runs compared on validation by {s['rank_by']}", "",
-             f"  {'run':<52}{'acc':>7}{'bal':>7}{'shorter':>9}{'longer':>8}{'longer-wins':>12}{'wall s':>8}"]
-    for r in s["runs"]:
-        mark = "*" if r["path"] == s["selected_path"] else " "
-        lines.append(f"{mark} {r['run']:<52}{_f(r['accuracy']):>7}{_f(r['length_balanced_accuracy']):>7}"
-                     f"{_f(r['chosen_shorter_accuracy']):>9}{_f(r['chosen_longer_accuracy']):>8}"
-                     f"{_f(r['longer_wins_baseline']):>12}{_f(r['wall_s'], 0):>8}")
-    t = s["test"] or {}
-    lines += ["", f"selected {s['selected_run']}, on test (n={t.get('n')}): accuracy {_f(t.get('accuracy'))}, "
-              f"length-balanced {fmt.cell(t.get('length_balanced_accuracy'), t.get('length_balanced_ci95'))}, "
-              f"longer wins {_f(t.get('longer_wins_baseline'))}",
-              f"total wall time of all steps: {s['wall_s_total']:.0f} s"]
-    return "\n".join(lines)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ VERB_CONFIGS: dict[tuple[str, ...], tuple[str, ...]] = {
 TOP_KEYS = ("output_dir", "data", "rm", "sft", "dpo", "runs", "select", "judge")
 SET_BY_RECIPE = {"rm": ("output_dir", "name"), "sft": ("output_dir",), "dpo": ("output_dir", "select", "rank_by"),
                  "runs": ("output_dir", "select", "rank_by"),
-                 "judge": ("split", "rm")}  # where each step writes and what it reads: the recipe decides
+                 "judge": ("split", "rm", "output")}  # where each step writes and what it reads: the recipe decides
 RANK_KEYS_ALLOWED = ("length_balanced_accuracy", "accuracy", "chosen_shorter_accuracy", "mean_margin")
 RM_NAME = "reward_model"
+DEFAULT_BASELINE = "dpo"  # the run group the others are compared with, unless select.baseline names one
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
 # what makes the split (data, its sample, the split itself): `data:` only, so every step sees one split
 SPLIT_KEYS = tuple(k for k in DATA_KEYS if k not in TRAIN_OPTIONS)
@@ -155,14 +156,37 @@ def load_recipe(path: Path) -> dict:
         runs[name] = _check_section(path, lines, ("runs", name), settings, ("sweep",))
     select = {} if recipe.get("select") is None else recipe["select"]
     rank_by = select.get("rank_by", RANK_KEYS_ALLOWED[0]) if isinstance(select, dict) else None
-    if not isinstance(select, dict) or set(select) - {"rank_by"} or rank_by not in RANK_KEYS_ALLOWED:
+    if not isinstance(select, dict) or set(select) - {"rank_by", "baseline"} or rank_by not in RANK_KEYS_ALLOWED:
         raise DataError(str(path), lines.get(("select", "rank_by"), lines.get(("select",))), "select",
-                        f"takes rank_by: one of {', '.join(RANK_KEYS_ALLOWED)} (validation metrics), as a mapping "
-                        "(select: {rank_by: accuracy}); got " + (f"{yaml_kind(select)}" if not isinstance(select, dict)
-                                                                 else ", ".join(f"{k}: {v!r}" for k, v in select.items())))
-    recipe.update(select={"rank_by": rank_by}, path=str(path), lines=lines)
-    step_configs(recipe, Path(out))  # every step's configs: the rules between settings, loss flags included
+                        f"takes rank_by: one of {', '.join(RANK_KEYS_ALLOWED)} (validation metrics), and baseline: "
+                        "a run group's name, as a mapping (select: {rank_by: accuracy}); got "
+                        + (f"{yaml_kind(select)}" if not isinstance(select, dict)
+                           else ", ".join(f"{k}: {v!r}" for k, v in select.items())))
+    baseline = select.get("baseline")
+    if baseline is not None and baseline not in runs:
+        raise DataError(str(path), lines.get(("select", "baseline")), "select.baseline",
+                        f"{baseline!r} is not a run group; the groups under `runs` are: {', '.join(map(str, runs))}")
+    recipe.update(select={"rank_by": rank_by, "baseline": baseline}, path=str(path), lines=lines)
+    steps = step_configs(recipe, Path(out))  # every step's configs: the rules between settings, loss flags included
+    if baseline is not None and len(steps.dpo[baseline][2]) != 1:
+        raise DataError(str(path), lines.get(("select", "baseline")), "select.baseline",
+                        f"run group {baseline} plans {len(steps.dpo[baseline][2])} runs (a grid): the baseline is "
+                        "one run; name a group of one run")
     return recipe
+
+
+def baseline_group(recipe: dict, steps: Steps) -> tuple[str | None, str]:
+    """(the run group whose one run the others are compared with, why) or (None, why there is none):
+    `select.baseline`, else the group named `dpo` (plain DPO in the shipped recipes) when it is one run."""
+    named = recipe["select"].get("baseline")
+    if named is not None:
+        return named, "select.baseline"
+    if DEFAULT_BASELINE not in steps.dpo:
+        return None, f"no baseline: no run group named `{DEFAULT_BASELINE}` and no select.baseline"
+    if len(steps.dpo[DEFAULT_BASELINE][2]) != 1:
+        return None, (f"no baseline: run group `{DEFAULT_BASELINE}` plans {len(steps.dpo[DEFAULT_BASELINE][2])} runs; "
+                      "name a group of one run as select.baseline")
+    return DEFAULT_BASELINE, f"the run group named `{DEFAULT_BASELINE}`"
 
 
 # ---- every step's configs ------------------------------------------------------------------------
@@ -178,6 +202,8 @@ class Steps:
     dpo: dict[str, tuple[DataConfig, Any, list]]  # NAME → (data, base TrainConfig, its planned runs)
     judge: JudgeConfig
     base_model: str  # what the judge compares the selected run with
+    sft_model: str | None = None  # the sft step's model (the DPO runs' start): judged against as well
+    judge_vs_sft: JudgeConfig | None = None  # that judgement: `judge`, greedy only, base = sft_model
 
 
 def _blame(recipe: dict, sections: list[tuple[str, ...]], step: str, error: PreftuneError) -> DataError:
@@ -245,4 +271,8 @@ def step_configs(recipe: dict, root: Path) -> Steps:
     settings["judge"] = {**recipe["judge"], "split": "test", "rm": str(root / RM_NAME)}
     settings["judge"].setdefault("base", base_model)
     judge = _build(recipe, [("judge",)], "judge", lambda: JudgeConfig(**settings["judge"]))
-    return Steps(settings, rm, sft, dpo, judge, base_model)
+    vs_sft = None
+    if sft is not None:  # what DPO adds: the same judge against the SFT model, greedy (the headline decoding)
+        settings["judge_vs_sft"] = {**settings["judge"], "base": model, "greedy": True, "temperature": 0.0}
+        vs_sft = _build(recipe, [("judge",)], "judge_vs_sft", lambda: JudgeConfig(**settings["judge_vs_sft"]))
+    return Steps(settings, rm, sft, dpo, judge, base_model, model if sft is not None else None, vs_sft)

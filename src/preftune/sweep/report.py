@@ -1,7 +1,7 @@
 """`preftune report ROOT`: the leaderboard of the runs under ROOT as text, plots, and one HTML page.
 
-Ranked on validation (--rank-by), the best --select N scored on test (sweep/leaderboard.py); written
-into ROOT: leaderboard.csv/.json, the PNGs of sweep/plots.py, and report.html (images embedded).
+Ranked on validation (--rank-by), each run's paired interval against the plain DPO run (sweep/paired.py),
+the best --select N scored on test (sweep/leaderboard.py); written into ROOT: leaderboard.csv/.json, the PNGs of sweep/plots.py, and report.html (images embedded).
 A gap in a table is "–"; folders still named NAME.partial are listed as unfinished, not ranked.
 What each file and plot holds: docs/sweeps-and-hub.md.
 """
@@ -18,6 +18,7 @@ from preftune.config import ReportConfig, add_arguments, from_args
 from preftune.errors import PreftuneError
 from preftune.runs import folder as run_folder
 from preftune.runs.folder import CONFIG_FILE
+from preftune.sweep import paired
 from preftune.sweep.leaderboard import (
     DEFAULT_RANK,
     HYPERPARAMETERS,
@@ -74,6 +75,7 @@ COLUMNS = [
     ("#", lambda r: "–" if r["rank"] is None else str(r["rank"])),
     ("run", lambda r: r["run"]),
     *columns(),
+    ("Δ bal. vs baseline [95% CI]", paired.cell),
     ("margin", lambda r: number(r.get("mean_margin"), 4, sign=True)),
     ("drift", lambda r: number(r.get("mean_logp_drift"), 3, sign=True)),
     ("train s", lambda r: number(r.get("train_runtime_s"), 1)),
@@ -142,7 +144,7 @@ def format_test(chosen: list[dict]) -> str:
 
 
 def render_html(root: Path, rows: list[dict], chosen: list[dict], images: dict[str, Path],
-                unfinished: Sequence[Path], sweep: dict | None) -> str:
+                unfinished: Sequence[Path], sweep: dict | None, notes: Sequence[str] = ()) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("preftune", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -152,8 +154,8 @@ def render_html(root: Path, rows: list[dict], chosen: list[dict], images: dict[s
         return [[cell(r) for _, cell in cols] for r in group]
 
     mixed = mixed_data(rows)
-    groups = [{"heading": group_heading(g) if mixed else "", "table": table(g, COLUMNS), "best": g[0]["rank"] is not None}
-              for g in data_groups(rows)]
+    groups = [{"heading": group_heading(g) if mixed else "", "table": table(g, COLUMNS), "best": g[0]["rank"] is not None,
+               "paired": notes[i] if i < len(notes) else ""} for i, g in enumerate(data_groups(rows))]
     tests = []
     for g in data_groups(chosen):
         measured = [r for r in g if r["test_accuracy"] is not None]
@@ -182,6 +184,8 @@ def report(root: Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
                             + (f"; unfinished: {', '.join(p.name for p in unfinished)}" if unfinished else ""))
     rows = rank_rows([run_row(r) for r in runs], cfg.rank_by)
     by_name = {r.name: r for r in runs}
+    evaluations = {r.name: _evaluation(r) for r in runs}
+    notes = [paired.add_to_rows(group, by_name, evaluations) for group in data_groups(rows)]  # validation only
     chosen = score_chosen(by_name, rows, cfg.select)
     logs = {r["run"]: by_name[r["run"]].train_log() for r in rows}
     write_leaderboard(root, rows)
@@ -191,12 +195,15 @@ def report(root: Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
     plot_length_strata(rows, images["length_strata.png"])
     plot_margins(rows, logs, images["margins.png"])
     sweep = gap_on_damage(lambda: run_folder.read_json(root / "sweep.json", missing_ok=True), "sweep details") or None
-    run_folder.atomic_write_text(root / "report.html", render_html(root, rows, chosen, images, unfinished, sweep))
+    run_folder.atomic_write_text(root / "report.html", render_html(root, rows, chosen, images, unfinished, sweep,
+                                                                   notes))
     ranked = sum(r["rank"] is not None for r in rows)
     data = "" if mixed_data(rows) else f"; validation data: {rows[0]['eval_data']}"
     logger.info(f"validation ranking by {RANKINGS[cfg.rank_by]} ({ranked} of {len(rows)} runs have it; runs without "
                 f"it are listed last, unranked){data}:")
     logger.info(format_leaderboard(rows))
+    for number, note in enumerate(notes, 1):
+        logger.info(f"[group {number}] {note}" if len(notes) > 1 else note)
     if cfg.select:
         logger.info(format_test(chosen))
     if sweep and isinstance(sweep.get("runs"), list):
@@ -209,6 +216,14 @@ def report(root: Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
     logger.info(f"report: {root / 'report.html'} (leaderboard.csv, leaderboard.json, {', '.join(PLOTS)})")
     return {"leaderboard.csv": root / "leaderboard.csv", "leaderboard.json": root / "leaderboard.json",
             **images, "report.html": root / "report.html"}
+
+
+def _evaluation(run) -> dict | None:
+    """A run's eval.json for the paired intervals (a damaged one was already named by its row: none here)."""
+    try:
+        return run.evaluation()
+    except PreftuneError:
+        return None
 
 
 def add_cli(verbs) -> None:
