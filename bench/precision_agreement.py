@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/precision_agreement.py [--root runs/precision-check] [--ref-pairs 64]
 
-The recipe's data (examples/tldr-cpu.yaml: tldr-sample, 10% validation, 10% test, seed 42) and its
+Round 1's recipe (examples/tldr-cpu.yaml at 7ab742c: tldr-sample, 10% validation, 10% test, seed 42), its
 selected run (SFT on 112 chosen rows, then sigmoid_norm β 3.0, 256 pairs, lr 3e-5, batch 8, fast
 engine): the SFT model once in fp32, then the DPO run twice from it, `--precision fp32` and
 `--precision bf16`, each validated in its own precision. Compares per validation pair, with paired
