@@ -34,7 +34,7 @@ def main_job_args(tree: Path) -> list[str]:
     """The `preftune train` flags of the commit's own scripts/main.sh (its last command)."""
     text = (tree / "scripts" / "main.sh").read_text().replace("\\\n", " ")
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("exec .venv/bin/preftune train"))
-    return [a for a in shlex.split(line)[3:] if a != '"$@"']
+    return [a for a in shlex.split(line)[3:] if a != "$@"]
 
 
 def run_once(tree: Path, work: Path, shared_models: Path) -> dict:
