@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: set up .venv/, then a short DPO run of SmolLM2-135M-Instruct
-# on the shipped TL;DR comparisons, evaluated on held-out posts. ~3.5 min on 2 idle CPU cores.
+# on the shipped TL;DR comparisons, evaluated on held-out posts. ~3.5 min on 2 idle CPU cores from a fresh
+# cache (bf16 where the CPU has bf16 units: --precision auto).
 # Extra arguments are passed to `preftune train` (e.g. --lora, --max-pairs 64).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
