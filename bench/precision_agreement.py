@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -32,7 +31,6 @@ SFT = ["--sft-data", "chosen", "--lr", "2e-5", "--batch-size", "8", "--max-rows"
 DPO = ["--engine", "fast", "--loss", "sigmoid_norm", "--beta", "3.0", "--lr", "3e-5", "--batch-size", "8",
        "--epochs", "1", "--max-pairs", "256", "--max-length", "512", "--save-steps", "4"]
 PRECISIONS = ("fp32", "bf16")
-RESAMPLES = 2000
 
 
 def preftune(*args: str) -> float:
@@ -47,42 +45,38 @@ def finished(root: Path) -> Path | None:
     return runs[0] if runs else None
 
 
-def lb_accuracy(correct: list[float], longer: list[bool | None]) -> float:
-    """Length-balanced accuracy: the mean of the chosen-longer and chosen-shorter strata's accuracies."""
-    a = [c for c, g in zip(correct, longer) if g is True]
-    b = [c for c, g in zip(correct, longer) if g is False]
-    return (sum(a) / len(a) + sum(b) / len(b)) / 2
+def paired(x: list, y: list) -> dict:
+    """Run x − run y on the same pairs (stats.PairOutcome lists): accuracy and length-balanced accuracy, each
+    with the 95% interval of a paired bootstrap over posts (preftune's own, as `preftune report` uses)."""
+    from preftune.stats import (
+        MIN_RESAMPLES,
+        bootstrap_interval,
+        paired_balanced_difference,
+    )
+
+    deltas = [a.correct - b.correct for a, b in zip(x, y, strict=True)]
+    mean = lambda rows: sum(rows) / len(rows)
+    return {"accuracy": {"difference": mean(deltas), "ci95": bootstrap_interval(deltas, [a.post_id for a in x], mean,
+                                                                              MIN_RESAMPLES),
+                         "resamples": MIN_RESAMPLES, "seed": 0},
+            "length_balanced_accuracy": paired_balanced_difference(x, y),
+            "same_outcome_share": sum(d == 0 for d in deltas) / len(deltas)}
 
 
-def paired_interval(x: list[float], y: list[float], longer: list, posts: list[str], stat, seed: int = 0) -> dict:
-    """stat(x) − stat(y) on the same pairs, with a 95% percentile interval from RESAMPLES resamples of posts."""
-    by_post: dict[str, list[int]] = {}
-    for i, post in enumerate(posts):
-        by_post.setdefault(post, []).append(i)
-    keys, rng, diffs = list(by_post), random.Random(seed), []
-    for _ in range(RESAMPLES):
-        idx = [i for k in rng.choices(keys, k=len(keys)) for i in by_post[k]]
-        xs, ys, ls = ([v[i] for i in idx] for v in (x, y, longer))
-        diffs.append(stat(xs, ls) - stat(ys, ls))
-    diffs.sort()
-    return {"diff": stat(x, longer) - stat(y, longer), "ci95": [diffs[int(0.025 * RESAMPLES)],
-                                                                 diffs[int(0.975 * RESAMPLES) - 1]],
-            "resamples": RESAMPLES, "seed": seed, "posts": len(keys)}
-
-
-def per_pair(run: Path, precision: str) -> dict:
-    """Each validation pair's outcome under the run's reward rule, scored in `precision`."""
-    from preftune.dpo.evaluate import pair_logps, run_reward_rule
+def per_pair(run: Path, precision: str) -> list:
+    """Each validation pair's outcome (stats.PairOutcome) under the run's reward rule, scored in `precision`."""
+    from preftune.dpo.evaluate import pair_keys, pair_logps, run_reward_rule
     from preftune.models import load_model, load_tokenizer
     from preftune.runs.results import open_run
+    from preftune.stats import PairOutcome
 
     r = open_run(run)
     pairs = r.pairs("validation")
     lp = pair_logps(load_model(str(run)), r.reference_model, load_tokenizer(str(run)), pairs, precision=precision)
     chosen, rejected = lp.rewards(run_reward_rule(r))
-    c, k = lp.chosen_tokens.tolist(), lp.rejected_tokens.tolist()
-    return {"correct": (chosen > rejected).float().tolist(), "posts": [p.post_id for p in pairs],
-            "longer": [None if a == b else a > b for a, b in zip(c, k)]}
+    return [PairOutcome(k, p.post_id, float(c > j), float(a), float(b)) for k, p, c, j, a, b in
+            zip(pair_keys(pairs), pairs, chosen.tolist(), rejected.tolist(), lp.chosen_tokens.tolist(),
+                lp.rejected_tokens.tolist(), strict=True)]
 
 
 def reference_tokens(model_path: str, pairs, n: int) -> dict:
@@ -131,20 +125,8 @@ def main() -> None:
 
     outcomes = {name: per_pair(run, name) for name, run in runs.items()}
     outcomes["fp32_run_scored_bf16"] = per_pair(runs["fp32"], "bf16")
-    base = outcomes["fp32"]
-
-    def acc(c: list[float], _longer: list) -> float:
-        return sum(c) / len(c)
-
-    compare = {}
-    for other in ("bf16", "fp32_run_scored_bf16"):
-        o = outcomes[other]
-        assert o["posts"] == base["posts"]
-        compare[f"{other}_minus_fp32"] = {
-            "accuracy": paired_interval(o["correct"], base["correct"], base["longer"], base["posts"], acc),
-            "length_balanced_accuracy": paired_interval(o["correct"], base["correct"], base["longer"], base["posts"],
-                                                        lb_accuracy),
-            "same_outcome_share": sum(a == b for a, b in zip(o["correct"], base["correct"])) / len(base["correct"])}
+    compare = {f"{other}_minus_fp32": paired(outcomes[other], outcomes["fp32"])
+               for other in ("bf16", "fp32_run_scored_bf16")}
     reference = reference_tokens(str(sft), open_run(runs["fp32"]).pairs("validation"), args.ref_pairs)
     main_cmp = compare["bf16_minus_fp32"]
     agree = all(lo <= 0 <= hi for lo, hi in (main_cmp["accuracy"]["ci95"], main_cmp["length_balanced_accuracy"]["ci95"]))
