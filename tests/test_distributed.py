@@ -38,9 +38,14 @@ def test_two_processes_write_one_correct_run(tiny_model, tmp_path, engine):
 NO_SHARED_DISK = """
 import os, sys
 os.environ["PREFTUNE_CACHE"] = sys.argv[1] + "-rank" + os.environ["RANK"]  # each rank its own disk
+import torch.distributed as dist
 from preftune.cli import main
-raise SystemExit(main([a.replace("{rank}", os.environ["RANK"]) for a in sys.argv[2:]]))  # its own output dir too
+code = main([a.replace("{rank}", os.environ["RANK"]) for a in sys.argv[2:]])  # its own output dir too
+print(f"rank {os.environ['RANK']}: process group at exit:", "left" if dist.is_initialized() else "destroyed", flush=True)
+raise SystemExit(code)
 """
+# every rank destroys its group before interpreter exit, where gloo's threads can abort a finished run
+ENDED = [f"rank {r}: process group at exit: destroyed" for r in (0, 1)]
 
 
 def without_shared_disk(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
@@ -94,6 +99,8 @@ def test_a_sweep_rerun_on_ranks_without_a_shared_disk_skips_what_rank_0_finished
     assert sorted(p.name for p in (tmp_path / "runs-0").glob("dpo_model_*")) == sorted(runs)
     assert not list((tmp_path / "runs-1").iterdir())  # rank 1 trained, rank 0 wrote
 
+    assert all(line in first.stdout for line in ENDED), first.stdout[-3000:]
+
     second = without_shared_disk(tmp_path, *argv)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 runs in" in second.stdout and "2 finished (skipped), 0 to train" in second.stdout
@@ -112,6 +119,7 @@ def test_a_finished_run_seen_by_one_rank_only_stops_every_rank(tiny_model, tmp_p
     # torchrun may kill one rank once the other exits: at least one prints the agreed line
     assert f"preftune: error: rank {holder} of 2: {tmp_path / f'runs-{holder}' / run} already exists" in done.stderr, \
         done.stderr[-3000:]
+    assert "process group at exit: left" not in done.stdout  # on the error path too
     for rank in (0, 1):  # nothing written on either disk
         assert [p.name for p in (tmp_path / f"runs-{rank}").glob("*")] == ([run] if rank == holder else [])
 

@@ -20,6 +20,7 @@ from preftune.config import (
 )
 from preftune.config.files import add_config_file_options, parse_args
 from preftune.errors import PreftuneError
+from preftune.launch import end_group
 
 
 class Parser(argparse.ArgumentParser):
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("preftune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        end_group()  # under a launcher: before interpreter exit, which gloo's threads may not survive
     return 0
 
 

@@ -99,6 +99,18 @@ def check_launch() -> tuple[int, int]:
     return rank, world
 
 
+def end_group() -> None:
+    """Destroy this process's process group, if it has one: each rank at its command's end, error or not.
+    Left to interpreter exit, gloo's worker threads can still hold tensors while Python is torn down and
+    the rank dies by SIGABRT ("terminate called without an active exception"): a run that succeeded
+    fails. Local, not a collective: a rank that is done need not wait for rank 0's evaluation."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # not imported: this command never made a group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def group_world() -> tuple[int, int]:
     """(rank, world size) of the initialised process group; (0, 1) without one."""
     import torch.distributed as dist
