@@ -24,6 +24,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # bench/dpo_throughput.py: the benchmarks' one git probe
+
+from dpo_throughput import code_state  # after the path it is found on
+
 DATA = ["--dataset", "tldr-sample", "--fraction", "1.0", "--eval-fraction", "0.1", "--test-fraction", "0.1",
         "--seed", "42"]
 SFT = ["--sft-data", "chosen", "--lr", "2e-5", "--batch-size", "8", "--max-rows", "112", "--max-length", "512",
@@ -50,14 +54,16 @@ def paired(x: list, y: list) -> dict:
     with the 95% interval of a paired bootstrap over posts (preftune's own, as `preftune report` uses)."""
     from preftune.stats import (
         MIN_RESAMPLES,
+        aligned,
         bootstrap_interval,
         paired_balanced_difference,
     )
 
-    deltas = [a.correct - b.correct for a, b in zip(x, y, strict=True)]
-    mean = lambda rows: sum(rows) / len(rows)
-    return {"accuracy": {"difference": mean(deltas), "ci95": bootstrap_interval(deltas, [a.post_id for a in x], mean,
-                                                                              MIN_RESAMPLES),
+    rows = aligned(x, y)  # by pair key, refusing pairs not in both: a difference of the same pair's outcomes
+    deltas = [a.correct - b.correct for a, b in rows]
+    mean = lambda values: sum(values) / len(values)
+    return {"accuracy": {"difference": mean(deltas), "ci95": bootstrap_interval(deltas, [a.post_id for a, _ in rows],
+                                                                              mean, MIN_RESAMPLES),
                          "resamples": MIN_RESAMPLES, "seed": 0},
             "length_balanced_accuracy": paired_balanced_difference(x, y),
             "same_outcome_share": sum(d == 0 for d in deltas) / len(deltas)}
@@ -109,7 +115,7 @@ def main() -> None:
     parser.add_argument("--ref-pairs", type=int, default=64, help="validation pairs for the reference pass comparison")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "precision_agreement.json")
     args = parser.parse_args()
-    root, walls = args.root, {}
+    root, walls, code = args.root, {}, code_state(REPO)  # the code measured: probed before the runs start
     if finished(root / "sft") is None:
         walls["sft"] = preftune("sft", *DATA, *SFT, "--output-dir", str(root / "sft"))
     sft = finished(root / "sft")
@@ -133,9 +139,7 @@ def main() -> None:
     speed = metrics["bf16"]["pairs_per_s"] / metrics["fp32"]["pairs_per_s"]
     report = {
         "command": ".venv/bin/python bench/precision_agreement.py",
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip(),
-        "dirty": bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                     capture_output=True, text=True, check=True).stdout.strip()),
+        **code,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "all cores"),
                     "load_1min_at_end": os.getloadavg()[0]},

@@ -25,6 +25,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # bench/dpo_throughput.py: the benchmarks' one git probe
+
+from dpo_throughput import code_state  # after the path it is found on
+
 RECIPE = REPO / "examples" / "tldr-cpu.yaml"
 COMMAND = ".venv/bin/python bench/quality.py"
 
@@ -196,6 +200,9 @@ def markdown(q: dict) -> str:
               "| target | value | met |", "|---|---|---|"]
     for key, t in q["targets"].items():
         lines.append(f"| {key} {t['target']} | {_f(t['value'])} | {'yes' if t['met'] else 'no' if t['met'] is False else '–'} |")
+    if "commit" in q:  # files written before the probe was recorded have none
+        lines += ["", f"Measured at commit {q['commit'] or 'unknown (no git)'}"
+                      f"{', with uncommitted changes' if q['dirty'] else ''}."]
     return "\n".join(lines)
 
 
@@ -208,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. how this run was interrupted); repeatable")
     ns = parser.parse_args(argv)
 
-    load_before, start = os.getloadavg(), time.monotonic()
+    # the code this invocation runs, probed before the recipe starts (a resumed recipe's earlier steps may
+    # have run at another commit: that invocation's file recorded it)
+    code, load_before, start = code_state(REPO), os.getloadavg(), time.monotonic()
     cmd = [sys.executable, "-m", "preftune", "recipe", ns.recipe] + (["--output-dir", ns.output_dir] if ns.output_dir
                                                                       else [])
     if subprocess.run(cmd, cwd=REPO).returncode != 0:
@@ -221,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((root / "recipe.json").read_text())
     load = {"load_avg_1m_before": round(load_before[0], 2), "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "wall_s_this_invocation": round(time.monotonic() - start, 1)}
-    q = quality(summary, load)
-    q["notes"] = ns.note
+    q = {**code, **quality(summary, load), "notes": ns.note}
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(q, indent=2) + "\n")

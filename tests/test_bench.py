@@ -395,3 +395,23 @@ def test_the_sft_benchmark_tiny_mode_trains_both_engines_and_writes_its_report(t
     assert run["argv"] == ["--tiny", "--out", str(tmp_path)] and run["sections"] == ["matmul_peak", *names]
     assert {"commit", "dirty", "started", "load_at_start"} <= run.keys()
     assert "TINY run" in (tmp_path / "sft_throughput.md").read_text()
+
+
+def test_precision_agreement_pairs_each_pair_with_itself_not_its_position():
+    """bf16 − fp32 compares the same pair's two outcomes, whatever order each run listed them in; a pair
+    only one run has is refused, never paired with a neighbour."""
+    from preftune.errors import PreftuneError
+    from preftune.stats import PairOutcome
+
+    agreement = bench_module("precision_agreement")
+
+    def outcome(k: int, correct: float) -> PairOutcome:
+        return PairOutcome(f"k{k}", f"p{k}", correct, 10.0 if k % 2 else 5.0, 7.0)
+
+    fp32 = [outcome(k, float(k % 2 == 0)) for k in range(6)]
+    bf16 = [outcome(k, float(k % 2 == 0)) for k in reversed(range(6))]  # the same outcomes, listed backwards
+    same = agreement.paired(bf16, fp32)
+    assert same["same_outcome_share"] == 1.0 and same["accuracy"]["difference"] == 0.0  # by position: none alike
+    assert same["accuracy"]["ci95"] == (0.0, 0.0)  # every resample: no pair changed its outcome
+    with pytest.raises(PreftuneError, match="different pairs"):
+        agreement.paired(bf16[:5] + [outcome(9, 1.0)], fp32)

@@ -270,6 +270,9 @@ def test_a_whole_recipe_on_tiny_models_and_its_resume(tiny_model, tmp_path, monk
     assert q["selected_vs_baseline_ci"] == summary["selected_vs_baseline_ci"] and q["sft_rows_used"] == 4
     assert q["chain"][1]["path"] == str(sft)  # outside the checkout: where it is, not a guess
     assert "What DPO adds: judged vs its own SFT model" in bench_quality().markdown({**q, "notes": []})
+    assert "Measured at commit" not in bench_quality().markdown({**q, "notes": []})  # an older file: none said
+    said = bench_quality().markdown({**q, "notes": [], "commit": "abc123", "dirty": True})
+    assert said.endswith("Measured at commit abc123, with uncommitted changes.")
     assert q["test_accuracy"] == summary["test"]["accuracy"] and q["runs_compared"] == 2
     assert set(q["wall_s_per_run"]) == {r["run"] for r in summary["runs"]}
     assert all(r["wall_s"] > 0 for r in summary["runs"])  # each run's own timer (metrics.json)

@@ -189,7 +189,7 @@ class PairOutcome:
     rejected_len: float
 
 
-def _aligned(a: Sequence[PairOutcome], b: Sequence[PairOutcome]) -> list[tuple[PairOutcome, PairOutcome]]:
+def aligned(a: Sequence[PairOutcome], b: Sequence[PairOutcome]) -> list[tuple[PairOutcome, PairOutcome]]:
     """(a's, b's) outcome of each pair, in a's order; pairs not common to both, or told apart
     differently (post, stratum), are refused: the difference would not be paired."""
     for name, side in (("A", a), ("B", b)):
@@ -223,7 +223,7 @@ def paired_balanced_difference(a: Sequence[PairOutcome], b: Sequence[PairOutcome
     difference None when a stratum is empty, ci95 None with fewer than 2 posts."""
     if reps < MIN_RESAMPLES:
         raise ValueError(f"reps must be at least {MIN_RESAMPLES}, got {reps}")
-    rows = _aligned(a, b)
+    rows = aligned(a, b)
     lengths = ([x.chosen_len for x, _ in rows], [x.rejected_len for x, _ in rows])
     point_a = length_strata([x.correct for x, _ in rows], *lengths)["length_balanced_accuracy"]
     point_b = length_strata([y.correct for _, y in rows], *lengths)["length_balanced_accuracy"]
