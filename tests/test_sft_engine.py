@@ -253,6 +253,8 @@ import torch.distributed as dist
 world = dist.get_world_size() if dist.is_initialized() else 1  # the group the engine trained in
 if result.model is not None:
     print("RESULT", json.dumps({"steps": result.steps, "world": world}))
+if dist.is_initialized():  # as preftune's CLI does: a group left to interpreter exit can abort the rank
+    dist.destroy_process_group()
 """
 
 
