@@ -219,9 +219,11 @@ def test_a_sweep_logs_its_runs_to_one_trackio_project(tiny_model, tmp_path):
 # ---- a tracker that cannot write ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("verb", [["train"], ["sft"], ["rm", "train"]])
+@pytest.mark.parametrize("verb, name", [(["train"], "dpo_model_lr5e-06_bs4_epoch1"),
+                                        (["sft"], "sft_model_lr1e-05_bs8_epoch1"), (["rm", "train"], "reward_model")])
 @pytest.mark.parametrize("blocked", ["tracking", "tracking/tensorboard"])
-def test_a_tensorboard_folder_that_is_a_file_is_refused_before_any_work(verb, blocked, tiny_model, tmp_path, capsys):
+def test_a_tensorboard_folder_that_is_a_file_is_refused_before_any_work(verb, name, blocked, tiny_model, tmp_path,
+                                                                        capsys):
     """It failed after the reference pass (train) and left NAME.partial behind."""
     root = tmp_path / "runs"
     (root / blocked).parent.mkdir(parents=True, exist_ok=True)
@@ -229,8 +231,9 @@ def test_a_tensorboard_folder_that_is_a_file_is_refused_before_any_work(verb, bl
     argv = [*verb, "--model", str(tiny_model), "--fraction", "0.03", "--max-length", "192", "--report-to", "tensorboard",
             "--output-dir", str(root)]
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--report-to tensorboard: {root / blocked} is a file, not a folder (it writes to " in err
+    assert capsys.readouterr().err == (f"preftune: error: --report-to tensorboard: {root / blocked} is a file, not a "
+                                       f"folder (it writes to {root / 'tracking' / 'tensorboard' / name}); "
+                                       "change --output-dir\n")
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.name.endswith(".lock")) == \
         sorted({"tracking", blocked})  # no NAME.partial: nothing was started
 
@@ -259,4 +262,4 @@ def test_a_trackio_store_that_is_a_file_is_refused_before_any_work(tmp_path):
     done = subprocess.run([sys.executable, "-m", "preftune", "sft", "--report-to", "trackio", "--output-dir",
                            str(tmp_path / "runs")], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2
-    assert done.stderr == f"preftune: error: --report-to trackio: {store} is a file, not a folder; move it away or change TRACKIO_DIR\n"
+    assert done.stderr == f"preftune: error: --report-to trackio: {store} is a file, not a folder; change TRACKIO_DIR\n"

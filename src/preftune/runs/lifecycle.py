@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import preftune
-from preftune.errors import PreftuneError
+from preftune.errors import PreftuneError, writable_folder
 from preftune.launch import agreed, check_launch, from_rank_zero, gather
 from preftune.runs import trackers
 from preftune.runs.folder import (
@@ -59,15 +59,7 @@ EVAL_ONLY = ("evaluate", "max_eval_pairs")
 
 def make_root(root: Path) -> None:
     """ROOT (--output-dir) as a writable folder, created if needed, or a one-line error before any work."""
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise PreftuneError(f"--output-dir {root} is a file, not a folder; pass a folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PreftuneError(f"--output-dir {root}: cannot create it ({e.strerror or e}); pass another folder") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise PreftuneError(f"--output-dir {root} is not writable; pass another folder")
+    writable_folder(root, "--output-dir", "pass another folder")
 
 
 def remove_if_empty(root: Path, lock_file: Path) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from preftune import log
 from preftune.config.registries import TRACKERS
-from preftune.errors import PreftuneError
+from preftune.errors import PreftuneError, writable_folder
 from preftune.runs.folder import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -49,22 +49,6 @@ def require(report_to: str) -> None:
                             f"run `pip install {package}`{extra}")
 
 
-def writable_folder(path: Path, flag: str, what: str) -> None:
-    """`path` is (made) a folder this process can write into; else a one-line error naming `flag`, the
-    path in the way and `what` to change."""
-    path = Path(path)
-    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        where = "" if blocker == path else f" (it writes to {path})"
-        raise PreftuneError(f"{flag}: {blocker} is a file, not a folder{where}; move it away or change {what}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PreftuneError(f"{flag}: cannot create {path} ({e.strerror or e}); change {what}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PreftuneError(f"{flag}: {path} is not writable; change {what}")
-
-
 def check_paths(cfg: Any, run: str) -> None:
     """Before any work: every folder `--report-to` will write for run `run` is a writable folder (created
     here), so a tracker that cannot write stops the command before training, not after it."""
@@ -80,7 +64,7 @@ def check_paths(cfg: Any, run: str) -> None:
         folder = {"tensorboard": tracking.tensorboard_root / run, "trackio": _trackio_store(tracking),
                   "wandb": tracking.folder, "mlflow": tracking.folder / "mlruns"}[cfg.report_to]
         what = "--output-dir"
-    writable_folder(folder, f"--report-to {cfg.report_to}", what)
+    writable_folder(folder, f"--report-to {cfg.report_to}", f"change {what}")
 
 
 def check_written(run_dir: Path, root: Path) -> None:

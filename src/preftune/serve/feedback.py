@@ -38,22 +38,17 @@ def comparison_row(post_id: str, subreddit: str, title: str, post: str, texts: l
 def check_writable(path: Path, flag: str = "--feedback") -> None:
     """Before the demo loads its models: votes can be appended to `path` (and its FILE.lock made beside
     it), else one line naming the path in the way. Its folder is created; the file itself is not."""
-    from preftune.errors import PreftuneError
+    from preftune.errors import PreftuneError, writable_folder
 
     path = Path(path)
-    blocker = next((p for p in path.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise PreftuneError(f"{flag} {path}: {blocker} is a file, not a folder; pass a file in a folder")
     if path.is_dir():
         raise PreftuneError(f"{flag} {path} is a folder; pass a file (e.g. {path / 'preferences.jsonl'})")
+    writable_folder(path.parent, f"{flag} {path}", "pass another file")  # FILE.lock is made there too
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # opened as a vote opens it, nothing written
     except OSError as e:
         raise PreftuneError(f"{flag} {path}: cannot write it ({e.strerror or e}); pass another file") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise PreftuneError(f"{flag} {path}: its folder {path.parent} is not writable; pass another file")
 
 
 def lock_for(path: Path) -> FileLock:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from preftune.errors import DataError, PreftuneError
+from preftune.errors import PreftuneError, writable_folder
 from preftune.launch import single_process
 from preftune.runs.folder import (
     CONFIG_FILE,
@@ -236,22 +236,12 @@ def check_finished(root: Path, steps: Steps, file: str, overwrite: bool) -> None
 
 def recipe_root(recipe: dict, override: str | None) -> Path:
     """ROOT as a writable folder (created if needed), or a one-line error naming output_dir or --output-dir."""
-    root = Path(override or recipe["output_dir"])
-
-    def refuse(message: str) -> PreftuneError:
-        if override:
-            return PreftuneError(f"--output-dir {root}: {message}")
-        return DataError(recipe["path"], recipe["lines"].get(("output_dir",)), "output_dir", f"{root}: {message}")
-
-    if root.exists() and not root.is_dir():
-        raise refuse("is a file, not a folder; name a folder (it is created if missing)")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise refuse(f"cannot create it ({e.strerror or e})") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise refuse("is not writable")
-    return root
+    if override:
+        return writable_folder(override, "--output-dir", "pass another folder")
+    line = recipe["lines"].get(("output_dir",))
+    where = recipe["path"] if line is None else f"{recipe['path']}:{line}"
+    return writable_folder(recipe["output_dir"], f"{where}: field 'output_dir'",
+                           "set output_dir to another folder (it is created if missing)")
 
 
 def rank_value(ev: dict, key: str) -> float:
