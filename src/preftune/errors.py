@@ -16,9 +16,13 @@ class DataError(PreftuneError):
 
     def __init__(self, source: str, line: int | None, field: str | None, message: str):
         self.source, self.line, self.field = source, line, field
-        where = source if line is None else f"{source}:{line}"
-        what = f" field '{field}':" if field else ""
-        super().__init__(f"{where}:{what} {message}")
+        super().__init__(f"{located(source, line, field)}: {message}")
+
+
+def located(source: str, line: int | None = None, field: str | None = None) -> str:
+    """"SOURCE[:LINE][: field 'FIELD']": where a DataError, or any refusal of a file's setting, begins."""
+    where = source if line is None else f"{source}:{line}"
+    return f"{where}: field '{field}'" if field else where
 
 
 def writable_folder(path: str | Path, setting: str, fix: str) -> Path:

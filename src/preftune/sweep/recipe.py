@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from preftune.errors import PreftuneError, writable_folder
+from preftune.errors import PreftuneError, located, writable_folder
 from preftune.launch import single_process
 from preftune.runs.folder import (
     CONFIG_FILE,
@@ -238,9 +238,8 @@ def recipe_root(recipe: dict, override: str | None) -> Path:
     """ROOT as a writable folder (created if needed), or a one-line error naming output_dir or --output-dir."""
     if override:
         return writable_folder(override, "--output-dir", "pass another folder")
-    line = recipe["lines"].get(("output_dir",))
-    where = recipe["path"] if line is None else f"{recipe['path']}:{line}"
-    return writable_folder(recipe["output_dir"], f"{where}: field 'output_dir'",
+    setting = located(recipe["path"], recipe["lines"].get(("output_dir",)), "output_dir")
+    return writable_folder(recipe["output_dir"], setting,
                            "set output_dir to another folder (it is created if missing)")
 
 
