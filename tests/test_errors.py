@@ -2,6 +2,7 @@
 output_dir, --report-to's folders and --feedback's folder. Each refusal is one line: the setting, what is
 wrong (naming the file in the way), the caller's fix."""
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -48,32 +49,33 @@ def test_a_folder_that_cannot_be_made_says_why(tmp_path, monkeypatch):
                                   "(Read-only file system); set output_dir to another folder")
 
 
+@contextlib.contextmanager
+def folder_with_mode(folder: Path, mode: int):
+    """`folder`, made with permissions `mode`; writable again afterwards, so pytest can remove it."""
+    folder.mkdir()
+    folder.chmod(mode)
+    try:
+        yield folder
+    finally:
+        folder.chmod(0o755)
+
+
 @NOT_ROOT
 def test_a_read_only_folder_is_refused(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
+    with folder_with_mode(tmp_path / "ro", 0o555) as folder:
         with pytest.raises(PreftuneError) as refused:
             writable_folder(folder, "--output-dir", "pass another folder")
         assert str(refused.value) == f"--output-dir: {folder} is not writable; pass another folder"
         with pytest.raises(PreftuneError) as refused:
             writable_folder(folder / "runs", "--output-dir", "pass another folder")
         assert str(refused.value) == f"--output-dir: cannot create {folder}/runs (Permission denied); pass another folder"
-    finally:
-        folder.chmod(0o755)
 
 
 @NOT_ROOT
 def test_a_folder_that_cannot_be_looked_into_is_one_line_not_a_traceback(tmp_path):
     """stat() below a folder without x permission fails with EACCES (Path.exists raises it before 3.12)."""
-    folder = tmp_path / "closed"
-    folder.mkdir()
-    folder.chmod(0o000)
-    try:
+    with folder_with_mode(tmp_path / "closed", 0o000) as folder:
         with pytest.raises(PreftuneError) as refused:
             writable_folder(folder / "a" / "b", "--output-dir", "pass another folder")
         assert str(refused.value) == (f"--output-dir: cannot create {folder}/a/b (Permission denied); "
                                       "pass another folder")
-    finally:
-        folder.chmod(0o755)
